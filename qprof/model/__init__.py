@@ -1,0 +1,1 @@
+"""GGUF model loading: config, tensor map, validation and tokenizer."""

@@ -1,0 +1,1 @@
+"""Profiling: NVTX ranges, timing modes, trace parsing, attribution and diagnosis."""

@@ -1,0 +1,1 @@
+"""Forward passes: the CPU reference and the CUDA runtime."""

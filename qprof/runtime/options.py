@@ -1,0 +1,53 @@
+"""Runtime switches, including the seed's faults, so each can be turned on and measured."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from qprof.errors import QprofError
+
+MASK_MODES = ("upload", "device", "skip")
+INJECT_FAULTS = ("block-dim",)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    # How the causal mask reaches attention:
+    #   upload - built on the host and copied to the device on every forward (the original sin)
+    #   device - built once on the device and kept there
+    #   skip   - no mask for single-token decode (causality is implicit); device mask for prefill
+    mask: str = "skip"
+    scalar_upload: bool = False  # upload a scalar (e.g. the layer's rope position) inside every layer
+    sync_every_op: bool = False  # force a device synchronize after every op
+    inject: str | None = None  # "block-dim": launch dequant kernels with a block size their type doesn't expect
+    nvtx: bool = True  # NVTX ranges on run/phase/token/layer/op
+    cuda_graphs: bool = False  # capture the decode step as a CUDA graph where the runtime supports it
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASK_MODES:
+            raise QprofError(f"unknown mask mode {self.mask!r}; choose from {', '.join(MASK_MODES)}")
+        if self.inject is not None and self.inject not in INJECT_FAULTS:
+            raise QprofError(f"unknown fault {self.inject!r}; choose from {', '.join(INJECT_FAULTS)}")
+
+    @property
+    def is_clean(self) -> bool:
+        return self.mask != "upload" and not self.scalar_upload and not self.sync_every_op and self.inject is None
+
+    def label(self) -> str:
+        """Short human label such as 'clean' or 'mask=upload,sync'."""
+        parts = []
+        if self.mask != "skip":
+            parts.append(f"mask={self.mask}")
+        if self.scalar_upload:
+            parts.append("scalar-upload")
+        if self.sync_every_op:
+            parts.append("sync-every-op")
+        if self.inject:
+            parts.append(f"inject={self.inject}")
+        return ",".join(parts) or "clean"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> RuntimeOptions:
+        return replace(self, **changes)
