@@ -1,0 +1,59 @@
+"""What every runtime (CPU reference, CUDA) offers to generation, bench and profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+
+from qprof.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 means greedy (argmax)
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+class Runtime(Protocol):
+    config: ModelConfig
+    device: str  # "cpu" or "cuda"
+    n_ctx: int  # KV-cache capacity in tokens
+    n_past: int  # tokens already in the KV cache
+
+    def reset(self) -> None:
+        """Empty the KV cache (n_past = 0) without reallocating it."""
+
+    def prefill(self, tokens: Sequence[int], all_logits: bool = False) -> torch.Tensor:
+        """Run the prompt; logits of the last position [n_vocab], or of all [n_tokens, n_vocab]."""
+
+    def decode(self, token: int) -> torch.Tensor:
+        """One token through the model at position n_past; its logits [n_vocab] (on the runtime's device)."""
+
+    def sample(self, logits: torch.Tensor, params: SamplingParams) -> int:
+        """Pick the next token on the runtime's device; only the chosen id comes back to the host."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of weights one decode token must read: every matrix once, one embedding row.
+
+    This is the numerator of the memory-traffic floor: tokens/s <= bandwidth / these bytes.
+    """
+    total = 0
+    for name, t in model.tensors.items():
+        if name == "token_embd.weight":
+            total += t.n_bytes // t.shape[0]
+            if model.config.tied_embeddings:  # the same matrix is read whole as the output projection
+                total += t.n_bytes
+        else:
+            total += t.n_bytes
+    return total

@@ -1,0 +1,1 @@
+"""qprof's CUDA runtime: PTX kernels loaded with cuda-python into torch's context and stream."""
