@@ -47,6 +47,9 @@ class GGUFModel:
     config: ModelConfig
     tensors: dict[str, TensorInfo]
     metadata: dict[str, Any]
+    # GGUF value types of each metadata key (GGUFValueType ints: the type, then the item type for arrays),
+    # so a writer can copy keys with the exact types llama.cpp checks.
+    metadata_types: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def tensor(self, name: str) -> TensorInfo:
         try:
@@ -103,39 +106,66 @@ def read_metadata(reader) -> dict[str, Any]:
     return meta
 
 
+def read_metadata_types(reader) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(int(t) for t in f.types) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+
+
 def _require(meta: dict[str, Any], key: str, path: Path) -> Any:
     if key not in meta:
         raise MalformedModelError(f"{path.name}: missing required metadata key {key!r}")
     return meta[key]
 
 
+def _int_value(meta: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
+    """An integer metadata value (required when default is None), refusing strings, floats and bools."""
+    value = _require(meta, key, path) if default is None else meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedModelError(
+            f"{path.name}: metadata key {key!r} must be an integer, got {type(value).__name__} {value!r:.40}"
+        )
+    return value
+
+
+def _float_value(meta: dict[str, Any], key: str, path: Path, default: float) -> float:
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedModelError(
+            f"{path.name}: metadata key {key!r} must be a number, got {type(value).__name__} {value!r:.40}"
+        )
+    return float(value)
+
+
 def config_from_metadata(meta: dict[str, Any], path: Path, tensor_names: set[str]) -> ModelConfig:
     arch = _require(meta, "general.architecture", path)
+    if not isinstance(arch, str):
+        raise MalformedModelError(f"{path.name}: general.architecture must be a string, got {type(arch).__name__}")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedError(
             f"{path.name}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    n_embd = int(_require(meta, f"{arch}.embedding_length", path))
-    n_head = int(_require(meta, f"{arch}.attention.head_count", path))
-    n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
-    head_dim = int(meta.get(f"{arch}.attention.key_length", n_embd // max(n_head, 1)))
+    n_embd = _int_value(meta, f"{arch}.embedding_length", path)
+    n_head = _int_value(meta, f"{arch}.attention.head_count", path)
+    n_head_kv = _int_value(meta, f"{arch}.attention.head_count_kv", path, default=n_head)
+    head_dim = _int_value(meta, f"{arch}.attention.key_length", path, default=n_embd // max(n_head, 1))
     tokens = meta.get("tokenizer.ggml.tokens")
-    n_vocab = int(meta.get(f"{arch}.vocab_size", len(tokens) if tokens else 0))
-    window = meta.get(f"{arch}.attention.sliding_window")
+    if tokens is not None and not isinstance(tokens, list):
+        raise MalformedModelError(f"{path.name}: tokenizer.ggml.tokens must be an array of strings")
+    n_vocab = _int_value(meta, f"{arch}.vocab_size", path, default=len(tokens) if tokens else 0)
+    window = _int_value(meta, f"{arch}.attention.sliding_window", path, default=0)
     return ModelConfig(
         arch=arch,
         n_vocab=n_vocab,
         n_embd=n_embd,
-        n_layer=int(_require(meta, f"{arch}.block_count", path)),
+        n_layer=_int_value(meta, f"{arch}.block_count", path),
         n_head=n_head,
         n_head_kv=n_head_kv,
         head_dim=head_dim,
-        n_ff=int(_require(meta, f"{arch}.feed_forward_length", path)),
-        rms_eps=float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-        rope_dim=int(meta.get(f"{arch}.rope.dimension_count", head_dim)),
-        n_ctx=int(_require(meta, f"{arch}.context_length", path)),
-        sliding_window=int(window) if window else None,
+        n_ff=_int_value(meta, f"{arch}.feed_forward_length", path),
+        rms_eps=_float_value(meta, f"{arch}.attention.layer_norm_rms_epsilon", path, 1e-5),
+        rope_theta=_float_value(meta, f"{arch}.rope.freq_base", path, 10000.0),
+        rope_dim=_int_value(meta, f"{arch}.rope.dimension_count", path, default=head_dim),
+        n_ctx=_int_value(meta, f"{arch}.context_length", path),
+        sliding_window=window or None,
         tied_embeddings="output.weight" not in tensor_names,
         name=str(meta.get("general.name", "")),
     )
@@ -156,8 +186,12 @@ def _tensor_info(t, path: Path) -> TensorInfo:
     return TensorInfo(name=t.name, qtype=qt.name, shape=shape, raw=raw.reshape(n_rows, -1))
 
 
-def load_model(path: str | Path) -> GGUFModel:
-    """Open and validate a GGUF model; raises QprofError with a one-line message on any problem."""
+def load_model(path: str | Path, *, check_values: bool = True) -> GGUFModel:
+    """Open and validate a GGUF model; raises QprofError with a one-line message on any problem.
+
+    check_values scans every fp16 block scale and float tensor for NaN/inf (vectorized; it touches
+    every page of the file once). Turn it off only where the caller has just written the file.
+    """
     from qprof.model.validate import open_reader, validate_model
 
     path = Path(path)
@@ -165,9 +199,11 @@ def load_model(path: str | Path) -> GGUFModel:
     meta = read_metadata(reader)
     tensors = {t.name: _tensor_info(t, path) for t in reader.tensors}
     config = config_from_metadata(meta, path, set(tensors))
-    model = GGUFModel(path=path, config=config, tensors=tensors, metadata=meta)
-    validate_model(model)
+    model = GGUFModel(
+        path=path, config=config, tensors=tensors, metadata=meta, metadata_types=read_metadata_types(reader)
+    )
+    validate_model(model, check_values=check_values)
     return model
 
 
-__all__ = ["GGUFModel", "TensorInfo", "load_model", "QprofError"]
+__all__ = ["GGUFModel", "QprofError", "TensorInfo", "load_model"]
