@@ -1,0 +1,42 @@
+// Greedy sampling on the device: argmax over a row of logits, so only the token id goes to the host.
+//
+// argmax_f32: one CTA of blockDim.x threads (power of two, <= 1024) per row; grid = n_rows.
+// Ties go to the lowest index and NaN counts as the largest value, like torch.argmax.
+#include "common.cuh"
+
+static __device__ __forceinline__ bool qp_better(float v, int i, float best, int best_i) {
+    const bool vn = isnan(v), bn = isnan(best);
+    if (vn != bn) return vn;
+    if (v != best && !vn) return v > best;
+    return i < best_i;
+}
+
+extern "C" __global__ void argmax_f32(const float* __restrict__ logits, int n, int* __restrict__ out) {
+    __shared__ float s_val[1024];
+    __shared__ int s_idx[1024];
+    const float* row = logits + (long)blockIdx.x * n;
+    float best = QP_NEG_INF;
+    int best_i = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = row[i];
+        if (qp_better(v, i, best, best_i)) {
+            best = v;
+            best_i = i;
+        }
+    }
+    s_val[threadIdx.x] = best;
+    s_idx[threadIdx.x] = best_i;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) {
+            const float v = s_val[threadIdx.x + stride];
+            const int i = s_idx[threadIdx.x + stride];
+            if (qp_better(v, i, s_val[threadIdx.x], s_idx[threadIdx.x])) {
+                s_val[threadIdx.x] = v;
+                s_idx[threadIdx.x] = i;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = s_idx[0];
+}

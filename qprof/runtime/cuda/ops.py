@@ -1,0 +1,218 @@
+"""Python launchers for the forward-pass kernels: RMSNorm, add, RoPE, SwiGLU, KV write, attention, argmax.
+
+Every launcher writes into caller-owned tensors (so a decode step can use static buffers and be
+captured in a CUDA graph) and launches on torch's current stream through KernelLibrary. Decode
+variants read the position from a device int32 scalar (`pos`), prefill ones take it from the host.
+Launch shapes are the named constants below; the kernels' header comments say what they assume.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from dataclasses import dataclass
+
+import torch
+
+from qprof.errors import QprofError, UnsupportedError
+from qprof.runtime.cuda.driver import KernelLibrary
+
+NORM_THREADS = 256  # any multiple of 32 works; 256 keeps 4096-wide rows at 16 values per thread
+ELEMENTWISE_THREADS = 256
+ROPE_THREADS = 128
+KV_THREADS = 256
+ARGMAX_THREADS = 1024  # power of two: the kernel's tree reduction halves it
+DECODE_THREADS = 128  # QP_DECODE_THREADS in attention.cu
+PREFILL_WARPS = 8  # QP_PREFILL_WARPS in attention.cu: queries per CTA
+COMBINE_THREADS = 128
+DECODE_CHUNK = 128  # keys per decode split: more splits, more CTAs streaming the cache
+MAX_DECODE_SPLITS = 128
+ATTENTION_HEAD_DIMS = (32, 64, 96, 128)  # instantiated in attention.cu
+
+NULL = ctypes.c_void_p(0)
+
+
+def _lib() -> KernelLibrary:
+    return KernelLibrary.get()
+
+
+def _ptr(t: torch.Tensor | None):
+    return NULL if t is None else t
+
+
+def _require_f32(name: str, *tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.dtype != torch.float32 or not t.is_contiguous():
+            raise QprofError(f"{name}: expects contiguous float32 tensors, got {t.dtype} {list(t.shape)}")
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, eps: float) -> torch.Tensor:
+    """out[r] = x[r] / rms(x[r]) * weight for every row r of x [rows, n]."""
+    _require_f32("rmsnorm", x, weight, out)
+    n = weight.numel()
+    lib = _lib()
+    lib.launch(lib.kernel("norm", "rmsnorm_f32"), (x.numel() // n,), (NORM_THREADS,), x, weight, out, n,
+               float(eps))
+    return out
+
+
+def add(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = a + b elementwise (out may be a: the residual stream is updated in place)."""
+    _require_f32("add", a, b, out)
+    n = a.numel()
+    lib = _lib()
+    lib.launch(lib.kernel("norm", "add_f32"), (math.ceil(n / ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
+               a, b, out, n)
+    return out
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = silu(gate) * up."""
+    _require_f32("swiglu", gate, up, out)
+    n = gate.numel()
+    lib = _lib()
+    lib.launch(lib.kernel("swiglu", "swiglu_f32"), (math.ceil(n / ELEMENTWISE_THREADS),),
+               (ELEMENTWISE_THREADS,), gate, up, out, n)
+    return out
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, n_rows: int, n_head_q: int, n_head_k: int, head_dim: int,
+         rope_dim: int, theta: float, pos: torch.Tensor | None = None, pos0: int = 0) -> None:
+    """Rotate q [n_rows, n_head_q, head_dim] and k [n_rows, n_head_k, head_dim] in place (normal mode).
+
+    Row r sits at position pos[0] + r when `pos` (device int32) is given, else pos0 + r.
+    """
+    _require_f32("rope", q, k)
+    if rope_dim % 2 or rope_dim > head_dim:
+        raise UnsupportedError(f"rope dimension {rope_dim} must be even and at most the head size {head_dim}")
+    pairs = (n_head_q + n_head_k) * (rope_dim // 2)
+    lib = _lib()
+    lib.launch(lib.kernel("rope", "rope_f32"), (n_rows, math.ceil(pairs / ROPE_THREADS)), (ROPE_THREADS,),
+               q, k, n_head_q, n_head_k, head_dim, rope_dim, float(theta), _ptr(pos), int(pos0))
+
+
+def kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n_rows: int,
+             pos: torch.Tensor | None = None, pos0: int = 0) -> None:
+    """Copy n_rows rows of k, v [n_rows, kv_dim] into one layer's caches [n_ctx, kv_dim] at their positions."""
+    _require_f32("kv_write", k, v, k_cache, v_cache)
+    n_ctx, kv_dim = k_cache.shape
+    lib = _lib()
+    lib.launch(lib.kernel("kv_cache", "kv_write_f32"), (n_rows, math.ceil(kv_dim / KV_THREADS)),
+               (KV_THREADS,), k, v, k_cache, v_cache, kv_dim, n_ctx, _ptr(pos), int(pos0))
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    window: int = 0  # sliding window in tokens; 0 = none
+
+    def __post_init__(self) -> None:
+        if self.head_dim not in ATTENTION_HEAD_DIMS:
+            raise UnsupportedError(f"attention head size {self.head_dim} is not supported; "
+                                   f"supported: {', '.join(map(str, ATTENTION_HEAD_DIMS))}")
+        if self.n_head % self.n_head_kv:
+            raise UnsupportedError(f"{self.n_head} query heads do not divide into {self.n_head_kv} KV heads")
+
+    @property
+    def n_gqa(self) -> int:
+        return self.n_head // self.n_head_kv
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_head_kv * self.head_dim
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+
+@dataclass(frozen=True)
+class Mask:
+    """An additive float mask (0 / -inf) on the device; rows by position (resident) or by batch row."""
+
+    values: torch.Tensor  # [rows, stride] float32
+    row_by_pos: bool
+
+    @property
+    def stride(self) -> int:
+        return self.values.shape[-1]
+
+
+def _mask_args(mask: Mask | None) -> tuple:
+    if mask is None:
+        return NULL, 0, 0
+    return mask.values, mask.stride, int(mask.row_by_pos)
+
+
+def decode_splits(n_ctx: int) -> tuple[int, int]:
+    """(chunk, n_split) for decode attention: a grid that depends on n_ctx only (graph-capturable)."""
+    chunk = max(DECODE_CHUNK, 32 * math.ceil(n_ctx / MAX_DECODE_SPLITS / 32))
+    return chunk, math.ceil(n_ctx / chunk)
+
+
+@dataclass
+class DecodeScratch:
+    """Per-split partial results of decode attention, allocated once per runtime."""
+
+    chunk: int
+    n_split: int
+    part_o: torch.Tensor  # [n_head, n_split, head_dim]
+    part_ml: torch.Tensor  # [n_head, n_split, 2]
+
+    @classmethod
+    def allocate(cls, shape: AttentionShape, n_ctx: int, device="cuda") -> DecodeScratch:
+        chunk, n_split = decode_splits(n_ctx)
+        return cls(chunk, n_split,
+                   torch.empty(shape.n_head, n_split, shape.head_dim, device=device),
+                   torch.empty(shape.n_head, n_split, 2, device=device))
+
+
+def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+                     shape: AttentionShape, scratch: DecodeScratch, pos: torch.Tensor | None = None,
+                     pos0: int = 0, mask: Mask | None = None) -> torch.Tensor:
+    """One query row q [n_head * D] at position pos[0] (or pos0) against the cache; out [n_head * D]."""
+    _require_f32("attention_decode", q, k_cache, v_cache, out)
+    lib = _lib()
+    kernel = lib.kernel("attention", f"attn_decode_d{shape.head_dim}")
+    lib.launch(kernel, (shape.n_head, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
+               scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, _ptr(pos), int(pos0), scratch.chunk,
+               shape.window, *_mask_args(mask), shape.scale, shared_bytes=4 * scratch.chunk)
+    lib.launch(lib.kernel("attention", "attn_combine"), (shape.n_head,), (COMBINE_THREADS,), scratch.part_o,
+               scratch.part_ml, out, scratch.n_split, shape.head_dim)
+    return out
+
+
+def attention_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+                      n_q: int, shape: AttentionShape, pos0: int, mask: Mask | None = None) -> torch.Tensor:
+    """n_q query rows q [n_q, n_head * D] at positions pos0.. against the cache (already holding them)."""
+    _require_f32("attention_prefill", q, k_cache, v_cache, out)
+    lib = _lib()
+    kernel = lib.kernel("attention", f"attn_prefill_d{shape.head_dim}")
+    lib.launch(kernel, (math.ceil(n_q / PREFILL_WARPS), shape.n_head), (32 * PREFILL_WARPS,), q, k_cache,
+               v_cache, out, n_q, shape.n_head, shape.n_gqa, shape.kv_dim, int(pos0), shape.window,
+               *_mask_args(mask), shape.scale)
+    return out
+
+
+def argmax(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[r] (int32) = index of the largest value of logits row r (first on ties, NaN wins)."""
+    _require_f32("argmax", logits)
+    if out.dtype != torch.int32:
+        raise QprofError(f"argmax: expects an int32 output, got {out.dtype}")
+    n = logits.shape[-1]
+    lib = _lib()
+    lib.launch(lib.kernel("sample", "argmax_f32"), (logits.numel() // n,), (ARGMAX_THREADS,), logits, n, out)
+    return out
+
+
+def causal_mask(q_pos: torch.Tensor, n_keys: int, window: int) -> torch.Tensor:
+    """Additive mask [len(q_pos), n_keys]: 0 where the key is visible to the query, -inf elsewhere."""
+    k_pos = torch.arange(n_keys, device=q_pos.device)
+    diff = q_pos[:, None] - k_pos[None, :]
+    allowed = diff >= 0
+    if window > 0:
+        allowed &= diff < window
+    zero = torch.zeros((), dtype=torch.float32, device=q_pos.device)
+    return torch.where(allowed, zero, torch.full_like(zero, float("-inf")))
