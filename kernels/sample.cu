@@ -1,7 +1,10 @@
-// Greedy sampling on the device: argmax over a row of logits, so only the token id goes to the host.
+// Greedy sampling on the device (argmax over a row of logits, so only the token id goes to the
+// host) and the hand-off of the next token to the decode step.
 //
 // argmax_f32: one CTA of blockDim.x threads (power of two, <= 1024) per row; grid = n_rows.
 // Ties go to the lowest index and NaN counts as the largest value, like torch.argmax.
+// step_set: writes (token, position) into the decode step's device input. Both travel as kernel
+// parameters, so a decode step needs no host->device copy, and a captured graph reads them there.
 #include "common.cuh"
 
 static __device__ __forceinline__ bool qp_better(float v, int i, float best, int best_i) {
@@ -39,4 +42,11 @@ extern "C" __global__ void argmax_f32(const float* __restrict__ logits, int n, i
         __syncthreads();
     }
     if (threadIdx.x == 0) out[blockIdx.x] = s_idx[0];
+}
+
+extern "C" __global__ void step_set(int* step, int token, int pos) {
+    if (threadIdx.x == 0) {
+        step[0] = token;
+        step[1] = pos;
+    }
 }

@@ -216,3 +216,9 @@ def causal_mask(q_pos: torch.Tensor, n_keys: int, window: int) -> torch.Tensor:
         allowed &= diff < window
     zero = torch.zeros((), dtype=torch.float32, device=q_pos.device)
     return torch.where(allowed, zero, torch.full_like(zero, float("-inf")))
+
+
+def step_set(step: torch.Tensor, token: int, pos: int) -> None:
+    """Write (token, position) into the decode step's int32[2] device input, as kernel parameters."""
+    lib = _lib()
+    lib.launch(lib.kernel("sample", "step_set"), (1,), (32,), step, int(token), int(pos))
