@@ -1,0 +1,1 @@
+"""`qprof bench`: llama-bench style runs, telemetry, result records, printers, compare and charts."""

@@ -1,0 +1,196 @@
+"""Bench parameters as llama-bench takes them: comma lists, expanded into an ordered run plan."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from qprof.errors import QprofError
+from qprof.runtime.options import INJECT_FAULTS, RuntimeOptions
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+CTX_ALIGN = 256  # KV caches are sized in whole multiples of this many tokens
+
+
+def split_list(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c'] (empty items dropped)."""
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+def _unique(values: Iterable) -> list:
+    seen: list = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def parse_int_list(text: str, option: str, minimum: int = 0) -> list[int]:
+    items = split_list(text)
+    if not items:
+        raise QprofError(f"{option} needs at least one value, e.g. {option} 512")
+    out = []
+    for item in items:
+        try:
+            value = int(item)
+        except ValueError:
+            raise QprofError(f"{option}: {item!r} is not an integer (expected a comma list such as 128,512)") from None
+        if value < minimum:
+            raise QprofError(f"{option}: {value} is below the minimum {minimum}")
+        out.append(value)
+    return _unique(out)
+
+
+def parse_bool_list(text: str, option: str) -> list[bool]:
+    items = split_list(text)
+    if not items:
+        raise QprofError(f"{option} needs at least one value: 0, 1 or 0,1")
+    out = []
+    for item in items:
+        word = item.lower()
+        if word in TRUE_WORDS:
+            out.append(True)
+        elif word in FALSE_WORDS:
+            out.append(False)
+        else:
+            raise QprofError(f"{option}: {item!r} is not 0 or 1 (expected a comma list such as 0,1)")
+    return _unique(out)
+
+
+def parse_choice_list(text: str, option: str, choices: Sequence[str]) -> list[str]:
+    items = split_list(text)
+    if not items:
+        raise QprofError(f"{option} needs at least one of: {', '.join(choices)}")
+    for item in items:
+        if item not in choices:
+            raise QprofError(f"{option}: unknown value {item!r}; choose from {', '.join(choices)}")
+    return _unique(items)
+
+
+def parse_pg(values: Iterable[str]) -> list[tuple[int, int]]:
+    """Each -pg value is one 'PP,TG' pair (repeat -pg for several), as in llama-bench."""
+    pairs = []
+    for text in values:
+        items = split_list(text)
+        if len(items) != 2:
+            raise QprofError(f"-pg: {text!r} must be two integers PP,TG such as 512,128")
+        try:
+            pp, tg = int(items[0]), int(items[1])
+        except ValueError:
+            raise QprofError(f"-pg: {text!r} must be two integers PP,TG such as 512,128") from None
+        if pp <= 0 or tg <= 0:
+            raise QprofError(f"-pg: {text!r} needs both PP and TG above 0")
+        pairs.append((pp, tg))
+    return _unique(pairs)
+
+
+def parse_inject(text: str, option: str = "--inject") -> list[str | None]:
+    """'none,block-dim' -> [None, 'block-dim']."""
+    return [None if v == "none" else v for v in parse_choice_list(text, option, ("none", *INJECT_FAULTS))]
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One llama-bench test: prompt processing (pp), generation (tg) or both in sequence (pg)."""
+
+    n_prompt: int
+    n_gen: int
+
+    @property
+    def kind(self) -> str:
+        if self.n_prompt and self.n_gen:
+            return "pg"
+        return "pp" if self.n_prompt else "tg"
+
+    @property
+    def name(self) -> str:
+        if self.kind == "pg":
+            return f"pp{self.n_prompt}+tg{self.n_gen}"
+        return f"pp{self.n_prompt}" if self.kind == "pp" else f"tg{self.n_gen}"
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_prompt + self.n_gen
+
+
+@dataclass(frozen=True)
+class Group:
+    """Tests that share one model and one runtime (same options and context size)."""
+
+    model: str
+    options: RuntimeOptions
+    n_ctx: int
+    tests: tuple[TestSpec, ...]
+
+
+@dataclass
+class BenchParams:
+    models: list[str]
+    n_prompt: list[int] = field(default_factory=lambda: [512])
+    n_gen: list[int] = field(default_factory=lambda: [128])
+    pg: list[tuple[int, int]] = field(default_factory=list)
+    repetitions: int = 5
+    warmup: bool = True
+    mask: list[str] = field(default_factory=lambda: ["skip"])
+    scalar_upload: list[bool] = field(default_factory=lambda: [False])
+    sync_every_op: list[bool] = field(default_factory=lambda: [False])
+    inject: list[str | None] = field(default_factory=lambda: [None])
+    cuda_graphs: list[bool] = field(default_factory=lambda: [False])
+    nvtx: list[bool] = field(default_factory=lambda: [False])
+    n_ctx: list[int | None] = field(default_factory=lambda: [None])
+
+    # llama-bench shows a column only when its parameter differs from the default
+    SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "n_ctx")
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise QprofError("no model given (-m FILE|WORKLOAD)")
+        if self.repetitions < 1:
+            raise QprofError(f"-r: {self.repetitions} repetitions; need at least 1")
+        if not self.tests():
+            raise QprofError("nothing to run: -p and -n are all 0 and no -pg was given")
+
+    def tests(self) -> list[TestSpec]:
+        """pp tests, then tg, then pg, each in the order given; 0 entries are skipped like llama-bench."""
+        out = [TestSpec(p, 0) for p in self.n_prompt if p > 0]
+        out += [TestSpec(0, n) for n in self.n_gen if n > 0]
+        out += [TestSpec(p, n) for p, n in self.pg]
+        return out
+
+    def needed_ctx(self) -> int:
+        return max(t.n_tokens for t in self.tests())
+
+    def option_sets(self) -> list[RuntimeOptions]:
+        combos = itertools.product(self.mask, self.scalar_upload, self.sync_every_op, self.inject,
+                                   self.cuda_graphs, self.nvtx)
+        return [RuntimeOptions(mask=m, scalar_upload=su, sync_every_op=so, inject=inj, cuda_graphs=g, nvtx=nv)
+                for m, su, so, inj, g, nv in combos]
+
+    def ctx_sizes(self) -> list[int]:
+        need = self.needed_ctx()
+        out = []
+        for n in self.n_ctx:
+            if n is None:
+                n = -(-need // CTX_ALIGN) * CTX_ALIGN
+            elif n < need:
+                raise QprofError(f"--ctx {n} is too small: the longest test needs {need} tokens of context")
+            out.append(n)
+        return _unique(out)
+
+    def groups(self) -> list[Group]:
+        """The run plan. Models vary slowest so each file is loaded once; tests vary fastest."""
+        tests = tuple(self.tests())
+        return [Group(m, o, c, tests)
+                for m, o, c in itertools.product(self.models, self.option_sets(), self.ctx_sizes())]
+
+    def n_rows(self) -> int:
+        return sum(len(g.tests) for g in self.groups())
+
+    def varying(self) -> list[str]:
+        """Switches to show as table columns: given more than once, or set away from the default."""
+        defaults = BenchParams(models=["-"])
+        return [name for name in self.SWITCHES
+                if len(getattr(self, name)) > 1 or getattr(self, name) != getattr(defaults, name)]
+

@@ -1,0 +1,206 @@
+"""Run the plan: load each model once, build a runtime per option set, time pp/tg/pg tests like llama-bench."""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from qprof.bench.params import BenchParams, Group, TestSpec
+from qprof.bench.record import (
+    SCHEMA,
+    Bandwidth,
+    Environment,
+    floor_fields,
+    kv_type,
+    options_fields,
+    ordered,
+    quant_label,
+    timing_stats,
+)
+from qprof.bench.telemetry import Sampler, throttle_warning
+from qprof.errors import QprofError
+
+
+@dataclass
+class LoadedModel:
+    spec: str  # what -m said: a file or a workload name
+    path: Path
+    model: object  # GGUFModel
+
+    def facts(self) -> dict:
+        from qprof.runtime.base import decode_weight_bytes
+
+        m = self.model
+        return {"model": self.spec, "model_filename": str(self.path), "model_type": m.describe_type(),
+                "model_size": m.size_bytes, "model_n_params": m.n_params, "quant": quant_label(m),
+                "bytes_per_token": decode_weight_bytes(m)}
+
+
+def load_spec(spec: str) -> LoadedModel:
+    """A GGUF path, or a workload name that qprof.workloads builds locally on first use."""
+    from qprof.model.gguf_file import load_model
+
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf" or path.exists():
+        if not path.is_file():
+            raise QprofError(f"model file not found: {spec}")
+    else:
+        from qprof.workloads import resolve_model
+
+        path = resolve_model(spec)
+    return LoadedModel(spec, path, load_model(path))
+
+
+class TokenSource:
+    """Token ids the way llama-bench feeds them: BOS first where the vocabulary adds one, then random ids."""
+
+    def __init__(self, model, seed: int = 0):
+        meta = getattr(model, "metadata", {}) or {}
+        self.n_vocab = int(model.config.n_vocab)
+        if self.n_vocab <= 0:
+            raise QprofError("model has no vocabulary size; cannot make benchmark tokens")
+        bos = meta.get("tokenizer.ggml.bos_token_id")
+        add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", True))
+        self.bos = int(bos) if bos is not None and add_bos and 0 <= int(bos) < self.n_vocab else None
+        self.rng = random.Random(seed)
+
+    def tokens(self, n: int, start: bool = True) -> list[int]:
+        out = [self.rng.randrange(self.n_vocab) for _ in range(n)]
+        if start and n and self.bos is not None:
+            out[0] = self.bos
+        return out
+
+
+def warm_up(runtime, test: TestSpec, src: TokenSource) -> None:
+    """llama-bench's warm-up: the whole prompt once, and one generated token."""
+    runtime.reset()
+    if test.n_prompt:
+        runtime.prefill(src.tokens(test.n_prompt))
+        runtime.synchronize()
+    if test.n_gen:
+        runtime.decode(src.tokens(1, start=not test.n_prompt)[0])
+        runtime.synchronize()
+
+
+def time_test(runtime, test: TestSpec, src: TokenSource) -> int:
+    """One repetition from an empty KV cache; ns between two device synchronizations.
+
+    Tokens are drawn before the clock starts. Decode synchronizes after every token, as a
+    real generation loop must before it can sample the next one (and as llama-bench does).
+    """
+    prompt = src.tokens(test.n_prompt)
+    gen = src.tokens(test.n_gen, start=not test.n_prompt)
+    runtime.reset()
+    runtime.synchronize()
+    t0 = time.perf_counter_ns()
+    if prompt:
+        runtime.prefill(prompt)
+    for token in gen:
+        runtime.decode(token)
+        runtime.synchronize()
+    runtime.synchronize()
+    return time.perf_counter_ns() - t0
+
+
+def release_memory(device: str) -> None:
+    """Free a dropped runtime's device memory before the next one is built."""
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+class BenchRunner:
+    def __init__(self, params: BenchParams, env: Environment, bandwidth: Bandwidth,
+                 sampler: Sampler, load: Callable[[str], LoadedModel] = load_spec,
+                 create_runtime: Callable | None = None,
+                 on_step: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None):
+        if create_runtime is None:
+            from qprof.runtime.factory import create_runtime
+        self.params = params
+        self.env = env
+        self.bandwidth = bandwidth
+        self.sampler = sampler
+        self.load = load
+        self.create_runtime = create_runtime
+        self.on_step = on_step or (lambda label: None)
+        self.warn = warn or (lambda msg: None)
+        self.runtime_names: list[str] = []
+
+    def steps(self) -> int:
+        """Progress units: every repetition and every warm-up."""
+        return self.params.n_rows() * (self.params.repetitions + (1 if self.params.warmup else 0))
+
+    def rows(self) -> Iterator[dict]:
+        """Yield one finished row per test, in plan order; Ctrl-C stops between or inside tests."""
+        loaded: LoadedModel | None = None
+        for group in self.params.groups():
+            if loaded is None or loaded.spec != group.model:
+                loaded = None
+                release_memory(self.env.device)
+                loaded = self.load(group.model)
+            facts = loaded.facts()
+            runtime = self.create_runtime(loaded.model, self.env.device, group.options, None, group.n_ctx)
+            name = type(runtime).__name__
+            if name not in self.runtime_names:
+                self.runtime_names.append(name)
+            try:
+                src = TokenSource(loaded.model)
+                for test in group.tests:
+                    yield self.run_test(runtime, loaded, facts, group, test, src)
+            finally:
+                self.sampler.close()
+                runtime = None
+                release_memory(self.env.device)
+
+    def run_test(self, runtime, loaded: LoadedModel, facts: dict, group: Group, test: TestSpec,
+                 src: TokenSource) -> dict:
+        p = self.params
+        label = f"{test.name} {options_fields(group.options)['options']}"
+        test_time = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if p.warmup:
+            warm_up(runtime, test, src)
+            self.on_step(label)
+        self.sampler.start()
+        samples = []
+        for _ in range(p.repetitions):
+            samples.append(time_test(runtime, test, src))
+            self.on_step(label)
+        telemetry = self.sampler.stop()
+        stats = timing_stats(samples, test.n_tokens)
+        row = {
+            **{k: getattr(self.env, k) for k in ("build_commit", "build_number", "cpu_info", "gpu_info",
+                                                 "backends", "n_threads", "device", "gpu_name", "driver",
+                                                 "cuda_version", "cuda_driver", "torch_version",
+                                                 "qprof_version")},
+            **facts,
+            "schema": SCHEMA,
+            "test": test.name,
+            "runtime": type(runtime).__name__,
+            "n_batch": test.n_prompt or 1,  # the whole prompt goes in as one batch
+            "n_ubatch": test.n_prompt or 1,
+            "type_k": kv_type(runtime),
+            "type_v": kv_type(runtime),
+            "n_gpu_layers": loaded.model.config.n_layer if self.env.device == "cuda" else 0,
+            "flash_attn": False,
+            "n_prompt": test.n_prompt,
+            "n_gen": test.n_gen,
+            "test_time": test_time,
+            **stats,
+            "repetitions": p.repetitions,
+            "warmup": p.warmup,
+            "n_ctx": group.n_ctx,
+            **options_fields(group.options),
+            **floor_fields(test.kind, facts["bytes_per_token"], self.bandwidth, stats["avg_ts"]),
+            **telemetry,
+        }
+        message = throttle_warning(telemetry, label)
+        if message:
+            self.warn(message)
+        return ordered(row)

@@ -1,0 +1,158 @@
+"""`qprof bench`: llama-bench for qprof's runtimes, with the seed's faults as parameters."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from qprof.errors import QprofError
+
+SWITCH_HELP = "comma list; each value is one more configuration in the cartesian product"
+
+
+def pick_device(requested: str | None) -> tuple[str, str]:
+    """(device, why) — CUDA when a GPU is there unless --device says otherwise."""
+    import torch
+
+    if requested == "cuda":
+        from qprof.runtime.cuda.driver import require_cuda
+
+        require_cuda()
+        return "cuda", "--device cuda"
+    if requested == "cpu":
+        return "cpu", "--device cpu"
+    if torch.cuda.is_available():
+        return "cuda", "a CUDA GPU is available"
+    return "cpu", "no CUDA GPU found"
+
+
+def default_model(device: str) -> str:
+    from qprof.workloads import DEFAULT_CPU_WORKLOAD, DEFAULT_GPU_WORKLOAD
+
+    return DEFAULT_GPU_WORKLOAD if device == "cuda" else DEFAULT_CPU_WORKLOAD
+
+
+def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op, inject,
+                 graphs, nvtx, ctx, device):
+    from qprof.bench import params as p
+
+    models = [m for text in model for m in p.split_list(text)]
+    return p.BenchParams(
+        models=models or [default_model(device)],
+        n_prompt=p.parse_int_list(n_prompt, "-p"),
+        n_gen=p.parse_int_list(n_gen, "-n"),
+        pg=p.parse_pg(pg),
+        repetitions=repetitions,
+        warmup=warmup,
+        mask=p.parse_choice_list(mask, "--mask", p.MASK_MODES),
+        scalar_upload=p.parse_bool_list(scalar_upload, "--scalar-upload"),
+        sync_every_op=p.parse_bool_list(sync_every_op, "--sync-every-op"),
+        inject=p.parse_inject(inject),
+        cuda_graphs=p.parse_bool_list(graphs, "--graphs"),
+        nvtx=p.parse_bool_list(nvtx, "--nvtx"),
+        n_ctx=p.parse_int_list(ctx, "--ctx", minimum=1) if ctx else [None],
+    )
+
+
+def say(msg: str) -> None:
+    click.echo(f"qprof bench: {msg}", err=True)
+
+
+@click.command()
+@click.option("-m", "--model", multiple=True, metavar="FILE|WORKLOAD",
+              help="GGUF file or workload name; comma list or repeated. Default: the embedded synthetic "
+                   "Mistral-7B Q4_K_M on a GPU, a tiny synthetic model on the CPU (no download).")
+@click.option("-p", "--n-prompt", default="512", show_default=True, help="prompt lengths (pp tests); 0 = none")
+@click.option("-n", "--n-gen", default="128", show_default=True, help="tokens to generate (tg tests); 0 = none")
+@click.option("-pg", "--prompt-gen", "pg", multiple=True, metavar="PP,TG",
+              help="a prompt then generation, timed together (repeat for more pairs)")
+@click.option("-r", "--repetitions", default=5, show_default=True, type=int, help="timed runs per test")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="an untimed run (prompt + one token) before each test")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="default: cuda when a GPU is available, else cpu (it says which)")
+@click.option("-o", "--output", "fmt", type=click.Choice(["md", "csv", "json", "jsonl", "sql"]), default="md",
+              show_default=True, help="format printed on stdout")
+@click.option("--results", "results_path", type=click.Path(dir_okay=False), default="results/bench.jsonl",
+              show_default=True, help="JSONL file that each finished row is appended to")
+@click.option("--no-save", is_flag=True, help="do not append rows to the results file")
+@click.option("--mask", default="skip", show_default=True, help=f"causal mask: upload,device,skip; {SWITCH_HELP}")
+@click.option("--scalar-upload", default="0", show_default=True,
+              help=f"fault: a host->device scalar copy in every layer (0,1); {SWITCH_HELP}")
+@click.option("--sync-every-op", default="0", show_default=True,
+              help=f"fault: synchronize after every op (0,1); {SWITCH_HELP}")
+@click.option("--inject", default="none", show_default=True,
+              help=f"fault: none,block-dim (wrong dequant block size); {SWITCH_HELP}")
+@click.option("--graphs", default="0", show_default=True, help=f"CUDA graphs for decode (0,1); {SWITCH_HELP}")
+@click.option("--nvtx", default="0", show_default=True, help=f"NVTX ranges on every op (0,1); {SWITCH_HELP}")
+@click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")
+@click.option("--bandwidth", type=float, default=None, metavar="GB/s",
+              help="memory bandwidth for the decode floor (default: 3030 measured on H100 80GB HBM3, "
+                   "else NVML's theoretical peak)")
+def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_path, no_save, mask,
+          scalar_upload, sync_every_op, inject, graphs, nvtx, ctx, bandwidth):
+    """Benchmark prompt processing (pp) and generation (tg) like llama-bench.
+
+    Every parameter takes a comma list; the run is their cartesian product, ordered so each model
+    loads once. Rows print as they finish and are appended to the results file; Ctrl-C keeps
+    every finished row.
+    """
+    from qprof.bench.formats import make_printer
+    from qprof.bench.progress import Progress
+    from qprof.bench.record import choose_bandwidth, collect_environment
+    from qprof.bench.results import append_row
+    from qprof.bench.runner import BenchRunner
+    from qprof.bench.telemetry import Sampler, open_reader
+
+    dev, why = pick_device(device)
+    params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
+                          inject, graphs, nvtx, ctx, dev)
+    if dev == "cuda":
+        import torch
+
+        reader, source = open_reader(torch.cuda.current_device())
+    else:
+        reader, source = None, "none: CPU run"
+    nvml_info = reader.info() if reader else {}
+    env = collect_environment(dev, nvml_info)
+    bw = choose_bandwidth(env, bandwidth, nvml_info)
+
+    if dev == "cuda":
+        say(f"device cuda ({env.gpu_name}; {why}): CUDA runtime; telemetry {source}")
+    else:
+        say(f"device cpu ({why}): CPU reference runtime; numbers check the pipeline, not GPU speed")
+    if not model:
+        say(f"no -m given: using the embedded default workload {params.models[0]!r} "
+            "(synthetic, written locally, no download)")
+    say(f"decode floor bandwidth: {f'{bw.gbps:g} GB/s' if bw.gbps else 'none'} ({bw.source})")
+
+    printer = make_printer(fmt, params.varying(), dev, f"{env.build_commit} ({env.build_number})")
+    progress = Progress(params.n_rows() * (params.repetitions + int(params.warmup)))
+    runner = BenchRunner(params, env, bw, Sampler(reader, source), on_step=progress.step,
+                         warn=lambda msg: (progress.clear(), click.echo(msg, err=True)))
+    out = sys.stdout
+    kept = 0
+    where = "not saved (--no-save)" if no_save else f"in {results_path}"
+    out.write(printer.header())
+    try:
+        for row in runner.rows():
+            if not no_save:
+                append_row(results_path, row)
+            kept += 1
+            progress.clear()
+            out.write(printer.row(row))
+            out.flush()
+    except KeyboardInterrupt:
+        progress.close()
+        out.write(printer.footer())
+        out.flush()
+        click.echo(f"qprof: interrupted; kept {kept} finished row(s) {where}", err=True)
+        raise SystemExit(130) from None
+    except QprofError as exc:
+        progress.close()
+        raise QprofError(f"{exc} ({kept} finished row(s) kept {where})") from None
+    progress.close()
+    out.write(printer.footer())
+    out.flush()
+    say(f"{kept} row(s) {'' if no_save else 'appended '}{where}; runtime: {', '.join(runner.runtime_names)}")
