@@ -71,6 +71,12 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of permute_qk."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def write_gguf(path: Path, model, meta_extra: dict | None = None, arch: str = "llama",
                quant: str | None = None) -> Path:
     """Write `model` as a GGUF: F32 tensors (or matrices quantized to `quant`), SP tokenizer, chat template."""
@@ -130,7 +136,7 @@ def write_gguf(path: Path, model, meta_extra: dict | None = None, arch: str = "l
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if quant and arr.ndim == 2:
             qtype = gguf.GGMLQuantizationType[quant]
-            writer.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_shape=arr.shape, raw_dtype=qtype)
+            writer.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(name, arr)
     writer.write_header_to_file()
