@@ -60,7 +60,8 @@ def _checked_reader_class():
             if self._section == "metadata":
                 return "metadata" + (f" (after key {self._last_key!r})" if self._last_key else " (first key)")
             if self._section == "tensor infos":
-                return f"tensor infos (tensor #{self._tensor_index} of {self._declared_tensors} declared)"
+                where = f"tensor infos (tensor #{self._tensor_index} of {self._declared_tensors} declared)"
+                return where + _count_hint(self._tensor_index, self._declared_tensors)
             return self._section
 
         def _build_fields(self, offs, count):
@@ -101,7 +102,7 @@ def _checked_reader_class():
             if not 1 <= n_dims <= GGML_MAX_DIMS:
                 raise _Abort(
                     f"tensor #{self._tensor_index} of {self._declared_tensors} declared has {n_dims} dimensions"
-                    f" (GGUF allows 1..{GGML_MAX_DIMS}); the header's tensor count may exceed the tensors present"
+                    f" (GGUF allows 1..{GGML_MAX_DIMS})" + _count_hint(self._tensor_index, self._declared_tensors)
                 )
             field = super()._get_tensor_info_field(orig_offs)
             _check_tensor_info(field, self._tensor_index, self._declared_tensors)
@@ -113,6 +114,11 @@ def _checked_reader_class():
             return super()._build_tensors(start_offs, fields)
 
     return CheckedReader
+
+
+def _count_hint(index: int, declared: int) -> str:
+    """A bad last record usually means the header claims more tensors than the file holds."""
+    return "; the header's tensor count may exceed the tensors present" if index == declared else ""
 
 
 def _tensor_name(field) -> str:
@@ -127,7 +133,7 @@ def _check_tensor_info(field, index: int, declared: int) -> None:
     from gguf import GGMLQuantizationType
 
     _len, name_data, _n_dims, dims, raw_type, _offset = field.parts
-    hint = "" if index < declared else "; the header's tensor count may exceed the tensors present"
+    hint = _count_hint(index, declared)
     try:
         name = bytes(name_data).decode("utf-8")
     except UnicodeDecodeError:
@@ -217,9 +223,15 @@ def _check_header(path: Path) -> int:
         )
     room = size - HEADER_BYTES
     if kv_count * MIN_KV_BYTES > room:
-        raise MalformedModelError(f"{path.name}: header declares {kv_count} metadata keys, more than the file can hold")
+        raise MalformedModelError(
+            f"{path.name}: header declares {kv_count} metadata keys, more than {size} bytes can hold"
+            " (file truncated or header corrupt)"
+        )
     if tensor_count * MIN_TENSOR_INFO_BYTES > room:
-        raise MalformedModelError(f"{path.name}: header declares {tensor_count} tensors, more than the file can hold")
+        raise MalformedModelError(
+            f"{path.name}: header declares {tensor_count} tensors, more than {size} bytes can hold"
+            " (file truncated or header corrupt)"
+        )
     return int(tensor_count)
 
 
