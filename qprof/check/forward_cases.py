@@ -1,0 +1,262 @@
+"""GPU-vs-float64 cases for the forward-pass ops (norm, add, RoPE, SwiGLU, KV write, attention, argmax).
+
+Each case builds seeded inputs, poisons the GPU output with NaN, runs the kernel, and compares with
+a float64 torch reference: NMSE <= its threshold and no NaN. The pytest suite (tests/gpu/
+test_forward_ops.py) and `qprof check` run the same cases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+# Thresholds. Pure data movement is exact; float32 elementwise ops sit near 1e-14; attention's
+# float32 softmax and sums land around 1e-12, so 1e-9 still fails on any wrong index or scale.
+EXACT = 0.0
+ELEMENTWISE_NMSE = 1e-10
+ATTENTION_NMSE = 1e-9
+
+
+@dataclass(frozen=True)
+class OpResult:
+    nmse: float
+    n_nan: int
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.n_nan == 0 and self.nmse <= self.threshold
+
+
+@dataclass(frozen=True)
+class ForwardCase:
+    op: str  # family: rmsnorm, add, rope, swiglu, kv_write, attention, argmax
+    label: str  # shape and options, e.g. "decode d128 gqa4 pos=600 mask=device"
+    run: Callable[[], OpResult] = field(compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}[{self.label}]"
+
+
+def nmse(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Normalized mean squared error in float64; inf when `got` holds NaN/inf."""
+    got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
+    if not torch.isfinite(got).all():
+        return math.inf
+    denom = float((ref * ref).mean())
+    err = float(((got - ref) ** 2).mean())
+    return err / denom if denom > 0 else err
+
+
+def _result(got: torch.Tensor, ref: torch.Tensor, threshold: float) -> OpResult:
+    return OpResult(nmse(got, ref), int(torch.isnan(got).sum()), threshold)
+
+
+def _poisoned(*shape: int, dtype=torch.float32) -> torch.Tensor:
+    if dtype == torch.int32:
+        return torch.full(shape, -1, dtype=dtype, device="cuda")
+    return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+
+
+def _rand(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale)
+
+
+# ---------------------------------------------------------------- float64 references
+
+
+def ref_rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def ref_rope(x: torch.Tensor, positions: torch.Tensor, rope_dim: int, theta: float) -> torch.Tensor:
+    """Normal mode on x [T, H, D]: pairs (x[2i], x[2i+1]) of the first rope_dim values, angle p * theta^(-2i/rope_dim)."""
+    i = torch.arange(rope_dim // 2, dtype=torch.float64)
+    # frequency and angle rounded to float32 (the convention of every llama runtime), trig in float64
+    inv_freq = (theta ** (-2.0 * i / rope_dim)).float()
+    ang = (positions.float()[:, None] * inv_freq).double()
+    cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]
+    out = x.clone()
+    x0, x1 = x[..., 0:rope_dim:2], x[..., 1:rope_dim:2]
+    out[..., 0:rope_dim:2] = x0 * cos - x1 * sin
+    out[..., 1:rope_dim:2] = x0 * sin + x1 * cos
+    return out
+
+
+def ref_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+                  window: int) -> torch.Tensor:
+    """q [T, H, D], k/v [S, KV, D] (keys at positions 0..S-1); causal (+ window) -> [T, H*D]."""
+    t, h, d = q.shape
+    group = h // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    diff = q_pos[:, None] - torch.arange(k.shape[0])[None, :]
+    allowed = diff >= 0
+    if window > 0:
+        allowed &= diff < window
+    scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(d)
+    scores = scores.masked_fill(~allowed[None], float("-inf"))
+    return torch.einsum("hts,shd->thd", torch.softmax(scores, -1), v).reshape(t, h * d)
+
+
+# ---------------------------------------------------------------- cases
+
+
+def _rmsnorm_case(rows: int, n: int, seed: int) -> OpResult:
+    from qprof.runtime.cuda import ops
+
+    gen = torch.Generator().manual_seed(seed)
+    x, w = _rand(gen, rows, n, scale=3.0), _rand(gen, n)
+    out = _poisoned(rows, n)
+    ops.rmsnorm(x.float().cuda(), w.float().cuda(), out, 1e-5)
+    return _result(out, ref_rmsnorm(x, w, 1e-5), ELEMENTWISE_NMSE)
+
+
+def _add_case(n: int, seed: int) -> OpResult:
+    from qprof.runtime.cuda import ops
+
+    gen = torch.Generator().manual_seed(seed)
+    a, b = _rand(gen, n), _rand(gen, n)
+    out = _poisoned(n)
+    ops.add(a.float().cuda(), b.float().cuda(), out)
+    return _result(out, a + b, ELEMENTWISE_NMSE)
+
+
+def _swiglu_case(n: int, seed: int) -> OpResult:
+    from qprof.runtime.cuda import ops
+
+    gen = torch.Generator().manual_seed(seed)
+    g, u = _rand(gen, n, scale=4.0), _rand(gen, n)
+    out = _poisoned(n)
+    ops.swiglu(g.float().cuda(), u.float().cuda(), out)
+    return _result(out, torch.nn.functional.silu(g) * u, ELEMENTWISE_NMSE)
+
+
+def _rope_case(rows: int, n_head: int, n_head_kv: int, head_dim: int, rope_dim: int, pos0: int,
+               device_pos: bool, seed: int) -> OpResult:
+    from qprof.runtime.cuda import ops
+
+    gen = torch.Generator().manual_seed(seed)
+    q, k = _rand(gen, rows, n_head, head_dim), _rand(gen, rows, n_head_kv, head_dim)
+    q_d, k_d = q.float().cuda(), k.float().cuda()
+    pos = torch.tensor([pos0], dtype=torch.int32, device="cuda") if device_pos else None
+    # the host pos0 is deliberately wrong when the device scalar must win
+    ops.rope(q_d, k_d, rows, n_head, n_head_kv, head_dim, rope_dim, 1e6, pos=pos,
+             pos0=-7 if device_pos else pos0)
+    positions = torch.arange(pos0, pos0 + rows)
+    got = torch.cat([q_d.reshape(rows, -1), k_d.reshape(rows, -1)], 1)
+    ref = torch.cat([ref_rope(q, positions, rope_dim, 1e6).reshape(rows, -1),
+                     ref_rope(k, positions, rope_dim, 1e6).reshape(rows, -1)], 1)
+    return _result(got, ref, ELEMENTWISE_NMSE)
+
+
+def _kv_write_case(rows: int, kv_dim: int, n_ctx: int, pos0: int, device_pos: bool, seed: int) -> OpResult:
+    from qprof.runtime.cuda import ops
+
+    gen = torch.Generator().manual_seed(seed)
+    k, v = _rand(gen, rows, kv_dim).float(), _rand(gen, rows, kv_dim).float()
+    kc, vc = _poisoned(n_ctx, kv_dim), _poisoned(n_ctx, kv_dim)
+    pos = torch.tensor([pos0], dtype=torch.int32, device="cuda") if device_pos else None
+    ops.kv_write(k.cuda(), v.cuda(), kc, vc, rows, pos=pos, pos0=-7 if device_pos else pos0)
+    got = torch.cat([kc[pos0:pos0 + rows], vc[pos0:pos0 + rows]])
+    untouched = torch.cat([kc[:pos0], kc[pos0 + rows:]]).isnan().all().item()
+    res = _result(got, torch.cat([k, v]), EXACT)
+    # a write outside its rows is as wrong as a missing one: count it as NaN-level failure
+    return res if untouched else OpResult(math.inf, res.n_nan, EXACT)
+
+
+def _attention_inputs(gen, n_q: int, pos0: int, n_head: int, n_head_kv: int, d: int, n_ctx: int):
+    n_keys = pos0 + n_q
+    q = _rand(gen, n_q, n_head, d)
+    k, v = _rand(gen, n_keys, n_head_kv, d), _rand(gen, n_keys, n_head_kv, d)
+    kc = torch.full((n_ctx, n_head_kv * d), float("nan"), dtype=torch.float32)  # unwritten rows are NaN
+    vc = kc.clone()
+    kc[:n_keys], vc[:n_keys] = k.reshape(n_keys, -1).float(), v.reshape(n_keys, -1).float()
+    return q, k, v, kc.cuda(), vc.cuda()
+
+
+def _attention_case(phase: str, n_q: int, pos0: int, n_head: int, n_head_kv: int, d: int, window: int,
+                    mask_mode: str, n_ctx: int, seed: int) -> OpResult:
+    from qprof.runtime.cuda import ops
+
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, kc, vc = _attention_inputs(gen, n_q, pos0, n_head, n_head_kv, d, n_ctx)
+    shape = ops.AttentionShape(n_head, n_head_kv, d, window)
+    q_pos = torch.arange(pos0, pos0 + n_q)
+    mask = None
+    if mask_mode == "device":
+        mask = ops.Mask(ops.causal_mask(torch.arange(n_ctx, device="cuda"), n_ctx, window), row_by_pos=True)
+    elif mask_mode == "upload":
+        mask = ops.Mask(ops.causal_mask(q_pos, pos0 + n_q, window).cuda(), row_by_pos=False)
+    out = _poisoned(n_q, n_head * d)
+    q_d = q.reshape(n_q, -1).float().cuda()
+    if phase == "decode":
+        scratch = ops.DecodeScratch.allocate(shape, n_ctx)
+        scratch.part_o.fill_(float("nan"))
+        scratch.part_ml.fill_(float("nan"))
+        pos = torch.tensor([pos0], dtype=torch.int32, device="cuda")
+        ops.attention_decode(q_d[0], kc, vc, out[0], shape, scratch, pos=pos, mask=mask)
+    else:
+        ops.attention_prefill(q_d, kc, vc, out, n_q, shape, pos0, mask=mask)
+    return _result(out, ref_attention(q, k, v, q_pos, window), ATTENTION_NMSE)
+
+
+def _argmax_case(rows: int, n: int, ties: bool, seed: int) -> OpResult:
+    from qprof.runtime.cuda import ops
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, n, generator=gen)
+    if ties:  # the maximum repeated: the first index must win, as in torch.argmax
+        x[:, n // 3] = x[:, 2 * n // 3] = 100.0
+    out = _poisoned(rows, dtype=torch.int32)
+    ops.argmax(x.cuda(), out)
+    wrong = int((out.cpu() != x.argmax(-1).int()).sum())
+    return OpResult(float(wrong), 0, EXACT)
+
+
+def forward_cases(quick: bool = False) -> list[ForwardCase]:
+    """Every forward op at small shapes and at Mistral-7B / SmolLM2 shapes; `quick` keeps a subset."""
+    cases: list[ForwardCase] = []
+
+    def add_case(op: str, label: str, fn: Callable[..., OpResult], *args) -> None:
+        cases.append(ForwardCase(op, label, lambda: fn(*args)))
+
+    for rows, n in ((1, 576), (9, 576), (1, 4096), (512, 4096)):
+        add_case("rmsnorm", f"{rows}x{n}", _rmsnorm_case, rows, n, rows + n)
+    for n in (576, 14336):
+        add_case("add", f"n={n}", _add_case, n, n)
+        add_case("swiglu", f"n={n}", _swiglu_case, n, n + 1)
+    rope_shapes = [(1, 9, 3, 64, 64, 37, True), (7, 9, 3, 64, 64, 0, False), (1, 32, 8, 128, 128, 4095, True),
+                   (16, 32, 8, 128, 128, 100, False), (3, 4, 2, 128, 64, 5, False)]
+    for rows, h, hkv, d, rd, pos0, dev in rope_shapes:
+        add_case("rope", f"{rows}x{h}/{hkv}x{d} rope{rd} pos={pos0}{' devpos' if dev else ''}", _rope_case,
+                 rows, h, hkv, d, rd, pos0, dev, rows + pos0)
+    for rows, kv_dim, pos0, dev in ((1, 192, 40, True), (9, 1024, 0, False), (512, 1024, 100, False)):
+        add_case("kv_write", f"{rows}x{kv_dim} pos={pos0}{' devpos' if dev else ''}", _kv_write_case,
+                 rows, kv_dim, 1024, pos0, dev, rows)
+    argmax_shapes = [(1, 49152, False), (1, 32000, True), (3, 1000, False)]
+    for rows, n, ties in argmax_shapes:
+        add_case("argmax", f"{rows}x{n}{' ties' if ties else ''}", _argmax_case, rows, n, ties, n)
+
+    heads = [(9, 3, 64), (32, 8, 128)] if not quick else [(9, 3, 64)]
+    decode_pos = (0, 1, 127, 128, 600, 1023) if not quick else (0, 600)
+    for h, hkv, d in heads:
+        for pos in decode_pos:
+            for window, mask_mode in ((0, "skip"), (0, "device"), (0, "upload"), (100, "skip"), (100, "device")):
+                add_case("attention", f"decode {h}/{hkv}x{d} pos={pos} window={window} mask={mask_mode}",
+                         _attention_case, "decode", 1, pos, h, hkv, d, window, mask_mode, 1024, pos + d)
+        prefill = [(1, 0), (7, 0), (9, 33), (64, 0), (200, 300), (512, 0)] if not quick else [(9, 33), (64, 0)]
+        for n_q, pos0 in prefill:
+            for window, mask_mode in ((0, "skip"), (0, "upload"), (0, "device"), (50, "skip"), (50, "upload")):
+                add_case("attention", f"prefill {h}/{hkv}x{d} n={n_q} pos0={pos0} window={window} "
+                         f"mask={mask_mode}", _attention_case, "prefill", n_q, pos0, h, hkv, d, window, mask_mode,
+                         1024, n_q + pos0)
+    for d in (32, 96):
+        add_case("attention", f"decode 4/2x{d} pos=77", _attention_case, "decode", 1, 77, 4, 2, d, 0, "skip",
+                 256, d)
+        add_case("attention", f"prefill 4/2x{d} n=40", _attention_case, "prefill", 40, 3, 4, 2, d, 0, "skip",
+                 256, d)
+    return cases

@@ -1,0 +1,356 @@
+"""CudaRuntime: the full llama/Mistral forward on the GPU with quantized weights used in place.
+
+Weights stay as GGUF block bytes on the device (DeviceWeight); norms are float32; activations,
+KV cache and logits are float32 and never leave the device. Decode runs on static buffers and
+reads its token and position from a device int32 pair written by a kernel launch (step_set), so
+a step has no host<->device copy and no host sync, and can be captured as a CUDA graph
+(RuntimeOptions.cuda_graphs). sample() reads back one int32. Op names and families follow the
+CPU reference (qprof.runtime.cpu); the residual adds are their own ops here (family "add").
+
+The fault switches of RuntimeOptions act here: mask (upload | device | skip, see kv_cache.MaskPolicy),
+scalar_upload (the layer's position copied host->device inside every layer and read by RoPE and
+the KV write), sync_every_op (a checked device synchronize after every op) and inject
+("block-dim", handed to the quantized matmul of the prefill path).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from qprof.errors import QprofError
+from qprof.profile.ranges import NULL_ANNOTATOR, Annotator
+from qprof.quant.dequant import dequantize_torch
+from qprof.runtime.base import SamplingParams
+from qprof.runtime.cuda import ops
+from qprof.runtime.cuda.driver import require_cuda, synchronize
+from qprof.runtime.cuda.graphs import DecodeGraph, graph_blocker
+from qprof.runtime.cuda.kv_cache import KvCache, MaskPolicy
+from qprof.runtime.cuda.quant_ops import DeviceWeight, get_rows, matmul, matvec
+from qprof.runtime.options import RuntimeOptions
+from qprof.runtime.sampling import Sampler, check_params
+
+PREFILL_CHUNK = 512  # prompt tokens per forward: bounds activation memory for long prompts
+MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+GIB = 2**30
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor
+    ffn_norm: torch.Tensor
+    mats: dict[str, DeviceWeight]  # keyed by MATRICES
+
+
+@dataclass
+class DecodeBuffers:
+    """Everything one decode step touches, allocated once (a captured graph bakes in the addresses)."""
+
+    step: torch.Tensor  # int32 [2]: token, position
+    x: torch.Tensor  # [1, n_embd] residual stream
+    xn: torch.Tensor  # [1, n_embd] normed
+    q: torch.Tensor  # [1, q_dim]
+    k: torch.Tensor  # [1, kv_dim]
+    v: torch.Tensor
+    attn: torch.Tensor  # [1, q_dim]
+    tmp: torch.Tensor  # [1, n_embd] projection output before the residual add
+    gate: torch.Tensor  # [1, n_ff]
+    up: torch.Tensor
+    act: torch.Tensor
+    logits: torch.Tensor  # [1, n_vocab]
+    token_out: torch.Tensor  # int32 [1]: the argmax
+    scratch: ops.DecodeScratch
+
+    @classmethod
+    def allocate(cls, cfg, shape: ops.AttentionShape, n_ctx: int) -> DecodeBuffers:
+        def f32(n: int) -> torch.Tensor:
+            return torch.zeros(1, n, device="cuda")
+
+        return cls(torch.zeros(2, dtype=torch.int32, device="cuda"), f32(cfg.n_embd), f32(cfg.n_embd),
+                   f32(cfg.q_dim), f32(cfg.kv_dim), f32(cfg.kv_dim), f32(cfg.q_dim), f32(cfg.n_embd),
+                   f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_vocab),
+                   torch.zeros(1, dtype=torch.int32, device="cuda"), ops.DecodeScratch.allocate(shape, n_ctx))
+
+
+def _norm_weight(info) -> torch.Tensor:
+    return dequantize_torch(info).reshape(-1).to(device="cuda", dtype=torch.float32).contiguous()
+
+
+class CudaRuntime:
+    """Runtime (qprof.runtime.base) on one CUDA GPU, with qprof's PTX kernels."""
+
+    device = "cuda"
+
+    def __init__(self, model, options: RuntimeOptions | None = None, annotator: Annotator | None = None,
+                 n_ctx: int | None = None):
+        require_cuda()
+        cfg = model.config
+        self.model, self.config = model, cfg
+        self.options = options or RuntimeOptions()
+        self.annotator = annotator or NULL_ANNOTATOR
+        self.n_ctx = int(n_ctx or min(cfg.n_ctx, 4096))
+        if self.n_ctx <= 0:
+            raise QprofError(f"context size must be positive, got {self.n_ctx}")
+        self.n_past = 0
+        self.shape = ops.AttentionShape(cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.sliding_window or 0)
+        self._check_memory()
+        try:
+            self._load()
+        except torch.cuda.OutOfMemoryError:
+            raise QprofError(self._memory_message("ran out of GPU memory while loading")) from None
+        self._sampler: Sampler | None = None
+        self._op = self._op_synced if self.options.sync_every_op else self.annotator.op
+        self.graph: DecodeGraph | None = None
+        self.graph_fallback: str | None = None
+        if self.options.cuda_graphs:
+            self.graph_fallback = graph_blocker(self.options)
+            if self.graph_fallback:
+                warnings.warn(f"CUDA graphs off: {self.graph_fallback}; decode runs eagerly", stacklevel=2)
+            else:
+                self.graph = DecodeGraph()
+
+    # ---------------------------------------------------------------- loading
+
+    def _bytes_needed(self) -> dict[str, int]:
+        cfg = self.config
+        widest = max(cfg.n_ff, cfg.n_vocab, cfg.q_dim, cfg.n_embd)
+        return {
+            "weights": int(self.model.size_bytes),
+            "KV cache": KvCache.bytes_needed(cfg.n_layer, self.n_ctx, cfg.kv_dim),
+            "mask": MaskPolicy.bytes_needed(self.options.mask, self.n_ctx),
+            # a prefill chunk's activations, and a float16 copy of the widest matrix for matmul
+            "activations": PREFILL_CHUNK * (4 * cfg.n_embd + 3 * widest) * 4 + 2 * widest * cfg.n_embd,
+        }
+
+    def _memory_message(self, what: str) -> str:
+        free, total = torch.cuda.mem_get_info()
+        parts = ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in self._bytes_needed().items())
+        name = getattr(getattr(self.model, "path", None), "name", None) or self.config.name or "model"
+        return (f"{name} {what}: needs {sum(self._bytes_needed().values()) / GIB:.2f} GiB ({parts}), "
+                f"{free / GIB:.2f} of {total / GIB:.2f} GiB free on {torch.cuda.get_device_name()}; "
+                "lower --ctx or use a smaller model")
+
+    def _check_memory(self) -> None:
+        free, _ = torch.cuda.mem_get_info()
+        if sum(self._bytes_needed().values()) > free:
+            raise QprofError(self._memory_message("does not fit"))
+
+    def _load(self) -> None:
+        cfg, tensors = self.config, self.model.tensors
+        self.weights: dict[str, DeviceWeight] = {}
+        for name, info in tensors.items():
+            if len(info.shape) == 2:
+                self.weights[name] = DeviceWeight.from_tensor_info(info)
+        self.token_embd = self.weights["token_embd.weight"]
+        out_name = "token_embd.weight" if cfg.tied_embeddings else "output.weight"
+        self.output = self.weights[out_name]
+        self.output_norm = _norm_weight(tensors["output_norm.weight"])
+        self.layers = [
+            LayerWeights(_norm_weight(tensors[f"blk.{i}.attn_norm.weight"]),
+                         _norm_weight(tensors[f"blk.{i}.ffn_norm.weight"]),
+                         {m: self.weights[f"blk.{i}.{m}.weight"] for m in MATRICES})
+            for i in range(cfg.n_layer)
+        ]
+        self.cache = KvCache.allocate(cfg.n_layer, self.n_ctx, cfg.kv_dim)
+        self.masks = MaskPolicy(self.options.mask, self.n_ctx, self.shape.window)
+        self.buf = DecodeBuffers.allocate(cfg, self.shape, self.n_ctx)
+        self._mm_scratch: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------- protocol
+
+    def reset(self) -> None:
+        """Empty the cache: attention only reads positions below n_past, so nothing is cleared."""
+        self.n_past = 0
+        self._sampler = None
+
+    def synchronize(self) -> None:
+        synchronize()
+
+    def prefill(self, tokens: Sequence[int], all_logits: bool = False) -> torch.Tensor:
+        tokens = self._check_tokens(tokens)
+        chunks = []
+        with self.annotator.phase("prefill"):
+            for c0 in range(0, len(tokens), PREFILL_CHUNK):
+                part = tokens[c0:c0 + PREFILL_CHUNK]
+                last = c0 + len(part) == len(tokens)
+                logits = self._prefill_chunk(part, all_logits, last)
+                if logits is not None:
+                    chunks.append(logits)
+        return torch.cat(chunks) if all_logits else chunks[-1][-1]
+
+    def decode(self, token: int) -> torch.Tensor:
+        """Logits [n_vocab] of `token` at position n_past: a view of a static buffer, valid until the next call."""
+        (token,) = self._check_tokens([token])
+        b = self.buf
+        with self.annotator.phase("decode"), self.annotator.token(self.n_past):
+            with self._op("step_input", "step"):
+                ops.step_set(b.step, token, self.n_past)
+            if self.graph is not None and self.graph.ready:
+                with self.annotator.op("decode_graph", "graph"):
+                    self.graph.replay()
+            else:
+                self._decode_step()
+                if self.graph is not None:
+                    self._capture()
+        self.n_past += 1
+        return b.logits[0]
+
+    def sample(self, logits: torch.Tensor, params: SamplingParams) -> int:
+        check_params(params)
+        with self.annotator.op("sample", "sample"):
+            if params.greedy:
+                ops.argmax(logits.contiguous(), self.buf.token_out)
+                return int(self.buf.token_out.item())
+            if self._sampler is None or self._sampler.params != params:
+                self._sampler = Sampler(params, device=logits.device)
+            return int(self._sampler(logits))
+
+    # ---------------------------------------------------------------- internals
+
+    @contextmanager
+    def _op_synced(self, name: str, family: str, qtype: str | None = None, **meta):
+        with self.annotator.op(name, family, qtype, **meta):
+            yield
+        synchronize()  # the sync-every-op fault: after the op's range, so it shows as its own wait
+
+    def _check_tokens(self, tokens: Sequence[int]) -> list[int]:
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise QprofError("empty prompt: nothing to run")
+        bad = [t for t in tokens if not 0 <= t < self.config.n_vocab]
+        if bad:
+            raise QprofError(f"token id {bad[0]} is outside the vocabulary of {self.config.n_vocab}")
+        if self.n_past + len(tokens) > self.n_ctx:
+            if self.n_past == 0:
+                raise QprofError(f"prompt of {len(tokens)} tokens does not fit the context of {self.n_ctx} "
+                                 "tokens (raise --ctx or shorten the prompt)")
+            raise QprofError(f"context full: {self.n_past} + {len(tokens)} tokens exceed {self.n_ctx} (raise --ctx)")
+        return tokens
+
+    def _layer_pos(self, pos: torch.Tensor | None, host_pos: int) -> torch.Tensor | None:
+        """The position RoPE and the KV write read: the step's, or (scalar_upload fault) a fresh upload."""
+        if self.options.scalar_upload:
+            with self._op("scalar_upload", "copy"):
+                return torch.tensor([host_pos], dtype=torch.int32, device="cuda")
+        return pos
+
+    def _capture(self) -> None:
+        annotator, op = self.annotator, self._op
+        self.annotator, self._op = NULL_ANNOTATOR, NULL_ANNOTATOR.op  # host ranges mean nothing in a replay
+        try:
+            self.graph.capture(self._decode_step)
+        finally:
+            self.annotator, self._op = annotator, op
+
+    def _decode_step(self) -> None:
+        """One token through the model; reads token and position from self.buf.step only."""
+        cfg, b, op, sh = self.config, self.buf, self._op, self.shape
+        pos = b.step[1:2]
+        mask = self.masks.for_forward(self.n_past, 1)
+        with op("token_embd", "get_rows", self.token_embd.qtype):
+            get_rows(self.token_embd, b.step[0:1], b.x)
+        for i, layer in enumerate(self.layers):
+            p, w = f"blk.{i}.", layer.mats
+            k_cache, v_cache = self.cache.layer(i)
+            with self.annotator.layer(i):
+                lpos = self._layer_pos(pos, self.n_past)
+                with op(p + "attn_norm", "rmsnorm"):
+                    ops.rmsnorm(b.x, layer.attn_norm, b.xn, cfg.rms_eps)
+                for name, out in (("attn_q", b.q), ("attn_k", b.k), ("attn_v", b.v)):
+                    with op(p + name, "matvec", w[name].qtype):
+                        matvec(w[name], b.xn, out)
+                with op(p + "rope", "rope"):
+                    ops.rope(b.q, b.k, 1, sh.n_head, sh.n_head_kv, sh.head_dim, cfg.rope_dim, cfg.rope_theta,
+                             pos=lpos)
+                with op(p + "kv_write", "kv_write"):
+                    ops.kv_write(b.k, b.v, k_cache, v_cache, 1, pos=lpos)
+                with op(p + "attention", "attention"):
+                    ops.attention_decode(b.q, k_cache, v_cache, b.attn, sh, b.scratch, pos=lpos, mask=mask)
+                self._project_add(p + "attn_output", "matvec", w["attn_output"], b.attn, b.tmp, b.x)
+                with op(p + "ffn_norm", "rmsnorm"):
+                    ops.rmsnorm(b.x, layer.ffn_norm, b.xn, cfg.rms_eps)
+                for name, out in (("ffn_gate", b.gate), ("ffn_up", b.up)):
+                    with op(p + name, "matvec", w[name].qtype):
+                        matvec(w[name], b.xn, out)
+                with op(p + "swiglu", "swiglu"):
+                    ops.swiglu(b.gate, b.up, b.act)
+                self._project_add(p + "ffn_down", "matvec", w["ffn_down"], b.act, b.tmp, b.x)
+        with op("output_norm", "rmsnorm"):
+            ops.rmsnorm(b.x, self.output_norm, b.xn, cfg.rms_eps)
+        with op("output", "matvec", self.output.qtype):
+            matvec(self.output, b.xn, b.logits)
+
+    def _project(self, name: str, family: str, w: DeviceWeight, x: torch.Tensor, out: torch.Tensor) -> None:
+        with self._op(name, family, w.qtype):
+            if family == "matvec":
+                matvec(w, x, out)
+            else:
+                matmul(w, x, out, self._scratch(w), inject=self.options.inject)
+
+    def _project_add(self, name: str, family: str, w: DeviceWeight, x: torch.Tensor, tmp: torch.Tensor,
+                     residual: torch.Tensor) -> None:
+        """residual += w @ x: the projection, then the residual add as its own op."""
+        self._project(name, family, w, x, tmp)
+        with self._op(name.replace("attn_output", "attn_add").replace("ffn_down", "ffn_add"), "add"):
+            ops.add(residual, tmp, residual)
+
+    def _scratch(self, w: DeviceWeight) -> torch.Tensor:
+        """One float16 buffer, grown to the largest matrix, for the prefill matmul's dequantized weights."""
+        n = w.shape[0] * w.shape[1]
+        if self._mm_scratch is None or self._mm_scratch.numel() < n:
+            self._mm_scratch = torch.empty(n, dtype=torch.float16, device="cuda")
+        return self._mm_scratch[:n].view(w.shape[0], w.shape[1])
+
+    def _prefill_chunk(self, tokens: list[int], all_logits: bool, last: bool) -> torch.Tensor | None:
+        cfg, sh, op = self.config, self.shape, self._op
+        n, pos0 = len(tokens), self.n_past
+
+        def f32(width: int) -> torch.Tensor:
+            return torch.empty(n, width, device="cuda")
+
+        x, xn, q, k, v, attn, tmp = (f32(cfg.n_embd), f32(cfg.n_embd), f32(cfg.q_dim), f32(cfg.kv_dim),
+                                     f32(cfg.kv_dim), f32(cfg.q_dim), f32(cfg.n_embd))
+        gate, up, act = f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_ff)
+        ids = torch.tensor(tokens, dtype=torch.int32).pin_memory().to("cuda", non_blocking=True)
+        mask = self.masks.for_forward(pos0, n)
+        with op("token_embd", "get_rows", self.token_embd.qtype):
+            get_rows(self.token_embd, ids, x)
+        for i, layer in enumerate(self.layers):
+            p, w = f"blk.{i}.", layer.mats
+            k_cache, v_cache = self.cache.layer(i)
+            with self.annotator.layer(i):
+                lpos = self._layer_pos(None, pos0)
+                with op(p + "attn_norm", "rmsnorm"):
+                    ops.rmsnorm(x, layer.attn_norm, xn, cfg.rms_eps)
+                for name, out in (("attn_q", q), ("attn_k", k), ("attn_v", v)):
+                    self._project(p + name, "matmul", w[name], xn, out)
+                with op(p + "rope", "rope"):
+                    ops.rope(q, k, n, sh.n_head, sh.n_head_kv, sh.head_dim, cfg.rope_dim, cfg.rope_theta,
+                             pos=lpos, pos0=pos0)
+                with op(p + "kv_write", "kv_write"):
+                    ops.kv_write(k, v, k_cache, v_cache, n, pos=lpos, pos0=pos0)
+                with op(p + "attention", "attention"):
+                    ops.attention_prefill(q, k_cache, v_cache, attn, n, sh, pos0, mask=mask)
+                self._project_add(p + "attn_output", "matmul", w["attn_output"], attn, tmp, x)
+                with op(p + "ffn_norm", "rmsnorm"):
+                    ops.rmsnorm(x, layer.ffn_norm, xn, cfg.rms_eps)
+                self._project(p + "ffn_gate", "matmul", w["ffn_gate"], xn, gate)
+                self._project(p + "ffn_up", "matmul", w["ffn_up"], xn, up)
+                with op(p + "swiglu", "swiglu"):
+                    ops.swiglu(gate, up, act)
+                self._project_add(p + "ffn_down", "matmul", w["ffn_down"], act, tmp, x)
+        self.n_past = pos0 + n
+        if not (all_logits or last):
+            return None
+        rows = x if all_logits else x[-1:]
+        normed = xn[: rows.shape[0]]
+        with op("output_norm", "rmsnorm"):
+            ops.rmsnorm(rows, self.output_norm, normed, cfg.rms_eps)
+        logits = torch.empty(rows.shape[0], cfg.n_vocab, device="cuda")
+        # one row goes through the decode matvec: dequantizing the whole output matrix for it costs more
+        self._project("output", "matmul" if all_logits else "matvec", self.output, normed, logits)
+        return logits

@@ -1,0 +1,78 @@
+"""Forward-pass kernels vs float64 torch references (GPU), plus their host-side shape rules (anywhere)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qprof.check.forward_cases import ForwardCase, forward_cases
+from qprof.errors import UnsupportedError
+from qprof.runtime.cuda import ops
+from qprof.runtime.cuda.graphs import graph_blocker
+from qprof.runtime.cuda.kv_cache import MaskPolicy
+from qprof.runtime.options import RuntimeOptions
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA GPU (torch.cuda.is_available() is False)")
+CASES = forward_cases()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_op_matches_float64_reference(case: ForwardCase):
+    res = case.run()
+    assert res.passed, f"{case.name}: NMSE {res.nmse:.3e} (limit {res.threshold:.0e}), {res.n_nan} NaN"
+
+
+def test_cases_cover_every_forward_op_and_both_attention_phases():
+    ops_seen = {c.op for c in CASES}
+    assert ops_seen == {"rmsnorm", "add", "swiglu", "rope", "kv_write", "attention", "argmax"}
+    labels = [c.label for c in CASES if c.op == "attention"]
+    assert any(lb.startswith("decode 32/8x128") for lb in labels)  # Mistral-7B's attention shape
+    assert any("n=512" in lb for lb in labels)
+    assert {m for lb in labels for m in ("mask=skip", "mask=device", "mask=upload") if m in lb} == {
+        "mask=skip", "mask=device", "mask=upload"}
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+def test_unsupported_head_size_is_one_line():
+    with pytest.raises(UnsupportedError, match="attention head size 80 is not supported"):
+        ops.AttentionShape(8, 2, 80)
+
+
+def test_heads_must_divide_into_kv_heads():
+    with pytest.raises(UnsupportedError, match="9 query heads do not divide into 2 KV heads"):
+        ops.AttentionShape(9, 2, 64)
+
+
+@pytest.mark.parametrize("n_ctx", [1, 128, 129, 4096, 32768, 131072])
+def test_decode_splits_cover_the_context(n_ctx):
+    chunk, n_split = ops.decode_splits(n_ctx)
+    assert chunk * n_split >= n_ctx > chunk * (n_split - 1)
+    assert n_split <= ops.MAX_DECODE_SPLITS and chunk % 32 == 0
+
+
+def test_causal_mask_with_window():
+    m = ops.causal_mask(torch.arange(3, 6), 6, window=2)
+    allowed = m == 0
+    assert allowed.tolist() == [[False, False, True, True, False, False],
+                                [False, False, False, True, True, False],
+                                [False, False, False, False, True, True]]
+    assert torch.isinf(m[~allowed]).all()
+
+
+def test_mask_policy_skip_and_sizes():
+    assert MaskPolicy("skip", 16, 0, device="cpu").for_forward(3, 2) is None
+    assert MaskPolicy.bytes_needed("device", 4096) == 4096 * 4096 * 4
+    assert MaskPolicy.bytes_needed("upload", 4096) == 0
+
+
+@pytest.mark.parametrize("options, blocked", [
+    (RuntimeOptions(), None), (RuntimeOptions(mask="device"), None),
+    (RuntimeOptions(inject="block-dim"), None),
+    (RuntimeOptions(mask="upload"), "mask=upload"), (RuntimeOptions(scalar_upload=True), "scalar-upload"),
+    (RuntimeOptions(sync_every_op=True), "sync-every-op")])
+def test_graph_blockers(options, blocked):
+    reason = graph_blocker(options)
+    assert (reason is None) if blocked is None else reason.startswith(blocked)
