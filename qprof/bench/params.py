@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from qprof.errors import QprofError
-from qprof.runtime.options import INJECT_FAULTS, RuntimeOptions
+from qprof.runtime.options import INJECT_FAULTS, MASK_MODES, RuntimeOptions
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -86,13 +86,17 @@ def parse_pg(values: Iterable[str]) -> list[tuple[int, int]]:
     return _unique(pairs)
 
 
+def parse_mask(text: str, option: str = "--mask") -> list[str]:
+    return parse_choice_list(text, option, MASK_MODES)
+
+
 def parse_inject(text: str, option: str = "--inject") -> list[str | None]:
     """'none,block-dim' -> [None, 'block-dim']."""
     return [None if v == "none" else v for v in parse_choice_list(text, option, ("none", *INJECT_FAULTS))]
 
 
 @dataclass(frozen=True)
-class TestSpec:
+class BenchTest:
     """One llama-bench test: prompt processing (pp), generation (tg) or both in sequence (pg)."""
 
     n_prompt: int
@@ -122,7 +126,7 @@ class Group:
     model: str
     options: RuntimeOptions
     n_ctx: int
-    tests: tuple[TestSpec, ...]
+    tests: tuple[BenchTest, ...]
 
 
 @dataclass
@@ -152,11 +156,11 @@ class BenchParams:
         if not self.tests():
             raise QprofError("nothing to run: -p and -n are all 0 and no -pg was given")
 
-    def tests(self) -> list[TestSpec]:
+    def tests(self) -> list[BenchTest]:
         """pp tests, then tg, then pg, each in the order given; 0 entries are skipped like llama-bench."""
-        out = [TestSpec(p, 0) for p in self.n_prompt if p > 0]
-        out += [TestSpec(0, n) for n in self.n_gen if n > 0]
-        out += [TestSpec(p, n) for p, n in self.pg]
+        out = [BenchTest(p, 0) for p in self.n_prompt if p > 0]
+        out += [BenchTest(0, n) for n in self.n_gen if n > 0]
+        out += [BenchTest(p, n) for p, n in self.pg]
         return out
 
     def needed_ctx(self) -> int:

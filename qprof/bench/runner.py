@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from qprof.bench.params import BenchParams, Group, TestSpec
+from qprof.bench.params import BenchParams, BenchTest, Group
 from qprof.bench.record import (
     SCHEMA,
     Bandwidth,
@@ -36,24 +36,19 @@ class LoadedModel:
         from qprof.runtime.base import decode_weight_bytes
 
         m = self.model
-        return {"model": self.spec, "model_filename": str(self.path), "model_type": m.describe_type(),
+        name = m.metadata.get("general.name") or m.config.name or m.config.arch
+        return {"model": self.spec, "model_filename": str(self.path), "model_type": f"{name} {quant_label(m)}",
                 "model_size": m.size_bytes, "model_n_params": m.n_params, "quant": quant_label(m),
                 "bytes_per_token": decode_weight_bytes(m)}
 
 
-def load_spec(spec: str) -> LoadedModel:
-    """A GGUF path, or a workload name that qprof.workloads builds locally on first use."""
+def load_spec(spec: str, log: Callable[[str], None] | None = None) -> LoadedModel:
+    """A GGUF path, or a workload name that qprof.workloads writes locally on first use (no download)."""
     from qprof.model.gguf_file import load_model
+    from qprof.workloads import resolve_model
 
-    path = Path(spec).expanduser()
-    if path.suffix == ".gguf" or path.exists():
-        if not path.is_file():
-            raise QprofError(f"model file not found: {spec}")
-    else:
-        from qprof.workloads import resolve_model
-
-        path = resolve_model(spec)
-    return LoadedModel(spec, path, load_model(path))
+    path = resolve_model(spec, log=log)
+    return LoadedModel(spec, Path(path), load_model(path))
 
 
 class TokenSource:
@@ -76,7 +71,7 @@ class TokenSource:
         return out
 
 
-def warm_up(runtime, test: TestSpec, src: TokenSource) -> None:
+def warm_up(runtime, test: BenchTest, src: TokenSource) -> None:
     """llama-bench's warm-up: the whole prompt once, and one generated token."""
     runtime.reset()
     if test.n_prompt:
@@ -87,7 +82,7 @@ def warm_up(runtime, test: TestSpec, src: TokenSource) -> None:
         runtime.synchronize()
 
 
-def time_test(runtime, test: TestSpec, src: TokenSource) -> int:
+def time_test(runtime, test: BenchTest, src: TokenSource) -> int:
     """One repetition from an empty KV cache; ns between two device synchronizations.
 
     Tokens are drawn before the clock starts. Decode synchronizes after every token, as a
@@ -159,7 +154,7 @@ class BenchRunner:
                 runtime = None
                 release_memory(self.env.device)
 
-    def run_test(self, runtime, loaded: LoadedModel, facts: dict, group: Group, test: TestSpec,
+    def run_test(self, runtime, loaded: LoadedModel, facts: dict, group: Group, test: BenchTest,
                  src: TokenSource) -> dict:
         p = self.params
         label = f"{test.name} {options_fields(group.options)['options']}"

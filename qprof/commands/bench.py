@@ -45,7 +45,7 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
         pg=p.parse_pg(pg),
         repetitions=repetitions,
         warmup=warmup,
-        mask=p.parse_choice_list(mask, "--mask", p.MASK_MODES),
+        mask=p.parse_mask(mask),
         scalar_upload=p.parse_bool_list(scalar_upload, "--scalar-upload"),
         sync_every_op=p.parse_bool_list(sync_every_op, "--sync-every-op"),
         inject=p.parse_inject(inject),
@@ -102,7 +102,7 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     from qprof.bench.progress import Progress
     from qprof.bench.record import choose_bandwidth, collect_environment
     from qprof.bench.results import append_row
-    from qprof.bench.runner import BenchRunner
+    from qprof.bench.runner import BenchRunner, load_spec
     from qprof.bench.telemetry import Sampler, open_reader
 
     dev, why = pick_device(device)
@@ -129,7 +129,8 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
 
     printer = make_printer(fmt, params.varying(), dev, f"{env.build_commit} ({env.build_number})")
     progress = Progress(params.n_rows() * (params.repetitions + int(params.warmup)))
-    runner = BenchRunner(params, env, bw, Sampler(reader, source), on_step=progress.step,
+    runner = BenchRunner(params, env, bw, Sampler(reader, source), load=lambda spec: load_spec(spec, log=say),
+                         on_step=progress.step,
                          warn=lambda msg: (progress.clear(), click.echo(msg, err=True)))
     out = sys.stdout
     kept = 0

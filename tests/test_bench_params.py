@@ -1,0 +1,107 @@
+"""Bench parameters: comma lists, bad values, test naming and the model-major run order."""
+
+from __future__ import annotations
+
+import pytest
+
+from qprof.bench.params import (
+    BenchParams,
+    BenchTest,
+    parse_bool_list,
+    parse_inject,
+    parse_int_list,
+    parse_mask,
+    parse_pg,
+)
+from qprof.errors import QprofError
+
+
+def test_int_lists_parse_and_deduplicate():
+    assert parse_int_list("512", "-p") == [512]
+    assert parse_int_list(" 128, 512,128 ,", "-p") == [128, 512]
+    assert parse_int_list("0,64", "-n") == [0, 64]
+
+
+@pytest.mark.parametrize("text, words", [("12x", "'12x' is not an integer"), ("-5", "below the minimum 0"),
+                                         ("", "needs at least one value")])
+def test_bad_int_lists_name_the_option_and_value(text, words):
+    with pytest.raises(QprofError, match="-p") as exc:
+        parse_int_list(text, "-p")
+    assert words in str(exc.value)
+
+
+def test_bool_lists():
+    assert parse_bool_list("0,1", "--graphs") == [False, True]
+    assert parse_bool_list("true,off", "--nvtx") == [True, False]
+    with pytest.raises(QprofError, match=r"--graphs: 'maybe' is not 0 or 1"):
+        parse_bool_list("maybe", "--graphs")
+
+
+def test_mask_and_inject_choices():
+    assert parse_mask("upload,device,skip") == ["upload", "device", "skip"]
+    assert parse_inject("none,block-dim") == [None, "block-dim"]
+    with pytest.raises(QprofError, match=r"--mask: unknown value 'gpu'; choose from upload, device, skip"):
+        parse_mask("gpu")
+    with pytest.raises(QprofError, match=r"--inject: unknown value 'bogus'"):
+        parse_inject("bogus")
+
+
+def test_pg_pairs():
+    assert parse_pg(["512,128", "64,64"]) == [(512, 128), (64, 64)]
+    for bad in ("512", "512,0", "a,b", "1,2,3"):
+        with pytest.raises(QprofError, match="-pg"):
+            parse_pg([bad])
+
+
+def test_test_names_follow_llama_bench():
+    assert BenchTest(512, 0).name == "pp512" and BenchTest(512, 0).kind == "pp"
+    assert BenchTest(0, 128).name == "tg128" and BenchTest(0, 128).kind == "tg"
+    assert BenchTest(512, 128).name == "pp512+tg128" and BenchTest(512, 128).n_tokens == 640
+
+
+def test_tests_order_and_zero_skipping():
+    p = BenchParams(models=["m"], n_prompt=[0, 64, 16], n_gen=[0, 8], pg=[(16, 4)])
+    assert [t.name for t in p.tests()] == ["pp64", "pp16", "tg8", "pp16+tg4"]
+
+
+def test_nothing_to_run_is_an_error():
+    with pytest.raises(QprofError, match="nothing to run"):
+        BenchParams(models=["m"], n_prompt=[0], n_gen=[0])
+    with pytest.raises(QprofError, match="at least 1"):
+        BenchParams(models=["m"], repetitions=0)
+    with pytest.raises(QprofError, match="no model given"):
+        BenchParams(models=[])
+
+
+def test_cartesian_product_is_model_major():
+    p = BenchParams(models=["a", "b"], n_prompt=[8], n_gen=[4], mask=["upload", "skip"], cuda_graphs=[False, True])
+    groups = p.groups()
+    assert len(groups) == 2 * 2 * 2
+    models = [g.model for g in groups]
+    # each model's groups are contiguous, so it is loaded once
+    assert models == ["a"] * 4 + ["b"] * 4
+    assert [(g.options.mask, g.options.cuda_graphs) for g in groups[:4]] == [
+        ("upload", False), ("upload", True), ("skip", False), ("skip", True)]
+    assert p.n_rows() == 8 * 2
+
+
+def test_context_size_default_and_check():
+    p = BenchParams(models=["m"], n_prompt=[300], n_gen=[16], pg=[(100, 50)])
+    assert p.needed_ctx() == 300
+    assert p.ctx_sizes() == [512]  # rounded up to whole 256-token blocks
+    assert BenchParams(models=["m"], n_prompt=[512], n_gen=[128], n_ctx=[1024]).ctx_sizes() == [1024]
+    with pytest.raises(QprofError, match=r"--ctx 100 is too small: the longest test needs 512"):
+        BenchParams(models=["m"], n_prompt=[512], n_ctx=[100]).ctx_sizes()
+
+
+def test_varying_lists_only_non_default_switches():
+    assert BenchParams(models=["m"]).varying() == []
+    p = BenchParams(models=["m"], mask=["upload", "skip"], sync_every_op=[True], nvtx=[False])
+    assert p.varying() == ["mask", "sync_every_op"]
+
+
+def test_option_sets_build_runtime_options():
+    p = BenchParams(models=["m"], scalar_upload=[True], inject=[None, "block-dim"], nvtx=[True])
+    sets = p.option_sets()
+    assert [o.inject for o in sets] == [None, "block-dim"]
+    assert all(o.scalar_upload and o.nvtx for o in sets)
