@@ -1,0 +1,227 @@
+"""Rules that read the activity table and name causes in plain words, with the numbers behind them.
+
+A finding is a `fault` (something the code does wrong and can stop doing: a copy or sync that
+need not happen every step, a launch shape the kernel does not expect) or `advice` (a true
+property of the run worth acting on: launch-bound decode, kernels far from the bandwidth
+roof). A clean run must produce no faults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from qprof.profile.attribution import (
+    PEAK_BYTES_PER_S,
+    gaps,
+    op_type,
+    time_by_category,
+    top_kernels,
+    window_ns,
+)
+from qprof.quant.traits import QUANT_TRAITS
+
+TOKEN_INPUT_MAX_BYTES = 64  # one token id (and its position) uploaded per step is the decode input, not a fault
+SYNCS_PER_STEP_MAX = 2  # reading the sampled id back costs one sync per step; more is a fault
+LAUNCH_GAP_SHARE = 0.30
+LOW_BANDWIDTH_PCT = 25.0
+MIN_KERNEL_SHARE = 0.05
+
+
+@dataclass
+class Finding:
+    rule: str
+    severity: str  # "fault" or "advice"
+    message: str
+    numbers: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"[{self.severity}] {self.message}"
+
+
+def _decode_steps(df: pd.DataFrame) -> int:
+    dec = df[(df["phase"] == "decode") & df["token"].notna()]
+    return int(dec["token"].nunique())
+
+
+def _n_layers(df: pd.DataFrame) -> int:
+    layers = df["layer"].dropna()
+    return int(layers.max()) + 1 if not layers.empty else 0
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.2f} ms"
+
+
+def _pct(x: float) -> str:
+    return f"{100.0 * x:.1f}%"
+
+
+def _grows_with_context(copies: pd.DataFrame) -> bool:
+    """True when one copy per step grows by a fixed stride per token: sized by the context, like a mask row."""
+    per_token = copies.dropna(subset=["token"]).groupby("token")["bytes"].sum().sort_index()
+    if len(per_token) < 3 or per_token.isna().any():
+        return False
+    steps = per_token.diff().dropna()
+    return bool((steps > 0).all() and steps.nunique() == 1)
+
+
+def _host_time(df: pd.DataFrame, rows: pd.DataFrame) -> int:
+    """Host time in the API calls that issued `rows` (a pageable upload blocks the caller)."""
+    corr = rows["correlation_id"].dropna()
+    if corr.empty:
+        return 0
+    api = df[(df["kind"] == "api") & df["correlation_id"].isin(corr)]
+    return int(api["dur_ns"].sum())
+
+
+def repeated_uploads(df: pd.DataFrame) -> list[Finding]:
+    """Small host→device copies that come back every decode step (the mask, a per-layer scalar)."""
+    steps = _decode_steps(df)
+    decode_ns = window_ns(df, "decode")
+    if steps == 0 or decode_ns == 0:
+        return []
+    htod = df[(df["kind"] == "memcpy") & (df["copy_kind"] == "HtoD") & (df["phase"] == "decode")]
+    findings = []
+    for op, grp in htod.groupby(htod["nvtx_range"].map(op_type)):
+        count = len(grp)
+        per_step = count / steps
+        if per_step < 0.9:
+            continue
+        nbytes = int(grp["bytes"].fillna(0).max())
+        in_layers = bool(grp["layer"].notna().mean() > 0.5)
+        grows = _grows_with_context(grp)
+        if per_step <= 1.0 and nbytes <= TOKEN_INPUT_MAX_BYTES and not in_layers and not grows:
+            continue  # the step's token id: every decode needs its input on the device
+        time_ns = int(grp["dur_ns"].sum())
+        share = time_ns / decode_ns
+        numbers = {"op": op, "copies": count, "per_step": per_step, "bytes": nbytes, "time_ns": time_ns,
+                   "share_of_decode": share, "steps": steps}
+        each = f"{nbytes} B each"
+        host_ns = _host_time(df, grp)
+        numbers["host_ns"] = host_ns
+        each += f"; the host spent {_ms(host_ns)} in these copy calls" if host_ns else ""
+        if "mask" in op.lower() or grp["nvtx_path"].fillna("").str.contains("mask").any() or grows:
+            msg = (f"attention mask uploaded on every step: {count} copies ({per_step:g} per step, {each}), "
+                   f"{_pct(share)} of decode time ({_ms(time_ns)}); build it once on the device (--mask device) "
+                   f"or skip it for single-token decode (--mask skip)")
+            rule = "mask_upload"
+        elif in_layers:
+            n_layers = _n_layers(df)
+            msg = (f"host→device copy inside every layer ('{op}'): {count} copies ({per_step:g} per step"
+                   + (f", {per_step / n_layers:g} per layer" if n_layers else "")
+                   + f", {each}), {_pct(share)} of decode time ({_ms(time_ns)}); keep the value on the device")
+            rule = "per_layer_upload"
+        else:
+            msg = (f"small host→device copy repeated every decode step in '{op}': {count} copies "
+                   f"({per_step:g} per step, {each}), {_pct(share)} of decode time ({_ms(time_ns)})")
+            rule = "repeated_upload"
+        findings.append(Finding(rule, "fault", msg, numbers))
+    return findings
+
+
+def frequent_syncs(df: pd.DataFrame) -> list[Finding]:
+    """More device synchronizations per decode step than reading back the sampled token needs."""
+    steps = _decode_steps(df)
+    decode_ns = window_ns(df, "decode")
+    sync = df[(df["kind"] == "sync") & (df["phase"] == "decode")]
+    if steps == 0 or sync.empty or decode_ns == 0:
+        return []
+    per_step = len(sync) / steps
+    if per_step <= SYNCS_PER_STEP_MAX:
+        return []
+    n_layers = _n_layers(df)
+    g = gaps(df, "decode")
+    wait_ns = int(g.loc[g["gap"] == "sync wait", "dur_ns"].sum()) if not g.empty else 0
+    where = sync["nvtx_range"].map(op_type).value_counts()
+    top = ", ".join(f"{op} ×{n}" for op, n in where.head(3).items())
+    per_layer = f", {per_step / n_layers:.1f} per layer" if n_layers else ""
+    msg = (f"device synchronized {per_step:.0f} times per decode step{per_layer} (from {top}): the GPU drains and "
+           f"idles after each, {_pct(wait_ns / decode_ns)} of decode time ({_ms(wait_ns)}) lost in sync waits; "
+           f"drop the synchronize (--sync-every-op off)")
+    return [Finding("per_layer_sync", "fault", msg,
+                    {"syncs": len(sync), "per_step": per_step, "n_layers": n_layers, "sync_wait_ns": wait_ns,
+                     "share_of_decode": wait_ns / decode_ns})]
+
+
+def launch_bound(df: pd.DataFrame) -> list[Finding]:
+    """Decode whose GPU waits on kernel launches more than it computes."""
+    table = time_by_category(df, "decode")
+    if table.empty:
+        return []
+    row = table[table["category"] == "launch gap"]
+    if row.empty:
+        return []
+    share, n = float(row["share"].iloc[0]), int(row["count"].iloc[0])
+    if share < LAUNCH_GAP_SHARE:
+        return []
+    steps = max(_decode_steps(df), 1)
+    mean_us = float(row["time_ns"].iloc[0]) / max(n, 1) / 1e3
+    msg = (f"decode is dominated by launch gaps: the GPU sat idle {_pct(share)} of decode time in {n} gaps between "
+           f"launches ({mean_us:.1f} µs each, {n / steps:.0f} per token); capture the decode step as a CUDA graph "
+           f"(--cuda-graphs) or fuse kernels")
+    return [Finding("launch_bound", "advice", msg, {"share_of_decode": share, "gaps": n, "mean_gap_us": mean_us})]
+
+
+def low_bandwidth(df: pd.DataFrame, peak_Bps: float = PEAK_BYTES_PER_S) -> list[Finding]:
+    """Weight-reading kernels that reach a small fraction of the memory bandwidth they are bound by."""
+    top = top_kernels(df, n=50, peak_Bps=peak_Bps, phase="decode")
+    if top.empty:
+        return []
+    total = float(top["time_ns"].sum())
+    findings = []
+    for _, k in top.iterrows():
+        if pd.isna(k["pct_of_peak"]) or total <= 0:
+            continue
+        share = float(k["time_ns"]) / total
+        if k["pct_of_peak"] < LOW_BANDWIDTH_PCT and share >= MIN_KERNEL_SHARE:
+            msg = (f"{k['name']} reaches {k['pct_of_peak']:.0f}% of peak bandwidth ({k['achieved_Bps'] / 1e9:.0f} of "
+                   f"{peak_Bps / 1e9:.0f} GB/s) over {_pct(share)} of decode kernel time")
+            findings.append(Finding("low_bandwidth", "advice", msg,
+                                    {"kernel": k["name"], "pct_of_peak": float(k["pct_of_peak"]),
+                                     "achieved_Bps": float(k["achieved_Bps"]), "share_of_kernels": share}))
+    return findings
+
+
+def launch_shapes(df: pd.DataFrame) -> list[Finding]:
+    """Dequantize kernels launched with a block size their quant type does not expect (the block-dim fault)."""
+    k = df[(df["kind"] == "kernel") & (df["family"] == "dequant") & df["block"].notna() & df["qtype"].notna()]
+    findings = []
+    for (name, qtype, block), grp in k.groupby(["name", "qtype", "block"]):
+        traits = QUANT_TRAITS.get(str(qtype))
+        if traits is None or traits.dequant_threads <= 1:
+            continue
+        x = int(str(block).split(",")[0])
+        want = traits.dequant_threads
+        if x == want:
+            continue
+        if x < want:
+            msg = (f"{name} launched {len(grp)} times with blockDim.x = {x}, but a {qtype} block is decoded by {want} "
+                   f"threads (quant traits table): {1 - x / want:.0%} of every block's values are never written, "
+                   f"and nothing raises an error")
+        else:
+            msg = (f"{name} launched {len(grp)} times with blockDim.x = {x}, but a {qtype} block is decoded by {want} "
+                   f"threads (quant traits table): {x - want} threads per block idle")
+        findings.append(Finding("block_dim", "fault" if x < want else "advice", msg,
+                                {"kernel": name, "qtype": qtype, "block_x": x, "expected": traits.dequant_threads,
+                                 "launches": len(grp)}))
+    return findings
+
+
+RULES = (repeated_uploads, frequent_syncs, launch_shapes, launch_bound, low_bandwidth)
+
+
+def diagnose(df: pd.DataFrame) -> list[Finding]:
+    """Every rule over one run's table; faults first."""
+    found: list[Finding] = []
+    for rule in RULES:
+        found += rule(df)
+    return sorted(found, key=lambda f: f.severity != "fault")
+
+
+def faults(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity == "fault"]

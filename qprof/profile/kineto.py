@@ -1,0 +1,206 @@
+"""In-process capture with torch.profiler (Kineto/CUPTI), and its Chrome trace parsed into the activity table.
+
+Kineto records every kernel launched in the process, ours included (they go through the CUDA
+driver API, which CUPTI sees), plus copies, memsets and runtime/driver API calls with
+correlation ids. It does not see NVTX, so a listener mirrors each qprof range as a torch
+`record_function` whose name encodes level, category and message. Only one CUPTI client can
+be active in a process: under nsys this mode refuses to start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from qprof.errors import QprofError
+from qprof.profile.activity import (
+    assign_ranges,
+    classify_kernel,
+    copy_kind_from_label,
+    empty_table,
+    family_of_category,
+    make_table,
+    validate,
+)
+from qprof.profile.ranges import RangeInfo
+
+PREFIX = "qprof|"
+_CATEGORIES = {
+    "kernel": "kernel",
+    "gpu_memcpy": "memcpy",
+    "gpu_memset": "memset",
+    "cuda_runtime": "api",
+    "cuda_driver": "api",
+    "cuda_sync": "sync",
+    "cpu_op": "cpu_op",
+}
+_SYNC_CALLS = ("Synchronize",)  # cudaStreamSynchronize, cudaDeviceSynchronize, cuCtxSynchronize, ...
+
+
+def encode_range(info: RangeInfo) -> str:
+    return f"{PREFIX}{info.level}|{info.category}|{info.message}"
+
+
+def decode_range(name: str) -> tuple[str, str | None, str] | None:
+    """(level, category, message) of a name made by encode_range; None for other annotations."""
+    if not name.startswith(PREFIX):
+        return None
+    parts = name[len(PREFIX):].split("|", 2)
+    if len(parts) != 3:
+        return None
+    level, category, message = parts
+    return level, (category or None), message
+
+
+class RecordFunctionListener:
+    """Annotator listener: mirrors each qprof range as a torch.profiler record_function."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self._record_function = torch.autograd.profiler.record_function
+        self._stack: list = []
+
+    def begin(self, info: RangeInfo) -> None:
+        rf = self._record_function(encode_range(info))
+        rf.__enter__()
+        self._stack.append(rf)
+
+    def end(self, info: RangeInfo) -> None:
+        if self._stack:
+            self._stack.pop().__exit__(None, None, None)
+
+
+def under_nsys() -> bool:
+    """True inside a process that nsys launched (its CUPTI injection is loaded)."""
+    inj = os.environ.get("CUDA_INJECTION64_PATH", "")
+    return any(k.startswith("NSYS_") for k in os.environ) or "nsys" in inj.lower() or "ToolsInjection" in inj
+
+
+@contextmanager
+def kineto_capture(device: str, trace_path: Path):
+    """torch.profiler around the block; the Chrome trace is written to trace_path on exit."""
+    if under_nsys():
+        raise QprofError("--timing torch cannot run under nsys: only one CUPTI client may be active in a process; "
+                         "use --timing nsys or run qprof outside nsys")
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    kwargs: dict = {}
+    if device == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        try:
+            from torch.profiler import _ExperimentalConfig
+
+            kwargs["experimental_config"] = _ExperimentalConfig(enable_cuda_sync_events=True)
+        except (ImportError, TypeError):  # older torch: syncs are derived from the API calls instead
+            pass
+    trace_path.parent.mkdir(parents=True, exist_ok=True)
+    with profile(activities=activities, **kwargs) as prof:
+        yield prof
+    prof.export_chrome_trace(str(trace_path))
+
+
+def _ns(us) -> int:
+    return round(float(us) * 1000.0)
+
+
+def _int_or_none(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _tid(v) -> int | None:
+    """Kineto writes host thread ids as ints, sometimes as strings."""
+    got = _int_or_none(v)
+    if got is None and v is not None:
+        digits = "".join(ch for ch in str(v) if ch.isdigit())
+        got = int(digits) if digits else None
+    return got
+
+
+def _shape(v) -> str | None:
+    if isinstance(v, (list, tuple)) and v:
+        return ",".join(str(int(x)) for x in v)
+    return None
+
+
+def _row(ev: dict) -> dict | None:
+    cat = str(ev.get("cat", "")).lower()
+    name = str(ev.get("name", ""))
+    args = ev.get("args") or {}
+    start = _ns(ev["ts"])
+    end = start + _ns(ev.get("dur", 0))
+    if cat == "user_annotation":
+        decoded = decode_range(name)
+        if decoded is None:
+            return None
+        level, category, message = decoded
+        family, qtype = family_of_category(category) if level == "op" else (None, None)
+        return {"kind": "range", "name": message, "level": level, "family": family, "qtype": qtype,
+                "start_ns": start, "end_ns": end, "tid": _tid(ev.get("tid"))}
+    kind = _CATEGORIES.get(cat)
+    if kind is None:
+        return None
+    row = {"kind": kind, "name": name, "start_ns": start, "end_ns": end,
+           "correlation_id": _int_or_none(args.get("correlation"))}
+    if kind in ("kernel", "memcpy", "memset"):
+        row["stream"] = _int_or_none(args.get("stream", ev.get("tid")))
+    if kind == "kernel":
+        row["family"], row["qtype"] = classify_kernel(name)
+        row["grid"], row["block"] = _shape(args.get("grid")), _shape(args.get("block"))
+    elif kind == "memcpy":
+        row.update(family="copy", copy_kind=copy_kind_from_label(name), bytes=_int_or_none(args.get("bytes")))
+    elif kind == "memset":
+        row.update(family="memset", bytes=_int_or_none(args.get("bytes")))
+    elif kind == "sync":
+        row.update(family="sync", stream=_int_or_none(args.get("stream")))
+        if row["correlation_id"] is None:
+            row["tid"] = _tid(ev.get("tid"))
+    elif kind == "api":
+        row.update(family="cuda_api", tid=_tid(ev.get("tid")))
+    else:  # cpu_op
+        row.update(family="torch", tid=_tid(ev.get("tid")))
+    return row
+
+
+def load_trace(source: str | Path | dict) -> dict:
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise QprofError(f"trace file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QprofError(f"{path.name} is not a JSON trace ({exc})") from None
+    if isinstance(data, list):  # the bare-array Chrome trace form
+        data = {"traceEvents": data}
+    if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
+        raise QprofError(f"{path.name} has no traceEvents list; not a Chrome/Kineto trace")
+    return data
+
+
+def read_kineto_trace(source: str | Path | dict) -> pd.DataFrame:
+    """The activity table of a torch.profiler Chrome trace, GPU work charged to the range that launched it."""
+    data = load_trace(source)
+    rows = []
+    for ev in data["traceEvents"]:
+        if not isinstance(ev, dict) or ev.get("ph") != "X" or "ts" not in ev:
+            continue
+        row = _row(ev)
+        if row is not None:
+            rows.append(row)
+    if not any(r["kind"] == "sync" for r in rows):
+        # no CUPTI sync records: the host's synchronize calls are the sync points
+        rows += [{**r, "kind": "sync", "family": "sync", "correlation_id": None}
+                 for r in rows if r["kind"] == "api" and any(s in r["name"] for s in _SYNC_CALLS)]
+    if not rows:
+        return empty_table()
+    return validate(assign_ranges(make_table(rows)))
