@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rows = error_table(gaussian(a.rows, a.cols, a.seed))
     except QprofError as e:
-        raise SystemExit(f"qprof: error: {e}") from None
+        print(f"qprof: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"Gaussian N(0,1) data, {a.rows}x{a.cols}, seed {a.seed}\n")
     print(to_markdown(rows))
 

@@ -11,6 +11,9 @@ from qprof.quant.quantize_legacy import LEGACY_QUANTIZERS
 from qprof.quant.traits import QuantTraits, traits
 
 _QUANTIZERS = {**LEGACY_QUANTIZERS, **KQUANT_QUANTIZERS}
+# No quantized type can store a magnitude of 2^31 (Q6_K, the widest, tops out near 2.7e8), and
+# beyond it the float32 fits would overflow into NaN; refuse such input before fitting.
+MAX_QUANTIZABLE = 2.0**31
 # Values per vectorized pass: bounds temporaries (~20 float32 arrays of this size) near the caches.
 CHUNK_VALUES = 1 << 17
 
@@ -47,7 +50,13 @@ def _check_input(x: np.ndarray, t: QuantTraits) -> np.ndarray:
         )
     if not np.isfinite(x).all():
         raise QprofError(f"cannot quantize to {t.name}: input has NaN or infinite values")
+    if t.family != "float" and x.size and np.abs(x).max() >= MAX_QUANTIZABLE:
+        raise _too_large(t)
     return x
+
+
+def _too_large(t: QuantTraits) -> QprofError:
+    return QprofError(f"cannot quantize to {t.name}: values too large for its float16 block scales; keep F32")
 
 
 def _check_scales(out: np.ndarray, t: QuantTraits) -> None:
@@ -55,9 +64,7 @@ def _check_scales(out: np.ndarray, t: QuantTraits) -> None:
     for off in FP16_FIELDS[t.name]:
         scale = np.ascontiguousarray(out[:, off : off + 2]).view(np.float16)
         if not np.isfinite(scale).all():
-            raise QprofError(
-                f"cannot quantize to {t.name}: values too large for its float16 block scales; keep F32"
-            )
+            raise _too_large(t)
 
 
 def quantize(x: np.ndarray, qtype: str) -> np.ndarray:
@@ -75,7 +82,9 @@ def quantize(x: np.ndarray, qtype: str) -> np.ndarray:
     blocks = x.reshape(-1, t.block_values)
     out = np.empty((len(blocks), t.block_bytes), dtype=np.uint8)
     step = max(1, CHUNK_VALUES // t.block_values)
-    for start in range(0, len(blocks), step):
-        out[start : start + step] = fn(blocks[start : start + step])
+    # Overflow can only come from values too large for a float16 scale; _check_scales reports it.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, len(blocks), step):
+            out[start : start + step] = fn(blocks[start : start + step])
     _check_scales(out, t)
     return out.reshape(rows, t.row_bytes(cols))

@@ -20,15 +20,15 @@ GROUP_MAX_EPS = F32(1e-15)
 _RMSE_TRIES = 5  # coordinate-descent passes in make_q3_quants
 
 
-def _rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot products of two (S, n) arrays."""
-    return np.einsum("ij,ij->i", a, b)
-
-
 def _abs_max_signed(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the entry of largest magnitude (first on ties) and that magnitude."""
     v = abs_max_signed(x)
     return v, np.abs(v)
+
+
+# The fits below work on position-major (n, S) arrays, S sub-blocks of n values: a sum over
+# axis 0 then adds position after position in float32, the order of ggml's C loops, so that
+# near-ties between candidate scales break exactly as they do in C.
 
 
 def fit_scale_min(
@@ -41,72 +41,66 @@ def fit_scale_min(
     when use_mad, squared otherwise). As in ggml, each try rounds against the best min found so
     far, so the search is sequential over k (and vectorized over rows). The min never exceeds 0.
     """
-    lo = np.minimum(x.min(axis=1), F32(0))
-    hi = x.max(axis=1)
+    xt = np.ascontiguousarray(x.T)
+    wt = np.ascontiguousarray(w.T)
+    lo = np.minimum(xt.min(axis=0), F32(0))
+    hi = xt.max(axis=0)
     flat = hi == lo
-    w64 = w.astype(np.float64)
-    sum_w = w64.sum(axis=1)
-    sum_x = _rows(w64, x.astype(np.float64))
-    sum_xx = _rows(w64 * x, x) if not use_mad else None
+    sum_w = wt.sum(axis=0)
+    sum_x = (wt * xt).sum(axis=0)
 
     def codes(iscale: np.ndarray, mn: np.ndarray) -> np.ndarray:
-        L = x - mn[:, None]
-        L *= iscale[:, None]
+        L = xt - mn
+        L *= iscale
         np.rint(L, out=L)
         return np.clip(L, F32(0), F32(nmax), out=L)
 
-    def moments(L: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        wl = w * L
-        return wl.sum(axis=1, dtype=np.float64), _rows(wl, L).astype(np.float64), _rows(wl, x).astype(np.float64)
-
-    def error(scale: np.ndarray, mn: np.ndarray, L: np.ndarray, sl, sl2, sxl) -> np.ndarray:
+    def error(scale: np.ndarray, mn: np.ndarray, L: np.ndarray) -> np.ndarray:
+        diff = scale * L
+        diff += mn
+        diff -= xt
         if use_mad:
-            diff = scale.astype(F32)[:, None] * L + mn.astype(F32)[:, None] - x
-            return _rows(w, np.abs(diff)).astype(np.float64)
-        # sum w (s*L + m - x)^2 expanded over the moments: no per-value pass needed.
-        return (
-            scale * scale * sl2 + mn * mn * sum_w + sum_xx
-            + 2 * scale * mn * sl - 2 * scale * sxl - 2 * mn * sum_x
-        )
+            np.abs(diff, out=diff)
+        else:
+            diff *= diff
+        diff *= wt
+        return diff.sum(axis=0)
 
-    iscale = F32(nmax) / np.where(flat, F32(1), hi - lo)
-    scale = (F32(1) / iscale).astype(np.float64)
+    def inverse_scale(numerator: np.float32, mn: np.ndarray) -> np.ndarray:
+        span = hi - mn
+        span[span == 0] = 1  # flat rows: any finite value; their result is replaced below
+        return numerator / span
+
     mn = lo
-    L = codes(iscale, mn)
-    best = error(scale, mn.astype(np.float64), L, *moments(L))
+    iscale = inverse_scale(F32(nmax), mn)
+    scale = F32(1) / iscale
+    best = error(scale, mn, codes(iscale, mn))
     with np.errstate(divide="ignore", invalid="ignore"):
         for k in range(nstep + 1):
-            span = hi - mn
-            span[span == 0] = 1
-            L = codes((F32(rmin) + F32(rdelta) * F32(k) + F32(nmax)) / span, mn)
-            sl, sl2, sxl = moments(L)
+            L = codes(inverse_scale(F32(rmin) + F32(rdelta) * F32(k) + F32(nmax), mn), mn)
+            wl = wt * L
+            sl = wl.sum(axis=0)
+            sl2 = (wl * L).sum(axis=0)
+            sxl = (wl * xt).sum(axis=0)
             det = sum_w * sl2 - sl * sl
             this_scale = (sum_w * sxl - sum_x * sl) / det
             this_min = (sl2 * sum_x - sl * sxl) / det
             clamp = this_min > 0
             this_scale = np.where(clamp, sxl / sl2, this_scale)
-            this_min = np.where(clamp, 0.0, this_min)
-            cur = error(this_scale, this_min, L, sl, sl2, sxl)
+            this_min = np.where(clamp, F32(0), this_min)
+            cur = error(this_scale, this_min, L)
             better = (det > 0) & (cur < best)
             best = np.where(better, cur, best)
             scale = np.where(better, this_scale, scale)
-            mn = np.where(better, this_min.astype(F32), mn)
-    scale = np.where(flat, 0.0, scale).astype(F32)
-    return scale, -mn
+            mn = np.where(better, this_min, mn)
+    return np.where(flat, F32(0), scale), -mn
 
 
 def _seq_moments(wxt: np.ndarray, wt: np.ndarray, Lt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sum w*x*L, sum w*L*L) per column of position-major (n, S) arrays.
-
-    Summed position by position in float32, the order ggml's loops use, so that near-ties
-    between candidate scales break the same way as in C.
-    """
-    slx = wxt[0] * Lt[0]
-    sl2 = wt[0] * Lt[0] * Lt[0]
-    for i in range(1, len(Lt)):
-        slx += wxt[i] * Lt[i]
-        sl2 += wt[i] * Lt[i] * Lt[i]
-    return slx, sl2
+    """(sum w*x*L, sum w*L*L) over the positions of position-major (n, S) arrays."""
+    wl = wt * Lt
+    wl *= Lt
+    return (wxt * Lt).sum(axis=0), wl.sum(axis=0)
 
 
 def _signed_setup(x: np.ndarray, nmax: int):
@@ -281,7 +275,8 @@ def quantize_q2_k(xb: np.ndarray) -> np.ndarray:
 
 def _q4_k_weights(xb: np.ndarray) -> np.ndarray:
     xs = xb.reshape(-1, 32)
-    av = np.sqrt(_rows(xs, xs) / F32(32))
+    sq = xs * xs
+    av = np.sqrt(np.ascontiguousarray(sq.T).sum(axis=0) / F32(32))  # summed in C's order
     return av[:, None] + np.abs(xs)
 
 

@@ -22,7 +22,8 @@ class QuantTraits:
     # Dequantize kernel: threads cooperating on one quant block (blockDim.x). Each thread
     # writes block_values // dequant_threads values. Launching fewer leaves values unwritten.
     dequant_threads: int
-    # Matrix-vector kernel (decode, batch 1..8): CUDA threads per CTA and output rows per CTA.
+    # Matrix-vector kernel (decode, batch 1..8): CUDA threads per CTA (whole warps) and output rows
+    # per CTA; each thread reuses its x values across the CTA's rows.
     matvec_threads: int = 128
     matvec_rows_per_cta: int = 4
 
@@ -47,13 +48,14 @@ _TABLE: tuple[QuantTraits, ...] = (
     QuantTraits("F32", 0, 1, 4, "float", dequant_threads=1),
     QuantTraits("F16", 1, 1, 2, "float", dequant_threads=1),
     QuantTraits("BF16", 30, 1, 2, "float", dequant_threads=1),
-    # Legacy: each thread decodes a low/high nibble pair (value j and j+16) -> 16 threads.
-    QuantTraits("Q4_0", 2, 32, 18, "legacy", dequant_threads=16),
-    QuantTraits("Q4_1", 3, 32, 20, "legacy", dequant_threads=16),
-    QuantTraits("Q5_0", 6, 32, 22, "legacy", dequant_threads=16),
-    QuantTraits("Q5_1", 7, 32, 24, "legacy", dequant_threads=16),
-    QuantTraits("Q8_0", 8, 32, 34, "legacy", dequant_threads=32),
-    # K-quants: one superblock of 256 values; the thread split follows each type's sub-block layout.
+    # Legacy: each dequant thread decodes one run of 4 contiguous values -> 8 threads per block.
+    QuantTraits("Q4_0", 2, 32, 18, "legacy", dequant_threads=8),
+    QuantTraits("Q4_1", 3, 32, 20, "legacy", dequant_threads=8),
+    QuantTraits("Q5_0", 6, 32, 22, "legacy", dequant_threads=8),
+    QuantTraits("Q5_1", 7, 32, 24, "legacy", dequant_threads=8),
+    QuantTraits("Q8_0", 8, 32, 34, "legacy", dequant_threads=8),
+    # K-quants: one superblock of 256 values; 8 values (Q4_K) or 4 values (the rest) per dequant thread.
+    # The kernels mirror these numbers at compile time (kernels/quant_blocks.cuh, checked by a test).
     QuantTraits("Q2_K", 10, 256, 84, "kquant", dequant_threads=64),
     QuantTraits("Q3_K", 11, 256, 110, "kquant", dequant_threads=64),
     QuantTraits("Q4_K", 12, 256, 144, "kquant", dequant_threads=32),
