@@ -17,7 +17,7 @@ class Progress:
         if enabled and total > 0:
             self.bar = click.progressbar(length=total, file=self.stream, label="bench", show_pos=True,
                                          show_eta=True, width=24)
-            self.bar.__enter__()
+            self.bar.__enter__()  # draws the empty bar at once
 
     @property
     def enabled(self) -> bool:
@@ -35,6 +35,9 @@ class Progress:
             self.stream.flush()
 
     def close(self) -> None:
+        """Erase the bar and show the cursor again (click hides it while drawing)."""
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            self.clear()
+            self.stream.write("\x1b[?25h")
+            self.stream.flush()
             self.bar = None

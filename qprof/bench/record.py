@@ -108,10 +108,19 @@ def kernel_driver_version() -> str | None:
     return None
 
 
+def qprof_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("qprof")
+    except metadata.PackageNotFoundError:
+        import qprof
+
+        return getattr(qprof, "__version__", "unknown")
+
+
 def collect_environment(device: str, nvml_info: dict | None = None) -> Environment:
     import torch
-
-    import qprof
 
     nvml_info = nvml_info or {}
     commit, number = build_info()
@@ -132,7 +141,7 @@ def collect_environment(device: str, nvml_info: dict | None = None) -> Environme
         cuda_version=torch.version.cuda,
         cuda_driver=nvml_info.get("cuda_driver"),
         torch_version=torch.__version__,
-        qprof_version=qprof.__version__,
+        qprof_version=qprof_version(),
         n_threads=torch.get_num_threads(),
     )
 

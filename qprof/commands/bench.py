@@ -128,14 +128,15 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     say(f"decode floor bandwidth: {f'{bw.gbps:g} GB/s' if bw.gbps else 'none'} ({bw.source})")
 
     printer = make_printer(fmt, params.varying(), dev, f"{env.build_commit} ({env.build_number})")
+    out = sys.stdout
+    out.write(printer.header())
+    out.flush()
     progress = Progress(params.n_rows() * (params.repetitions + int(params.warmup)))
     runner = BenchRunner(params, env, bw, Sampler(reader, source), load=lambda spec: load_spec(spec, log=say),
                          on_step=progress.step,
                          warn=lambda msg: (progress.clear(), click.echo(msg, err=True)))
-    out = sys.stdout
     kept = 0
     where = "not saved (--no-save)" if no_save else f"in {results_path}"
-    out.write(printer.header())
     try:
         for row in runner.rows():
             if not no_save:

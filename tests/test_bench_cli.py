@@ -1,0 +1,193 @@
+"""`qprof bench` end to end: the real CPU path on the tiny workload, a faked GPU path, bad input, Ctrl-C."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from bench_fakes import FakeRuntime, fake_model, fake_nvml
+from click.testing import CliRunner
+
+from qprof.bench.progress import Progress
+from qprof.bench.results import read_rows
+from qprof.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # results/ lands in the test's own folder
+    monkeypatch.setenv("QPROF_CACHE", str(tmp_path / "cache"))
+    FakeRuntime.instances.clear()
+
+
+def bench(*args):
+    return CliRunner().invoke(main, ["bench", *args])
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """torch says there is an H100; runtimes, models and NVML are fakes. Exercises every CUDA-only branch."""
+    import torch
+
+    import qprof.bench.runner as runner_mod
+    import qprof.bench.telemetry as tele
+    from qprof.bench.runner import LoadedModel
+    from qprof.runtime import factory
+
+    model = fake_model(name="qprof synthetic Mistral-7B", file_type=15)
+    loaded = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(runner_mod, "load_spec", lambda spec, log=None: loaded.append(spec) or
+                        LoadedModel(spec, model.path, model))
+    monkeypatch.setattr(factory, "create_runtime", lambda m, d, o, a, n: FakeRuntime(m, d, o, a, n, op_s=0.001))
+    real_open = tele.open_reader
+    monkeypatch.setattr(tele, "open_reader", lambda idx: real_open(idx, nvml=fake_nvml(reasons=0x4)))
+    return loaded
+
+
+def test_cpu_run_on_the_tiny_default_says_so_and_saves_rows():
+    res = bench("-p", "16", "-n", "4", "-r", "2")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    err = res.stderr
+    assert "device cpu (no CUDA GPU found): CPU reference runtime" in err
+    assert "no -m given: using the embedded default workload 'tiny-q4_k_m'" in err and "no download" in err
+    assert "2 row(s) appended in results/bench.jsonl; runtime: CpuRuntime" in err
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("| model") and "| threads |" in lines[0]
+    assert "pp16" in lines[2] and "tg4" in lines[3] and "CPU" in lines[2]
+    rows = read_rows("results/bench.jsonl").rows
+    assert [r["test"] for r in rows] == ["pp16", "tg4"]
+    r = rows[1]
+    assert r["device"] == "cpu" and r["runtime"] == "CpuRuntime" and r["model"] == "tiny-q4_k_m"
+    assert r["quant"] == "Q4_K_M" and r["avg_ts"] > 0 and len(r["samples_ns"]) == 2
+    assert r["telemetry_source"] == "none: CPU run" and r["floor_ts"] is None
+    assert r["bytes_per_token"] > 0 and r["torch_version"] and r["build_commit"] and r["test_time"].endswith("Z")
+
+
+def test_cpu_switch_lists_make_a_product_and_jsonl_output(tmp_path):
+    res = bench("-m", "tiny-q4_k_m", "-p", "0", "-n", "3", "-r", "1", "--no-warmup", "--sync-every-op", "0,1",
+                "--bandwidth", "20", "-o", "jsonl", "--no-save")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["test"], r["sync_every_op"], r["options"]) for r in rows] == [
+        ("tg3", False, "clean"), ("tg3", True, "sync-every-op")]
+    assert rows[0]["floor_ts"] == pytest.approx(20e9 / rows[0]["bytes_per_token"])
+    assert rows[0]["bandwidth_source"] == "--bandwidth" and rows[0]["warmup"] is False
+    assert not (tmp_path / "results").exists()
+    assert "not saved (--no-save)" in res.stderr
+
+
+def test_explicit_model_file_pg_and_custom_results_path(tmp_path):
+    from qprof.workloads import resolve_model
+
+    path = resolve_model("tiny-q8_0")
+    res = bench("-m", str(path), "-p", "0", "-n", "0", "-pg", "8,2", "-r", "1", "--results", "out/x.jsonl",
+                "-o", "csv")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    assert "no -m given" not in res.stderr
+    rows = read_rows("out/x.jsonl").rows
+    assert len(rows) == 1 and rows[0]["test"] == "pp8+tg2" and rows[0]["model_filename"] == str(path)
+    assert res.stdout.splitlines()[0].startswith("build_commit,build_number,")
+
+
+def test_fake_gpu_path_defaults_to_cuda_and_the_mistral_workload(fake_gpu):
+    res = bench("-p", "8", "-n", "4", "-r", "2", "--mask", "upload,skip", "--graphs", "0,1")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    err = res.stderr
+    assert "device cuda (NVIDIA H100 80GB HBM3; a CUDA GPU is available): CUDA runtime; telemetry pynvml" in err
+    assert "'mistral-7b-q4_k_m'" in err and fake_gpu == ["mistral-7b-q4_k_m"]
+    assert "3030 GB/s (measured on H100 80GB HBM3" in err
+    assert "warning: GPU throttled during pp8" in err and "sw_power_cap" in err
+    header = res.stdout.splitlines()[0]
+    assert "| ngl |" in header and "| mask   |" in header and "| graphs |" in header
+    rows = read_rows("results/bench.jsonl").rows
+    assert len(rows) == 2 * 2 * 2
+    assert {(r["mask"], r["cuda_graphs"]) for r in rows} == {("upload", False), ("upload", True),
+                                                            ("skip", False), ("skip", True)}
+    tg = rows[1]
+    assert tg["device"] == "cuda" and tg["gpu_name"] == "NVIDIA H100 80GB HBM3" and tg["backends"] == "CUDA"
+    assert tg["driver"] == "580.65.06" and tg["cuda_driver"] == "13.0" and tg["n_gpu_layers"] == 2
+    assert tg["bandwidth_GBps"] == 3030.0 and tg["pct_of_floor"] > 0
+    assert tg["throttled"] is True and tg["power_w_max"] == 350.0
+    assert FakeRuntime.instances[0].options.mask == "upload" and FakeRuntime.instances[0].device == "cuda"
+
+
+def test_interrupt_keeps_finished_rows_and_says_so_in_one_line(fake_gpu, monkeypatch):
+    calls = {"n": 0}
+    original = FakeRuntime.decode
+
+    def decode(self, token):
+        calls["n"] += 1
+        if calls["n"] > 2:  # the warm-up token and one timed token of tg4
+            raise KeyboardInterrupt
+        return original(self, token)
+
+    monkeypatch.setattr(FakeRuntime, "decode", decode)
+    res = bench("-p", "8", "-n", "4", "-r", "1", "-o", "json")
+    assert res.exit_code == 130
+    assert res.stderr.splitlines()[-1] == "qprof: interrupted; kept 1 finished row(s) in results/bench.jsonl"
+    assert [r["test"] for r in read_rows("results/bench.jsonl").rows] == ["pp8"]
+    assert len(json.loads(res.stdout)) == 1  # the printed JSON array is closed
+
+
+def test_cuda_requested_without_a_gpu_is_a_one_line_error():
+    res = bench("--device", "cuda", "-p", "8")
+    assert res.exit_code == 2
+    assert res.stderr.startswith("qprof: error: no CUDA GPU available") and "--device cpu" in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "abc"], "-p: 'abc' is not an integer"),
+    (["-n", "-3"], "-n: -3 is below the minimum 0"),
+    (["-pg", "512"], "-pg: '512' must be two integers PP,TG"),
+    (["--mask", "gpu"], "--mask: unknown value 'gpu'; choose from upload, device, skip"),
+    (["--inject", "grid"], "--inject: unknown value 'grid'"),
+    (["--graphs", "2"], "--graphs: '2' is not 0 or 1"),
+    (["-p", "0", "-n", "0"], "nothing to run"),
+    (["-r", "0"], "-r: 0 repetitions; need at least 1"),
+    (["--ctx", "64"], "--ctx 64 is too small: the longest test needs 512 tokens"),
+    (["-m", "no-such-workload"], "no-such-workload"),
+    (["-m", "./missing.gguf"], "model file not found: ./missing.gguf"),
+])
+def test_bad_input_is_one_line_error(args, message):
+    res = bench("--device", "cpu", "--no-save", *args)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.splitlines()[-1].startswith("qprof: error: ")
+    assert message in res.stderr.splitlines()[-1]
+
+
+def test_bad_output_format_is_rejected_by_click():
+    res = bench("-o", "xml")
+    assert res.exit_code == 2 and "'xml' is not one of" in res.stderr
+
+
+def test_pg_short_option_coexists_with_p():
+    res = bench("--device", "cpu", "--no-save", "-p512x")
+    assert "-p: '512x' is not an integer" in res.stderr
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal():
+    tty = Tty()
+    bar = Progress(4, stream=tty)
+    assert bar.enabled
+    bar.step("tg128 clean")
+    bar.clear()
+    bar.close()
+    out = tty.getvalue()
+    assert "tg128 clean" in out and "1/4" in out and "\x1b[K" in out
+    quiet = io.StringIO()
+    bar = Progress(4, stream=quiet)
+    bar.step("x")
+    bar.clear()
+    bar.close()
+    assert not bar.enabled and quiet.getvalue() == ""
