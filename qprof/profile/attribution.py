@@ -158,8 +158,11 @@ def share_of(table: pd.DataFrame, category: str) -> float:
 # --------------------------------------------------------------------------- per range / op / token
 
 
-def _op_meta(df: pd.DataFrame) -> pd.DataFrame:
+def _op_meta(df: pd.DataFrame, phase: str | None) -> pd.DataFrame:
+    """Family and qtype of each op range name (one op is matmul in prefill and matvec in decode)."""
     ops = df[(df["kind"].isin(["range", "op"])) & ((df["level"] == "op") | (df["kind"] == "op"))]
+    if phase is not None:
+        ops = ops[ops["phase"] == phase]
     return ops.drop_duplicates("name").set_index("name")[["family", "qtype"]]
 
 
@@ -171,7 +174,7 @@ def by_range(df: pd.DataFrame, phase: str | None = None, merge_layers: bool = Tr
         work = work[work["phase"] == phase]
     if work.empty:
         return pd.DataFrame(columns=cols)
-    meta = _op_meta(df)
+    meta = _op_meta(df, phase)
     key = work["nvtx_range"].map(op_type) if merge_layers else work["nvtx_range"].fillna("(outside ops)")
     fam = work["nvtx_range"].map(meta["family"]) if not meta.empty else pd.Series(None, index=work.index)
     qt = work["nvtx_range"].map(meta["qtype"]) if not meta.empty else pd.Series(None, index=work.index)
@@ -230,7 +233,7 @@ def copies(df: pd.DataFrame, phase: str | None = None) -> pd.DataFrame:
     return out[cols].sort_values("time_ns", ascending=False).reset_index(drop=True)
 
 
-def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float = PEAK_BYTES_PER_S,
+def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float | None = PEAK_BYTES_PER_S,
                 phase: str | None = None) -> pd.DataFrame:
     """Kernels (or timed ops) by total time, with achieved bytes/s against the peak where bytes are known."""
     cols = ["name", "family", "qtype", "count", "time_ns", "mean_ns", "bytes", "achieved_Bps", "pct_of_peak"]
@@ -240,6 +243,8 @@ def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float = PEAK_BYTES_PER_
         rows = rows[rows["phase"] == phase]
     if rows.empty:
         return pd.DataFrame(columns=cols)
+    if dev.empty:  # timed ops: one line per op across layers, like the kernels they stand for
+        rows = rows.assign(name=rows["name"].map(op_type))
     known = rows["bytes"].notna()
     rows = rows.assign(kbytes=rows["bytes"].fillna(0).astype("int64"),
                        kdur=rows["dur_ns"].where(known, 0))
@@ -248,7 +253,7 @@ def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float = PEAK_BYTES_PER_
     out = out.reset_index()
     out["mean_ns"] = out["time_ns"] / out["count"]
     out["achieved_Bps"] = np.where(out["bytes"] > 0, out["bytes"] / (out["timed"].clip(lower=1) * 1e-9), np.nan)
-    out["pct_of_peak"] = 100.0 * out["achieved_Bps"] / peak_Bps
+    out["pct_of_peak"] = 100.0 * out["achieved_Bps"] / peak_Bps if peak_Bps else np.nan
     out["bytes"] = out["bytes"].where(out["bytes"] > 0)
     return out[cols].sort_values("time_ns", ascending=False).head(n).reset_index(drop=True)
 

@@ -92,7 +92,7 @@ def repeated_uploads(df: pd.DataFrame) -> list[Finding]:
         per_step = count / steps
         if per_step < 0.9:
             continue
-        nbytes = int(grp["bytes"].fillna(0).max())
+        nbytes, low = int(grp["bytes"].fillna(0).max()), int(grp["bytes"].fillna(0).min())
         in_layers = bool(grp["layer"].notna().mean() > 0.5)
         grows = _grows_with_context(grp)
         if per_step <= 1.0 and nbytes <= TOKEN_INPUT_MAX_BYTES and not in_layers and not grows:
@@ -101,7 +101,7 @@ def repeated_uploads(df: pd.DataFrame) -> list[Finding]:
         share = time_ns / decode_ns
         numbers = {"op": op, "copies": count, "per_step": per_step, "bytes": nbytes, "time_ns": time_ns,
                    "share_of_decode": share, "steps": steps}
-        each = f"{nbytes} B each"
+        each = f"{nbytes} B each" if low == nbytes else f"{low}–{nbytes} B each"
         host_ns = _host_time(df, grp)
         numbers["host_ns"] = host_ns
         each += f"; the host spent {_ms(host_ns)} in these copy calls" if host_ns else ""

@@ -1,0 +1,182 @@
+"""`qprof profile`: where every millisecond of a quantized forward goes, and why (issue: profiler)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from qprof.errors import QprofError
+
+PEAK_GBPS = 3030.0  # measured on H100 80GB HBM3 (the same default as `qprof bench --bandwidth`)
+
+
+def say(msg: str) -> None:
+    click.echo(f"qprof profile: {msg}", err=True)
+
+
+def _device(requested: str | None) -> tuple[str, str]:
+    import torch
+
+    if requested == "cuda":
+        from qprof.runtime.cuda.driver import require_cuda
+
+        require_cuda()
+        return "cuda", "--device cuda"
+    if requested == "cpu":
+        return "cpu", "--device cpu"
+    return ("cuda", "a CUDA GPU is available") if torch.cuda.is_available() else ("cpu", "no CUDA GPU found")
+
+
+def _trace_path(base: Path, label: str, many: bool) -> Path:
+    if not many:
+        return base
+    safe = label.replace("=", "-").replace(",", "_")
+    return base.with_name(f"{base.stem}-{safe}{base.suffix}")
+
+
+def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) -> None:
+    from qprof.profile.trace_export import write_chrome_trace
+
+    if trace is not None:
+        path = write_chrome_trace(run.table, _trace_path(trace, run.label, many), run.result.device_name)
+        run.artifacts["trace"] = str(path)
+        summary["artifacts"]["trace"] = str(path)
+    if out is not None:
+        d = out / run.label.replace("=", "-").replace(",", "_") if many else out
+        d.mkdir(parents=True, exist_ok=True)
+        run.table.to_csv(d / "activity.csv", index=False)
+        (d / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        summary["artifacts"]["activity_csv"] = str(d / "activity.csv")
+
+
+@click.command()
+@click.option("-m", "--model", default=None, metavar="FILE|WORKLOAD",
+              help="GGUF file or workload name (default: synthetic Mistral-7B Q4_K_M on a GPU, tiny model on CPU)")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="default: cuda when a GPU is available, else cpu (it says which)")
+@click.option("--timing", type=click.Choice(["events", "blocking", "nsys", "torch"]), default="torch",
+              show_default=True,
+              help="events: CUDA events per op | blocking: CUDA_LAUNCH_BLOCKING child, host timers | "
+                   "nsys: Nsight Systems capture | torch: torch.profiler (Kineto) in-process")
+@click.option("-p", "--n-prompt", default=128, show_default=True, type=int, help="prompt tokens (prefill)")
+@click.option("-n", "--n-gen", default=32, show_default=True, type=int, help="decode steps")
+@click.option("--mask", type=click.Choice(["upload", "device", "skip"]), default="skip", show_default=True,
+              help="causal mask: upload = built on the host every forward (fault), device = kept on the GPU, "
+                   "skip = none for single-token decode")
+@click.option("--scalar-upload", is_flag=True, help="fault: copy a scalar host->device inside every layer")
+@click.option("--sync-every-op", is_flag=True, help="fault: synchronize the device after every op")
+@click.option("--inject", type=click.Choice(["block-dim"]), default=None,
+              help="fault: launch dequant kernels with a block size their type does not expect")
+@click.option("--graphs", is_flag=True, help="capture the decode step as a CUDA graph")
+@click.option("--no-nvtx", is_flag=True, help="no NVTX ranges (nsys still gets them)")
+@click.option("--faults", is_flag=True, help="run clean and every fault switch; compare tok/s and attribution")
+@click.option("--trace", "trace", type=click.Path(dir_okay=False), default=None,
+              help="write a Perfetto/Chrome JSON trace (FILE.json; with --faults one per configuration)")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="directory for artifacts: activity.csv, summary.json, nsys report, Kineto trace")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of the text report")
+@click.option("--nvtx-overhead", is_flag=True, help="measure decode tok/s with NVTX ranges on vs off, then stop")
+@click.option("--agreement", is_flag=True,
+              help="profile with events, torch and nsys (where available) and compare per-op totals, then stop")
+@click.option("--repeats", default=3, show_default=True, type=int, help="alternations for --nvtx-overhead")
+@click.option("--bandwidth", type=float, default=PEAK_GBPS, show_default=True, metavar="GB/s",
+              help="peak memory bandwidth for the decode floor and kernel efficiency")
+@click.option("--top", default=8, show_default=True, type=int, help="rows per table")
+def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_every_op, inject, graphs, no_nvtx,
+            faults, trace, out, as_json, nvtx_overhead, agreement, repeats, bandwidth, top):
+    """Profile prefill + decode: tok/s, time by category, per op, copies, syncs, and a diagnosis.
+
+    Every GPU kernel and copy is charged to the NVTX op range that launched it. --faults runs the
+    clean configuration and each fault switch and puts them side by side.
+    """
+    from qprof.profile import report
+    from qprof.profile.workload import (
+        FAULT_SWITCHES,
+        WorkloadSpec,
+        load_model,
+        measure_nvtx_overhead,
+        options_from_flags,
+        profile_workload,
+    )
+
+    if bandwidth <= 0:
+        raise QprofError(f"--bandwidth must be positive, got {bandwidth}")
+    if trace is not None and not str(trace).endswith(".json"):
+        raise QprofError(f"--trace {trace}: the trace is Chrome/Perfetto JSON, so the file must end in .json")
+    if faults and (mask != "skip" or scalar_upload or sync_every_op or inject):
+        raise QprofError("--faults runs every fault switch itself; drop --mask/--scalar-upload/--sync-every-op/--inject")
+    dev, why = _device(device)
+    if model is None:
+        from qprof.workloads import DEFAULT_CPU_WORKLOAD, DEFAULT_GPU_WORKLOAD
+
+        model = DEFAULT_GPU_WORKLOAD if dev == "cuda" else DEFAULT_CPU_WORKLOAD
+        say(f"no -m given: using the workload {model!r}")
+    say(f"device {dev} ({why})")
+    peak = bandwidth * 1e9
+    options = options_from_flags(mask, scalar_upload, sync_every_op, inject, nvtx=not no_nvtx, cuda_graphs=graphs)
+    spec = WorkloadSpec(model, dev, n_prompt, n_gen, options)
+    loaded = load_model(model)
+    out_dir = Path(out) if out else None
+    trace_path = Path(trace) if trace else None
+
+    if nvtx_overhead:
+        res = measure_nvtx_overhead(spec, repeats, model=loaded)
+        if as_json:
+            click.echo(json.dumps(res.as_dict(), indent=1))
+        else:
+            click.echo(f"NVTX overhead on decode ({dev}, no tool attached, {repeats} alternations, median): "
+                       f"on {res.on:.2f} tok/s, off {res.off:.2f} tok/s, overhead {res.overhead_pct:+.2f}%")
+        return
+
+    if agreement:
+        from qprof.profile.attribution import agreement as agree
+
+        tables, runs = {}, []
+        for mode in ("events", "torch", "nsys"):
+            run = profile_workload(spec, mode, out_dir / mode if out_dir else None, model=loaded)
+            for note in run.notes:
+                say(f"{mode}: {note}")
+            if run.timing == mode:
+                tables[mode] = run.table
+                runs.append(run)
+        table = agree(tables, reference="events")
+        if as_json:
+            click.echo(json.dumps({"agreement": json.loads(table.to_json(orient="index")),
+                                   "tg_tok_s": {r.timing: r.result.tg_tok_s for r in runs}}, indent=1))
+        else:
+            click.echo(report.render_agreement(table))
+        return
+
+    configs = [(label, spec.with_options(**{"mask": "skip", **changes})) for label, changes in FAULT_SWITCHES] \
+        if faults else [(options.label(), spec)]
+    many = len(configs) > 1
+    summaries, extra = [], []
+    for label, cfg in configs:
+        say(f"profiling {label} with --timing {timing} ...")
+        run = profile_workload(cfg, timing, (out_dir / label.replace("=", "-").replace(",", "_")) if out_dir and many
+                               else out_dir, model=loaded)
+        summary = report.summarize(run, peak, top=max(top, 10))
+        _save(run, summary, out_dir, trace_path, many)
+        summaries.append(summary)
+        if timing == "blocking" and dev == "cuda":
+            from qprof.profile.timing_blocking import bias_table
+
+            events_run = profile_workload(cfg, "events", model=loaded)
+            bias = bias_table(run.table, events_run.table)
+            summary["blocking_bias"] = json.loads(bias.to_json(orient="records"))
+            extra.append(report.render_bias(bias))
+    if as_json:
+        payload = {"runs": summaries}
+        if many:
+            payload["comparison"] = report.compare(summaries)
+        click.echo(json.dumps(payload, indent=1, default=str))
+        return
+    for s in summaries:
+        click.echo(report.render(s, top=top))
+        click.echo("")
+    for text in extra:
+        click.echo(text)
+    if many:
+        click.echo(report.render_comparison(report.compare(summaries)))
