@@ -52,6 +52,10 @@ def generate(model_spec, device, prompt, n_predict, temp, top_p, seed, no_chat, 
 
     if device not in DEVICES:  # before loading anything: a typo should cost nothing
         raise QprofError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device == "cuda":
+        from qprof.runtime.cuda.driver import require_cuda
+
+        require_cuda()
     if ctx is not None and ctx <= 0:
         raise QprofError(f"--ctx must be positive, got {ctx}")
     sampling = SamplingParams(temperature=temp, top_p=top_p, seed=seed)
