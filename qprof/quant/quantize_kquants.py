@@ -4,9 +4,11 @@ Each follows ggml-quants.c's quantize_row_q*_K_ref (no importance matrix): fit a
 min) per sub-block with the same candidate-scale searches (make_qkx2_quants, make_q3_quants,
 make_qx_quants), quantize those to 4/6/8-bit with one float16 super-scale, then re-round every
 value against the stored scales. Python loops run only over the fixed candidate list or the 16
-positions of a sub-block, never over blocks. Per-sub-block sums are accumulated in a different
-order than C (and the least-squares fits in float64), so a rare tie may break the other way;
-the output is a valid block either way, and the tests pin the error it reaches.
+positions of a sub-block, never over blocks. All arithmetic is float32 and every sum runs in
+C's order, so the result equals the C reference built without FMA contraction (the tests check
+it block for block against a scalar port); an FMA-contracted build may break rare ties otherwise.
+Where a sub-block's stored scale is 0 the codes there are 0 (ggml keeps its search's codes);
+both decode to the same values.
 """
 
 from __future__ import annotations
