@@ -105,7 +105,7 @@ def _seq_moments(wxt: np.ndarray, wt: np.ndarray, Lt: np.ndarray) -> tuple[np.nd
     return (wxt * Lt).sum(axis=0), wl.sum(axis=0)
 
 
-def _signed_setup(x: np.ndarray, nmax: int):
+def _signed_setup(x: np.ndarray) -> tuple[np.ndarray, ...]:
     """Shared start of make_qx_quants / make_q3_quants: signed max, zero rows, position-major x, w, w*x."""
     mx, amax = _abs_max_signed(x)
     zero = amax < GROUP_MAX_EPS
@@ -127,7 +127,7 @@ def fit_signed_scale(x: np.ndarray, nmax: int) -> np.ndarray:
     Tries inverse scales -(nmax + 0.1*k)/max for k in -9..9 and keeps the one maximising
     (sum w x L)^2 / sum w L^2, i.e. least weighted squared error at the optimal scale.
     """
-    mx, zero, xt, wt, wxt = _signed_setup(x, nmax)
+    mx, zero, xt, wt, wxt = _signed_setup(x)
     with np.errstate(divide="ignore", invalid="ignore"):
         slx, sl2 = _seq_moments(wxt, wt, _signed_codes(xt, F32(-nmax) / mx, nmax))
         scale = np.where(sl2 != 0, slx / sl2, F32(0))
@@ -150,7 +150,7 @@ def fit_q3_scale(x: np.ndarray, nmax: int) -> np.ndarray:
     that is optimal given the others, if that raises (sum w x L)^2 / sum w L^2 (w = x^2).
     Sub-blocks are the vector axis; positions are the (16-step) Python loop.
     """
-    mx, zero, xt, wt, wxt = _signed_setup(x, nmax)
+    mx, zero, xt, wt, wxt = _signed_setup(x)
     Lt = _signed_codes(xt, F32(-nmax) / mx, nmax)
     sumlx, suml2 = _seq_moments(wxt, wt, Lt)
     with np.errstate(divide="ignore", invalid="ignore"):
