@@ -294,6 +294,14 @@ def _huge_array() -> bytes:
     return data[:at] + struct.pack("<Q", 1 << 60) + data[at + 8 :]
 
 
+def _far_offset_with_alignment_key() -> bytes:
+    # general.alignment makes the reader's offsets numpy uint32; an offset past 4 GiB must not wrap.
+    s = base_spec()
+    s.kvs.append(KV("general.alignment", U32, 32))
+    s.tensor("blk.0.attn_v.weight").offset = 5 << 30
+    return s.build()
+
+
 def _bad_rows() -> bytes:
     # A Q4_0 tensor whose rows are 48 values: not a whole number of 32-value blocks.
     s = base_spec()
@@ -329,6 +337,8 @@ CASES = [
      ["blk.0.attn_k.weight", "IQ2_XXS", "does not support"], UnsupportedError),
     ("offset-out-of-bounds", _with_tensor("blk.0.attn_q.weight", offset=1 << 40),
      ["blk.0.attn_q.weight", "runs past the end"], MalformedModelError),
+    ("offset-past-4gib-with-alignment-key", _far_offset_with_alignment_key,
+     ["blk.0.attn_v.weight", "offset 5368709120", "runs past the end"], MalformedModelError),
     ("offset-misaligned", _with_tensor("blk.0.attn_q.weight", offset=7),
      ["blk.0.attn_q.weight", "not a multiple of the alignment"], MalformedModelError),
     ("overlapping-tensors", _overlap, ["overlap"], MalformedModelError),

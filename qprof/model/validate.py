@@ -38,7 +38,9 @@ def _checked_reader_class():
     """GGUFReader with bounds checks at its read points (built lazily: importing gguf is slowish)."""
     from gguf import GGUFReader, GGUFValueType
 
-    scalar_sizes = {t: np.dtype(d).itemsize for t, d in GGUFReader.gguf_scalar_to_np.items()}
+    scalar_sizes = {int(t): np.dtype(d).itemsize for t, d in GGUFReader.gguf_scalar_to_np.items()}
+    value_types = frozenset(int(t) for t in GGUFValueType)
+    array_type = int(GGUFValueType.ARRAY)
 
     class CheckedReader(GGUFReader):
         def __init__(self, path: Path, tensor_count: int):
@@ -50,11 +52,19 @@ def _checked_reader_class():
 
         # --- read points -------------------------------------------------------------
         def _get(self, offset, dtype, count=1, override_order=None):
+            # The reader's own read primitive, plus a bounds check, on a plain-ndarray view of the map:
+            # slicing np.memmap runs Python-level hooks on every slice, which dominated load time.
+            plain = self.__dict__.get("_plain")
+            if plain is None:
+                plain = self._plain = self.data.view(np.ndarray)
             count = int(count)
-            end = int(offset) + np.dtype(dtype).itemsize * count
-            if count < 0 or end > self.data.size:
-                raise _Abort(f"file is truncated in the {self._where()}: needs byte {end}, file has {self.data.size}")
-            return super()._get(offset, dtype, count, override_order)
+            dtype = np.dtype(dtype)
+            start = int(offset)
+            end = start + dtype.itemsize * count
+            if count < 0 or end > plain.size:
+                raise _Abort(f"file is truncated in the {self._where()}: needs byte {end}, file has {plain.size}")
+            arr = plain[start:end].view(dtype)
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
 
         def _where(self) -> str:
             if self._section == "metadata":
@@ -76,11 +86,10 @@ def _checked_reader_class():
             return super()._push_field(field, skip_sum)
 
         def _get_field_parts(self, orig_offs, raw_type):
-            try:
-                vtype = GGUFValueType(int(raw_type))
-            except ValueError:
-                raise _Abort(f"unknown metadata value type {int(raw_type)} in the {self._where()}") from None
-            if vtype == GGUFValueType.ARRAY:
+            vtype = int(raw_type)  # called once per array item: plain ints, no enum construction
+            if vtype not in value_types:
+                raise _Abort(f"unknown metadata value type {vtype} in the {self._where()}")
+            if vtype == array_type:
                 # The reader walks arrays item by item; refuse lengths the file cannot hold before that loop.
                 item_type = int(self._get(orig_offs, np.uint32)[0])
                 length = int(self._get(orig_offs + 4, np.uint64)[0])
@@ -110,7 +119,9 @@ def _checked_reader_class():
 
         def _build_tensors(self, start_offs, fields):
             self._section = "tensor data"
-            _check_tensor_layout(fields, start_offs, int(self.alignment), int(self.data.size))
+            # start_offs is a numpy uint32 when the file sets general.alignment: make it a Python int
+            # before adding offsets past 4 GiB to it.
+            _check_tensor_layout(fields, int(start_offs), int(self.alignment), int(self.data.size))
             return super()._build_tensors(start_offs, fields)
 
     return CheckedReader

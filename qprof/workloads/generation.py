@@ -78,8 +78,11 @@ def random_blocks(rng: np.random.Generator, qtype: str, rows: int, cols: int, st
     raw = rng.bit_generator.random_raw(-(-n_bytes // 8)).view(np.uint8)[:n_bytes]
     blocks = raw.reshape(n_blocks, t.block_bytes)
     d_unit, m_ratio = block_calibration(qtype)
-    scale = rng.uniform(*SCALE_JITTER, size=n_blocks).astype(np.float32) * np.float32(std * d_unit)
     offsets = FP16_FIELDS[qtype]
+    # The per-block jitter reuses the random bits already sitting in the d field (no second RNG pass).
+    bits = blocks[:, offsets[0] : offsets[0] + 2].view(np.uint16)[:, 0].astype(np.float32)
+    lo, hi = SCALE_JITTER
+    scale = (bits * np.float32((hi - lo) / 65535.0) + np.float32(lo)) * np.float32(std * d_unit)
     blocks[:, offsets[0] : offsets[0] + 2] = scale.astype(np.float16).view(np.uint8).reshape(-1, 2)
     if len(offsets) > 1:
         mins = (scale * np.float32(m_ratio)).astype(np.float16)
