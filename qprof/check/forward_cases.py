@@ -1,8 +1,9 @@
-"""GPU-vs-float64 cases for the forward-pass ops (norm, add, RoPE, SwiGLU, KV write, attention, argmax).
+"""`qprof check` cases for the forward-pass ops (norm, add, RoPE, SwiGLU, KV write, attention, argmax).
 
-Each case builds seeded inputs, poisons the GPU output with NaN, runs the kernel, and compares with
-a float64 torch reference: NMSE <= its threshold and no NaN. The pytest suite (tests/gpu/
-test_forward_ops.py) and `qprof check` run the same cases.
+Each case builds seeded inputs, poisons the GPU output with NaN, runs the kernel and measures it
+against a float64 torch reference (qprof.check.registry.measure: NMSE, max abs error, NaN count).
+register_ops() puts one Op per family into the `qprof check` registry; the pytest suite
+(tests/gpu/test_forward_ops.py) runs the same cases.
 """
 
 from __future__ import annotations
@@ -13,47 +14,34 @@ from dataclasses import dataclass, field
 
 import torch
 
+from qprof.check.registry import Case, Measurement, Op, Selection, measure
+
 # Thresholds. Pure data movement is exact; float32 elementwise ops sit near 1e-14; attention's
 # float32 softmax and sums land around 1e-12, so 1e-9 still fails on any wrong index or scale.
 EXACT = 0.0
 ELEMENTWISE_NMSE = 1e-10
 ATTENTION_NMSE = 1e-9
-
-
-@dataclass(frozen=True)
-class OpResult:
-    nmse: float
-    n_nan: int
-    threshold: float
-
-    @property
-    def passed(self) -> bool:
-        return self.n_nan == 0 and self.nmse <= self.threshold
+THRESHOLDS = {"rmsnorm": ELEMENTWISE_NMSE, "add": ELEMENTWISE_NMSE, "swiglu": ELEMENTWISE_NMSE,
+              "rope": ELEMENTWISE_NMSE, "kv_write": EXACT, "attention": ATTENTION_NMSE, "argmax": EXACT}
+DESCRIPTIONS = {
+    "rmsnorm": "RMSNorm over rows (float32)", "add": "residual add", "swiglu": "silu(gate) * up",
+    "rope": "rotary embedding, normal mode, host or device position", "kv_write": "K/V rows into the cache",
+    "attention": "causal GQA attention, decode (split-KV) and prefill, window and mask modes",
+    "argmax": "greedy token on the device",
+}
 
 
 @dataclass(frozen=True)
 class ForwardCase:
     op: str  # family: rmsnorm, add, rope, swiglu, kv_write, attention, argmax
-    label: str  # shape and options, e.g. "decode d128 gqa4 pos=600 mask=device"
-    run: Callable[[], OpResult] = field(compare=False, repr=False)
+    label: str  # shape and options, e.g. "decode 32/8x128 pos=600 window=0 mask=device"
+    n: int  # rows / tokens of the case
+    model_shape: bool  # at SmolLM2 / Mistral-7B sizes (the "mistral" shape set) rather than small ones
+    run: Callable[[], Measurement] = field(compare=False, repr=False)
 
     @property
     def name(self) -> str:
         return f"{self.op}[{self.label}]"
-
-
-def nmse(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """Normalized mean squared error in float64; inf when `got` holds NaN/inf."""
-    got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
-    if not torch.isfinite(got).all():
-        return math.inf
-    denom = float((ref * ref).mean())
-    err = float(((got - ref) ** 2).mean())
-    return err / denom if denom > 0 else err
-
-
-def _result(got: torch.Tensor, ref: torch.Tensor, threshold: float) -> OpResult:
-    return OpResult(nmse(got, ref), int(torch.isnan(got).sum()), threshold)
 
 
 def _poisoned(*shape: int, dtype=torch.float32) -> torch.Tensor:
@@ -63,7 +51,11 @@ def _poisoned(*shape: int, dtype=torch.float32) -> torch.Tensor:
 
 
 def _rand(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+
+def _result(got: torch.Tensor, ref: torch.Tensor, threshold: float) -> Measurement:
+    return measure(got.detach().double().cpu(), ref.double(), threshold)
 
 
 # ---------------------------------------------------------------- float64 references
@@ -105,7 +97,7 @@ def ref_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torc
 # ---------------------------------------------------------------- cases
 
 
-def _rmsnorm_case(rows: int, n: int, seed: int) -> OpResult:
+def _rmsnorm_case(rows: int, n: int, seed: int) -> Measurement:
     from qprof.runtime.cuda import ops
 
     gen = torch.Generator().manual_seed(seed)
@@ -115,7 +107,7 @@ def _rmsnorm_case(rows: int, n: int, seed: int) -> OpResult:
     return _result(out, ref_rmsnorm(x, w, 1e-5), ELEMENTWISE_NMSE)
 
 
-def _add_case(n: int, seed: int) -> OpResult:
+def _add_case(n: int, seed: int) -> Measurement:
     from qprof.runtime.cuda import ops
 
     gen = torch.Generator().manual_seed(seed)
@@ -125,7 +117,7 @@ def _add_case(n: int, seed: int) -> OpResult:
     return _result(out, a + b, ELEMENTWISE_NMSE)
 
 
-def _swiglu_case(n: int, seed: int) -> OpResult:
+def _swiglu_case(n: int, seed: int) -> Measurement:
     from qprof.runtime.cuda import ops
 
     gen = torch.Generator().manual_seed(seed)
@@ -136,7 +128,7 @@ def _swiglu_case(n: int, seed: int) -> OpResult:
 
 
 def _rope_case(rows: int, n_head: int, n_head_kv: int, head_dim: int, rope_dim: int, pos0: int,
-               device_pos: bool, seed: int) -> OpResult:
+               device_pos: bool, seed: int) -> Measurement:
     from qprof.runtime.cuda import ops
 
     gen = torch.Generator().manual_seed(seed)
@@ -153,7 +145,7 @@ def _rope_case(rows: int, n_head: int, n_head_kv: int, head_dim: int, rope_dim: 
     return _result(got, ref, ELEMENTWISE_NMSE)
 
 
-def _kv_write_case(rows: int, kv_dim: int, n_ctx: int, pos0: int, device_pos: bool, seed: int) -> OpResult:
+def _kv_write_case(rows: int, kv_dim: int, n_ctx: int, pos0: int, device_pos: bool, seed: int) -> Measurement:
     from qprof.runtime.cuda import ops
 
     gen = torch.Generator().manual_seed(seed)
@@ -164,8 +156,8 @@ def _kv_write_case(rows: int, kv_dim: int, n_ctx: int, pos0: int, device_pos: bo
     got = torch.cat([kc[pos0:pos0 + rows], vc[pos0:pos0 + rows]])
     untouched = torch.cat([kc[:pos0], kc[pos0 + rows:]]).isnan().all().item()
     res = _result(got, torch.cat([k, v]), EXACT)
-    # a write outside its rows is as wrong as a missing one: count it as NaN-level failure
-    return res if untouched else OpResult(math.inf, res.n_nan, EXACT)
+    # a write outside its rows is as wrong as a missing one
+    return res if untouched else Measurement(math.inf, res.max_abs_err, res.n_nan, EXACT)
 
 
 def _attention_inputs(gen, n_q: int, pos0: int, n_head: int, n_head_kv: int, d: int, n_ctx: int):
@@ -179,7 +171,7 @@ def _attention_inputs(gen, n_q: int, pos0: int, n_head: int, n_head_kv: int, d: 
 
 
 def _attention_case(phase: str, n_q: int, pos0: int, n_head: int, n_head_kv: int, d: int, window: int,
-                    mask_mode: str, n_ctx: int, seed: int) -> OpResult:
+                    mask_mode: str, n_ctx: int, seed: int) -> Measurement:
     from qprof.runtime.cuda import ops
 
     gen = torch.Generator().manual_seed(seed)
@@ -204,7 +196,7 @@ def _attention_case(phase: str, n_q: int, pos0: int, n_head: int, n_head_kv: int
     return _result(out, ref_attention(q, k, v, q_pos, window), ATTENTION_NMSE)
 
 
-def _argmax_case(rows: int, n: int, ties: bool, seed: int) -> OpResult:
+def _argmax_case(rows: int, n: int, ties: bool, seed: int) -> Measurement:
     from qprof.runtime.cuda import ops
 
     gen = torch.Generator().manual_seed(seed)
@@ -213,50 +205,68 @@ def _argmax_case(rows: int, n: int, ties: bool, seed: int) -> OpResult:
         x[:, n // 3] = x[:, 2 * n // 3] = 100.0
     out = _poisoned(rows, dtype=torch.int32)
     ops.argmax(x.cuda(), out)
-    wrong = int((out.cpu() != x.argmax(-1).int()).sum())
-    return OpResult(float(wrong), 0, EXACT)
+    return _result(out.float(), x.argmax(-1).double(), EXACT)
 
 
 def forward_cases(quick: bool = False) -> list[ForwardCase]:
-    """Every forward op at small shapes and at Mistral-7B / SmolLM2 shapes; `quick` keeps a subset."""
+    """Every forward op at small shapes and at SmolLM2 / Mistral-7B shapes; `quick` keeps the small ones."""
     cases: list[ForwardCase] = []
 
-    def add_case(op: str, label: str, fn: Callable[..., OpResult], *args) -> None:
-        cases.append(ForwardCase(op, label, lambda: fn(*args)))
+    def add_case(op: str, label: str, n: int, model_shape: bool, fn: Callable[..., Measurement], *args) -> None:
+        if not (quick and model_shape):
+            cases.append(ForwardCase(op, label, n, model_shape, lambda: fn(*args)))
 
-    for rows, n in ((1, 576), (9, 576), (1, 4096), (512, 4096)):
-        add_case("rmsnorm", f"{rows}x{n}", _rmsnorm_case, rows, n, rows + n)
-    for n in (576, 14336):
-        add_case("add", f"n={n}", _add_case, n, n)
-        add_case("swiglu", f"n={n}", _swiglu_case, n, n + 1)
-    rope_shapes = [(1, 9, 3, 64, 64, 37, True), (7, 9, 3, 64, 64, 0, False), (1, 32, 8, 128, 128, 4095, True),
-                   (16, 32, 8, 128, 128, 100, False), (3, 4, 2, 128, 64, 5, False)]
-    for rows, h, hkv, d, rd, pos0, dev in rope_shapes:
-        add_case("rope", f"{rows}x{h}/{hkv}x{d} rope{rd} pos={pos0}{' devpos' if dev else ''}", _rope_case,
-                 rows, h, hkv, d, rd, pos0, dev, rows + pos0)
-    for rows, kv_dim, pos0, dev in ((1, 192, 40, True), (9, 1024, 0, False), (512, 1024, 100, False)):
-        add_case("kv_write", f"{rows}x{kv_dim} pos={pos0}{' devpos' if dev else ''}", _kv_write_case,
+    for rows, n, big in ((1, 256, False), (9, 576, True), (1, 4096, True), (512, 4096, True)):
+        add_case("rmsnorm", f"{rows}x{n}", rows, big, _rmsnorm_case, rows, n, rows + n)
+    for n, big in ((1000, False), (14336, True)):
+        add_case("add", f"n={n}", 1, big, _add_case, n, n)
+        add_case("swiglu", f"n={n}", 1, big, _swiglu_case, n, n + 1)
+    rope_shapes = [(1, 4, 2, 64, 64, 37, True, False), (7, 4, 2, 32, 32, 0, False, False),
+                   (3, 4, 2, 128, 64, 5, False, False), (1, 9, 3, 64, 64, 37, True, True),
+                   (1, 32, 8, 128, 128, 4095, True, True), (16, 32, 8, 128, 128, 100, False, True)]
+    for rows, h, hkv, d, rd, pos0, dev, big in rope_shapes:
+        add_case("rope", f"{rows}x{h}/{hkv}x{d} rope{rd} pos={pos0}{' devpos' if dev else ''}", rows, big,
+                 _rope_case, rows, h, hkv, d, rd, pos0, dev, rows + pos0)
+    for rows, kv_dim, pos0, dev, big in ((1, 64, 40, True, False), (9, 192, 0, False, False),
+                                         (512, 1024, 100, False, True)):
+        add_case("kv_write", f"{rows}x{kv_dim} pos={pos0}{' devpos' if dev else ''}", rows, big, _kv_write_case,
                  rows, kv_dim, 1024, pos0, dev, rows)
-    argmax_shapes = [(1, 49152, False), (1, 32000, True), (3, 1000, False)]
-    for rows, n, ties in argmax_shapes:
-        add_case("argmax", f"{rows}x{n}{' ties' if ties else ''}", _argmax_case, rows, n, ties, n)
+    for rows, n, ties, big in ((3, 1000, False, False), (1, 1000, True, False), (1, 49152, False, True),
+                               (1, 32000, True, True)):
+        add_case("argmax", f"{rows}x{n}{' ties' if ties else ''}", rows, big, _argmax_case, rows, n, ties, n)
 
-    heads = [(9, 3, 64), (32, 8, 128)] if not quick else [(9, 3, 64)]
-    decode_pos = (0, 1, 127, 128, 600, 1023) if not quick else (0, 600)
-    for h, hkv, d in heads:
-        for pos in decode_pos:
-            for window, mask_mode in ((0, "skip"), (0, "device"), (0, "upload"), (100, "skip"), (100, "device")):
-                add_case("attention", f"decode {h}/{hkv}x{d} pos={pos} window={window} mask={mask_mode}",
-                         _attention_case, "decode", 1, pos, h, hkv, d, window, mask_mode, 1024, pos + d)
-        prefill = [(1, 0), (7, 0), (9, 33), (64, 0), (200, 300), (512, 0)] if not quick else [(9, 33), (64, 0)]
-        for n_q, pos0 in prefill:
-            for window, mask_mode in ((0, "skip"), (0, "upload"), (0, "device"), (50, "skip"), (50, "upload")):
-                add_case("attention", f"prefill {h}/{hkv}x{d} n={n_q} pos0={pos0} window={window} "
-                         f"mask={mask_mode}", _attention_case, "prefill", n_q, pos0, h, hkv, d, window, mask_mode,
-                         1024, n_q + pos0)
-    for d in (32, 96):
-        add_case("attention", f"decode 4/2x{d} pos=77", _attention_case, "decode", 1, 77, 4, 2, d, 0, "skip",
-                 256, d)
-        add_case("attention", f"prefill 4/2x{d} n=40", _attention_case, "prefill", 40, 3, 4, 2, d, 0, "skip",
-                 256, d)
+    # attention: small heads, SmolLM2's 9/3x64 and Mistral-7B's 32/8x128
+    masks = ((0, "skip"), (0, "device"), (0, "upload"), (50, "skip"), (50, "device"), (50, "upload"))
+    for h, hkv, d, n_ctx, big in ((4, 2, 32, 256, False), (4, 1, 96, 256, False), (9, 3, 64, 1024, True),
+                                  (32, 8, 128, 1024, True)):
+        positions = (0, 1, 127, 128, 200) if not big else (0, 600, n_ctx - 1)
+        prefill = ((1, 0), (7, 0), (9, 33), (40, 3), (100, 60)) if not big else ((64, 0), (200, 300), (512, 0))
+        shape = f"{h}/{hkv}x{d}"
+        for window, mask_mode in masks:
+            for pos in positions:
+                add_case("attention", f"decode {shape} pos={pos} window={window} mask={mask_mode}", 1, big,
+                         _attention_case, "decode", 1, pos, h, hkv, d, window, mask_mode, n_ctx, pos + d)
+            for n_q, pos0 in prefill:
+                add_case("attention", f"prefill {shape} n={n_q} pos0={pos0} window={window} mask={mask_mode}",
+                         n_q, big, _attention_case, "prefill", n_q, pos0, h, hkv, d, window, mask_mode, n_ctx,
+                         n_q + pos0)
     return cases
+
+
+def register_ops(register: Callable[[Op], Op]) -> None:
+    """The `qprof check` hook: one Op per forward family; small cases for "small", the rest for "mistral"."""
+    by_op: dict[str, list[ForwardCase]] = {}
+    for fc in forward_cases():
+        by_op.setdefault(fc.op, []).append(fc)
+
+    def generator(entries: list[ForwardCase]):
+        def cases(selection: Selection):
+            for fc in entries:
+                if (selection.mistral if fc.model_shape else selection.small):
+                    yield Case(fc.op, None, fc.label, fc.n, group=("forward", fc.op),
+                               measure=lambda ctx, fc=fc: fc.run())
+
+        return cases
+
+    for name, entries in by_op.items():
+        register(Op(name, THRESHOLDS[name], generator(entries), description=DESCRIPTIONS[name]))

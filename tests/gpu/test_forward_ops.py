@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qprof.check.forward_cases import ForwardCase, forward_cases
+from qprof.check.forward_cases import ForwardCase, forward_cases, register_ops
+from qprof.check.registry import Op, Selection
 from qprof.errors import UnsupportedError
 from qprof.runtime.cuda import ops
 from qprof.runtime.cuda.graphs import graph_blocker
@@ -34,6 +35,18 @@ def test_cases_cover_every_forward_op_and_both_attention_phases():
     assert {m for lb in labels for m in ("mask=skip", "mask=device", "mask=upload") if m in lb} == {
         "mask=skip", "mask=device", "mask=upload"}
     assert len({c.name for c in CASES}) == len(CASES)
+    assert {c.name for c in forward_cases(quick=True)} == {c.name for c in CASES if not c.model_shape}
+
+
+def test_register_ops_feeds_qprof_check_by_shape_set():
+    ops_by_name: dict[str, Op] = {}
+    register_ops(lambda op: ops_by_name.setdefault(op.name, op))
+    assert set(ops_by_name) == {c.op for c in CASES}
+    small = [c for op in ops_by_name.values() for c in op.cases(Selection(shapes="small"))]
+    every = [c for op in ops_by_name.values() for c in op.cases(Selection(shapes="all"))]
+    assert len(every) == len(CASES) and 0 < len(small) < len(every)
+    assert all(c.measure is not None and c.qtype is None for c in every)
+    assert ops_by_name["kv_write"].threshold == 0.0 and ops_by_name["attention"].threshold <= 1e-9
 
 
 def test_unsupported_head_size_is_one_line():

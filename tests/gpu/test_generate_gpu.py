@@ -130,7 +130,7 @@ def test_block_dim_fault_diverges_from_cpu():
 
 @pytest.mark.parametrize("n_tokens", [40, 700])  # 700 > PREFILL_CHUNK: two chunks
 def test_prefill_logits_match_cpu_at_every_position(n_tokens):
-    from qprof.check.forward_cases import nmse
+    from qprof.check.registry import nmse
     from qprof.runtime.cpu import CpuRuntime
 
     model, _ = loaded("smollm2")

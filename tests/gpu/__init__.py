@@ -1,0 +1,1 @@
+"""GPU tests (pytest marker `gpu`): skipped with a stated reason where CUDA is missing."""
