@@ -163,14 +163,14 @@ def test_annotator_names_every_op(llama):
     assert [i.meta["token"] for i in begins if i.level == "token"] == [4]
     ops = [i for i in begins if i.level == "op"]
     per_layer = ["attn_norm", "attn_q", "attn_k", "attn_v", "rope", "kv_write", "attention", "attn_output",
-                 "ffn_norm", "ffn_gate", "ffn_up", "swiglu", "ffn_down"]
+                 "attn_add", "ffn_norm", "ffn_gate", "ffn_up", "swiglu", "ffn_down", "ffn_add"]
     expect_pass = ["token_embd"] + [f"blk.{i}.{n}" for i in range(model.config.n_layer) for n in per_layer]
     expect_pass += ["output_norm", "output"]
     names = [o.message for o in ops]
     assert names == expect_pass + ["sample"] + expect_pass
     fams = {(o.message, o.category) for o in ops}
     assert ("blk.0.attn_q", "matmul/F32") in fams and ("blk.0.attn_q", "matvec/F32") in fams
-    assert ("blk.1.rope", "rope") in fams and ("sample", "sample") in fams
+    assert ("blk.1.rope", "rope") in fams and ("sample", "sample") in fams and ("blk.0.ffn_add", "add") in fams
     assert ("token_embd", "get_rows/F32") in fams and ("blk.0.swiglu", "swiglu") in fams
     # every begin has its end, properly nested
     depth = 0

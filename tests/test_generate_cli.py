@@ -142,6 +142,18 @@ def test_generate_no_chat_and_sampling(tiny):
     assert again.output.splitlines()[0] == res.output.splitlines()[0]
 
 
+def test_generate_from_workload_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("QPROF_CACHE", str(tmp_path))  # the workload is made here on first use
+    res = _run("-m", "tiny-q4_k_m", "-p", "Hello", "-n", "3", "--no-eos")
+    assert res.exit_code == 0, res.output
+    assert STATS.search(res.output).group(2) == "2"
+    assert list(tmp_path.rglob("tiny-q4_k_m.gguf"))
+
+
+def test_unknown_workload():
+    _one_line_error(_run("-m", "no-such-workload"), "unknown model or workload 'no-such-workload'")
+
+
 def test_generate_fault_switch_on_cpu_is_noted(tiny):
     res = CliRunner().invoke(main, ["generate", "-m", str(tiny), "-n", "2", "--mask", "upload",
                                     "--inject", "block-dim"])

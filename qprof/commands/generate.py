@@ -11,15 +11,13 @@ from qprof.runtime.options import INJECT_FAULTS, MASK_MODES
 
 
 def resolve_model_path(spec: str | None) -> Path:
-    """A GGUF path from -m: a file, a workload name (when qprof.workloads exists), or the packaged SmolLM2."""
+    """A GGUF path from -m: a file, a workload name (made on first use), or the packaged SmolLM2."""
     if spec is None:
         from qprof.model.packaged import smollm2_path
 
         return smollm2_path()
-    try:
-        from qprof.workloads import resolve_model
-    except ImportError:  # the workloads package is optional for a plain file path
-        return Path(spec)
+    from qprof.workloads import resolve_model
+
     return Path(resolve_model(spec))
 
 

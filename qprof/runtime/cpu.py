@@ -21,18 +21,22 @@ Op names (shared with the CUDA runtime and the profiler; keep them in step):
     blk.{i}.attention                 attention (scores, causal   -
                                       / sliding-window mask,
                                       softmax, weighted sum)
-    blk.{i}.attn_output               matvec | matmul (+ residual that weight's type
-                                      add)
+    blk.{i}.attn_output               matvec | matmul             that weight's type
+    blk.{i}.attn_add                  add (residual)              -
     blk.{i}.ffn_norm                  rmsnorm                     -
     blk.{i}.ffn_gate / ffn_up         matvec | matmul             that weight's type
     blk.{i}.swiglu                    swiglu  (silu(gate) * up)   -
-    blk.{i}.ffn_down                  matvec | matmul (+ residual that weight's type
-                                      add)
+    blk.{i}.ffn_down                  matvec | matmul             that weight's type
+    blk.{i}.ffn_add                   add (residual)              -
     output_norm                       rmsnorm                     -
     output                            matvec | matmul             output.weight's type (the
                                                                   embedding's when tied)
     sample                            sample                      -
     ================================  ==========================  ==========================
+
+The CUDA runtime adds ops that exist only on the GPU: step_input (family "step": the decode
+token/position written on the device), scalar_upload ("copy", a fault switch) and decode_graph
+("graph", a captured decode step).
 
 Ranges: prefill() runs inside annotator.phase("prefill"); decode() inside phase("decode") and
 token(n_past); each layer inside layer(i). The `mask` option changes nothing numerically here:
@@ -205,13 +209,17 @@ class CpuRuntime:
                     self.v_cache[i, start:start + n] = v
                 with ann.op(p + "attention", "attention"):
                     a = attention(q, self.k_cache[i, :start + n], self.v_cache[i, :start + n], mask)
-                x = x + self._matmul(p + "attn_output", a, family)
+                o = self._matmul(p + "attn_output", a, family)
+                with ann.op(p + "attn_add", "add"):
+                    x = x + o
                 h = self._norm(p + "ffn_norm", x)
                 g = self._matmul(p + "ffn_gate", h, family)
                 u = self._matmul(p + "ffn_up", h, family)
                 with ann.op(p + "swiglu", "swiglu"):
                     s = swiglu(g, u)
-                x = x + self._matmul(p + "ffn_down", s, family)
+                o = self._matmul(p + "ffn_down", s, family)
+                with ann.op(p + "ffn_add", "add"):
+                    x = x + o
         self.n_past = start + n
         if not all_logits:
             x = x[-1:]
