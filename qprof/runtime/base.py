@@ -57,3 +57,21 @@ def decode_weight_bytes(model) -> int:
         else:
             total += t.n_bytes
     return total
+
+
+def check_tokens(tokens: Sequence[int], n_vocab: int, n_past: int, n_ctx: int) -> list[int]:
+    """Token ids as ints, or a one-line QprofError: empty, outside the vocabulary, or past the KV cache."""
+    from qprof.errors import QprofError
+
+    tokens = [int(t) for t in tokens]
+    if not tokens:
+        raise QprofError("empty prompt: nothing to run")
+    bad = [t for t in tokens if not 0 <= t < n_vocab]
+    if bad:
+        raise QprofError(f"token id {bad[0]} is outside the vocabulary of {n_vocab}")
+    if n_past + len(tokens) > n_ctx:
+        if n_past == 0:
+            raise QprofError(f"prompt of {len(tokens)} tokens does not fit the context of {n_ctx} tokens "
+                             "(raise --ctx or shorten the prompt)")
+        raise QprofError(f"context full: {n_past} + {len(tokens)} tokens exceed {n_ctx} (raise --ctx)")
+    return tokens

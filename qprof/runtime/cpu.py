@@ -52,7 +52,7 @@ import torch
 
 from qprof.errors import QprofError
 from qprof.profile.ranges import NULL_ANNOTATOR, Annotator
-from qprof.runtime.base import SamplingParams
+from qprof.runtime.base import SamplingParams, check_tokens
 from qprof.runtime.options import RuntimeOptions
 from qprof.runtime.sampling import Sampler
 from qprof.runtime.weights import dequantize_model
@@ -162,18 +162,7 @@ class CpuRuntime:
 
     # -- internals --
     def _check_tokens(self, tokens: Sequence[int]) -> list[int]:
-        tokens = [int(t) for t in tokens]
-        if not tokens:
-            raise QprofError("empty prompt: nothing to run")
-        bad = [t for t in tokens if not 0 <= t < self.config.n_vocab]
-        if bad:
-            raise QprofError(f"token id {bad[0]} is outside the vocabulary of {self.config.n_vocab}")
-        if self.n_past + len(tokens) > self.n_ctx:
-            if self.n_past == 0:
-                raise QprofError(f"prompt of {len(tokens)} tokens does not fit the context of {self.n_ctx} tokens "
-                                 "(raise --ctx or shorten the prompt)")
-            raise QprofError(f"context full: {self.n_past} + {len(tokens)} tokens exceed {self.n_ctx} (raise --ctx)")
-        return tokens
+        return check_tokens(tokens, self.config.n_vocab, self.n_past, self.n_ctx)
 
     def _matmul(self, name: str, x: torch.Tensor, family: str) -> torch.Tensor:
         wname = name + ".weight" if name != "output" else self.output_name
