@@ -218,4 +218,4 @@ def test_generate_on_cuda_answers_like_cpu():
     assert gpu.exit_code == 0 and cpu.exit_code == 0, gpu.output + cpu.output
     print(f"\nSmolLM2 via `qprof generate --device cuda`:\n{gpu.output}")
     assert STATS.search(gpu.output)
-    assert gpu.output.splitlines()[0] == cpu.output.splitlines()[0]
+    assert gpu.output.splitlines()[:-1] == cpu.output.splitlines()[:-1]  # all but the rates line
