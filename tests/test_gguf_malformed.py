@@ -396,6 +396,7 @@ def test_base_spec_is_valid(tmp_path):
     """The corpus is only meaningful if its unbroken base loads cleanly (tied and untied)."""
     model = load_model(write(tmp_path, base_spec().build()))
     assert model.config.n_embd == N_EMBD and not model.config.tied_embeddings
+    assert model.config.n_vocab == N_VOCAB  # no llama.vocab_size key: counted from tokenizer.ggml.tokens
     assert model.type_counts()["Q4_K"] == 1
     tied = load_model(write(tmp_path, base_spec(tied=True).build(), "tied.gguf"))
     assert tied.config.tied_embeddings

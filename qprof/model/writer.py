@@ -7,6 +7,7 @@ only once complete (written to a temporary name in the same folder, then renamed
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -257,5 +258,6 @@ def write_model(
         raise QprofError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         writer.close()
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing to clean when the folder itself was unusable
+            tmp.unlink(missing_ok=True)
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -97,7 +98,8 @@ def _copy_atomically(src: Path, dest: Path) -> None:
     except OSError as exc:
         raise QprofError(f"cannot copy {src.name} to {dest}: {exc.strerror or exc}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _looks_like_path(spec: str) -> bool:
