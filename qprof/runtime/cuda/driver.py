@@ -137,9 +137,14 @@ def nvcc_compile(source: Path, arch: str, options: tuple[str, ...], nvcc: str | 
         return out.read_bytes() + b"\0"
 
 
+def ptx_cache_path(source: Path, arch: str, options: tuple[str, ...] = DEFAULT_OPTIONS) -> Path:
+    """Where the PTX of one kernels/*.cu file lives in the disk cache (shared with `qprof kernels build`)."""
+    return cache_dir() / f"{source.stem}-sm{arch}-{source_digest(source, arch, options)}.ptx"
+
+
 def compile_to_ptx(source: Path, arch: str, options: tuple[str, ...] = DEFAULT_OPTIONS) -> tuple[bytes, Path]:
     """PTX for one kernels/*.cu file, from the disk cache when the hash matches."""
-    cached = cache_dir() / f"{source.stem}-sm{arch}-{source_digest(source, arch, options)}.ptx"
+    cached = ptx_cache_path(source, arch, options)
     if cached.exists():
         return cached.read_bytes(), cached
     try:

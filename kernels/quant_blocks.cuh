@@ -1,0 +1,315 @@
+// GGUF block decoding on the GPU: the one place that knows each quant type's byte layout.
+//
+// Every type exposes the same primitive, Block<T>::run<N>(block, s, q, d, m): decode the N
+// contiguous values s .. s+N-1 of one block (s % N == 0, N = 1 for float types, else 4 or 8)
+// as value[k] = d * q[k] + m, with q[k] a small non-negative integer held exactly in a float.
+// The dequantize, get_rows and matvec kernels are all written against this primitive, so a
+// layout lives in exactly one function. Runs of 8 never straddle a scale: every quantized type
+// has sub-blocks of >= 16 values sharing one (d, m).
+//
+// NVRTC-safe: no host headers. Fixed-width types are our own typedefs and fp16 conversions go
+// through PTX cvt instructions (NVRTC has no built-in cuda_fp16.h).
+#pragma once
+
+typedef unsigned char qb_u8;
+typedef signed char qb_i8;
+typedef unsigned short qb_u16;
+typedef unsigned int qb_u32;
+typedef unsigned long long qb_u64;
+
+// The compile-time mirror of qprof/quant/traits.py. tests/test_kernels_ptxas.py parses this
+// table and fails if it disagrees with the Python traits table, which is where launch configs
+// come from: a kernel whose assumption differs from its launch silently writes garbage.
+// X(NAME, lowercase name, ggml type id, block values, block bytes, dequant threads,
+//   matvec threads, matvec rows per CTA)
+#define QPROF_QUANT_TYPES(X)                 \
+    X(F32, f32, 0, 1, 4, 1, 128, 4)          \
+    X(F16, f16, 1, 1, 2, 1, 128, 4)          \
+    X(BF16, bf16, 30, 1, 2, 1, 128, 4)       \
+    X(Q4_0, q4_0, 2, 32, 18, 8, 128, 4)      \
+    X(Q4_1, q4_1, 3, 32, 20, 8, 128, 4)      \
+    X(Q5_0, q5_0, 6, 32, 22, 8, 128, 4)      \
+    X(Q5_1, q5_1, 7, 32, 24, 8, 128, 4)      \
+    X(Q8_0, q8_0, 8, 32, 34, 8, 128, 4)      \
+    X(Q2_K, q2_k, 10, 256, 84, 64, 128, 4)   \
+    X(Q3_K, q3_k, 11, 256, 110, 64, 128, 4)  \
+    X(Q4_K, q4_k, 12, 256, 144, 32, 128, 4)  \
+    X(Q5_K, q5_k, 13, 256, 176, 64, 128, 4)  \
+    X(Q6_K, q6_k, 14, 256, 210, 64, 128, 4)
+
+// Template ids are the GGML type ids.
+enum QbType : int {
+    QB_F32 = 0, QB_F16 = 1, QB_Q4_0 = 2, QB_Q4_1 = 3, QB_Q5_0 = 6, QB_Q5_1 = 7, QB_Q8_0 = 8,
+    QB_Q2_K = 10, QB_Q3_K = 11, QB_Q4_K = 12, QB_Q5_K = 13, QB_Q6_K = 14, QB_BF16 = 30
+};
+
+// ------------------------------------------------------------------ scalar helpers
+
+static __device__ __forceinline__ float qb_half_to_float(qb_u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+static __device__ __forceinline__ qb_u16 qb_float_to_half(float f) {
+    qb_u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+static __device__ __forceinline__ float qb_bf16_to_float(qb_u16 h) {
+    return __uint_as_float(((qb_u32)h) << 16);
+}
+
+// Weights are read-only for a kernel's lifetime: the non-coherent (read-only) cache path.
+static __device__ __forceinline__ qb_u16 qb_ld16(const qb_u8* p) {
+    return __ldg(reinterpret_cast<const unsigned short*>(p));
+}
+
+static __device__ __forceinline__ qb_u32 qb_ld32(const qb_u8* p) {  // p is 4-byte aligned
+    return __ldg(reinterpret_cast<const unsigned int*>(p));
+}
+
+// Blocks of 18, 22, 34, 110 and 210 bytes are only 2-byte aligned. Whether a given word is
+// 4-aligned depends only on its block's parity, which all lanes of a warp share, so the
+// branch does not diverge in practice.
+static __device__ __forceinline__ qb_u32 qb_ld32_a2(const qb_u8* p) {
+    if ((reinterpret_cast<qb_u64>(p) & 3u) == 0) return qb_ld32(p);
+    return (qb_u32)qb_ld16(p) | ((qb_u32)qb_ld16(p + 2) << 16);
+}
+
+// Four packed unsigned bytes to four exact floats without the slow I2F path: place the byte
+// in the mantissa of 2^23 (0x4B0000xx) and subtract 2^23.
+static __device__ __forceinline__ void qb_bytes_to_float(qb_u32 w, float* f) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) f[k] = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440u + k)) - 8388608.0f;
+}
+
+// Bits 0..3 of x to bit 0 of bytes 0..3 (the shifted copies never overlap, so no carries).
+static __device__ __forceinline__ qb_u32 qb_spread4(qb_u32 x) {
+    return ((x & 0xFu) * 0x00204081u) & 0x01010101u;
+}
+
+// K-quant 6-bit scale and min j (0..7) of a 12-byte Q4_K/Q5_K scales field.
+static __device__ __forceinline__ void qb_scale_min_k4(const qb_u8* sc, int j, int& scale, int& min) {
+    const int a = __ldg(sc + j), b = __ldg(sc + j + 4), c = __ldg(sc + ((j - 4) & 7));
+    if (j < 4) {
+        scale = a & 63;
+        min = b & 63;
+    } else {
+        scale = (b & 0xF) | ((c >> 6) << 4);
+        min = (b >> 4) | ((a >> 6) << 4);
+    }
+}
+
+template <int T>
+struct Block;
+
+// ------------------------------------------------------------------ float types
+// Block of one value; run<N> reads N consecutive elements starting at p (s is always 0 there).
+
+template <>
+struct Block<QB_F32> {
+    static constexpr int QK = 1, BYTES = 4;
+    static constexpr bool IS_FLOAT = true;
+    template <int N>
+    static __device__ __forceinline__ void run(const qb_u8* p, int s, float (&q)[N], float& d, float& m) {
+        const float* f = reinterpret_cast<const float*>(p) + s;
+        d = 1.0f;
+        m = 0.0f;
+        if constexpr (N % 4 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 4; ++i) {
+                const float4 v = __ldg(reinterpret_cast<const float4*>(f) + i);
+                q[4 * i] = v.x, q[4 * i + 1] = v.y, q[4 * i + 2] = v.z, q[4 * i + 3] = v.w;
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < N; ++k) q[k] = __ldg(f + k);
+        }
+    }
+};
+
+template <bool BF16>
+struct HalfBlock {
+    static constexpr int QK = 1, BYTES = 2;
+    static constexpr bool IS_FLOAT = true;
+    static __device__ __forceinline__ float cvt(qb_u16 h) { return BF16 ? qb_bf16_to_float(h) : qb_half_to_float(h); }
+    template <int N>
+    static __device__ __forceinline__ void run(const qb_u8* p, int s, float (&q)[N], float& d, float& m) {
+        const qb_u8* h = p + 2 * s;
+        d = 1.0f;
+        m = 0.0f;
+        if constexpr (N % 4 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 4; ++i) {
+                const uint2 v = __ldg(reinterpret_cast<const uint2*>(h) + i);
+                q[4 * i] = cvt(v.x & 0xFFFFu), q[4 * i + 1] = cvt(v.x >> 16);
+                q[4 * i + 2] = cvt(v.y & 0xFFFFu), q[4 * i + 3] = cvt(v.y >> 16);
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < N; ++k) q[k] = cvt(qb_ld16(h + 2 * k));
+        }
+    }
+};
+template <> struct Block<QB_F16> : HalfBlock<false> {};
+template <> struct Block<QB_BF16> : HalfBlock<true> {};
+
+// ------------------------------------------------------------------ legacy 32-value blocks
+// Values j and j+16 share byte j of qs: low nibble, high nibble.
+
+// Q4_0: d f16 @0, qs[16] @2. value = d * (q - 8). Q4_1: d @0, m @2, qs @4. value = d*q + m.
+template <bool HAS_M>
+struct Q4Legacy {
+    static constexpr int QK = 32, BYTES = HAS_M ? 20 : 18, QS = HAS_M ? 4 : 2;
+    static constexpr bool IS_FLOAT = false;
+    template <int N>
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
+        d = qb_half_to_float(qb_ld16(b));
+        m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : -8.0f * d;
+        const int shift = (s & 16) >> 2;
+#pragma unroll
+        for (int i = 0; i < N / 4; ++i) {
+            const qb_u32 w = qb_ld32_a2(b + QS + (s & 15) + 4 * i);
+            qb_bytes_to_float((w >> shift) & 0x0F0F0F0Fu, &q[4 * i]);
+        }
+    }
+};
+template <> struct Block<QB_Q4_0> : Q4Legacy<false> {};
+template <> struct Block<QB_Q4_1> : Q4Legacy<true> {};
+
+// Q5_0: d @0, qh u32 @2, qs[16] @6; value = d * (q - 16). Q5_1: d @0, m @2, qh @4, qs @8.
+// Bit j of qh is bit 4 of value j (j = 0..31).
+template <bool HAS_M>
+struct Q5Legacy {
+    static constexpr int QK = 32, BYTES = HAS_M ? 24 : 22, QH = HAS_M ? 4 : 2, QS = QH + 4;
+    static constexpr bool IS_FLOAT = false;
+    template <int N>
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
+        d = qb_half_to_float(qb_ld16(b));
+        m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : -16.0f * d;
+        const qb_u32 qh = qb_ld32_a2(b + QH);
+        const int shift = (s & 16) >> 2;
+#pragma unroll
+        for (int i = 0; i < N / 4; ++i) {
+            const qb_u32 lo = (qb_ld32_a2(b + QS + (s & 15) + 4 * i) >> shift) & 0x0F0F0F0Fu;
+            qb_bytes_to_float(lo | (qb_spread4(qh >> (s + 4 * i)) << 4), &q[4 * i]);
+        }
+    }
+};
+template <> struct Block<QB_Q5_0> : Q5Legacy<false> {};
+template <> struct Block<QB_Q5_1> : Q5Legacy<true> {};
+
+// Q8_0: d @0, int8 qs[32] @2. Flipping the sign bit gives q + 128 as an unsigned byte.
+template <>
+struct Block<QB_Q8_0> {
+    static constexpr int QK = 32, BYTES = 34;
+    static constexpr bool IS_FLOAT = false;
+    template <int N>
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
+        d = qb_half_to_float(qb_ld16(b));
+        m = -128.0f * d;
+#pragma unroll
+        for (int i = 0; i < N / 4; ++i) qb_bytes_to_float(qb_ld32_a2(b + 2 + s + 4 * i) ^ 0x80808080u, &q[4 * i]);
+    }
+};
+
+// ------------------------------------------------------------------ K-quants, 256-value superblocks
+
+// Q2_K: scales[16] @0 (low nibble scale, high nibble min), qs[64] @16, d @80, dmin @82.
+// Value 128h + 32j + 16k + l: 2 bits at shift 2j of qs[32h + 16k + l], sub-block 8h + 2j + k.
+template <>
+struct Block<QB_Q2_K> {
+    static constexpr int QK = 256, BYTES = 84;
+    static constexpr bool IS_FLOAT = false;
+    template <int N>
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
+        const int h = s >> 7, j = (s >> 5) & 3, k = (s >> 4) & 1, l = s & 15;
+        const int sc = __ldg(b + 8 * h + 2 * j + k);
+        d = qb_half_to_float(qb_ld16(b + 80)) * (float)(sc & 0xF);
+        m = -qb_half_to_float(qb_ld16(b + 82)) * (float)(sc >> 4);
+#pragma unroll
+        for (int i = 0; i < N / 4; ++i)
+            qb_bytes_to_float((qb_ld32(b + 16 + 32 * h + 16 * k + l + 4 * i) >> (2 * j)) & 0x03030303u, &q[4 * i]);
+    }
+};
+
+// Q3_K: hmask[32] @0, qs[64] @32, scales[12] @96 (16 packed 6-bit signed-offset scales), d @108.
+// Value 128h + 32j + 16k + l: low 2 bits at shift 2j of qs[32h + 16k + l], bit 2 is bit 4h + j
+// of hmask[16k + l] (a clear bit means "minus 4"), sub-block 8h + 2j + k; value = d*sc*(q - 4).
+template <>
+struct Block<QB_Q3_K> {
+    static constexpr int QK = 256, BYTES = 110;
+    static constexpr bool IS_FLOAT = false;
+    template <int N>
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
+        const int h = s >> 7, j = (s >> 5) & 3, k = (s >> 4) & 1, l = s & 15;
+        const int si = 8 * h + 2 * j + k;
+        const int lo = si < 8 ? __ldg(b + 96 + si) & 0xF : __ldg(b + 96 + si - 8) >> 4;
+        const int hi = (__ldg(b + 104 + (si & 3)) >> (2 * (si >> 2))) & 3;
+        d = qb_half_to_float(qb_ld16(b + 108)) * (float)((lo | (hi << 4)) - 32);
+        m = -4.0f * d;
+        const int hbit = 4 * h + j;
+#pragma unroll
+        for (int i = 0; i < N / 4; ++i) {
+            const qb_u32 q2 = (qb_ld32_a2(b + 32 + 32 * h + 16 * k + l + 4 * i) >> (2 * j)) & 0x03030303u;
+            const qb_u32 q1 = ((qb_ld32_a2(b + 16 * k + l + 4 * i) >> hbit) & 0x01010101u) << 2;
+            qb_bytes_to_float(q2 | q1, &q[4 * i]);
+        }
+    }
+};
+
+// Q4_K: d @0, dmin @2, scales[12] @4 (8 packed 6-bit scale/min pairs), qs[128] @16.
+// Value 64g + 32k + l: nibble k of qs[32g + l], sub-block 2g + k; value = d*sc*q - dmin*mn.
+// Q5_K adds qh[32] @16 (qs moves to @48): bit 2g + k of qh[l] is bit 4 of the value.
+template <bool Q5>
+struct KQuant45 {
+    static constexpr int QK = 256, BYTES = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
+    static constexpr bool IS_FLOAT = false;
+    template <int N>
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
+        const int g = s >> 6, k = (s >> 5) & 1, l = s & 31, sub = 2 * g + k;
+        int sc, mn;
+        qb_scale_min_k4(b + 4, sub, sc, mn);
+        d = qb_half_to_float(qb_ld16(b)) * (float)sc;
+        m = -qb_half_to_float(qb_ld16(b + 2)) * (float)mn;
+#pragma unroll
+        for (int i = 0; i < N / 4; ++i) {
+            qb_u32 w = (qb_ld32(b + QS + 32 * g + l + 4 * i) >> (4 * k)) & 0x0F0F0F0Fu;
+            if constexpr (Q5) w |= ((qb_ld32(b + 16 + l + 4 * i) >> sub) & 0x01010101u) << 4;
+            qb_bytes_to_float(w, &q[4 * i]);
+        }
+    }
+};
+template <> struct Block<QB_Q4_K> : KQuant45<false> {};
+template <> struct Block<QB_Q5_K> : KQuant45<true> {};
+
+// Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192, d @208.
+// Value 128h + 32k + l: nibble (k >> 1) of ql[64h + 32(k & 1) + l], bits 4..5 from shift 2k of
+// qh[32h + l], sub-block 8h + 2k + l/16; value = d * sc * (q - 32).
+template <>
+struct Block<QB_Q6_K> {
+    static constexpr int QK = 256, BYTES = 210;
+    static constexpr bool IS_FLOAT = false;
+    template <int N>
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
+        const int h = s >> 7, k = (s >> 5) & 3, l = s & 31;
+        const int sc = (qb_i8)__ldg(b + 192 + 8 * h + 2 * k + (l >> 4));
+        d = qb_half_to_float(qb_ld16(b + 208)) * (float)sc;
+        m = -32.0f * d;
+#pragma unroll
+        for (int i = 0; i < N / 4; ++i) {
+            const qb_u32 lo = (qb_ld32_a2(b + 64 * h + 32 * (k & 1) + l + 4 * i) >> (4 * (k >> 1))) & 0x0F0F0F0Fu;
+            const qb_u32 hi = ((qb_ld32_a2(b + 128 + 32 * h + l + 4 * i) >> (2 * k)) & 0x03030303u) << 4;
+            qb_bytes_to_float(lo | hi, &q[4 * i]);
+        }
+    }
+};
+
+// Compile-time check that each decoder agrees with the mirrored traits table.
+#define QB_CHECK_LAYOUT(NAME, name, ID, QK_, BYTES_, DT, MT, MR)                              \
+    static_assert(Block<ID>::QK == QK_ && Block<ID>::BYTES == BYTES_, #NAME " layout mismatch"); \
+    static_assert(QK_ % DT == 0, #NAME ": dequant threads must divide the block");
+QPROF_QUANT_TYPES(QB_CHECK_LAYOUT)
+#undef QB_CHECK_LAYOUT

@@ -1,0 +1,148 @@
+"""Names, handles and launch shapes of the quantized kernels, all derived from the quant traits table.
+
+The kernels in kernels/dequant.cu and kernels/matvec.cu are templates whose thread counts are
+compile-time constants mirrored from qprof/quant/traits.py (kernels/quant_blocks.cuh holds the
+mirror; a test checks the two agree). Every launch shape here comes from QuantTraits, never from a
+per-call constant, because a launch that disagrees with a kernel's assumption writes garbage
+silently rather than failing.
+
+Kernel names are `<family>_<qtype>[_<variant>]` (dequant_q4_k_f16, get_rows_q8_0, matvec_q6_k_b1)
+so the profiler can group kernels by family and quant type from the name alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from qprof.errors import QprofError
+from qprof.quant.traits import ALL_TYPES, QUANT_TRAITS, QuantTraits, traits
+
+KERNEL_DIR = Path(__file__).resolve().parents[3] / "kernels"
+TRAITS_HEADER = KERNEL_DIR / "quant_blocks.cuh"
+
+# Which .cu file holds each family.
+FAMILY_FILES: dict[str, str] = {"dequant": "dequant", "get_rows": "dequant", "matvec": "matvec"}
+MATVEC_MAX_BATCH = 8
+MATVEC_RUN = 8  # values per matvec thread step (kernels/matvec.cu MATVEC_RUN): float rows need cols % 8 == 0
+DEQUANT_CTA_THREADS = 256  # threads per dequant CTA; blockDim.y = this // dequant_threads
+MAX_CTA_THREADS = 1024
+GRID_Y_MAX = 65535
+
+# The seed's bug: a dequantize launch that assumed one warp per quant block.
+INJECT_BLOCK_DIM = 32
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+
+    @property
+    def threads_per_cta(self) -> int:
+        return self.block[0] * self.block[1] * self.block[2]
+
+
+def kernel_name(family: str, qtype: str, variant: str | None = None) -> str:
+    if family not in FAMILY_FILES:
+        raise QprofError(f"unknown quantized kernel family {family!r}; known: {', '.join(FAMILY_FILES)}")
+    name = f"{family}_{traits(qtype).name.lower()}"
+    return f"{name}_{variant}" if variant else name
+
+
+_NAME_RE = re.compile(
+    r"^(?P<family>" + "|".join(sorted(FAMILY_FILES, key=len, reverse=True)) + r")_(?P<qtype>"
+    + "|".join(t.lower() for t in sorted(ALL_TYPES, key=len, reverse=True)) + r")(?:_(?P<variant>[a-z0-9]+))?$"
+)
+
+
+def parse_kernel_name(name: str) -> tuple[str, str, str | None] | None:
+    """(family, QTYPE, variant) for one of this module's kernel names, else None."""
+    m = _NAME_RE.match(name)
+    if not m:
+        return None
+    return m.group("family"), m.group("qtype").upper(), m.group("variant")
+
+
+def inject_affected_types() -> tuple[str, ...]:
+    """Types whose dequantize output the block-dim fault leaves partly unwritten (from the traits table)."""
+    return tuple(t.name for t in QUANT_TRAITS.values() if t.dequant_threads > INJECT_BLOCK_DIM)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def dequant_launch(t: QuantTraits, n_blocks: int, inject: str | None = None) -> LaunchConfig:
+    """blockDim.x = threads per quant block, blockDim.y = quant blocks per CTA, one block per y-thread.
+
+    With inject="block-dim" blockDim.x is INJECT_BLOCK_DIM whatever the type expects: the kernel
+    idles threads past its own count and leaves values past INJECT_BLOCK_DIM threads unwritten.
+    """
+    per_cta = max(1, DEQUANT_CTA_THREADS // t.dequant_threads)
+    if inject is None:
+        bx = t.dequant_threads
+    elif inject == "block-dim":
+        bx = INJECT_BLOCK_DIM
+    else:
+        raise QprofError(f"unknown fault {inject!r}; choose from block-dim")
+    by = max(1, min(per_cta, MAX_CTA_THREADS // bx))
+    return LaunchConfig((_ceil_div(n_blocks, by), 1, 1), (bx, by, 1))
+
+
+def get_rows_launch(t: QuantTraits, blocks_per_row: int, n_ids: int) -> LaunchConfig:
+    if n_ids > GRID_Y_MAX:
+        raise QprofError(f"get_rows takes at most {GRID_Y_MAX} ids per call, got {n_ids}")
+    per_cta = max(1, DEQUANT_CTA_THREADS // t.dequant_threads)
+    by = min(per_cta, blocks_per_row)
+    return LaunchConfig((_ceil_div(blocks_per_row, by), n_ids, 1), (t.dequant_threads, by, 1))
+
+
+def matvec_launch(t: QuantTraits, rows: int) -> LaunchConfig:
+    return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta), 1, 1), (t.matvec_threads, 1, 1))
+
+
+def kernel(family: str, qtype: str, variant: str | None = None):
+    """The loaded kernel handle (compiles and caches the module on first use)."""
+    from qprof.runtime.cuda.driver import KernelLibrary
+
+    return KernelLibrary.get().kernel(FAMILY_FILES[family], kernel_name(family, qtype, variant))
+
+
+# ------------------------------------------------------------------ the compile-time mirror
+
+_MIRROR_FIELDS = ("name", "ggml_type", "block_values", "block_bytes", "dequant_threads",
+                  "matvec_threads", "matvec_rows_per_cta")
+_MIRROR_ROW = re.compile(r"X\((\w+),\s*(\w+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\)")
+
+
+def kernel_traits_mirror(header: Path = TRAITS_HEADER) -> dict[str, dict[str, int | str]]:
+    """The QPROF_QUANT_TYPES table of kernels/quant_blocks.cuh, as {type: {field: value}}."""
+    text = header.read_text()
+    start = text.find("#define QPROF_QUANT_TYPES(X)")
+    if start < 0:
+        raise QprofError(f"{header.name}: QPROF_QUANT_TYPES table not found")
+    block = text[start:text.find("\n\n", start)]
+    table: dict[str, dict[str, int | str]] = {}
+    for m in _MIRROR_ROW.finditer(block):
+        name, lower, *nums = m.groups()
+        if lower != name.lower():
+            raise QprofError(f"{header.name}: {name} has kernel suffix {lower!r}, expected {name.lower()!r}")
+        table[name] = dict(zip(_MIRROR_FIELDS, [name, *map(int, nums)]))
+    return table
+
+
+def mirror_mismatches(header: Path = TRAITS_HEADER) -> list[str]:
+    """Every disagreement between the traits table and the kernels' compile-time mirror of it."""
+    mirror = kernel_traits_mirror(header)
+    problems = [f"{n} missing from {header.name}" for n in QUANT_TRAITS if n not in mirror]
+    problems += [f"{n} in {header.name} but not in the traits table" for n in mirror if n not in QUANT_TRAITS]
+    for name, row in mirror.items():
+        t = QUANT_TRAITS.get(name)
+        if t is None:
+            continue
+        for field in _MIRROR_FIELDS[1:]:
+            if getattr(t, field) != row[field]:
+                problems.append(f"{name}.{field}: traits {getattr(t, field)} != kernel {row[field]}")
+    return problems

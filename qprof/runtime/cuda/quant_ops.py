@@ -1,0 +1,197 @@
+"""Quantized weights on the GPU and the ops that read them: dequantize, get_rows, matvec, matmul.
+
+A DeviceWeight is the GGUF block bytes of one matrix uploaded once, used in place by every
+kernel. Launch shapes come from kernels.py, which derives them from the quant traits table.
+Output tensors are passed in (static buffers for a graph-capturable decode); every call checks
+dtypes, shapes and devices and raises a one-line QprofError instead of launching on bad input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from qprof.errors import QprofError
+from qprof.quant.traits import QuantTraits, traits
+from qprof.runtime.cuda import kernels as K
+
+
+@dataclass
+class DeviceWeight:
+    """One weight matrix as GGUF block bytes in device memory: rows of `row_bytes` bytes each."""
+
+    name: str
+    qtype: str
+    shape: tuple[int, int]  # (rows, cols), torch order: one output per row
+    raw: torch.Tensor = field(repr=False)  # uint8, CUDA, rows * row_bytes
+    traits: QuantTraits = field(repr=False)
+
+    def __post_init__(self) -> None:
+        rows, cols = self.shape
+        want = rows * self.traits.row_bytes(cols)
+        if self.raw.dtype != torch.uint8 or not self.raw.is_cuda or not self.raw.is_contiguous():
+            raise QprofError(f"{self.name}: raw bytes must be a contiguous uint8 CUDA tensor")
+        if self.raw.numel() != want:
+            raise QprofError(f"{self.name}: {self.qtype} {rows}x{cols} needs {want} bytes, got {self.raw.numel()}")
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.shape[1]
+
+    @property
+    def row_bytes(self) -> int:
+        return self.traits.row_bytes(self.cols)
+
+    @property
+    def n_bytes(self) -> int:
+        return self.raw.numel()
+
+    @classmethod
+    def from_bytes(cls, name: str, qtype: str, shape: tuple[int, ...], raw: np.ndarray | torch.Tensor) -> DeviceWeight:
+        """Upload host bytes (any shape whose size is rows * row_bytes) once."""
+        t = traits(qtype)
+        if len(shape) == 1:
+            shape = (1, shape[0])
+        if len(shape) != 2:
+            raise QprofError(f"{name}: expected a matrix or a vector, got shape {tuple(shape)}")
+        if isinstance(raw, np.ndarray):
+            with warnings.catch_warnings():  # a read-only memmap is fine: it is only copied to the device
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                raw = torch.from_numpy(np.ascontiguousarray(raw))
+        data = raw.reshape(-1).to(device="cuda", dtype=torch.uint8).contiguous()
+        return cls(name, t.name, (int(shape[0]), int(shape[1])), data, t)
+
+    @classmethod
+    def from_tensor_info(cls, info) -> DeviceWeight:
+        """Upload a qprof.model.gguf_file.TensorInfo's raw bytes once."""
+        return cls.from_bytes(info.name, info.qtype, tuple(info.shape), info.raw)
+
+
+# ------------------------------------------------------------------ argument checks
+
+
+def _check(t: torch.Tensor, what: str, w: DeviceWeight, dtypes: tuple[torch.dtype, ...],
+           shape: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise QprofError(f"{w.name}: {what} must be a torch tensor, got {type(t).__name__}")
+    names = "/".join(str(d).replace("torch.", "") for d in dtypes)
+    if t.dtype not in dtypes:
+        raise QprofError(f"{w.name}: {what} must be {names}, got {str(t.dtype).replace('torch.', '')}")
+    if not t.is_cuda:
+        raise QprofError(f"{w.name}: {what} must be on the GPU")
+    if tuple(t.shape) != tuple(shape):
+        raise QprofError(f"{w.name}: {what} must have shape {list(shape)}, got {list(t.shape)}")
+    if not t.is_contiguous() or t.data_ptr() % 16:
+        raise QprofError(f"{w.name}: {what} must be contiguous and 16-byte aligned")
+
+
+def _batch(x: torch.Tensor) -> int:
+    return 1 if x.dim() == 1 else int(x.shape[0])
+
+
+def _launch(kern, cfg: K.LaunchConfig, *args) -> None:
+    from qprof.runtime.cuda.driver import KernelLibrary
+
+    KernelLibrary.get().launch(kern, cfg.grid, cfg.block, *args)
+
+
+# ------------------------------------------------------------------ ops
+
+
+def dequantize(w: DeviceWeight, out: torch.Tensor, inject: str | None = None) -> torch.Tensor:
+    """out[rows, cols] (float16 or float32) = the weight's values. inject="block-dim" reproduces the seed's bug."""
+    _check(out, "dequantize output", w, (torch.float32, torch.float16), w.shape)
+    n_blocks = w.rows * w.cols // w.traits.block_values
+    cfg = K.dequant_launch(w.traits, n_blocks, inject)
+    variant = "f32" if out.dtype == torch.float32 else "f16"
+    _launch(K.kernel("dequant", w.qtype, variant), cfg, w.raw, out, n_blocks)
+    return out
+
+
+def get_rows(w: DeviceWeight, ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[i] = row ids[i] of the weight (embedding lookup), float32. An id out of range gives a NaN row."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int32 or not ids.is_cuda or ids.dim() != 1:
+        raise QprofError(f"{w.name}: get_rows ids must be a 1-D int32 CUDA tensor")
+    if not ids.is_contiguous():
+        raise QprofError(f"{w.name}: get_rows ids must be contiguous")
+    n = int(ids.shape[0])
+    _check(out, "get_rows output", w, (torch.float32,), (n, w.cols))
+    if n == 0:
+        return out
+    blocks_per_row = w.cols // w.traits.block_values
+    cfg = K.get_rows_launch(w.traits, blocks_per_row, n)
+    _launch(K.kernel("get_rows", w.qtype), cfg, w.raw, ids, out, w.rows, blocks_per_row, w.row_bytes)
+    return out
+
+
+def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[b, rows] = x[b, cols] @ W.T for 1 <= b <= 8 (decode); a 1-D x and out mean b = 1."""
+    b = _batch(x)
+    if not 1 <= b <= K.MATVEC_MAX_BATCH:
+        raise QprofError(f"{w.name}: matvec takes 1..{K.MATVEC_MAX_BATCH} columns, got {b}; use matmul")
+    if w.cols % K.MATVEC_RUN:
+        raise QprofError(f"{w.name}: matvec needs a row length that is a multiple of {K.MATVEC_RUN}, got {w.cols}")
+    x_shape = (w.cols,) if x.dim() == 1 else (b, w.cols)
+    out_shape = (w.rows,) if out.dim() == 1 and x.dim() == 1 else (b, w.rows)
+    _check(x, "matvec input", w, (torch.float32,), x_shape)
+    _check(out, "matvec output", w, (torch.float32,), out_shape)
+    cfg = K.matvec_launch(w.traits, w.rows)
+    _launch(K.kernel("matvec", w.qtype, f"b{b}"), cfg, w.raw, x, out, w.rows, w.cols, w.row_bytes)
+    return out
+
+
+_MM_DTYPE_OUT: bool | None = None  # whether this torch has aten::mm.dtype_out (fp16 in, fp32 out)
+
+
+def matmul_path() -> str:
+    """How matmul's GEMM writes float32: one cuBLAS call, or a float16 result copied (older torch)."""
+    if _MM_DTYPE_OUT is None:
+        return "unknown until the first matmul"
+    return "cuBLAS fp16 x fp16 -> fp32 (mm.dtype_out)" if _MM_DTYPE_OUT else "cuBLAS fp16 -> fp16, copied to fp32"
+
+
+def _mm_into_f32(a16: torch.Tensor, b16_t: torch.Tensor, out: torch.Tensor) -> None:
+    global _MM_DTYPE_OUT
+    if _MM_DTYPE_OUT is not False:
+        try:
+            torch.ops.aten.mm.dtype_out(a16, b16_t, torch.float32, out=out)
+            _MM_DTYPE_OUT = True
+            return
+        except (AttributeError, RuntimeError, NotImplementedError):
+            _MM_DTYPE_OUT = False
+    out.copy_(torch.mm(a16, b16_t))
+
+
+def matmul(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None,
+           inject: str | None = None) -> torch.Tensor:
+    """out[n, rows] = x[n, cols] @ W.T for many tokens (prefill): dequantize to float16, then cuBLAS.
+
+    `scratch` is a float16 buffer of at least rows*cols elements (allocated per call when None).
+    inject="block-dim" launches the dequantize step with the seed's wrong block size.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise QprofError(f"{w.name}: matmul input must be a 2-D tensor [n, {w.cols}]")
+    n = int(x.shape[0])
+    if x.dtype not in (torch.float32, torch.float16) or not x.is_cuda or tuple(x.shape) != (n, w.cols):
+        raise QprofError(f"{w.name}: matmul input must be float32/float16 CUDA [n, {w.cols}], "
+                         f"got {str(x.dtype).replace('torch.', '')} {list(x.shape)}")
+    _check(out, "matmul output", w, (torch.float32,), (n, w.rows))
+    numel = w.rows * w.cols
+    if scratch is None:
+        scratch = torch.empty(numel, dtype=torch.float16, device="cuda")
+    elif scratch.dtype != torch.float16 or not scratch.is_cuda or not scratch.is_contiguous() or scratch.numel() < numel:
+        raise QprofError(f"{w.name}: matmul scratch must be a contiguous float16 CUDA buffer of >= {numel} elements")
+    if n == 0:
+        return out
+    w16 = scratch.reshape(-1)[:numel].view(w.rows, w.cols)
+    dequantize(w, w16, inject=inject)
+    x16 = x if x.dtype == torch.float16 else x.to(torch.float16)
+    _mm_into_f32(x16.contiguous(), w16.t(), out)
+    return out
