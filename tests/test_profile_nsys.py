@@ -102,17 +102,12 @@ def _script(path: Path, body: str) -> str:
 
 
 def test_missing_nsys_says_how_to_fix(monkeypatch):
-    monkeypatch.setattr(nsys, "find_nsys", lambda: None)
-    with pytest.raises(nsys.NsysUnavailable, match="nsys .* was not found.*QPROF_NSYS"):
+    from qprof.doctor import NsysInfo
+
+    monkeypatch.setattr(nsys, "_nsys_info", lambda: NsysInfo(None, False, "nsys not found on PATH; install it"))
+    assert nsys.find_nsys() is None
+    with pytest.raises(nsys.NsysUnavailable, match="nsys not found on PATH; install it"):
         nsys.require_nsys()
-
-
-def test_own_finder_honours_qprof_nsys(tmp_path, monkeypatch):
-    fake = _script(tmp_path / "nsys", "exit 0\n")
-    monkeypatch.setenv("QPROF_NSYS", fake)
-    assert nsys._own_find_nsys() == fake
-    monkeypatch.setenv("QPROF_NSYS", str(tmp_path / "absent"))
-    assert nsys._own_find_nsys() is None
 
 
 def test_report_failure_names_libdw(tmp_path):

@@ -11,9 +11,6 @@ StringIds and ENUM_CUDA_MEMCPY_OPER; every time is in ns on nsys's one session c
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -38,15 +35,6 @@ from qprof.profile.ranges import DOMAIN
 # NVTX_EVENTS.eventType values (ENUM_NSYS_EVENT_TYPE); read from the file when it has the enum table
 _EVENT_TYPES = {"NvtxCategory": 33, "NvtxPushPopRange": 59, "NvtxStartEndRange": 60,
                 "NvtxtPushPopRange": 70, "NvtxDomainCreate": 75}
-_NSYS_GLOBS = (
-    "/opt/nvidia/nsight-systems/*/bin/nsys",
-    "/opt/nvidia/nsight-systems/*/target-linux-x64/nsys",
-    "/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys",
-    "/usr/local/cuda*/bin/nsys",
-    "/usr/local/cuda*/nsight-systems*/bin/nsys",
-)
-LIBDW_FIX = ("install libdw (apt-get install libdw1, or unpack the libdw1/libelf1 .debs) and put its directory "
-             "on LD_LIBRARY_PATH before running qprof")
 
 
 class NsysUnavailable(QprofError):
@@ -56,38 +44,22 @@ class NsysUnavailable(QprofError):
 # --------------------------------------------------------------------------- finding nsys
 
 
-def _own_find_nsys() -> str | None:
-    env = os.environ.get("QPROF_NSYS")
-    if env:
-        return env if os.access(env, os.X_OK) else None
-    found = shutil.which("nsys")
-    if found:
-        return found
-    for pattern in _NSYS_GLOBS:
-        hits = sorted(glob.glob(pattern), reverse=True)  # newest version directory first
-        for hit in hits:
-            if os.access(hit, os.X_OK):
-                return hit
-    return None
+def _nsys_info():
+    from qprof.doctor import find_nsys as doctor_find
+
+    return doctor_find()
 
 
 def find_nsys() -> str | None:
-    """Path of an nsys executable: `qprof doctor`'s finder when present, else this module's own search."""
-    try:
-        from qprof.doctor import find_nsys as doctor_find  # type: ignore[attr-defined]
-    except ImportError:
-        return _own_find_nsys()
-    found = doctor_find()
-    path = getattr(found, "path", found)
-    return str(path) if path else None
+    """Path of the nsys executable (`qprof doctor`'s search), or None."""
+    return _nsys_info().path
 
 
 def require_nsys() -> str:
-    nsys = find_nsys()
-    if not nsys:
-        raise NsysUnavailable("nsys (Nsight Systems) was not found on PATH or under /opt/nvidia; install Nsight "
-                              "Systems or set QPROF_NSYS=/path/to/nsys")
-    return nsys
+    info = _nsys_info()
+    if info.path is None:
+        raise NsysUnavailable(info.reason)
+    return info.path
 
 
 # --------------------------------------------------------------------------- capture
@@ -103,6 +75,8 @@ class NsysCapture:
 def _explain_failure(output: str, what: str) -> str:
     low = output.lower()
     if "libdw" in low:
+        from qprof.doctor import LIBDW_FIX
+
         return f"nsys could not {what}: libdw.so.1 is missing from the library path; {LIBDW_FIX}"
     tail = next((ln.strip() for ln in reversed(output.splitlines()) if ln.strip()), "no output")
     return f"nsys could not {what}: {tail[:300]}"

@@ -1,0 +1,115 @@
+"""`qprof profile` end to end on the CPU (tiny workload), its files, and every bad input's one-line message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from qprof.cli import main
+
+TINY = ["-m", "tiny-q4_k_m", "--device", "cpu"]
+
+
+def profile(*args):
+    return CliRunner().invoke(main, ["profile", *args])
+
+
+def test_text_report_with_trace_and_out(tmp_path):
+    trace, out = tmp_path / "t.json", tmp_path / "out"
+    res = profile(*TINY, "-p", "4", "-n", "2", "--timing", "events", "--trace", str(trace), "--out", str(out))
+    assert res.exit_code == 0, res.output
+    text = res.stdout
+    assert "config clean | timing events" in text
+    assert "decode:" in text and "per op" in text and "diagnosis" in text
+    assert "note: events timing on the CPU runtime uses host timers" in text
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert any(e.get("cat") == "gpu_user_annotation" and e["name"].endswith("attn_q") for e in events)
+    assert (out / "activity.csv").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"] == "clean" and summary["n_gen"] == 2
+
+
+def test_json_output_torch_mode():
+    res = profile(*TINY, "-p", "4", "-n", "2", "--timing", "torch", "--json")
+    assert res.exit_code == 0, res.output
+    (run,) = json.loads(res.stdout)["runs"]
+    assert run["timing"] == "torch" and run["tg_tok_s"] > 0 and run["tg_floor_tok_s"] is None
+    ops = {o["op"] for o in run["phases"]["decode"]["ops"]}
+    assert {"attn_q", "ffn_down"} & ops
+    assert all(f["severity"] != "fault" for f in run["findings"])
+
+
+@pytest.mark.slow
+def test_faults_compare_every_switch_against_clean():
+    res = profile(*TINY, "-p", "3", "-n", "1", "--timing", "events", "--faults", "--json")
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    labels = [r["config"] for r in payload["comparison"]]
+    assert labels == ["clean", "mask=upload", "mask=device", "scalar-upload", "sync-every-op", "inject=block-dim"]
+    assert payload["comparison"][0]["tg_vs_clean_pct"] == 0.0
+    assert len(payload["runs"]) == 6
+
+
+def test_faults_text_table():
+    res = profile(*TINY, "-p", "2", "-n", "1", "--timing", "events", "--faults", "--top", "3")
+    assert res.exit_code == 0, res.output
+    assert "fault switches against the clean configuration" in res.stdout
+    assert "  sync-every-op: " in res.stdout
+
+
+def test_nvtx_overhead():
+    res = profile(*TINY, "-p", "2", "-n", "2", "--nvtx-overhead", "--repeats", "1", "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert len(d["on_tok_s"]) == len(d["off_tok_s"]) == 1 and "overhead_pct" in d
+
+
+def test_nsys_missing_falls_back_and_says_why(monkeypatch, tmp_path):
+    from qprof.doctor import NsysInfo
+    from qprof.profile import nsys
+
+    monkeypatch.setattr(nsys, "_nsys_info", lambda: NsysInfo(None, False, "nsys not found on PATH"))
+    res = profile(*TINY, "-p", "2", "-n", "1", "--timing", "nsys", "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "timing events" in res.stdout
+    assert "note: nsys not found on PATH; falling back to --timing events" in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trace", "trace.txt"], "--trace trace.txt: the trace is Chrome/Perfetto JSON, so the file must end in .json"),
+    (["-n", "0"], "--n-gen must be at least 1, got 0"),
+    (["-p", "0"], "--n-prompt must be at least 1, got 0"),
+    (["--faults", "--mask", "upload"], "--faults runs every fault switch itself"),
+    (["--bandwidth", "0"], "--bandwidth must be positive"),
+    (["-n", "100000"], "--n-prompt 2 + --n-gen 100000 exceed the model's context of 512 tokens"),
+    (["--nvtx-overhead", "--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_bad_input_one_line(args, message):
+    res = profile(*TINY, "-p", "2", *args)
+    assert res.exit_code == 2, res.output
+    assert f"qprof: error: {message}" in res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_missing_model_file():
+    res = profile("-m", "no/such/model.gguf", "--device", "cpu")
+    assert res.exit_code == 2
+    assert "qprof: error: model file not found: no/such/model.gguf" in res.stderr
+
+
+def test_click_rejects_unknown_choices():
+    res = profile(*TINY, "--timing", "sundial")
+    assert res.exit_code == 2 and "'sundial' is not one of" in res.stderr
+    res = profile(*TINY, "--mask", "sometimes")
+    assert res.exit_code == 2 and "'sometimes' is not one of" in res.stderr
+
+
+def test_cuda_without_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = profile("-m", "tiny-q4_k_m", "--device", "cuda")
+    assert res.exit_code == 2
+    assert "qprof: error: no CUDA GPU available" in res.stderr
