@@ -1,0 +1,119 @@
+"""Execute every notebook headless (nbclient) over a results folder and export their charts as PNG.
+
+    python -m qprof.bench.notebooks [--results DIR] [--charts DIR] [--executed DIR]
+
+The kernel is always the running interpreter (a kernelspec built on the fly), so a fresh venv or
+CI needs no `ipykernel install`. The notebooks read QPROF_RESULTS_DIR and write PNGs to
+QPROF_CHARTS_DIR, which this module sets for the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qprof.errors import QprofError
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+
+
+def this_python_kernel_manager():
+    """A jupyter KernelManager whose kernel is `sys.executable -m ipykernel_launcher`, whatever is installed."""
+    from jupyter_client.kernelspec import KernelSpec
+    from jupyter_client.manager import KernelManager
+
+    class ThisPythonKernelManager(KernelManager):
+        @property
+        def kernel_spec(self):
+            return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                              display_name=f"Python {sys.version_info.major}.{sys.version_info.minor} (qprof)",
+                              language="python", resource_dir=str(NOTEBOOKS))
+
+    return ThisPythonKernelManager
+
+
+@dataclass
+class NotebookRun:
+    path: Path
+    outputs: list[str] = field(default_factory=list)  # text printed by the cells
+    images: int = 0  # image/png outputs shown
+
+
+def execute_notebook(path: str | Path, results: Path, charts: Path | None, timeout: int = 600,
+                     executed_dir: Path | None = None) -> NotebookRun:
+    """Run every cell of one notebook; any cell error becomes a one-line QprofError naming the cell."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    env = {**os.environ, "QPROF_RESULTS_DIR": str(results), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    if charts is not None:
+        env["QPROF_CHARTS_DIR"] = str(charts)
+    else:
+        env.pop("QPROF_CHARTS_DIR", None)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            kernel_manager_class=this_python_kernel_manager(),
+                            resources={"metadata": {"path": str(path.parent)}})
+    try:
+        client.execute(env=env)
+    except CellExecutionError as exc:
+        raise QprofError(f"notebook {path.name} failed: {exc.ename}: {exc.evalue}") from None
+    except (CellTimeoutError, DeadKernelError) as exc:
+        raise QprofError(f"notebook {path.name} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    except (OSError, RuntimeError) as exc:  # the kernel could not start (ipykernel missing, ports, ...)
+        raise QprofError(f"notebook {path.name}: cannot start a Python kernel ({exc})") from None
+    finally:
+        if executed_dir is not None:
+            executed_dir.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, executed_dir / path.name)
+    run = NotebookRun(path)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                run.outputs.append(out.get("text", ""))
+            elif "image/png" in out.get("data", {}):
+                run.images += 1
+            elif "text/plain" in out.get("data", {}):
+                run.outputs.append(out["data"]["text/plain"])
+    return run
+
+
+def notebook_paths(folder: Path = NOTEBOOKS) -> list[Path]:
+    paths = sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
+    if not paths:
+        raise QprofError(f"no notebooks in {folder}")
+    return paths
+
+
+def run_all(results: Path, charts: Path | None, folder: Path = NOTEBOOKS,
+            executed_dir: Path | None = None) -> list[NotebookRun]:
+    return [execute_notebook(p, results, charts, executed_dir=executed_dir) for p in notebook_paths(folder)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m qprof.bench.notebooks", description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=REPO / "results", help="folder of *.jsonl (default results/)")
+    ap.add_argument("--charts", type=Path, default=None, help="PNG folder (default RESULTS/charts)")
+    ap.add_argument("--executed", type=Path, default=None, help="also write the executed notebooks here")
+    args = ap.parse_args(argv)
+    charts = args.charts or args.results / "charts"
+    try:
+        runs = run_all(args.results.resolve(), charts.resolve(), executed_dir=args.executed)
+    except QprofError as exc:
+        print(f"qprof: error: {exc}", file=sys.stderr)
+        return 2
+    for run in runs:
+        print(f"{run.path.name}: ran, {run.images} chart(s) shown")
+    pngs = sorted(charts.glob("*.png")) if charts.is_dir() else []
+    print(f"charts in {charts}: {', '.join(p.name for p in pngs) if pngs else 'none (no rows of the needed kinds)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Notebooks: every one executes headless (nbclient) on generated results and on none; chart data checks.
+
+The results here are made by the tests (bench rows from bench_fakes, profiler outputs from the
+profiler's own summarize/trace export over its synthetic simulation); nothing is committed from them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bench_fakes import bench_row
+
+from qprof.bench import charts, profile_charts
+from qprof.bench.notebooks import main as notebooks_main
+from qprof.bench.notebooks import notebook_paths, run_all
+from qprof.bench.results import append_row
+
+EXPECTED_PNGS = {"tokens_by_quant.png", "tokens_by_mode.png", "prompt_vs_decode.png", "pct_of_floor.png",
+                 "faults_before_after.png", "attribution.png", "decode_timeline.png"}
+
+
+def write_bench(folder: Path) -> None:
+    """Two quant types, pp and tg, every fault on its own for one model; a floor on tg rows."""
+    path = folder / "bench.jsonl"
+    for model, quant, pp, tg, bpt in (("mistral-7b-q4_k_m", "Q4_K_M", 4000.0, 120.0, 4.1e9),
+                                      ("mistral-7b-q8_0", "Q8_0", 4500.0, 80.0, 7.2e9)):
+        for test, n_p, n_g, ts in (("pp512", 512, 0, pp), ("tg128", 0, 128, tg)):
+            floor = 3030e9 / bpt if n_g else None
+            base = {"model": model, "model_filename": f"/c/{model}.gguf", "quant": quant, "test": test,
+                    "n_prompt": n_p, "n_gen": n_g, "bytes_per_token": int(bpt), "floor_ts": floor,
+                    "bandwidth_source": "measured on H100 80GB HBM3"}
+            append_row(path, bench_row(**base, avg_ts=ts, stddev_ts=ts * 0.02,
+                                       pct_of_floor=100 * ts / floor if floor else None))
+            if quant != "Q4_K_M":
+                continue
+            for switch, value, label, factor in (("mask", "upload", "mask=upload", 0.6),
+                                                 ("sync_every_op", True, "sync-every-op", 0.4),
+                                                 ("scalar_upload", True, "scalar-upload", 0.8),
+                                                 ("inject", "block-dim", "inject=block-dim", 1.02)):
+                append_row(path, bench_row(**base, **{switch: value}, options=label, avg_ts=ts * factor,
+                                           stddev_ts=ts * factor * 0.03,
+                                           pct_of_floor=100 * ts * factor / floor if floor else None))
+
+
+def write_profile(folder: Path) -> None:
+    """`qprof profile --faults --json` and `--trace` output, made by the profiler's own code on its simulation."""
+    from fixtures.synthetic import kineto_trace, simulate
+
+    from qprof.profile.activity import restrict_to_run
+    from qprof.profile.kineto import read_kineto_trace
+    from qprof.profile.report import summarize
+    from qprof.profile.trace_export import to_chrome_trace
+    from qprof.profile.workload import ProfileRun, WorkloadResult, WorkloadSpec
+    from qprof.runtime.options import RuntimeOptions
+
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for label, opts in (("clean", {}), ("mask=upload", {"mask_upload": True}), ("sync-every-op",
+                                                                                  {"sync_every_op": True})):
+        table = restrict_to_run(read_kineto_trace(kineto_trace(simulate(**opts))))
+        options = RuntimeOptions(mask="upload" if opts.get("mask_upload") else "skip",
+                                 sync_every_op=bool(opts.get("sync_every_op")))
+        result = WorkloadResult(model_name="synthetic", device_name="NVIDIA H100 80GB HBM3", label=label,
+                                n_prompt=16, n_gen=4, prefill_ns=1_000_000, decode_ns=4_000_000,
+                                weight_bytes=90_000_000, n_layer=2)
+        run = ProfileRun(WorkloadSpec("synthetic", "cuda", 16, 4, options), "torch", table, result)
+        runs.append(summarize(run))
+        if label == "mask=upload":
+            (folder / "trace-mask-upload.json").write_text(json.dumps(to_chrome_trace(table, "H100")))
+    (folder / "faults.json").write_text(json.dumps({"runs": runs}, default=str))
+
+
+@pytest.fixture(scope="module")
+def full_results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    write_bench(root)
+    write_profile(root / "profile")
+    return root
+
+
+@pytest.fixture(scope="module")
+def executed(full_results, tmp_path_factory):
+    """Every notebook run once through the module's entry point: (stdout, charts dir, executed notebooks dir)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("out")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = notebooks_main(["--results", str(full_results), "--charts", str(out / "charts"),
+                               "--executed", str(out / "executed")])
+    assert code == 0
+    return buf.getvalue(), out / "charts", out / "executed"
+
+
+def cell_text(notebook: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_there_are_notebooks():
+    names = [p.name for p in notebook_paths()]
+    assert names == ["01_throughput.ipynb", "02_faults.ipynb", "03_profile.ipynb"]
+
+
+def test_notebooks_execute_and_export_every_chart(executed):
+    stdout, charts_out, notebooks_out = executed
+    assert {p.name for p in charts_out.glob("*.png")} == EXPECTED_PNGS
+    assert all(p.stat().st_size > 5000 for p in charts_out.glob("*.png"))
+    assert "01_throughput.ipynb: ran, 4 chart(s) shown" in stdout
+    assert "02_faults.ipynb: ran, 1 chart(s) shown" in stdout
+    assert "03_profile.ipynb: ran, 2 chart(s) shown" in stdout
+    assert "decode_timeline.png" in stdout
+    text = "".join(cell_text(p) for p in sorted(notebooks_out.glob("*.ipynb")))
+    assert "no chart" not in text and "no matched rows" not in text
+    assert "3 profiled configuration(s), 1 trace file(s)" in text
+
+
+def test_notebooks_run_on_empty_results_and_say_what_is_missing(tmp_path):
+    out = tmp_path / "charts"
+    runs = run_all(tmp_path / "empty", out)
+    assert not out.exists() or not list(out.glob("*.png"))
+    assert sum(r.images for r in runs) == 0
+    text = "".join(t for r in runs for t in r.outputs)
+    for name in ("tokens_by_quant", "tokens_by_mode", "prompt_vs_decode", "pct_of_floor", "faults_before_after",
+                 "attribution", "decode_timeline"):
+        assert f"[{name}] no chart:" in text
+    assert "no bench rows found" in text
+
+
+def test_a_failing_notebook_is_a_one_line_error(tmp_path):
+    import nbformat
+
+    from qprof.errors import QprofError
+
+    bad = tmp_path / "bad.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("raise ValueError('boom')")]
+    nbformat.write(nb, bad)
+    with pytest.raises(QprofError, match=r"notebook bad.ipynb failed: ValueError: boom"):
+        run_all(tmp_path, None, folder=tmp_path)
+
+
+def test_fault_pairs_match_each_fault_to_its_clean_run(full_results):
+    df = charts.load_bench(full_results)
+    pairs = charts.fault_pairs(df)
+    assert set(pairs["fault"]) == {"mask=upload", "scalar_upload=True", "sync_every_op=True", "inject=block-dim"}
+    mask_tg = pairs[(pairs["fault"] == "mask=upload") & (pairs["test"] == "tg128")].iloc[0]
+    assert mask_tg["on_ts"] == pytest.approx(72.0) and mask_tg["off_ts"] == pytest.approx(120.0)
+    assert mask_tg["change_pct"] == pytest.approx(100 * (120 - 72) / 72)
+    assert len(pairs) == 4 * 2  # only the Q4_K_M model has fault rows; pp and tg each
+
+
+def test_load_bench_keeps_the_latest_row_per_config(tmp_path):
+    append_row(tmp_path / "a.jsonl", bench_row(avg_ts=1.0))
+    append_row(tmp_path / "a.jsonl", bench_row(avg_ts=2.0))
+    df = charts.load_bench(tmp_path)
+    assert list(df["avg_ts"]) == [2.0] and list(df["platform"]) == ["NVIDIA H100 80GB HBM3"]
+
+
+def test_charts_need_the_right_rows(tmp_path):
+    append_row(tmp_path / "a.jsonl", bench_row(test="pp512", n_prompt=512, n_gen=0, floor_ts=None,
+                                               pct_of_floor=None))
+    df = charts.load_bench(tmp_path)
+    assert charts.tokens_by_quant(df).fig is not None
+    assert "fewer than two option sets" in charts.tokens_by_mode(df).message
+    assert "both pp and tg" in charts.prompt_vs_decode(df).message
+    assert "bandwidth floor" in charts.pct_of_floor(df).message
+    assert "no fault-on row" in charts.faults_before_after(df).message
+
+
+def test_attribution_table_is_ms_per_decode_token_and_adds_other(full_results):
+    summaries, _ = profile_charts.find_profiles(full_results / "profile")
+    assert [s["config"] for s in summaries] == ["clean", "mask=upload", "sync-every-op"]
+    table = profile_charts.attribution_table(summaries, "decode")
+    for s in summaries:
+        per_token = s["phases"]["decode"]["window_ms"] / s["n_gen"]
+        assert table[table["run"] == s["config"]]["ms"].sum() == pytest.approx(per_token)
+    upload = table[table["run"] == "mask=upload"]
+    assert upload["category"].str.contains("copy HtoD").any()
+
+
+def test_decode_step_is_one_token_with_device_work(full_results):
+    _, traces = profile_charts.find_profiles(full_results / "profile")
+    events = profile_charts._events(traces[0])
+    token, evs = profile_charts.decode_step(events)
+    assert token == 10  # decode tokens 8..11: the middle one
+    lanes = {profile_charts.lane_of(e) for e in evs}
+    assert {"GPU kernels", "GPU copies"} <= lanes
+    assert all(e["args"]["token"] == 10 for e in evs)
+
+
+def test_find_profiles_skips_junk_and_reads_single_summaries(tmp_path):
+    (tmp_path / "junk.json").write_text("{not json")
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    sub = tmp_path / "out" / "clean"
+    sub.mkdir(parents=True)
+    (sub / "summary.json").write_text(json.dumps({"config": "clean", "n_gen": 2, "phases": {
+        "decode": {"window_ms": 10.0, "categories": [{"category": "matvec Q4_K", "share": 0.5}]}}}))
+    summaries, traces = profile_charts.find_profiles(tmp_path)
+    assert len(summaries) == 1 and traces == []
+    table = profile_charts.attribution_table(summaries, "decode")
+    assert dict(zip(table["category"], table["ms"])) == {"matvec Q4_K": 2.5, "other": 2.5}
