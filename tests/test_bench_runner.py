@@ -160,3 +160,44 @@ def test_interrupt_stops_cleanly_and_keeps_earlier_rows():
         FakeRuntime.decode = original
     assert [r["test"] for r in got] == ["pp4"]
     assert runner.sampler._thread is None
+
+
+def test_runtime_warnings_are_reported_and_kept_in_rows():
+    import warnings
+
+    from qprof.bench.runner import BenchRunner
+
+    model = fake_model()
+    said = []
+
+    def create(m, device, options, annotator, n_ctx):
+        if options.mask == "upload":
+            warnings.warn("CUDA graphs off: mask=upload copies a host-built mask every step", stacklevel=2)
+        return FakeRuntime(m, device, options, annotator, n_ctx)
+
+    params = BenchParams(models=["m"], n_prompt=[0], n_gen=[2], repetitions=1, mask=["upload", "skip"],
+                         cuda_graphs=[True])
+    runner = BenchRunner(params, fake_env(), Bandwidth(None, "x"), Sampler(None, "none"),
+                         load=lambda spec: LoadedModel(spec, model.path, model), create_runtime=create,
+                         warn=said.append)
+    upload, skip = list(runner.rows())
+    assert upload["notes"] == "CUDA graphs off: mask=upload copies a host-built mask every step"
+    assert skip["notes"] is None
+    assert said == ["warning: m [mask=upload,graphs]: CUDA graphs off: mask=upload copies a host-built mask every step"]
+
+
+def test_kv_type_and_ubatch_follow_the_runtime():
+    from types import SimpleNamespace
+
+    import torch
+
+    from qprof.bench.record import kv_type, prefill_ubatch
+
+    assert kv_type(SimpleNamespace(cache=SimpleNamespace(k=torch.zeros(1)))) == "f32"
+    assert kv_type(SimpleNamespace(k_cache=torch.zeros(1, dtype=torch.bfloat16))) == "bf16"
+    assert kv_type(object()) == "unknown"
+    assert prefill_ubatch(FakeRuntime(fake_model(), n_ctx=8), 700) == 700  # no PREFILL_CHUNK in its module
+    import qprof.runtime.cuda.forward as fwd
+
+    cuda_like = type("CudaLike", (), {"__module__": fwd.__name__})()
+    assert prefill_ubatch(cuda_like, 700) == min(700, fwd.PREFILL_CHUNK)

@@ -27,7 +27,7 @@ QPROF_FIELDS = {
     "gpu_name": "str", "driver": "str", "cuda_version": "str", "cuda_driver": "str", "torch_version": "str",
     "qprof_version": "str", "repetitions": "int", "warmup": "bool", "n_ctx": "int",
     "mask": "str", "scalar_upload": "bool", "sync_every_op": "bool", "inject": "str", "cuda_graphs": "bool",
-    "nvtx": "bool", "options": "str",
+    "nvtx": "bool", "options": "str", "notes": "str",
     "bytes_per_token": "int", "bandwidth_GBps": "float", "bandwidth_source": "str", "floor_ts": "float",
     "pct_of_floor": "float",
     **{name: ("int" if name.endswith("samples") else "bool" if name == "throttled"
@@ -183,11 +183,21 @@ def quant_label(model) -> str:
 
 def kv_type(runtime) -> str:
     """KV-cache element type in ggml's spelling (f32, f16, bf16)."""
-    dtype = getattr(runtime, "kv_dtype", None) or getattr(getattr(runtime, "k_cache", None), "dtype", None)
+    cache = getattr(runtime, "cache", None)  # the CUDA runtime's KvCache(k, v)
+    dtype = (getattr(runtime, "kv_dtype", None) or getattr(getattr(runtime, "k_cache", None), "dtype", None)
+             or getattr(getattr(cache, "k", None), "dtype", None))
     if dtype is None:
         return "unknown"
     name = str(dtype).removeprefix("torch.")
     return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(name, name)
+
+
+def prefill_ubatch(runtime, n_prompt: int) -> int:
+    """Tokens per prefill forward: the runtime module's PREFILL_CHUNK where it has one, else the whole prompt."""
+    import sys
+
+    chunk = getattr(sys.modules.get(type(runtime).__module__), "PREFILL_CHUNK", None)
+    return min(n_prompt, int(chunk)) if isinstance(chunk, int) and chunk > 0 else n_prompt
 
 
 def timing_stats(samples_ns: list[int], n_tokens: int) -> dict:

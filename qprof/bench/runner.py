@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from qprof.bench.record import (
     kv_type,
     options_fields,
     ordered,
+    prefill_ubatch,
     quant_label,
     timing_stats,
 )
@@ -141,14 +143,20 @@ class BenchRunner:
                 release_memory(self.env.device)
                 loaded = self.load(group.model)
             facts = loaded.facts()
-            runtime = self.create_runtime(loaded.model, self.env.device, group.options, None, group.n_ctx)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                runtime = self.create_runtime(loaded.model, self.env.device, group.options, None, group.n_ctx)
+            # e.g. "CUDA graphs off: mask=upload copies a host-built mask every step": say it, and keep it in rows
+            notes = "; ".join(dict.fromkeys(str(w.message) for w in caught)) or None
+            if notes:
+                self.warn(f"warning: {group.model} [{options_fields(group.options)['options']}]: {notes}")
             name = type(runtime).__name__
             if name not in self.runtime_names:
                 self.runtime_names.append(name)
             try:
                 src = TokenSource(loaded.model)
                 for test in group.tests:
-                    yield self.run_test(runtime, loaded, facts, group, test, src)
+                    yield {**self.run_test(runtime, loaded, facts, group, test, src), "notes": notes}
             finally:
                 self.sampler.close()
                 runtime = None
@@ -178,8 +186,8 @@ class BenchRunner:
             "schema": SCHEMA,
             "test": test.name,
             "runtime": type(runtime).__name__,
-            "n_batch": test.n_prompt or 1,  # the whole prompt goes in as one batch
-            "n_ubatch": test.n_prompt or 1,
+            "n_batch": test.n_prompt or 1,  # the whole prompt goes to prefill() in one call
+            "n_ubatch": prefill_ubatch(runtime, test.n_prompt) or 1,
             "type_k": kv_type(runtime),
             "type_v": kv_type(runtime),
             "n_gpu_layers": loaded.model.config.n_layer if self.env.device == "cuda" else 0,
