@@ -18,13 +18,14 @@ from qprof.profile.kineto import (
     encode_range,
     kineto_capture,
     read_kineto_trace,
+    slim_trace,
     under_nsys,
 )
 from qprof.profile.nsys import read_nsys_sqlite
 from qprof.profile.ranges import Annotator, RangeInfo
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REAL_TRACES = sorted(FIXTURES.glob("kineto_*.json"))
+REAL_TRACES = sorted(FIXTURES.glob("kineto_*.json*"))
 
 
 def test_range_names_round_trip():
@@ -63,9 +64,29 @@ def test_trace_file_errors(tmp_path):
     wrong.write_text(json.dumps({"events": []}))
     with pytest.raises(QprofError, match="no traceEvents"):
         read_kineto_trace(wrong)
+    broken_gz = tmp_path / "bad.json.gz"
+    broken_gz.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(QprofError, match="not a JSON trace"):
+        read_kineto_trace(broken_gz)
     bare = write_kineto_json(simulate(), tmp_path / "ok.json")
     bare.write_text(json.dumps(json.loads(bare.read_text())["traceEvents"]))  # the bare-array form
     assert (read_kineto_trace(bare)["kind"] == "kernel").any()
+
+
+def test_slim_trace_keeps_what_the_parser_reads(tmp_path):
+    full = write_kineto_json(simulate(sync_every_op=True), tmp_path / "full.json")
+    data = json.loads(full.read_text())
+    data["traceEvents"].append({"ph": "X", "cat": "cpu_op", "name": "aten::empty", "pid": 1, "tid": 1, "ts": 1.0,
+                                "dur": 1.0, "args": {"External id": 3}})
+    data["traceEvents"][5].setdefault("args", {})["Ev Idx"] = 99
+    full.write_text(json.dumps(data))
+    slim = slim_trace(full, tmp_path / "slim.json.gz")
+    assert slim.stat().st_size < full.stat().st_size / 3
+    a, b = read_kineto_trace(full), read_kineto_trace(slim)
+    assert len(b) == len(a) - 1 and not (b["kind"] == "cpu_op").any()
+    cols = ["kind", "name", "start_ns", "end_ns", "correlation_id", "nvtx_path", "bytes", "block"]
+    a = a[a["kind"] != "cpu_op"].reset_index(drop=True)
+    assert a[cols].astype(str).equals(b[cols].astype(str))
 
 
 def test_refuses_under_nsys(monkeypatch, tmp_path):

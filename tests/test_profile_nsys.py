@@ -76,7 +76,12 @@ def test_trim_keeps_what_the_parser_reads(tmp_path, clean_db):
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
     con.close()
     assert "TARGET_INFO_GPU" not in tables and "CUPTI_ACTIVITY_KIND_KERNEL" in tables
-    assert len(nsys.read_nsys_sqlite(trimmed)) == len(nsys.read_nsys_sqlite(clean_db))
+    full = restrict_to_run(nsys.read_nsys_sqlite(clean_db))
+    cut = nsys.read_nsys_sqlite(trimmed)
+    assert len(cut) < len(nsys.read_nsys_sqlite(clean_db))  # the warm-up is gone
+    assert len(cut) == len(full) and list(cut["start_ns"]) == list(full["start_ns"])
+    whole = nsys.trim_sqlite(clean_db, tmp_path / "whole.sqlite", run_name=None)
+    assert len(nsys.read_nsys_sqlite(whole)) == len(nsys.read_nsys_sqlite(clean_db))
 
 
 def test_bad_files_get_one_line_errors(tmp_path):

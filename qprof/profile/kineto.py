@@ -9,6 +9,7 @@ be active in a process: under nsys this mode refuses to start.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from contextlib import contextmanager
@@ -35,10 +36,12 @@ _CATEGORIES = {
     "gpu_memset": "memset",
     "cuda_runtime": "api",
     "cuda_driver": "api",
-    "cuda_sync": "sync",
     "cpu_op": "cpu_op",
 }
-_SYNC_CALLS = ("Synchronize",)  # cudaStreamSynchronize, cudaDeviceSynchronize, cuCtxSynchronize, ...
+# The host's synchronize calls are the sync points: cudaStreamSynchronize, cudaDeviceSynchronize,
+# cuCtxSynchronize, cudaEventSynchronize... They carry the thread and correlation id, so each sync is
+# charged to the op that issued it (Kineto's optional cuda_sync events lack the launching thread).
+_SYNC_CALLS = ("Synchronize",)
 
 
 def encode_range(info: RangeInfo) -> str:
@@ -90,17 +93,10 @@ def kineto_capture(device: str, trace_path: Path):
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
-    kwargs: dict = {}
     if device == "cuda":
         activities.append(ProfilerActivity.CUDA)
-        try:
-            from torch.profiler import _ExperimentalConfig
-
-            kwargs["experimental_config"] = _ExperimentalConfig(enable_cuda_sync_events=True)
-        except (ImportError, TypeError):  # older torch: syncs are derived from the API calls instead
-            pass
     trace_path.parent.mkdir(parents=True, exist_ok=True)
-    with profile(activities=activities, **kwargs) as prof:
+    with profile(activities=activities) as prof:
         yield prof
     prof.export_chrome_trace(str(trace_path))
 
@@ -159,10 +155,6 @@ def _row(ev: dict) -> dict | None:
         row.update(family="copy", copy_kind=copy_kind_from_label(name), bytes=_int_or_none(args.get("bytes")))
     elif kind == "memset":
         row.update(family="memset", bytes=_int_or_none(args.get("bytes")))
-    elif kind == "sync":
-        row.update(family="sync", stream=_int_or_none(args.get("stream")))
-        if row["correlation_id"] is None:
-            row["tid"] = _tid(ev.get("tid"))
     elif kind == "api":
         row.update(family="cuda_api", tid=_tid(ev.get("tid")))
     else:  # cpu_op
@@ -177,8 +169,9 @@ def load_trace(source: str | Path | dict) -> dict:
     if not path.exists():
         raise QprofError(f"trace file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
         raise QprofError(f"{path.name} is not a JSON trace ({exc})") from None
     if isinstance(data, list):  # the bare-array Chrome trace form
         data = {"traceEvents": data}
@@ -197,10 +190,31 @@ def read_kineto_trace(source: str | Path | dict) -> pd.DataFrame:
         row = _row(ev)
         if row is not None:
             rows.append(row)
-    if not any(r["kind"] == "sync" for r in rows):
-        # no CUPTI sync records: the host's synchronize calls are the sync points
-        rows += [{**r, "kind": "sync", "family": "sync", "correlation_id": None}
-                 for r in rows if r["kind"] == "api" and any(s in r["name"] for s in _SYNC_CALLS)]
+    rows += [{**r, "kind": "sync", "family": "sync"}
+             for r in rows if r["kind"] == "api" and any(s in r["name"] for s in _SYNC_CALLS)]
     if not rows:
         return empty_table()
     return validate(assign_ranges(make_table(rows)))
+
+
+_KEEP_ARGS = ("correlation", "stream", "bytes", "grid", "block", "device")
+
+
+def slim_trace(source: str | Path | dict, dest: str | Path, keep_cpu_ops: bool = False) -> Path:
+    """Write only what read_kineto_trace uses (gzip when dest ends in .gz): small enough for a test fixture."""
+    data = load_trace(source)
+    keep = []
+    for ev in data["traceEvents"]:
+        if not isinstance(ev, dict) or ev.get("ph") != "X":
+            continue
+        cat = str(ev.get("cat", "")).lower()
+        if cat == "user_annotation" and not str(ev.get("name", "")).startswith(PREFIX):
+            continue
+        if (cat not in _CATEGORIES and cat != "user_annotation") or (cat == "cpu_op" and not keep_cpu_ops):
+            continue
+        args = {k: v for k, v in (ev.get("args") or {}).items() if k in _KEEP_ARGS}
+        keep.append({k: ev[k] for k in ("ph", "cat", "name", "pid", "tid", "ts", "dur") if k in ev} | {"args": args})
+    text = json.dumps({"schemaVersion": data.get("schemaVersion", 1), "traceEvents": keep}, separators=(",", ":"))
+    dest = Path(dest)
+    dest.write_bytes(gzip.compress(text.encode()) if dest.suffix == ".gz" else text.encode())
+    return dest

@@ -281,8 +281,20 @@ PARSED_TABLES = ("StringIds", "CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND
                  "ENUM_CUDA_MEMCPY_OPER", "ENUM_CUPTI_SYNC_TYPE", "ENUM_NSYS_EVENT_TYPE")
 
 
-def trim_sqlite(src: str | Path, dst: str | Path) -> Path:
-    """Copy only the tables the parser reads (a full export carries many more) into a new file."""
+def _run_window(con: sqlite3.Connection, run_name: str) -> tuple[int, int] | None:
+    """Start and end of the qprof NVTX range named run_name (the measured run), if the file has it."""
+    row = con.execute(
+        "SELECT MIN(n.start), MAX(n.end) FROM NVTX_EVENTS n LEFT JOIN StringIds s ON n.textId = s.id "
+        "WHERE n.eventType IN (59, 60, 70) AND n.end IS NOT NULL AND COALESCE(n.text, s.value) = ?",
+        (run_name,)).fetchone()
+    return (int(row[0]), int(row[1])) if row and row[0] is not None else None
+
+
+def trim_sqlite(src: str | Path, dst: str | Path, run_name: str | None = "run") -> Path:
+    """Copy only the tables the parser reads (a full export carries many more) into a new file.
+
+    With run_name, activity and NVTX ranges outside that range (warm-up, set-up) are dropped too.
+    """
     src, dst = Path(src), Path(dst)
     dst.unlink(missing_ok=True)
     con = sqlite3.connect(str(dst))
@@ -294,6 +306,15 @@ def trim_sqlite(src: str | Path, dst: str | Path) -> Path:
                 con.execute(f"CREATE TABLE {table} AS SELECT * FROM src.{table}")
         con.commit()
         con.execute("DETACH DATABASE src")
+        window = _run_window(con, run_name) if run_name and {"NVTX_EVENTS", "StringIds"} <= have else None
+        if window is not None:
+            lo, hi = window
+            for table in PARSED_TABLES:
+                if table.startswith("CUPTI_ACTIVITY_KIND_") and table in have:
+                    con.execute(f"DELETE FROM {table} WHERE start < ? OR start > ?", (lo, hi))
+            con.execute("DELETE FROM NVTX_EVENTS WHERE eventType IN (59, 60, 70) AND (start < ? OR start > ?)",
+                        (lo, hi))
+            con.commit()
         con.execute("VACUUM")
     finally:
         con.close()
