@@ -82,6 +82,15 @@ def test_cpu_switch_lists_make_a_product_and_jsonl_output(tmp_path):
     assert "not saved (--no-save)" in res.stderr
 
 
+def test_faults_flag_gives_clean_plus_each_fault_with_a_mode_column():
+    res = bench("-p", "0", "-n", "2", "-r", "1", "--no-warmup", "--faults", "--no-save", "--device", "cpu")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    lines = res.stdout.splitlines()
+    assert "| mode             |" in lines[0]
+    modes = [line.split("|")[6].strip() for line in lines[2:7]]
+    assert modes == ["clean", "mask=upload", "scalar-upload", "sync-every-op", "inject=block-dim"]
+
+
 def test_explicit_model_file_pg_and_custom_results_path(tmp_path):
     from qprof.workloads import resolve_model
 
@@ -153,6 +162,7 @@ def test_cuda_requested_without_a_gpu_is_a_one_line_error():
     (["--ctx", "64"], "--ctx 64 is too small: the longest test needs 512 tokens"),
     (["-m", "no-such-workload"], "no-such-workload"),
     (["-m", "./missing.gguf"], "model file not found: ./missing.gguf"),
+    (["--faults", "--mask", "upload"], "--faults runs each fault switch itself"),
 ])
 def test_bad_input_is_one_line_error(args, message):
     res = bench("--device", "cpu", "--no-save", *args)

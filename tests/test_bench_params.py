@@ -105,3 +105,13 @@ def test_option_sets_build_runtime_options():
     sets = p.option_sets()
     assert [o.inject for o in sets] == [None, "block-dim"]
     assert all(o.scalar_upload and o.nvtx for o in sets)
+
+
+def test_faults_runs_each_switch_alone_beside_clean():
+    p = BenchParams(models=["m"], faults=True, cuda_graphs=[False, True])
+    labels = [o.label() for o in p.option_sets()]
+    assert labels == ["clean", "mask=upload", "scalar-upload", "sync-every-op", "inject=block-dim"] * 2
+    assert [o.cuda_graphs for o in p.option_sets()] == [False] * 5 + [True] * 5
+    assert p.varying() == ["options", "cuda_graphs"]
+    with pytest.raises(QprofError, match="--faults runs each fault switch itself"):
+        BenchParams(models=["m"], faults=True, mask=["upload"])

@@ -17,7 +17,7 @@ SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "bool": "INTEGER", "float": "REAL"
 MD_COLUMNS = {
     "model": ("model", -30), "size": ("size", 10), "params": ("params", 10), "backend": ("backend", -8),
     "n_gpu_layers": ("ngl", 3), "n_threads": ("threads", 7),
-    "mask": ("mask", -6), "scalar_upload": ("scalar_up", 9), "sync_every_op": ("sync_op", 7),
+    "options": ("mode", -16), "mask": ("mask", -6), "scalar_upload": ("scalar_up", 9), "sync_every_op": ("sync_op", 7),
     "inject": ("inject", -9), "cuda_graphs": ("graphs", 6), "nvtx": ("nvtx", 4), "n_ctx": ("n_ctx", 6),
     "test": ("test", 15), "t/s": ("t/s", 20), "floor": ("floor t/s", 10), "pct": ("% floor", 7),
 }

@@ -12,6 +12,8 @@ from qprof.runtime.options import INJECT_FAULTS, MASK_MODES, RuntimeOptions
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 CTX_ALIGN = 256  # KV caches are sized in whole multiples of this many tokens
+# --faults: the clean run, then each of the seed's fault switches on its own
+FAULT_SETS = ({}, {"mask": "upload"}, {"scalar_upload": True}, {"sync_every_op": True}, {"inject": "block-dim"})
 
 
 def split_list(text: str) -> list[str]:
@@ -144,6 +146,7 @@ class BenchParams:
     cuda_graphs: list[bool] = field(default_factory=lambda: [False])
     nvtx: list[bool] = field(default_factory=lambda: [False])
     n_ctx: list[int | None] = field(default_factory=lambda: [None])
+    faults: bool = False  # clean plus each fault switch on its own, instead of the switches' product
 
     # llama-bench shows a column only when its parameter differs from the default
     SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "n_ctx")
@@ -155,6 +158,10 @@ class BenchParams:
             raise QprofError(f"-r: {self.repetitions} repetitions; need at least 1")
         if not self.tests():
             raise QprofError("nothing to run: -p and -n are all 0 and no -pg was given")
+        if self.faults and (self.mask != ["skip"] or self.scalar_upload != [False]
+                            or self.sync_every_op != [False] or self.inject != [None]):
+            raise QprofError("--faults runs each fault switch itself; drop --mask/--scalar-upload/--sync-every-op/"
+                             "--inject")
 
     def tests(self) -> list[BenchTest]:
         """pp tests, then tg, then pg, each in the order given; 0 entries are skipped like llama-bench."""
@@ -167,6 +174,10 @@ class BenchParams:
         return max(t.n_tokens for t in self.tests())
 
     def option_sets(self) -> list[RuntimeOptions]:
+        if self.faults:
+            # one configuration per fault, each on its own, beside the clean run (for every graphs/nvtx value)
+            return [RuntimeOptions(cuda_graphs=g, nvtx=nv).with_(**fault)
+                    for g, nv in itertools.product(self.cuda_graphs, self.nvtx) for fault in FAULT_SETS]
         combos = itertools.product(self.mask, self.scalar_upload, self.sync_every_op, self.inject,
                                    self.cuda_graphs, self.nvtx)
         return [RuntimeOptions(mask=m, scalar_upload=su, sync_every_op=so, inject=inj, cuda_graphs=g, nvtx=nv)
@@ -195,6 +206,7 @@ class BenchParams:
     def varying(self) -> list[str]:
         """Switches to show as table columns: given more than once, or set away from the default."""
         defaults = BenchParams(models=["-"])
-        return [name for name in self.SWITCHES
-                if len(getattr(self, name)) > 1 or getattr(self, name) != getattr(defaults, name)]
+        varying = [name for name in self.SWITCHES
+                   if len(getattr(self, name)) > 1 or getattr(self, name) != getattr(defaults, name)]
+        return ["options", *varying] if self.faults else varying
 

@@ -34,7 +34,7 @@ def default_model(device: str) -> str:
 
 
 def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op, inject,
-                 graphs, nvtx, ctx, device):
+                 graphs, nvtx, ctx, device, faults=False):
     from qprof.bench import params as p
 
     models = [m for text in model for m in p.split_list(text)]
@@ -52,6 +52,7 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
         cuda_graphs=p.parse_bool_list(graphs, "--graphs"),
         nvtx=p.parse_bool_list(nvtx, "--nvtx"),
         n_ctx=p.parse_int_list(ctx, "--ctx", minimum=1) if ctx else [None],
+        faults=faults,
     )
 
 
@@ -84,6 +85,9 @@ def say(msg: str) -> None:
               help=f"fault: synchronize after every op (0,1); {SWITCH_HELP}")
 @click.option("--inject", default="none", show_default=True,
               help=f"fault: none,block-dim (wrong dequant block size); {SWITCH_HELP}")
+@click.option("--faults", is_flag=True,
+              help="the clean run plus each fault switch on its own (mask=upload, scalar-upload, sync-every-op, "
+                   "inject=block-dim) instead of a product of switch lists")
 @click.option("--graphs", default="0", show_default=True, help=f"CUDA graphs for decode (0,1); {SWITCH_HELP}")
 @click.option("--nvtx", default="0", show_default=True, help=f"NVTX ranges on every op (0,1); {SWITCH_HELP}")
 @click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")
@@ -91,7 +95,7 @@ def say(msg: str) -> None:
               help="memory bandwidth for the decode floor (default: 3030 measured on H100 80GB HBM3, "
                    "else NVML's theoretical peak)")
 def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_path, no_save, mask,
-          scalar_upload, sync_every_op, inject, graphs, nvtx, ctx, bandwidth):
+          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, ctx, bandwidth):
     """Benchmark prompt processing (pp) and generation (tg) like llama-bench.
 
     Every parameter takes a comma list; the run is their cartesian product, ordered so each model
@@ -107,7 +111,7 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
 
     dev, why = pick_device(device)
     params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
-                          inject, graphs, nvtx, ctx, dev)
+                          inject, graphs, nvtx, ctx, dev, faults)
     if dev == "cuda":
         import torch
 
