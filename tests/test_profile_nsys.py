@@ -170,3 +170,14 @@ def test_captured_fixture(path):
     else:
         assert not found, [f.message for f in found]
 
+
+
+def test_capture_script_checks_what_it_keeps(tmp_path):
+    from gpu.capture_fixtures import check
+
+    clean = write_nsys_sqlite(simulate(), tmp_path / "nsys_x_clean.sqlite")
+    mask = write_nsys_sqlite(simulate(mask_upload=True), tmp_path / "nsys_x_mask_upload.sqlite")
+    assert check(clean, nsys.read_nsys_sqlite, "clean") == []
+    assert check(mask, nsys.read_nsys_sqlite, "mask_upload") == []
+    assert check(clean, nsys.read_nsys_sqlite, "mask_upload") == ["mask fault not named (faults: [])"]
+    assert check(mask, nsys.read_nsys_sqlite, "clean") == ["clean run diagnosed with faults ['mask_upload']"]
