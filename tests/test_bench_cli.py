@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
 from bench_fakes import FakeRuntime, fake_model, fake_nvml
@@ -12,6 +13,9 @@ from click.testing import CliRunner
 from qprof.bench.progress import Progress
 from qprof.bench.results import read_rows
 from qprof.cli import main
+
+
+USER_CACHE = os.environ.get("QPROF_CACHE")  # before the fixture below points it at a temporary folder
 
 
 @pytest.fixture(autouse=True)
@@ -201,3 +205,33 @@ def test_progress_bar_only_on_a_terminal():
     bar.clear()
     bar.close()
     assert not bar.enabled and quiet.getvalue() == ""
+
+
+@pytest.mark.gpu
+def test_cuda_bench_on_the_tiny_workload_end_to_end(monkeypatch):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU (torch.cuda.is_available() is False)")
+    if USER_CACHE:  # keep the compiled-PTX cache warm on the GPU machine
+        monkeypatch.setenv("QPROF_CACHE", USER_CACHE)
+    else:
+        monkeypatch.delenv("QPROF_CACHE")
+    res = bench("-m", "tiny-q4_k_m", "-p", "32", "-n", "8", "-r", "2", "--faults", "--graphs", "0,1",
+                "-o", "jsonl", "--no-save")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    assert "device cuda (" in res.stderr and "CUDA runtime" in res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 2 * 5 * 2
+    for r in rows:
+        assert r["runtime"] == "CudaRuntime" and r["device"] == "cuda" and r["gpu_name"]
+        assert r["avg_ts"] > 0 and len(r["samples_ns"]) == 2 and r["type_k"] == "f32"
+        assert r["n_gpu_layers"] == 4
+    tg = [r for r in rows if r["test"] == "tg8"]
+    if tg[0]["bandwidth_GBps"]:
+        assert all(r["floor_ts"] > 0 and r["pct_of_floor"] > 0 for r in tg)
+    if tg[0]["telemetry_source"] == "pynvml":
+        assert all(r["telemetry_samples"] >= 2 and r["sm_clock_mhz_max"] > 0 for r in rows)
+    # graphs can't capture a step that uploads or syncs: those rows say so
+    upload_graphs = [r for r in rows if r["mask"] == "upload" and r["cuda_graphs"]]
+    assert upload_graphs and all("CUDA graphs off" in (r["notes"] or "") for r in upload_graphs)

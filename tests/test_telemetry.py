@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+import pytest
 from bench_fakes import fake_nvml
 
 from qprof.bench import telemetry as t
@@ -101,3 +102,28 @@ def test_throttle_warning_names_reasons_and_counts():
     assert msg.startswith("warning: GPU throttled during pp512 clean")
     assert "sw_power_cap" in msg and "hw_thermal_slowdown" in msg and "gpu_idle" not in msg
     assert "2 of 3 samples" in msg and "\n" not in msg
+
+
+def test_real_nvml_without_a_gpu_says_why():
+    import torch
+
+    if torch.cuda.is_available():
+        return  # covered by the GPU test below
+    reader, source = t.open_reader(0)
+    assert reader is None and source.startswith("none: ")
+
+
+@pytest.mark.gpu
+def test_real_nvml_reads_the_gpu_torch_uses():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU (torch.cuda.is_available() is False)")
+    pytest.importorskip("pynvml", reason="pynvml (nvidia-ml-py) not installed")
+    reader, source = t.open_reader(torch.cuda.current_device())
+    assert reader is not None, source
+    info = reader.info()
+    assert info["gpu_name"] == torch.cuda.get_device_name(torch.cuda.current_device())
+    assert info["driver"] and info["peak_bandwidth_GBps"] > 100
+    s = reader.read()
+    assert s.sm_clock_mhz > 0 and s.mem_used_mib > 0 and s.temp_c > 0 and s.reasons is not None

@@ -8,7 +8,7 @@ import click
 
 from qprof.errors import QprofError
 
-SWITCH_HELP = "comma list; each value is one more configuration in the cartesian product"
+SWITCH_HELP = "comma list, one configuration per value"
 
 
 def pick_device(requested: str | None) -> tuple[str, str]:
