@@ -16,19 +16,6 @@ def say(msg: str) -> None:
     click.echo(f"qprof profile: {msg}", err=True)
 
 
-def _device(requested: str | None) -> tuple[str, str]:
-    import torch
-
-    if requested == "cuda":
-        from qprof.runtime.cuda.driver import require_cuda
-
-        require_cuda()
-        return "cuda", "--device cuda"
-    if requested == "cpu":
-        return "cpu", "--device cpu"
-    return ("cuda", "a CUDA GPU is available") if torch.cuda.is_available() else ("cpu", "no CUDA GPU found")
-
-
 def _trace_path(base: Path, label: str, many: bool) -> Path:
     if not many:
         return base
@@ -107,7 +94,9 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         raise QprofError(f"--trace {trace}: the trace is Chrome/Perfetto JSON, so the file must end in .json")
     if faults and (mask != "skip" or scalar_upload or sync_every_op or inject):
         raise QprofError("--faults runs every fault switch itself; drop --mask/--scalar-upload/--sync-every-op/--inject")
-    dev, why = _device(device)
+    from qprof.commands.bench import pick_device  # the same device choice as `qprof bench`
+
+    dev, why = pick_device(device)
     if model is None:
         from qprof.workloads import DEFAULT_CPU_WORKLOAD, DEFAULT_GPU_WORKLOAD
 
