@@ -14,7 +14,6 @@ from qprof.bench.progress import Progress
 from qprof.bench.results import read_rows
 from qprof.cli import main
 
-
 USER_CACHE = os.environ.get("QPROF_CACHE")  # before the fixture below points it at a temporary folder
 
 
