@@ -86,7 +86,8 @@ def test_sentencepiece_vocab():
     assert tok.encode("hello</s>") == [1, tok.tokens.index("\u2581hello"), 2]
 
 
-@pytest.mark.parametrize("text", ["hello world", "h\u00e9llo w\u00f6rld \u2603 \U0001f642", "the\nworld\t!", "x"])
+@pytest.mark.parametrize("text", ["hello world", "h\u00e9llo w\u00f6rld \u2603 \U0001f642", "the\nworld\t!", "x",
+                                  " two  spaces "])
 def test_sentencepiece_round_trip(text):
     tok = tokenizer_from_metadata(sp_metadata())
     assert tok.decode(tok.encode(text)) == text
@@ -110,8 +111,20 @@ def test_sentencepiece_matches_transformers(tmp_path):
     path = write_gguf(tmp_path / "sp.gguf", hf_model(n_layer=1))
     ours = load_tokenizer(load_model(path))
     theirs = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
-    for text in ["hello world", "h\u00e9llo w\u00f6rld \u2603", "  hello", "hello</s>world", "a\nb"]:
+    for text in ["hello world", "h\u00e9llo w\u00f6rld \u2603", "the world\nhello", "a\nb"]:
         assert ours.encode(text) == theirs.encode(text), text
+
+
+def test_sentencepiece_spaces_follow_llama_cpp():
+    """llama.cpp puts one '▁' before text at the start and after each special token, even before a space.
+
+    (transformers 4.x's GGUF tokenizer does the same; 5.x's Metaspace skips both cases.)
+    """
+    tok = tokenizer_from_metadata(sp_metadata())
+    sp, hello, world = (tok.tokens.index(t) for t in ("\u2581", "\u2581hello", "\u2581world"))
+    assert tok.encode("  hello") == [1, sp, sp, hello]
+    assert tok.encode("hello</s>world") == [1, hello, 2, world]
+    assert tok.decode(tok.encode("  hello")) == "  hello"
 
 
 def _bpe_metadata(pre: str) -> dict:

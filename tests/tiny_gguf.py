@@ -111,7 +111,8 @@ def write_gguf(path: Path, model, meta_extra: dict | None = None, arch: str = "l
     writer.add_key_length(cfg.head_dim)
     writer.add_value_length(cfg.head_dim)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    rope = getattr(cfg, "rope_parameters", None) or {"rope_theta": cfg.rope_theta}  # transformers 5 | 4
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
     writer.add_rope_dimension_count(cfg.head_dim)
     if getattr(cfg, "sliding_window", None):
         writer.add_sliding_window(cfg.sliding_window)

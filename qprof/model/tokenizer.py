@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +53,26 @@ def _transformers_conversion():
 
         return GGUF_TOKENIZER_MAPPING["tokenizer"], convert_gguf_tokenizer
     except ImportError:  # transformers 4.x keeps the same function in integrations.ggml
-        from transformers.integrations.ggml import GGUF_TO_TRANSFORMERS_MAPPING, convert_gguf_tokenizer
+        from transformers.integrations import ggml
 
-        return GGUF_TO_TRANSFORMERS_MAPPING["tokenizer"], convert_gguf_tokenizer
+        table = getattr(ggml, "GGUF_TOKENIZER_MAPPING", None) or ggml.GGUF_TO_TRANSFORMERS_MAPPING
+        return table["tokenizer"], ggml.convert_gguf_tokenizer
+
+
+@contextmanager
+def _quiet_transformers():
+    """No progress bars or warnings from the conversion (transformers 4.x draws one while deriving merges)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _set_pre_tokenizer(backend, kind: str, pre: str | None) -> str:
@@ -81,11 +99,18 @@ def _set_pre_tokenizer(backend, kind: str, pre: str | None) -> str:
 
 
 def _set_space_prefix(backend, add_space_prefix: bool) -> None:
-    """SentencePiece vocabularies: llama.cpp prepends '▁' unless tokenizer.ggml.add_space_prefix is false."""
-    from tokenizers import decoders, pre_tokenizers
+    """SentencePiece vocabularies, spaced as llama.cpp does it.
 
-    scheme = "first" if add_space_prefix else "never"
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme, split=False)
+    llama.cpp writes spaces as '▁' and, when tokenizer.ggml.add_space_prefix is true (the default),
+    puts one '▁' before every run of text that starts the input or follows a special token. A
+    normalizer does exactly that, because special tokens are split out before it runs. (transformers
+    5's Metaspace adds none when the text already starts with a space, nor after special tokens.)
+    """
+    from tokenizers import decoders, normalizers
+
+    escape = normalizers.Replace(" ", "\u2581")
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), escape]) if add_space_prefix else escape
+    backend.pre_tokenizer = None
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     if add_space_prefix:
         steps.append(decoders.Strip(content=" ", left=1))
@@ -193,7 +218,8 @@ def tokenizer_from_metadata(meta: dict[str, Any], name: str = "model") -> Tokeni
     tdict = {dst: meta[f"tokenizer.{src}"] for src, dst in mapping.items() if f"tokenizer.{src}" in meta}
     arch = str(meta.get("general.architecture", "llama"))
     try:
-        backend, _ = convert(arch, tdict)
+        with _quiet_transformers():
+            backend, _ = convert(arch, tdict)
     except Exception as exc:  # noqa: BLE001 -- any converter failure means a malformed vocabulary
         raise MalformedModelError(f"{name}: cannot build tokenizer: {str(exc).splitlines()[0]}") from None
     if kind == "llama":
