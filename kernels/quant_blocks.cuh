@@ -1,11 +1,11 @@
 // GGUF block decoding on the GPU: the one place that knows each quant type's byte layout.
 //
 // Every type exposes the same primitive, Block<T>::run<N>(block, s, q, d, m): decode the N
-// contiguous values s .. s+N-1 of one block (s % N == 0, N = 1 for float types, else 4 or 8)
+// contiguous values s .. s+N-1 of one block (s % N == 0; N = 1 for float types, else 4, 8 or 16)
 // as value[k] = d * q[k] + m, with q[k] a small non-negative integer held exactly in a float.
 // The dequantize, get_rows and matvec kernels are all written against this primitive, so a
-// layout lives in exactly one function. Runs of 8 never straddle a scale: every quantized type
-// has sub-blocks of >= 16 values sharing one (d, m).
+// layout lives in exactly one function. Runs of up to 16 never straddle a scale: every quantized
+// type has sub-blocks of >= 16 values sharing one (d, m).
 //
 // NVRTC-safe: no host headers. Fixed-width types are our own typedefs and fp16 conversions go
 // through PTX cvt instructions (NVRTC has no built-in cuda_fp16.h).
@@ -78,6 +78,35 @@ static __device__ __forceinline__ qb_u32 qb_ld32_a2(const qb_u8* p) {
     return (qb_u32)qb_ld16(p) | ((qb_u32)qb_ld16(p + 2) << 16);
 }
 
+// NW consecutive 32-bit words at p, in the widest loads the guaranteed alignment A allows
+// (A is a compile-time fact of the layout: block size and in-block offset).
+template <int NW, int A>
+static __device__ __forceinline__ void qb_load_words(const qb_u8* p, qb_u32 (&w)[NW]) {
+    if constexpr (A >= 16 && NW % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < NW / 4; ++i) {
+            const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+            w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
+        }
+    } else if constexpr (A >= 8 && NW % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < NW / 2; ++i) {
+            const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + i);
+            w[2 * i] = v.x, w[2 * i + 1] = v.y;
+        }
+    } else if constexpr (A >= 4) {
+#pragma unroll
+        for (int i = 0; i < NW; ++i) w[i] = qb_ld32(p + 4 * i);
+    } else {
+#pragma unroll
+        for (int i = 0; i < NW; ++i) w[i] = qb_ld32_a2(p + 4 * i);
+    }
+}
+
+// Alignment of a run of N codes stored one per byte (a nibble or crumb of each byte) at an offset
+// that is a multiple of N bytes, inside a field whose block size and offset are multiples of F.
+static __host__ __device__ constexpr int qb_align(int n, int f) { return n < f ? n : f; }
+
 // Four packed unsigned bytes to four exact floats without the slow I2F path: place the byte
 // in the mantissa of 2^23 (0x4B0000xx) and subtract 2^23.
 static __device__ __forceinline__ void qb_bytes_to_float(qb_u32 w, float* f) {
@@ -140,13 +169,11 @@ struct HalfBlock {
         const qb_u8* h = p + 2 * s;
         d = 1.0f;
         m = 0.0f;
-        if constexpr (N % 4 == 0) {
+        if constexpr (N % 4 == 0) {  // 2N bytes at a multiple of 2N: 16-aligned from N = 8 on
+            qb_u32 w[N / 2];
+            qb_load_words<N / 2, 2 * N>(h, w);
 #pragma unroll
-            for (int i = 0; i < N / 4; ++i) {
-                const uint2 v = __ldg(reinterpret_cast<const uint2*>(h) + i);
-                q[4 * i] = cvt(v.x & 0xFFFFu), q[4 * i + 1] = cvt(v.x >> 16);
-                q[4 * i + 2] = cvt(v.y & 0xFFFFu), q[4 * i + 3] = cvt(v.y >> 16);
-            }
+            for (int i = 0; i < N / 2; ++i) q[2 * i] = cvt(w[i] & 0xFFFFu), q[2 * i + 1] = cvt(w[i] >> 16);
         } else {
 #pragma unroll
             for (int k = 0; k < N; ++k) q[k] = cvt(qb_ld16(h + 2 * k));
@@ -169,11 +196,10 @@ struct Q4Legacy {
         d = qb_half_to_float(qb_ld16(b));
         m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : -8.0f * d;
         const int shift = (s & 16) >> 2;
+        qb_u32 w[N / 4];
+        qb_load_words<N / 4, qb_align(N, HAS_M ? 4 : 2)>(b + QS + (s & 15), w);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) {
-            const qb_u32 w = qb_ld32_a2(b + QS + (s & 15) + 4 * i);
-            qb_bytes_to_float((w >> shift) & 0x0F0F0F0Fu, &q[4 * i]);
-        }
+        for (int i = 0; i < N / 4; ++i) qb_bytes_to_float((w[i] >> shift) & 0x0F0F0F0Fu, &q[4 * i]);
     }
 };
 template <> struct Block<QB_Q4_0> : Q4Legacy<false> {};
@@ -189,13 +215,13 @@ struct Q5Legacy {
     static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
         d = qb_half_to_float(qb_ld16(b));
         m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : -16.0f * d;
-        const qb_u32 qh = qb_ld32_a2(b + QH);
+        const qb_u32 qh = HAS_M ? qb_ld32(b + QH) : qb_ld32_a2(b + QH);
         const int shift = (s & 16) >> 2;
+        qb_u32 w[N / 4];
+        qb_load_words<N / 4, qb_align(N, HAS_M ? 8 : 2)>(b + QS + (s & 15), w);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) {
-            const qb_u32 lo = (qb_ld32_a2(b + QS + (s & 15) + 4 * i) >> shift) & 0x0F0F0F0Fu;
-            qb_bytes_to_float(lo | (qb_spread4(qh >> (s + 4 * i)) << 4), &q[4 * i]);
-        }
+        for (int i = 0; i < N / 4; ++i)
+            qb_bytes_to_float(((w[i] >> shift) & 0x0F0F0F0Fu) | (qb_spread4(qh >> (s + 4 * i)) << 4), &q[4 * i]);
     }
 };
 template <> struct Block<QB_Q5_0> : Q5Legacy<false> {};
@@ -210,8 +236,10 @@ struct Block<QB_Q8_0> {
     static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
         d = qb_half_to_float(qb_ld16(b));
         m = -128.0f * d;
+        qb_u32 w[N / 4];
+        qb_load_words<N / 4, 2>(b + 2 + s, w);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) qb_bytes_to_float(qb_ld32_a2(b + 2 + s + 4 * i) ^ 0x80808080u, &q[4 * i]);
+        for (int i = 0; i < N / 4; ++i) qb_bytes_to_float(w[i] ^ 0x80808080u, &q[4 * i]);
     }
 };
 
@@ -229,9 +257,10 @@ struct Block<QB_Q2_K> {
         const int sc = __ldg(b + 8 * h + 2 * j + k);
         d = qb_half_to_float(qb_ld16(b + 80)) * (float)(sc & 0xF);
         m = -qb_half_to_float(qb_ld16(b + 82)) * (float)(sc >> 4);
+        qb_u32 w[N / 4];
+        qb_load_words<N / 4, qb_align(N, 4)>(b + 16 + 32 * h + 16 * k + l, w);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i)
-            qb_bytes_to_float((qb_ld32(b + 16 + 32 * h + 16 * k + l + 4 * i) >> (2 * j)) & 0x03030303u, &q[4 * i]);
+        for (int i = 0; i < N / 4; ++i) qb_bytes_to_float((w[i] >> (2 * j)) & 0x03030303u, &q[4 * i]);
     }
 };
 
@@ -251,12 +280,12 @@ struct Block<QB_Q3_K> {
         d = qb_half_to_float(qb_ld16(b + 108)) * (float)((lo | (hi << 4)) - 32);
         m = -4.0f * d;
         const int hbit = 4 * h + j;
+        qb_u32 wq[N / 4], wh[N / 4];
+        qb_load_words<N / 4, 2>(b + 32 + 32 * h + 16 * k + l, wq);
+        qb_load_words<N / 4, 2>(b + 16 * k + l, wh);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) {
-            const qb_u32 q2 = (qb_ld32_a2(b + 32 + 32 * h + 16 * k + l + 4 * i) >> (2 * j)) & 0x03030303u;
-            const qb_u32 q1 = ((qb_ld32_a2(b + 16 * k + l + 4 * i) >> hbit) & 0x01010101u) << 2;
-            qb_bytes_to_float(q2 | q1, &q[4 * i]);
-        }
+        for (int i = 0; i < N / 4; ++i)
+            qb_bytes_to_float(((wq[i] >> (2 * j)) & 0x03030303u) | (((wh[i] >> hbit) & 0x01010101u) << 2), &q[4 * i]);
     }
 };
 
@@ -274,11 +303,14 @@ struct KQuant45 {
         qb_scale_min_k4(b + 4, sub, sc, mn);
         d = qb_half_to_float(qb_ld16(b)) * (float)sc;
         m = -qb_half_to_float(qb_ld16(b + 2)) * (float)mn;
+        qb_u32 w[N / 4], hi[N / 4];
+        qb_load_words<N / 4, qb_align(N, 16)>(b + QS + 32 * g + l, w);
+        if constexpr (Q5) qb_load_words<N / 4, qb_align(N, 16)>(b + 16 + l, hi);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i) {
-            qb_u32 w = (qb_ld32(b + QS + 32 * g + l + 4 * i) >> (4 * k)) & 0x0F0F0F0Fu;
-            if constexpr (Q5) w |= ((qb_ld32(b + 16 + l + 4 * i) >> sub) & 0x01010101u) << 4;
-            qb_bytes_to_float(w, &q[4 * i]);
+            qb_u32 v = (w[i] >> (4 * k)) & 0x0F0F0F0Fu;
+            if constexpr (Q5) v |= ((hi[i] >> sub) & 0x01010101u) << 4;
+            qb_bytes_to_float(v, &q[4 * i]);
         }
     }
 };
@@ -298,12 +330,13 @@ struct Block<QB_Q6_K> {
         const int sc = (qb_i8)__ldg(b + 192 + 8 * h + 2 * k + (l >> 4));
         d = qb_half_to_float(qb_ld16(b + 208)) * (float)sc;
         m = -32.0f * d;
+        qb_u32 lo[N / 4], hi[N / 4];
+        qb_load_words<N / 4, 2>(b + 64 * h + 32 * (k & 1) + l, lo);
+        qb_load_words<N / 4, 2>(b + 128 + 32 * h + l, hi);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) {
-            const qb_u32 lo = (qb_ld32_a2(b + 64 * h + 32 * (k & 1) + l + 4 * i) >> (4 * (k >> 1))) & 0x0F0F0F0Fu;
-            const qb_u32 hi = ((qb_ld32_a2(b + 128 + 32 * h + l + 4 * i) >> (2 * k)) & 0x03030303u) << 4;
-            qb_bytes_to_float(lo | hi, &q[4 * i]);
-        }
+        for (int i = 0; i < N / 4; ++i)
+            qb_bytes_to_float(((lo[i] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * k)) & 0x03030303u) << 4),
+                              &q[4 * i]);
     }
 };
 

@@ -25,7 +25,7 @@ TRAITS_HEADER = KERNEL_DIR / "quant_blocks.cuh"
 # Which .cu file holds each family.
 FAMILY_FILES: dict[str, str] = {"dequant": "dequant", "get_rows": "dequant", "matvec": "matvec"}
 MATVEC_MAX_BATCH = 8
-MATVEC_RUN = 8  # values per matvec thread step (kernels/matvec.cu MATVEC_RUN): float rows need cols % 8 == 0
+MATVEC_COL_MULTIPLE = 16  # matvec threads step through rows 16 values at a time (kernels/matvec.cu)
 DEQUANT_CTA_THREADS = 256  # threads per dequant CTA; blockDim.y = this // dequant_threads
 MAX_CTA_THREADS = 1024
 GRID_Y_MAX = 65535

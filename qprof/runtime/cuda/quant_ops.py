@@ -28,6 +28,8 @@ class DeviceWeight:
     shape: tuple[int, int]  # (rows, cols), torch order: one output per row
     raw: torch.Tensor = field(repr=False)  # uint8, CUDA, rows * row_bytes
     traits: QuantTraits = field(repr=False)
+    # (family, variant, launch key) -> (kernel handle, LaunchConfig): a decode step pays no lookups
+    _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         rows, cols = self.shape
@@ -96,9 +98,14 @@ def _batch(x: torch.Tensor) -> int:
     return 1 if x.dim() == 1 else int(x.shape[0])
 
 
-def _launch(kern, cfg: K.LaunchConfig, *args) -> None:
+def _launch(w: DeviceWeight, family: str, variant: str | None, key, make_cfg, *args) -> None:
+    """Launch the weight's kernel of `family`; its handle and launch shape are cached on the weight."""
     from qprof.runtime.cuda.driver import KernelLibrary
 
+    plan = w._plans.get((family, variant, key))
+    if plan is None:
+        plan = w._plans[(family, variant, key)] = (K.kernel(family, w.qtype, variant), make_cfg())
+    kern, cfg = plan
     KernelLibrary.get().launch(kern, cfg.grid, cfg.block, *args)
 
 
@@ -109,9 +116,8 @@ def dequantize(w: DeviceWeight, out: torch.Tensor, inject: str | None = None) ->
     """out[rows, cols] (float16 or float32) = the weight's values. inject="block-dim" reproduces the seed's bug."""
     _check(out, "dequantize output", w, (torch.float32, torch.float16), w.shape)
     n_blocks = w.rows * w.cols // w.traits.block_values
-    cfg = K.dequant_launch(w.traits, n_blocks, inject)
     variant = "f32" if out.dtype == torch.float32 else "f16"
-    _launch(K.kernel("dequant", w.qtype, variant), cfg, w.raw, out, n_blocks)
+    _launch(w, "dequant", variant, inject, lambda: K.dequant_launch(w.traits, n_blocks, inject), w.raw, out, n_blocks)
     return out
 
 
@@ -126,8 +132,8 @@ def get_rows(w: DeviceWeight, ids: torch.Tensor, out: torch.Tensor) -> torch.Ten
     if n == 0:
         return out
     blocks_per_row = w.cols // w.traits.block_values
-    cfg = K.get_rows_launch(w.traits, blocks_per_row, n)
-    _launch(K.kernel("get_rows", w.qtype), cfg, w.raw, ids, out, w.rows, blocks_per_row, w.row_bytes)
+    _launch(w, "get_rows", None, n, lambda: K.get_rows_launch(w.traits, blocks_per_row, n),
+            w.raw, ids, out, w.rows, blocks_per_row, w.row_bytes)
     return out
 
 
@@ -136,14 +142,15 @@ def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     b = _batch(x)
     if not 1 <= b <= K.MATVEC_MAX_BATCH:
         raise QprofError(f"{w.name}: matvec takes 1..{K.MATVEC_MAX_BATCH} columns, got {b}; use matmul")
-    if w.cols % K.MATVEC_RUN:
-        raise QprofError(f"{w.name}: matvec needs a row length that is a multiple of {K.MATVEC_RUN}, got {w.cols}")
+    if w.cols % K.MATVEC_COL_MULTIPLE:
+        raise QprofError(f"{w.name}: matvec needs a row length that is a multiple of {K.MATVEC_COL_MULTIPLE}, "
+                         f"got {w.cols}")
     x_shape = (w.cols,) if x.dim() == 1 else (b, w.cols)
     out_shape = (w.rows,) if out.dim() == 1 and x.dim() == 1 else (b, w.rows)
     _check(x, "matvec input", w, (torch.float32,), x_shape)
     _check(out, "matvec output", w, (torch.float32,), out_shape)
-    cfg = K.matvec_launch(w.traits, w.rows)
-    _launch(K.kernel("matvec", w.qtype, f"b{b}"), cfg, w.raw, x, out, w.rows, w.cols, w.row_bytes)
+    _launch(w, "matvec", f"b{b}", None, lambda: K.matvec_launch(w.traits, w.rows),
+            w.raw, x, out, w.rows, w.cols, w.row_bytes)
     return out
 
 
