@@ -250,7 +250,7 @@ def test_smollm2_requantized_with_fallbacks(tmp_path):
     assert model.metadata["tokenizer.ggml.tokens"] == src.metadata["tokenizer.ggml.tokens"]
     assert model.metadata["tokenizer.ggml.merges"] == src.metadata["tokenizer.ggml.merges"]
     assert model.metadata_types["tokenizer.ggml.token_type"] == src.metadata_types["tokenizer.ggml.token_type"]
-    assert model.config == src.config
+    assert model.config == dataclasses.replace(src.config, name=src.config.name + " (q4_k)")
     for name in ("blk.3.ffn_down.weight", "blk.3.attn_q.weight", "token_embd.weight"):
         a, b = src.tensors[name], model.tensors[name]
         x, y = dequantize(a.raw, a.qtype, a.shape), dequantize(b.raw, b.qtype, b.shape)
