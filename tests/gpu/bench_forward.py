@@ -63,6 +63,30 @@ def tg(rt: CudaRuntime, first: int, n: int) -> float:
     return n / timed(steps)
 
 
+def kernel_table(rt: CudaRuntime, first: int, n: int, top: int = 14) -> list[dict]:
+    """GPU time per kernel over n eager decode steps (torch.profiler sees driver-API launches too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rt.reset()
+    tok = rt.sample(rt.prefill([first]), GREEDY)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            tok = rt.sample(rt.decode(tok), GREEDY)
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if us > 0:
+            rows.append({"kernel": ev.key, "calls_per_token": ev.count / n, "us_per_token": us / n})
+    rows.sort(key=lambda r: -r["us_per_token"])
+    total = sum(r["us_per_token"] for r in rows)
+    print(f"GPU time per decode token: {total:.0f} us over {len(rows)} kernels; top {top}:")
+    for r in rows[:top]:
+        print(f"  {r['us_per_token']:8.1f} us  {100 * r['us_per_token'] / total:5.1f}%  "
+              f"x{r['calls_per_token']:<5.0f} {r['kernel'][:70]}")
+    return rows
+
+
 def summary(samples: list[float]) -> str:
     sd = statistics.stdev(samples) if len(samples) > 1 else 0.0
     return f"{statistics.mean(samples):9.1f} ± {sd:6.1f}"
@@ -102,6 +126,7 @@ def main() -> None:
         row = {"config": name, "card": card, "load_s": load_s, "bytes_per_token": n_bytes,
                "tg": [tg(rt, tokens[0], args.n_gen) for _ in range(args.reps)]}
         if name == "eager":
+            row["kernels"] = kernel_table(rt, tokens[0], 16)
             pp(rt, tokens[:16])
             row["pp"] = [pp(rt, tokens) for _ in range(args.reps)]
             print(f"pp{args.n_prompt:<4} {summary(row['pp'])} tok/s   (load {load_s:.1f} s)")

@@ -36,19 +36,23 @@ def smollm2_variants() -> list[str]:
 @functools.cache
 def loaded(variant: str):
     from qprof.model.gguf_file import load_model
-    from qprof.model.tokenizer import load_tokenizer
     from qprof.workloads import resolve_model
 
-    model = load_model(resolve_model(variant))
-    return model, load_tokenizer(model)
+    return load_model(resolve_model(variant))
+
+
+@functools.cache
+def tokenizer(variant: str):
+    from qprof.model.tokenizer import load_tokenizer
+
+    return load_tokenizer(loaded(variant))
 
 
 @functools.cache
 def cpu_result(variant: str):
     from qprof.runtime.cpu import CpuRuntime
 
-    model, tok = loaded(variant)
-    return run(CpuRuntime(model, n_ctx=N_CTX), tok)
+    return run(CpuRuntime(loaded(variant), n_ctx=N_CTX), tokenizer(variant))
 
 
 def run(runtime, tokenizer):
@@ -60,8 +64,7 @@ def run(runtime, tokenizer):
 def gpu(variant: str, **options):
     from qprof.runtime.cuda.forward import CudaRuntime
 
-    model, _ = loaded(variant)
-    return CudaRuntime(model, options=RuntimeOptions(**options), n_ctx=N_CTX)
+    return CudaRuntime(loaded(variant), options=RuntimeOptions(**options), n_ctx=N_CTX)
 
 
 def answer(result, tokenizer) -> str:
@@ -76,8 +79,7 @@ def divergence(variant: str, got: list[int], want: list[int]) -> str:
     from qprof.runtime.cpu import CpuRuntime
 
     i = next(i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b)
-    model, _ = loaded(variant)
-    cpu = CpuRuntime(model, n_ctx=N_CTX)
+    cpu = CpuRuntime(loaded(variant), n_ctx=N_CTX)
     logits = cpu.prefill(cpu_result(variant).prompt_ids + want[:i])
     top2 = torch.topk(logits, 2).values
     return f"first difference at new token {i}: GPU {got[i]} vs CPU {want[i]}, CPU top-2 margin {float(top2[0] - top2[1]):.4f}"
@@ -85,7 +87,7 @@ def divergence(variant: str, got: list[int], want: list[int]) -> str:
 
 @pytest.mark.parametrize("variant", smollm2_variants())
 def test_gpu_greedy_equals_cpu(variant):
-    _, tok = loaded(variant)
+    tok = tokenizer(variant)
     want = cpu_result(variant)
     got = run(gpu(variant), tok)
     print(f"\n[{variant}] CPU answer: {answer(want, tok)!r}\n[{variant}] GPU answer: {answer(got, tok)!r}"
@@ -99,7 +101,7 @@ def test_gpu_greedy_equals_cpu(variant):
     {"cuda_graphs": True}, {"cuda_graphs": True, "mask": "device"},
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_switches_keep_greedy_tokens(options):
-    _, tok = loaded("smollm2")
+    tok = tokenizer("smollm2")
     rt = gpu("smollm2", **options)
     got = run(rt, tok)
     assert got.new_ids == cpu_result("smollm2").new_ids
@@ -114,15 +116,14 @@ def _affected_variant() -> str:
     from qprof.quant.traits import traits
 
     for name in smollm2_variants():
-        model, _ = loaded(name)
-        if any(traits(t).dequant_threads > 32 for t in model.type_counts()):
+        if any(traits(t).dequant_threads > 32 for t in loaded(name).type_counts()):
             return name
     pytest.skip("no SmolLM2 variant holds a type the block-dim fault affects")
 
 
 def test_block_dim_fault_diverges_from_cpu():
     variant = _affected_variant()
-    _, tok = loaded(variant)
+    tok = tokenizer(variant)
     faulty = run(gpu(variant, inject="block-dim"), tok)
     print(f"\n[{variant} inject=block-dim] GPU answer: {answer(faulty, tok)!r}")
     assert faulty.new_ids != cpu_result(variant).new_ids
@@ -133,7 +134,7 @@ def test_prefill_logits_match_cpu_at_every_position(n_tokens):
     from qprof.check.registry import nmse
     from qprof.runtime.cpu import CpuRuntime
 
-    model, _ = loaded("smollm2")
+    model = loaded("smollm2")
     ids = torch.randint(0, model.config.n_vocab, (n_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
     want = CpuRuntime(model, n_ctx=N_CTX).prefill(ids, all_logits=True)
     rt = gpu("smollm2")
@@ -158,7 +159,7 @@ def test_prompt_longer_than_context_is_one_line():
 def test_context_too_large_for_memory_is_one_line():
     from qprof.runtime.cuda.forward import CudaRuntime
 
-    model, _ = loaded("smollm2")
+    model = loaded("smollm2")
     with pytest.raises(QprofError, match=r"does not fit: needs .* GiB \(weights .* KV cache .*GiB free on") as e:
         CudaRuntime(model, n_ctx=50_000_000)
     assert "\n" not in str(e.value)
