@@ -156,6 +156,7 @@ class CudaRuntime:
             for i in range(cfg.n_layer)
         ]
         self.cache = KvCache.allocate(cfg.n_layer, self.n_ctx, cfg.kv_dim)
+        self._kv = [self.cache.layer(i) for i in range(cfg.n_layer)]  # views made once, not per step
         self.masks = MaskPolicy(self.options.mask, self.n_ctx, self.shape.window)
         self.buf = DecodeBuffers.allocate(cfg, self.shape, self.n_ctx)
         self._mm_scratch: torch.Tensor | None = None
@@ -255,7 +256,7 @@ class CudaRuntime:
             get_rows(self.token_embd, b.step[0:1], b.x)
         for i, layer in enumerate(self.layers):
             p, w = f"blk.{i}.", layer.mats
-            k_cache, v_cache = self.cache.layer(i)
+            k_cache, v_cache = self._kv[i]
             with self.annotator.layer(i):
                 lpos = self._layer_pos(pos, self.n_past)
                 with op(p + "attn_norm", "rmsnorm"):
@@ -321,7 +322,7 @@ class CudaRuntime:
             get_rows(self.token_embd, ids, x)
         for i, layer in enumerate(self.layers):
             p, w = f"blk.{i}.", layer.mats
-            k_cache, v_cache = self.cache.layer(i)
+            k_cache, v_cache = self._kv[i]
             with self.annotator.layer(i):
                 lpos = self._layer_pos(None, pos0)
                 with op(p + "attn_norm", "rmsnorm"):
