@@ -26,6 +26,7 @@ from qprof.errors import QprofError
 from qprof.profile.ranges import NULL_ANNOTATOR, Annotator
 from qprof.quant.dequant import dequantize_torch
 from qprof.runtime.base import SamplingParams
+from qprof.runtime.cpu import CpuRuntime
 from qprof.runtime.cuda import ops
 from qprof.runtime.cuda.driver import require_cuda, synchronize
 from qprof.runtime.cuda.graphs import DecodeGraph, graph_blocker
@@ -84,18 +85,18 @@ class CudaRuntime:
     """Runtime (qprof.runtime.base) on one CUDA GPU, with qprof's PTX kernels."""
 
     device = "cuda"
+    # the CPU reference's token checks, so both runtimes refuse the same input with the same words
+    _check_tokens = CpuRuntime._check_tokens
 
     def __init__(self, model, options: RuntimeOptions | None = None, annotator: Annotator | None = None,
                  n_ctx: int | None = None):
         require_cuda()
         cfg = model.config
-        self.model, self.config = model, cfg
-        self.options = options or RuntimeOptions()
-        self.annotator = annotator or NULL_ANNOTATOR
+        self.model, self.config, self.n_past = model, cfg, 0
         self.n_ctx = int(n_ctx or min(cfg.n_ctx, 4096))
         if self.n_ctx <= 0:
             raise QprofError(f"context size must be positive, got {self.n_ctx}")
-        self.n_past = 0
+        self.options, self.annotator = options or RuntimeOptions(), annotator or NULL_ANNOTATOR
         self.shape = ops.AttentionShape(cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.sliding_window or 0)
         self._check_memory()
         try:
@@ -217,20 +218,6 @@ class CudaRuntime:
         with self.annotator.op(name, family, qtype, **meta):
             yield
         synchronize()  # the sync-every-op fault: after the op's range, so it shows as its own wait
-
-    def _check_tokens(self, tokens: Sequence[int]) -> list[int]:
-        tokens = [int(t) for t in tokens]
-        if not tokens:
-            raise QprofError("empty prompt: nothing to run")
-        bad = [t for t in tokens if not 0 <= t < self.config.n_vocab]
-        if bad:
-            raise QprofError(f"token id {bad[0]} is outside the vocabulary of {self.config.n_vocab}")
-        if self.n_past + len(tokens) > self.n_ctx:
-            if self.n_past == 0:
-                raise QprofError(f"prompt of {len(tokens)} tokens does not fit the context of {self.n_ctx} "
-                                 "tokens (raise --ctx or shorten the prompt)")
-            raise QprofError(f"context full: {self.n_past} + {len(tokens)} tokens exceed {self.n_ctx} (raise --ctx)")
-        return tokens
 
     def _layer_pos(self, pos: torch.Tensor | None, host_pos: int) -> torch.Tensor | None:
         """The position RoPE and the KV write read: the step's, or (scalar_upload fault) a fresh upload."""
