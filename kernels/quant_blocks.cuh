@@ -45,6 +45,9 @@ enum QbType : int {
 
 // ------------------------------------------------------------------ scalar helpers
 
+// tests/test_kernels_ptxas.py compiles this header for the host (QB_HOST_EMULATION) to check every
+// decoder, and every load's alignment, against the CPU reference; it supplies these two there.
+#ifndef QB_HOST_EMULATION
 static __device__ __forceinline__ float qb_half_to_float(qb_u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -56,6 +59,7 @@ static __device__ __forceinline__ qb_u16 qb_float_to_half(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 
 static __device__ __forceinline__ float qb_bf16_to_float(qb_u16 h) {
     return __uint_as_float(((qb_u32)h) << 16);

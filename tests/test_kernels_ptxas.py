@@ -1,13 +1,24 @@
 """Every kernels/*.cu compiled with nvcc for sm_90 and assembled by ptxas: no spills, every quantized entry
-point present, registers and shared memory printed; plus the ptxas parser and the `qprof kernels` CLI."""
+point present, registers and shared memory printed; plus the ptxas parser and the `qprof kernels` CLI.
+
+The block decoders of kernels/quant_blocks.cuh are also compiled for the host with g++ (a small shim
+stands in for the CUDA builtins and aborts on any load narrower-aligned than its width) and run at
+exactly the block/offset/run-length combinations the matvec and dequantize kernels use: every value
+must match the CPU reference and every vector load must be aligned, without a GPU."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from qprof.check.quant_cases import random_weight_bytes
 from qprof.cli import main
-from qprof.quant.traits import ALL_TYPES
+from qprof.quant.dequant import dequantize as cpu_dequantize
+from qprof.quant.traits import ALL_TYPES, traits
 from qprof.runtime.cuda import kernels as K
 from qprof.runtime.cuda.ptxas import find_tool, format_report, parse_ptxas_verbose
 
@@ -105,3 +116,126 @@ def test_missing_toolkit_is_one_line(tmp_path, monkeypatch):
     assert res.exit_code == 2
     assert res.output.strip().splitlines() == [
         "qprof: error: nvcc not found on PATH or in /usr/local/cuda/bin, /usr/local/bin; install the CUDA toolkit"]
+
+
+# ------------------------------------------------------------------ host emulation of the decoders
+
+HOST_HARNESS = r"""
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#define __device__
+#define __host__
+#define __global__
+#define __forceinline__ inline
+#define QB_HOST_EMULATION 1
+struct uint2 { unsigned x, y; };
+struct uint4 { unsigned x, y, z, w; };
+struct float4 { float x, y, z, w; };
+static const unsigned char* g_base;
+// The GPU faults on a load whose address is not a multiple of its width: so does this one.
+template <class T> static T __ldg(const T* p) {
+    if (reinterpret_cast<uintptr_t>(p) % sizeof(T)) {
+        fprintf(stderr, "misaligned %zu-byte load at byte offset %ld\n", sizeof(T),
+                (long)(reinterpret_cast<const unsigned char*>(p) - g_base));
+        exit(3);
+    }
+    T v; memcpy(&v, p, sizeof v); return v;
+}
+static unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    unsigned char b[8]; memcpy(b, &x, 4); memcpy(b + 4, &y, 4);
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= (unsigned)b[(s >> (4 * i)) & 7] << (8 * i);
+    return r;
+}
+static float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+static float qb_half_to_float(unsigned short h) { _Float16 v; memcpy(&v, &h, 2); return (float)v; }
+static unsigned short qb_float_to_half(float f) { _Float16 v = (_Float16)f; unsigned short h; memcpy(&h, &v, 2); return h; }
+#include "quant_blocks.cuh"
+
+template <int T, int N>
+static void put_run(const qb_u8* blk, int s, float* out) {
+    float q[N], d, m;
+    Block<T>::template run<N>(blk, s, q, d, m);
+    for (int k = 0; k < N; ++k) out[k] = Block<T>::IS_FLOAT ? q[k] : fmaf(d, q[k], m);
+}
+
+// The matvec kernel's walk: run i of a row starts at value c0 = i * RUN of block c0 / QK.
+template <int T, int RUN>
+static void matvec_walk(const qb_u8* raw, int rows, int cols, long row_bytes, float* out) {
+    constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES;
+    for (int r = 0; r < rows; ++r)
+        for (int i = 0; i < cols / RUN; ++i) {
+            const int c0 = i * RUN;
+            put_run<T, RUN>(raw + r * row_bytes + (long)(c0 / QK) * BYTES, c0 % QK, out + (long)r * cols + c0);
+        }
+}
+
+// The dequantize kernel's walk: thread t of TPB decodes values [t*VPT, (t+1)*VPT) of each block.
+template <int T, int TPB>
+static void dequant_walk(const qb_u8* raw, long n_blocks, float* out) {
+    constexpr int QK = Block<T>::QK, VPT = QK / TPB, N = VPT > 8 ? 8 : VPT;
+    for (long b = 0; b < n_blocks; ++b)
+        for (int t = 0; t < TPB; ++t)
+            for (int s = t * VPT; s < (t + 1) * VPT; s += N)
+                put_run<T, N>(raw + b * Block<T>::BYTES, s, out + b * QK + s);
+}
+
+int main(int argc, char** argv) {
+    const int id = atoi(argv[1]), rows = atoi(argv[2]), cols = atoi(argv[3]);
+    const char* mode = argv[4];
+    FILE* f = fopen(argv[5], "rb");
+    fseek(f, 0, SEEK_END);
+    const long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    qb_u8* raw = static_cast<qb_u8*>(aligned_alloc(256, (size + 255) / 256 * 256));
+    if (fread(raw, 1, size, f) != (size_t)size) return 4;
+    fclose(f);
+    g_base = raw;
+    float* out = static_cast<float*>(calloc((size_t)rows * cols, sizeof(float)));
+    const long row_bytes = size / rows;
+    bool known = false;
+#define QB_WALK(NAME, name, ID, QK, BYTES, DT, MT, MR)                                   \
+    if (id == ID) {                                                                     \
+        known = true;                                                                   \
+        if (!strcmp(mode, "matvec16")) matvec_walk<ID, 16>(raw, rows, cols, row_bytes, out); \
+        if (!strcmp(mode, "matvec8")) matvec_walk<ID, 8>(raw, rows, cols, row_bytes, out);   \
+        if (!strcmp(mode, "dequant")) dequant_walk<ID, DT>(raw, size / BYTES, out);          \
+    }
+    QPROF_QUANT_TYPES(QB_WALK)
+    if (!known) return 5;
+    fwrite(out, sizeof(float), (size_t)rows * cols, stdout);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def host_decoder(tmp_path_factory):
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found: the host emulation of the block decoders needs a C++17 compiler")
+    d = tmp_path_factory.mktemp("host-decode")
+    (d / "harness.cpp").write_text(HOST_HARNESS)
+    proc = subprocess.run([gxx, "-std=c++17", "-O1", "-Wno-unknown-pragmas", f"-I{K.KERNEL_DIR}", "-o",
+                           str(d / "decode"), str(d / "harness.cpp")], check=False, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_host_compiled_decoders_match_the_reference_with_aligned_loads(qtype, host_decoder):
+    # 7 rows: row starts at every alignment the layout allows (e.g. 210-byte Q6_K rows are 2-aligned)
+    rows, cols = 7, 768 if traits(qtype).block_values == 256 else 96
+    raw = random_weight_bytes(qtype, rows, cols, seed=11)
+    (host_decoder / "raw.bin").write_bytes(raw.tobytes())
+    ref = cpu_dequantize(raw, qtype, (rows, cols))
+    for mode in ("matvec16", "matvec8", "dequant"):
+        proc = subprocess.run([str(host_decoder / "decode"), str(traits(qtype).ggml_type), str(rows), str(cols), mode,
+                               str(host_decoder / "raw.bin")], check=False, capture_output=True)
+        assert proc.returncode == 0, f"{qtype} {mode}: {proc.stderr.decode().strip()}"
+        got = np.frombuffer(proc.stdout, dtype=np.float32).reshape(rows, cols)
+        # the kernels fuse d*q + m into one rounding; the reference rounds twice
+        np.testing.assert_allclose(got, ref, rtol=2e-7, atol=1e-9, err_msg=f"{qtype} {mode}")
