@@ -53,6 +53,24 @@ def test_synthetic_trace_matches_the_nsys_parse(tmp_path):
     assert [f.rule for f in faults(diagnose(k))] == ["mask_upload"]
 
 
+def test_cupti_sync_records_stand_in_for_unrecorded_sync_calls(tmp_path):
+    sim = simulate(sync_every_op=True)
+    k = restrict_to_run(read_kineto_trace(kineto_trace(sim, sync_records=True)))
+    n = restrict_to_run(read_nsys_sqlite(write_nsys_sqlite(sim, tmp_path / "s.sqlite")))
+    ks, ns = k[k["kind"] == "sync"], n[n["kind"] == "sync"]
+    assert len(ks) == len(ns) and set(ks["name"]) == {"Context Sync"}  # the Stream Wait Event is no host sync
+    assert list(ks["nvtx_range"]) == list(ns["nvtx_range"])  # placed by time on the thread with ranges
+    assert [f.rule for f in faults(diagnose(k))] == ["per_layer_sync"]
+    # a runtime sync seen both as an API call and as a CUPTI record counts once
+    trace = kineto_trace(sim, sync_records=True)
+    for ev in trace["traceEvents"]:
+        if ev.get("cat") == "cuda_sync" and ev["args"]["correlation"] == sim.syncs[0][2]:
+            trace["traceEvents"].append({**ev, "cat": "cuda_runtime", "name": "cudaStreamSynchronize",
+                                         "pid": 4242, "tid": 4242, "args": {"correlation": sim.syncs[0][2]}})
+            break
+    assert (read_kineto_trace(trace)["kind"] == "sync").sum() == len(sim.syncs)
+
+
 def test_trace_file_errors(tmp_path):
     with pytest.raises(QprofError, match="does not exist"):
         read_kineto_trace(tmp_path / "none.json")

@@ -220,59 +220,73 @@ def family_of_category(category: str | None) -> tuple[str | None, str | None]:
     return family, (qtype or None)
 
 
+_CTX_COLS = ["nvtx_range", "nvtx_path", "token", "phase", "layer"]
+
+
+def _sweep(ranges: pd.DataFrame, points: pd.DataFrame, names: pd.Series) -> dict[int, dict]:
+    """Context of each point (by its start) and each range, over one thread's nested ranges."""
+    found: dict[int, dict] = {}
+    # (time, order, tie, what, index): ends before starts at one instant, outer starts before
+    # inner ones, and a host call at a range's first nanosecond falls inside it
+    events: list[tuple[int, int, int, int, int]] = []
+    for idx, s, e in zip(ranges.index, ranges["start_ns"], ranges["end_ns"]):
+        events.append((int(s), 1, -int(e), 1, idx))
+        events.append((int(e), 0, 0, 0, idx))
+    for idx, s in zip(points.index, points["start_ns"]):
+        events.append((int(s), 2, 0, 2, idx))
+    events.sort()
+    stack: list[int] = []  # NVTX push/pop ranges nest, so a stack follows the open ones
+    for _, _, _, what, idx in events:
+        if what == 1:
+            stack.append(idx)
+            found[idx] = context_of([names[i] for i in stack])
+        elif what == 0:
+            if idx in stack:
+                stack.remove(idx)
+        elif stack:
+            found[idx] = found[stack[-1]]
+    return found
+
+
+def _set_context(df: pd.DataFrame, found: dict[int, dict]) -> None:
+    if found:
+        ctx = pd.DataFrame.from_dict(found, orient="index")
+        for col in _CTX_COLS:
+            df.loc[ctx.index, col] = ctx[col].to_numpy()
+
+
 def assign_ranges(df: pd.DataFrame) -> pd.DataFrame:
     """Give every row the qprof NVTX context that was open when it was issued on the host.
 
     Range rows must carry `tid`. API and cpu_op rows get the innermost range open on their thread
     at their start; device rows (kernel/memcpy/memset/sync) get the context of the API call with
     the same correlation id, so GPU work is charged to the range that LAUNCHED it, not the one
-    that happened to be open when it ran.
+    that happened to be open when it ran. A sync whose API call was not recorded (Kineto keeps
+    few driver calls) is placed by its host-side start on the one thread that holds qprof ranges.
     """
     df = df.copy()
     ranges = df[df["kind"] == "range"]
     # host-side rows: API calls, CPU ops, and sync waits that carry their own thread instead of a launch id
     hostish = df["kind"].isin(["api", "cpu_op"]) | ((df["kind"] == "sync") & df["correlation_id"].isna())
     host = df[hostish & df["tid"].notna()]
-    ctx_cols = ["nvtx_range", "nvtx_path", "token", "phase", "layer"]
-    found: dict[int, dict] = {}
     names = df["name"].astype(str)
-    # A sweep per thread: NVTX push/pop ranges nest, so a stack follows the open ones.
     for tid, rr in ranges.groupby("tid"):
-        hh = host[host["tid"] == tid]
-        # (time, order, tie, what, index): ends before starts at one instant, outer starts before
-        # inner ones, and a host call at a range's first nanosecond falls inside it
-        events: list[tuple[int, int, int, int, int]] = []
-        for idx, s, e in zip(rr.index, rr["start_ns"], rr["end_ns"]):
-            events.append((int(s), 1, -int(e), 1, idx))
-            events.append((int(e), 0, 0, 0, idx))
-        for idx, s in zip(hh.index, hh["start_ns"]):
-            events.append((int(s), 2, 0, 2, idx))
-        events.sort()
-        stack: list[int] = []
-        for _, _, _, what, idx in events:
-            if what == 1:
-                stack.append(idx)
-                found[idx] = context_of([names[i] for i in stack])
-            elif what == 0:
-                if idx in stack:
-                    stack.remove(idx)
-            elif stack:
-                found[idx] = found[stack[-1]]
-    if found:
-        ctx = pd.DataFrame.from_dict(found, orient="index")
-        for col in ctx_cols:
-            df.loc[ctx.index, col] = ctx[col].to_numpy()
+        _set_context(df, _sweep(rr, host[host["tid"] == tid], names))
     # device rows inherit from their launching API row
     api = df[(df["kind"] == "api") & df["correlation_id"].notna() & df["nvtx_path"].notna()]
-    by_corr = api.drop_duplicates("correlation_id").set_index("correlation_id")[ctx_cols]
+    by_corr = api.drop_duplicates("correlation_id").set_index("correlation_id")[_CTX_COLS]
     dev = df["kind"].isin(["kernel", "memcpy", "memset", "sync"]) & df["correlation_id"].notna()
     if dev.any() and not by_corr.empty:
         joined = by_corr.reindex(df.loc[dev, "correlation_id"].astype("int64").to_numpy())
-        for col in ctx_cols:
+        for col in _CTX_COLS:
             vals = joined[col].to_numpy()
             have = pd.notna(vals)
             target = df.index[dev][have]
             df.loc[target, col] = vals[have]
+    orphans = df[(df["kind"] == "sync") & df["nvtx_path"].isna()]
+    threads = ranges["tid"].dropna().unique()
+    if not orphans.empty and len(threads) == 1:
+        _set_context(df, _sweep(ranges, orphans, names))
     return make_table(df)
 
 

@@ -97,28 +97,33 @@ def repeated_uploads(df: pd.DataFrame) -> list[Finding]:
         grows = _grows_with_context(grp)
         if per_step <= 1.0 and nbytes <= TOKEN_INPUT_MAX_BYTES and not in_layers and not grows:
             continue  # the step's token id: every decode needs its input on the device
-        time_ns = int(grp["dur_ns"].sum())
-        share = time_ns / decode_ns
-        numbers = {"op": op, "copies": count, "per_step": per_step, "bytes": nbytes, "time_ns": time_ns,
-                   "share_of_decode": share, "steps": steps}
-        each = f"{nbytes} B each" if low == nbytes else f"{low}–{nbytes} B each"
+        device_ns = int(grp["dur_ns"].sum())
+        # what the host loses: blocked in the copy calls (pageable memory) and in the syncs issued beside them
         host_ns = _host_time(df, grp)
-        numbers["host_ns"] = host_ns
-        each += f"; the host spent {_ms(host_ns)} in these copy calls" if host_ns else ""
+        syncs = df[(df["kind"] == "sync") & (df["phase"] == "decode")]
+        sync_ns = int(syncs.loc[syncs["nvtx_range"].map(op_type) == op, "dur_ns"].sum())
+        cost_ns = max(host_ns + sync_ns, device_ns)
+        share = cost_ns / decode_ns
+        numbers = {"op": op, "copies": count, "per_step": per_step, "bytes": nbytes, "device_ns": device_ns,
+                   "host_ns": host_ns, "sync_ns": sync_ns, "cost_ns": cost_ns, "share_of_decode": share,
+                   "steps": steps}
+        each = f"{nbytes} B each" if low == nbytes else f"{low}–{nbytes} B each"
+        cost = (f"{_pct(share)} of decode time ({_ms(cost_ns)} with the host blocked in the copies and the syncs "
+                f"beside them; {_ms(device_ns)} of copying on the GPU)")
         if "mask" in op.lower() or grp["nvtx_path"].fillna("").str.contains("mask").any() or grows:
             msg = (f"attention mask uploaded on every step: {count} copies ({per_step:g} per step, {each}), "
-                   f"{_pct(share)} of decode time ({_ms(time_ns)}); build it once on the device (--mask device) "
-                   f"or skip it for single-token decode (--mask skip)")
+                   f"{cost}; build it once on the device (--mask device) or skip it for single-token decode "
+                   f"(--mask skip)")
             rule = "mask_upload"
         elif in_layers:
             n_layers = _n_layers(df)
             msg = (f"host→device copy inside every layer ('{op}'): {count} copies ({per_step:g} per step"
                    + (f", {per_step / n_layers:g} per layer" if n_layers else "")
-                   + f", {each}), {_pct(share)} of decode time ({_ms(time_ns)}); keep the value on the device")
+                   + f", {each}), {cost}; keep the value on the device")
             rule = "per_layer_upload"
         else:
             msg = (f"small host→device copy repeated every decode step in '{op}': {count} copies "
-                   f"({per_step:g} per step, {each}), {_pct(share)} of decode time ({_ms(time_ns)})")
+                   f"({per_step:g} per step, {each}), {cost}")
             rule = "repeated_upload"
         findings.append(Finding(rule, "fault", msg, numbers))
     return findings

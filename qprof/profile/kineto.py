@@ -36,12 +36,15 @@ _CATEGORIES = {
     "gpu_memset": "memset",
     "cuda_runtime": "api",
     "cuda_driver": "api",
+    "cuda_sync": "sync",
     "cpu_op": "cpu_op",
 }
-# The host's synchronize calls are the sync points: cudaStreamSynchronize, cudaDeviceSynchronize,
-# cuCtxSynchronize, cudaEventSynchronize... They carry the thread and correlation id, so each sync is
-# charged to the op that issued it (Kineto's optional cuda_sync events lack the launching thread).
+# Sync points: CUPTI's synchronization records (cat cuda_sync, enabled below) and the host's
+# synchronize API calls (cudaStreamSynchronize, cudaDeviceSynchronize, cuCtxSynchronize, ...). Kineto
+# keeps few driver API calls, so cuCtxSynchronize shows up only as a cuda_sync record; a runtime
+# call usually shows up as both, joined by correlation id and counted once.
 _SYNC_CALLS = ("Synchronize",)
+_NOT_HOST_SYNC = ("Stream Wait Event",)  # a device-side dependency, not the host waiting
 
 
 def encode_range(info: RangeInfo) -> str:
@@ -93,10 +96,17 @@ def kineto_capture(device: str, trace_path: Path):
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
+    kwargs: dict = {}
     if device == "cuda":
         activities.append(ProfilerActivity.CUDA)
+        try:
+            from torch.profiler import _ExperimentalConfig
+
+            kwargs["experimental_config"] = _ExperimentalConfig(enable_cuda_sync_events=True)
+        except (ImportError, TypeError):  # older torch: the synchronize API calls still mark the syncs
+            pass
     trace_path.parent.mkdir(parents=True, exist_ok=True)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, **kwargs) as prof:
         yield prof
     prof.export_chrome_trace(str(trace_path))
 
@@ -155,6 +165,11 @@ def _row(ev: dict) -> dict | None:
         row.update(family="copy", copy_kind=copy_kind_from_label(name), bytes=_int_or_none(args.get("bytes")))
     elif kind == "memset":
         row.update(family="memset", bytes=_int_or_none(args.get("bytes")))
+    elif kind == "sync":
+        if args.get("cuda_sync_kind") in _NOT_HOST_SYNC or name in _NOT_HOST_SYNC:
+            return None
+        stream = _int_or_none(args.get("stream"))
+        row.update(family="sync", stream=stream if stream is not None and stream >= 0 else None)
     elif kind == "api":
         row.update(family="cuda_api", tid=_tid(ev.get("tid")))
     else:  # cpu_op
@@ -190,8 +205,9 @@ def read_kineto_trace(source: str | Path | dict) -> pd.DataFrame:
         row = _row(ev)
         if row is not None:
             rows.append(row)
-    rows += [{**r, "kind": "sync", "family": "sync"}
-             for r in rows if r["kind"] == "api" and any(s in r["name"] for s in _SYNC_CALLS)]
+    recorded = {r["correlation_id"] for r in rows if r["kind"] == "sync"}
+    rows += [{**r, "kind": "sync", "family": "sync"} for r in rows
+             if r["kind"] == "api" and any(s in r["name"] for s in _SYNC_CALLS) and r["correlation_id"] not in recorded]
     if not rows:
         return empty_table()
     return validate(assign_ranges(make_table(rows)))

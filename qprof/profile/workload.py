@@ -258,6 +258,7 @@ def _events(spec: WorkloadSpec, notes: list[str], model=None) -> tuple[pd.DataFr
         notes.append("events timing on the CPU runtime uses host timers (CUDA events need a GPU)")
     timer = OpTimer(clock)
     result = run_workload(spec, [timer], model=model)
+    notes += timer.notes()
     return timer.table(), result
 
 
