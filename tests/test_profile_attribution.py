@@ -133,11 +133,22 @@ def test_per_layer_scalar_upload(tmp_path):
     assert "1 per layer" in rules["per_layer_upload"].message
 
 
+def test_syncs_that_come_with_uploads_name_the_upload(tmp_path):
+    sim = simulate(scalar_upload=True, n_layers=4)
+    df = restrict_to_run(read_nsys_sqlite(write_nsys_sqlite(sim, tmp_path / "s.sqlite")))
+    rules = {f.rule: f for f in faults(diagnose(df))}
+    assert set(rules) == {"per_layer_upload", "per_layer_sync"}
+    assert rules["per_layer_sync"].message.startswith("device synchronized 4 times per decode step, 1.0 per layer")
+    assert rules["per_layer_sync"].message.endswith("each comes with a host→device copy in the same op: keep that "
+                                                    "value on the device")
+
+
 def test_sync_every_op(tmp_path):
     df = _table(tmp_path, sync_every_op=True)
     (f,) = faults(diagnose(df))
     assert f.rule == "per_layer_sync"
     assert f.message.startswith("device synchronized 10 times per decode step, 5.0 per layer")
+    assert f.message.endswith("drop the synchronize (--sync-every-op off)")
     assert f.numbers["sync_wait_ns"] > 0
 
 

@@ -262,13 +262,17 @@ def _events(spec: WorkloadSpec, notes: list[str], model=None) -> tuple[pd.DataFr
     return timer.table(), result
 
 
-def _torch(spec: WorkloadSpec, out_dir: Path, artifacts: dict, model=None) -> tuple[pd.DataFrame, WorkloadResult]:
+def _torch(spec: WorkloadSpec, out_dir: Path, artifacts: dict, notes: list[str],
+           model=None) -> tuple[pd.DataFrame, WorkloadResult]:
     from qprof.profile.kineto import RecordFunctionListener, kineto_capture, read_kineto_trace
 
     trace = out_dir / "kineto_trace.json"
     result = run_workload(spec, [RecordFunctionListener()], capture=lambda: kineto_capture(spec.device, trace),
                           model=model)
     artifacts["kineto_trace"] = str(trace)
+    if spec.device == "cuda":
+        notes.append("torch.profiler adds host time to every launch: tok/s and launch gaps in this mode are "
+                     "inflated (qprof bench measures tok/s without a profiler)")
     return read_kineto_trace(trace), result
 
 
@@ -324,7 +328,7 @@ def profile_workload(spec: WorkloadSpec, timing: str = "events", out_dir: str | 
 
             table, result = run_blocking(spec, out, notes)
         elif timing == "torch":
-            table, result = _torch(spec, out, artifacts, model)
+            table, result = _torch(spec, out, artifacts, notes, model)
         else:
             table, result = _events(spec, notes, model)
         table = _finish(table, result)
