@@ -78,6 +78,24 @@ class FakeRuntime:
         self.calls.append(("sync",))
 
 
+class FakeCudaRuntime(FakeRuntime):
+    """FakeRuntime with CudaRuntime's graph bookkeeping: .graph when graphs were asked for and the options
+    allow capture, else a warning and .graph_fallback (as qprof/runtime/cuda/forward.py does)."""
+
+    def __init__(self, model, device="cuda", options=None, annotator=None, n_ctx=None, op_s: float = 0.0):
+        import warnings
+
+        from qprof.runtime.cuda.graphs import graph_blocker
+
+        super().__init__(model, device, options, annotator, n_ctx, op_s)
+        self.graph = None
+        self.graph_fallback = graph_blocker(options) if options is not None and options.cuda_graphs else None
+        if self.graph_fallback:
+            warnings.warn(f"CUDA graphs off: {self.graph_fallback}; decode runs eagerly", stacklevel=2)
+        elif options is not None and options.cuda_graphs:
+            self.graph = object()
+
+
 def fake_env(device: str = "cpu", gpu_name: str | None = None):
     from qprof.bench.record import Environment
 

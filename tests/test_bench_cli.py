@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from bench_fakes import FakeRuntime, fake_model, fake_nvml
+from bench_fakes import FakeCudaRuntime, FakeRuntime, fake_model, fake_nvml
 from click.testing import CliRunner
 
 from qprof.bench.progress import Progress
@@ -47,7 +47,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(runner_mod, "load_spec", lambda spec, log=None: loaded.append(spec) or
                         LoadedModel(spec, model.path, model))
-    monkeypatch.setattr(factory, "create_runtime", lambda m, d, o, a, n: FakeRuntime(m, d, o, a, n, op_s=0.001))
+    monkeypatch.setattr(factory, "create_runtime", lambda m, d, o, a, n: FakeCudaRuntime(m, d, o, a, n, op_s=0.001))
     real_open = tele.open_reader
     monkeypatch.setattr(tele, "open_reader", lambda idx: real_open(idx, nvml=fake_nvml(reasons=0x4)))
     return loaded
@@ -119,14 +119,60 @@ def test_fake_gpu_path_defaults_to_cuda_and_the_mistral_workload(fake_gpu):
     assert "| ngl |" in header and "| mask   |" in header and "| graphs |" in header
     rows = read_rows("results/bench.jsonl").rows
     assert len(rows) == 2 * 2 * 2
-    assert {(r["mask"], r["cuda_graphs"]) for r in rows} == {("upload", False), ("upload", True),
-                                                            ("skip", False), ("skip", True)}
+    # cuda_graphs is what ran: mask=upload cannot be captured, so its graphs=1 row is eager and says why
+    assert [(r["mask"], r["cuda_graphs"], bool(r["notes"])) for r in rows[::2]] == [
+        ("upload", False, False), ("upload", False, True), ("skip", False, False), ("skip", True, False)]
+    assert "CUDA graphs off: mask=upload" in rows[2]["notes"] and rows[2]["options"] == "mask=upload"
+    assert rows[6]["options"] == "graphs"
+    assert "CUDA graphs: as --graphs says" in err
     tg = rows[1]
     assert tg["device"] == "cuda" and tg["gpu_name"] == "NVIDIA H100 80GB HBM3" and tg["backends"] == "CUDA"
     assert tg["driver"] == "580.65.06" and tg["cuda_driver"] == "13.0" and tg["n_gpu_layers"] == 2
     assert tg["bandwidth_GBps"] == 3030.0 and tg["pct_of_floor"] > 0
     assert tg["throttled"] is True and tg["power_w_max"] == 350.0
     assert FakeRuntime.instances[0].options.mask == "upload" and FakeRuntime.instances[0].device == "cuda"
+
+
+def test_fake_gpu_uses_graphs_by_default_where_the_step_can_be_captured(fake_gpu):
+    res = bench("-p", "0", "-n", "2", "-r", "1", "--mask", "upload,device,skip", "-o", "jsonl", "--no-save")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["mask"], r["cuda_graphs"], r["options"], r["notes"]) for r in rows] == [
+        ("upload", False, "mask=upload", None), ("device", True, "mask=device,graphs", None),
+        ("skip", True, "graphs", None)]  # a default needs no fallback warning
+    assert [i.options.cuda_graphs for i in FakeRuntime.instances] == [False, True, True]
+    assert "CUDA graphs: on for decode (the GPU default; --graphs 0 for eager); eager where the step cannot be " \
+           "captured: mask=upload" in res.stderr
+    assert "CUDA graphs off" not in res.stderr
+
+
+def test_fake_gpu_default_table_has_no_graphs_column_when_every_set_is_captured(fake_gpu):
+    res = bench("-p", "0", "-n", "2", "-r", "1", "--no-save")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    assert "| graphs |" not in res.stdout.splitlines()[0]
+    assert FakeRuntime.instances[0].options.cuda_graphs is True
+
+
+def test_fake_gpu_faults_keep_graphs_off_unless_asked(fake_gpu):
+    res = bench("-p", "0", "-n", "2", "-r", "1", "--faults", "-o", "jsonl", "--no-save")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 5 and not any(r["cuda_graphs"] or r["notes"] for r in rows)
+    assert "off by default under --faults, so clean and fault rows compare like with like" in res.stderr
+    FakeRuntime.instances.clear()
+    res = bench("-p", "0", "-n", "2", "-r", "1", "--faults", "--graphs", "1", "-o", "jsonl", "--no-save")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    rows = {r["options"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["graphs"]["cuda_graphs"] is True and rows["inject=block-dim,graphs"]["cuda_graphs"] is True
+    assert rows["sync-every-op"]["cuda_graphs"] is False and "CUDA graphs off" in rows["sync-every-op"]["notes"]
+
+
+def test_cpu_records_graphs_as_not_used_even_when_asked():
+    res = bench("-m", "tiny-q4_k_m", "-p", "0", "-n", "2", "-r", "1", "--graphs", "1", "-o", "jsonl", "--no-save")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    (row,) = [json.loads(line) for line in res.stdout.splitlines()]
+    assert row["cuda_graphs"] is False and row["options"] == "clean"
+    assert "CUDA graphs: not applicable on the CPU" in res.stderr
 
 
 def test_interrupt_keeps_finished_rows_and_says_so_in_one_line(fake_gpu, monkeypatch):
@@ -231,6 +277,7 @@ def test_cuda_bench_on_the_tiny_workload_end_to_end(monkeypatch):
         assert all(r["floor_ts"] > 0 and r["pct_of_floor"] > 0 for r in tg)
     if tg[0]["telemetry_source"] == "pynvml":
         assert all(r["telemetry_samples"] >= 2 and r["sm_clock_mhz_max"] > 0 for r in rows)
-    # graphs can't capture a step that uploads or syncs: those rows say so
-    upload_graphs = [r for r in rows if r["mask"] == "upload" and r["cuda_graphs"]]
-    assert upload_graphs and all("CUDA graphs off" in (r["notes"] or "") for r in upload_graphs)
+    # graphs can't capture a step that uploads or syncs: those rows ran eagerly and say so
+    upload_asked = [r for r in rows if r["mask"] == "upload" and "CUDA graphs off" in (r["notes"] or "")]
+    assert upload_asked and not any(r["cuda_graphs"] for r in upload_asked)
+    assert any(r["cuda_graphs"] and r["options"] == "graphs" for r in rows)

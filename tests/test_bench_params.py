@@ -115,3 +115,28 @@ def test_faults_runs_each_switch_alone_beside_clean():
     assert p.varying() == ["options", "cuda_graphs"]
     with pytest.raises(QprofError, match="--faults runs each fault switch itself"):
         BenchParams(models=["m"], faults=True, mask=["upload"])
+
+
+def test_graphs_default_on_the_gpu_but_not_under_faults_or_on_the_cpu():
+    from qprof.bench.params import default_graphs
+
+    assert default_graphs("cuda", faults=False) == ([True], True)
+    assert default_graphs("cuda", faults=True) == ([False], False)
+    assert default_graphs("cpu", faults=False) == ([False], False)
+
+
+def test_auto_graphs_turn_off_only_where_the_step_cannot_be_captured():
+    p = BenchParams(models=["m"], mask=["upload", "device", "skip"], sync_every_op=[False, True],
+                    cuda_graphs=[True], graphs_auto=True)
+    got = [(o.mask, o.sync_every_op, o.cuda_graphs) for o in p.option_sets()]
+    assert got == [("upload", False, False), ("upload", True, False), ("device", False, True),
+                   ("device", True, False), ("skip", False, True), ("skip", True, False)]
+    assert p.varying() == ["mask", "sync_every_op", "cuda_graphs"]  # mixed: the table shows what ran
+    assert BenchParams(models=["m"], cuda_graphs=[True], graphs_auto=True).varying() == []
+    inject = BenchParams(models=["m"], inject=["block-dim"], cuda_graphs=[True], graphs_auto=True)
+    assert [o.cuda_graphs for o in inject.option_sets()] == [True]  # a wrong block size still captures
+
+
+def test_explicit_graphs_are_kept_even_where_capture_will_fall_back():
+    p = BenchParams(models=["m"], mask=["upload"], cuda_graphs=[True])
+    assert [o.cuda_graphs for o in p.option_sets()] == [True]  # the runtime warns; the row records eager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from bench_fakes import FakeRuntime, fake_env, fake_model, fake_nvml
+from bench_fakes import FakeCudaRuntime, FakeRuntime, fake_env, fake_model, fake_nvml
 
 from qprof.bench.params import BenchParams, BenchTest
 from qprof.bench.record import FIELDS, Bandwidth
@@ -184,6 +184,30 @@ def test_runtime_warnings_are_reported_and_kept_in_rows():
     assert upload["notes"] == "CUDA graphs off: mask=upload copies a host-built mask every step"
     assert skip["notes"] is None
     assert said == ["warning: m [mask=upload,graphs]: CUDA graphs off: mask=upload copies a host-built mask every step"]
+
+
+def test_rows_record_whether_graphs_were_really_used():
+    from qprof.bench.runner import graphs_in_use
+    from qprof.runtime.options import RuntimeOptions
+
+    model = fake_model()
+    params = BenchParams(models=["m"], n_prompt=[2], n_gen=[2], repetitions=1, warmup=False,
+                         mask=["upload", "skip"], cuda_graphs=[True])
+    said = []
+    runner = BenchRunner(params, fake_env("cuda", "NVIDIA H100 80GB HBM3"), Bandwidth(None, "x"),
+                         Sampler(None, "none"), load=lambda spec: LoadedModel(spec, model.path, model),
+                         create_runtime=FakeCudaRuntime, warn=said.append)
+    rows = list(runner.rows())
+    assert [(r["test"], r["mask"], r["cuda_graphs"], r["options"]) for r in rows] == [
+        ("pp2", "upload", False, "mask=upload"), ("tg2", "upload", False, "mask=upload"),
+        ("pp2", "skip", True, "graphs"), ("tg2", "skip", True, "graphs")]
+    assert "CUDA graphs off: mask=upload" in rows[0]["notes"] and rows[2]["notes"] is None
+    assert said == [("warning: m [mask=upload,graphs]: CUDA graphs off: mask=upload copies a host-built mask "
+                     "every step; decode runs eagerly")]
+    # the CPU runtime (no .graph) never counts as graphs, whatever was asked
+    assert not graphs_in_use(FakeRuntime(model, n_ctx=8)) and graphs_in_use(FakeCudaRuntime(model, options=RuntimeOptions(cuda_graphs=True), n_ctx=8))
+    cpu = make_runner(BenchParams(models=["m"], n_prompt=[0], n_gen=[1], repetitions=1, cuda_graphs=[True]))
+    assert [r["cuda_graphs"] for r in cpu.rows()] == [False]
 
 
 def test_kv_type_and_ubatch_follow_the_runtime():

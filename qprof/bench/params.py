@@ -92,6 +92,19 @@ def parse_mask(text: str, option: str = "--mask") -> list[str]:
     return parse_choice_list(text, option, MASK_MODES)
 
 
+def default_graphs(device: str, faults: bool) -> tuple[list[bool], bool]:
+    """(--graphs values, auto) when --graphs is not given.
+
+    On a GPU decode is captured as a CUDA graph wherever the options allow it (llama.cpp's default);
+    auto=True lets option_sets() turn graphs off for the sets that cannot be captured. Under --faults
+    graphs stay off, so the clean row and the fault rows (some of which force eager decode) run the
+    same way. The CPU has no graphs.
+    """
+    if device == "cuda" and not faults:
+        return [True], True
+    return [False], False
+
+
 def parse_inject(text: str, option: str = "--inject") -> list[str | None]:
     """'none,block-dim' -> [None, 'block-dim']."""
     return [None if v == "none" else v for v in parse_choice_list(text, option, ("none", *INJECT_FAULTS))]
@@ -147,6 +160,7 @@ class BenchParams:
     nvtx: list[bool] = field(default_factory=lambda: [False])
     n_ctx: list[int | None] = field(default_factory=lambda: [None])
     faults: bool = False  # clean plus each fault switch on its own, instead of the switches' product
+    graphs_auto: bool = False  # --graphs not given on a GPU: graphs on for every option set that can be captured
 
     # llama-bench shows a column only when its parameter differs from the default
     SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "n_ctx")
@@ -176,12 +190,19 @@ class BenchParams:
     def option_sets(self) -> list[RuntimeOptions]:
         if self.faults:
             # one configuration per fault, each on its own, beside the clean run (for every graphs/nvtx value)
-            return [RuntimeOptions(cuda_graphs=g, nvtx=nv).with_(**fault)
+            sets = [RuntimeOptions(cuda_graphs=g, nvtx=nv).with_(**fault)
                     for g, nv in itertools.product(self.cuda_graphs, self.nvtx) for fault in FAULT_SETS]
-        combos = itertools.product(self.mask, self.scalar_upload, self.sync_every_op, self.inject,
-                                   self.cuda_graphs, self.nvtx)
-        return [RuntimeOptions(mask=m, scalar_upload=su, sync_every_op=so, inject=inj, cuda_graphs=g, nvtx=nv)
-                for m, su, so, inj, g, nv in combos]
+        else:
+            combos = itertools.product(self.mask, self.scalar_upload, self.sync_every_op, self.inject,
+                                       self.cuda_graphs, self.nvtx)
+            sets = [RuntimeOptions(mask=m, scalar_upload=su, sync_every_op=so, inject=inj, cuda_graphs=g, nvtx=nv)
+                    for m, su, so, inj, g, nv in combos]
+        if self.graphs_auto:
+            from qprof.runtime.cuda.graphs import graph_blocker
+
+            # graphs by default only where the step can be captured: no fallback warning for a default
+            sets = _unique(o.with_(cuda_graphs=graph_blocker(o) is None) for o in sets)
+        return sets
 
     def ctx_sizes(self) -> list[int]:
         need = self.needed_ctx()
@@ -208,5 +229,9 @@ class BenchParams:
         defaults = BenchParams(models=["-"])
         varying = [name for name in self.SWITCHES
                    if len(getattr(self, name)) > 1 or getattr(self, name) != getattr(defaults, name)]
+        if self.graphs_auto:  # the default on a GPU: a column only where some option sets could not be captured
+            mixed = len({o.cuda_graphs for o in self.option_sets()}) > 1
+            varying = [name for name in varying if name != "cuda_graphs" or mixed]
+            if mixed and "cuda_graphs" not in varying:
+                varying = [name for name in self.SWITCHES if name in varying or name == "cuda_graphs"]
         return ["options", *varying] if self.faults else varying
-

@@ -26,6 +26,7 @@ from qprof.bench.record import (
 )
 from qprof.bench.telemetry import Sampler, throttle_warning
 from qprof.errors import QprofError
+from qprof.runtime.options import RuntimeOptions
 
 
 @dataclass
@@ -104,6 +105,13 @@ def time_test(runtime, test: BenchTest, src: TokenSource) -> int:
     return time.perf_counter_ns() - t0
 
 
+def graphs_in_use(runtime) -> bool:
+    """Whether the runtime captures decode as a CUDA graph: CudaRuntime keeps a DecodeGraph in .graph only
+    when graphs were asked for and the options allow capture (else .graph_fallback says why). The CPU
+    runtime has no graphs."""
+    return getattr(runtime, "graph", None) is not None
+
+
 def release_memory(device: str) -> None:
     """Free a dropped runtime's device memory before the next one is built."""
     gc.collect()
@@ -150,22 +158,25 @@ class BenchRunner:
             notes = "; ".join(dict.fromkeys(str(w.message) for w in caught)) or None
             if notes:
                 self.warn(f"warning: {group.model} [{options_fields(group.options)['options']}]: {notes}")
+            # the row records the options in effect: graphs only where the runtime really captures decode
+            in_effect = group.options.with_(cuda_graphs=graphs_in_use(runtime))
             name = type(runtime).__name__
             if name not in self.runtime_names:
                 self.runtime_names.append(name)
             try:
                 src = TokenSource(loaded.model)
                 for test in group.tests:
-                    yield {**self.run_test(runtime, loaded, facts, group, test, src), "notes": notes}
+                    yield {**self.run_test(runtime, loaded, facts, group, test, src, in_effect), "notes": notes}
             finally:
                 self.sampler.close()
                 runtime = None
                 release_memory(self.env.device)
 
     def run_test(self, runtime, loaded: LoadedModel, facts: dict, group: Group, test: BenchTest,
-                 src: TokenSource) -> dict:
+                 src: TokenSource, options: RuntimeOptions | None = None) -> dict:
         p = self.params
-        label = f"{test.name} {options_fields(group.options)['options']}"
+        options = options or group.options
+        label = f"{test.name} {options_fields(options)['options']}"
         test_time = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if p.warmup:
             warm_up(runtime, test, src)
@@ -199,7 +210,7 @@ class BenchRunner:
             "repetitions": p.repetitions,
             "warmup": p.warmup,
             "n_ctx": group.n_ctx,
-            **options_fields(group.options),
+            **options_fields(options),
             **floor_fields(test.kind, facts["bytes_per_token"], self.bandwidth, stats["avg_ts"]),
             **telemetry,
         }

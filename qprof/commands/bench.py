@@ -38,6 +38,10 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
     from qprof.bench import params as p
 
     models = [m for text in model for m in p.split_list(text)]
+    if graphs is None:
+        cuda_graphs, graphs_auto = p.default_graphs(device, faults)
+    else:  # explicit --graphs wins, also under --faults (rows that cannot be captured say so in notes)
+        cuda_graphs, graphs_auto = p.parse_bool_list(graphs, "--graphs"), False
     return p.BenchParams(
         models=models or [default_model(device)],
         n_prompt=p.parse_int_list(n_prompt, "-p"),
@@ -49,11 +53,26 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
         scalar_upload=p.parse_bool_list(scalar_upload, "--scalar-upload"),
         sync_every_op=p.parse_bool_list(sync_every_op, "--sync-every-op"),
         inject=p.parse_inject(inject),
-        cuda_graphs=p.parse_bool_list(graphs, "--graphs"),
+        cuda_graphs=cuda_graphs,
+        graphs_auto=graphs_auto,
         nvtx=p.parse_bool_list(nvtx, "--nvtx"),
         n_ctx=p.parse_int_list(ctx, "--ctx", minimum=1) if ctx else [None],
         faults=faults,
     )
+
+
+def graphs_summary(params, device: str, explicit: bool) -> str:
+    """One line on how decode runs: CUDA graphs or eager, and why."""
+    if device != "cuda":
+        return "CUDA graphs: not applicable on the CPU (rows record cuda_graphs 0)"
+    if explicit:
+        return "CUDA graphs: as --graphs says; configurations that cannot be captured run eagerly (see notes)"
+    if params.faults:
+        return ("CUDA graphs: off by default under --faults, so clean and fault rows compare like with like "
+                "(--graphs 1 to capture where possible)")
+    eager = [o.label() for o in params.option_sets() if not o.cuda_graphs]
+    return ("CUDA graphs: on for decode (the GPU default; --graphs 0 for eager)"
+            + (f"; eager where the step cannot be captured: {', '.join(dict.fromkeys(eager))}" if eager else ""))
 
 
 def say(msg: str) -> None:
@@ -88,7 +107,11 @@ def say(msg: str) -> None:
 @click.option("--faults", is_flag=True,
               help="the clean run plus each fault switch on its own (mask=upload, scalar-upload, sync-every-op, "
                    "inject=block-dim) instead of a product of switch lists")
-@click.option("--graphs", default="0", show_default=True, help=f"CUDA graphs for decode (0,1); {SWITCH_HELP}")
+@click.option("--graphs", default=None, metavar="0|1|0,1",
+              help="capture decode as a CUDA graph (0,1); " + SWITCH_HELP + ". Default: on a GPU, 1 for every "
+                   "configuration that can be captured (as llama.cpp does), but 0 under --faults so the clean "
+                   "and fault rows run the same way; 0 on the CPU. Each row's cuda_graphs says whether graphs "
+                   "were actually used")
 @click.option("--nvtx", default="0", show_default=True, help=f"NVTX ranges on every op (0,1); {SWITCH_HELP}")
 @click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")
 @click.option("--bandwidth", type=float, default=None, metavar="GB/s",
@@ -129,6 +152,7 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     if not model:
         say(f"no -m given: using the embedded default workload {params.models[0]!r} "
             "(synthetic, written locally, no download)")
+    say(graphs_summary(params, dev, graphs is not None))
     say(f"decode floor bandwidth: {f'{bw.gbps:g} GB/s' if bw.gbps else 'none'} ({bw.source})")
 
     printer = make_printer(fmt, params.varying(), dev, f"{env.build_commit} ({env.build_number})")
