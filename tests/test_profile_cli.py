@@ -58,7 +58,11 @@ def test_nvtx_overhead():
     res = profile(*TINY, "-p", "2", "-n", "2", "--nvtx-overhead", "--repeats", "1", "--json")
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
-    assert len(d["on_tok_s"]) == len(d["off_tok_s"]) == 1 and "overhead_pct" in d
+    assert len(d["on_tok_s"]) == len(d["off_tok_s"]) == len(d["forced_tok_s"]) == 1 and "overhead_pct" in d
+    assert d["tool_attached"] is False and "forced_overhead_pct" in d
+    text = profile(*TINY, "-p", "2", "-n", "2", "--nvtx-overhead", "--repeats", "1")
+    assert text.exit_code == 0, text.output
+    assert "on (no tool attached, ranges skipped)" in text.stdout and "forced on (QPROF_NVTX=1" in text.stdout
 
 
 def test_nsys_missing_falls_back_and_says_why(monkeypatch, tmp_path):

@@ -166,41 +166,13 @@ def test_bias_table():
 
 
 def test_nvtx_overhead_math():
-    o = NvtxOverhead(on_tok_s=[90.0, 95.0, 91.0], off_tok_s=[100.0, 99.0, 101.0])
+    o = NvtxOverhead(on_tok_s=[90.0, 95.0, 91.0], off_tok_s=[100.0, 99.0, 101.0], forced_tok_s=[80.0, 70.0, 75.0])
     assert o.on == 91.0 and o.off == 100.0 and o.overhead_pct == pytest.approx(9.0)
+    assert o.forced == 75.0 and o.forced_overhead_pct == pytest.approx(25.0)
     assert NvtxOverhead([1.0, 3.0], [2.0, 2.0]).on == 2.0
-
-
-def test_phase_hold_follows_the_host_and_stops_when_the_forward_blocks(monkeypatch):
-    from qprof.profile import timing_events as te
-
-    now = [0]
-    monkeypatch.setattr(te.time, "perf_counter_ns", lambda: now[0])
-    slept: list[int] = []
-    hold = te.PhaseHold(sleeper=slept.append)
-
-    def forward(phase: str, host_ns: int) -> None:
-        hold.before(phase)
-        now[0] += host_ns
-        hold.after(phase)
-
-    forward("decode", 10_000_000)  # first step: the default hold
-    forward("decode", 10_000_000)  # then 1.5x the last host time
-    forward("prefill", 20_000_000)
-    assert slept == [te.FIRST_HOLD_NS, 15_000_000, te.FIRST_HOLD_NS]
-    forward("decode", 14_000_000)  # 14 ms of host time under a 15 ms hold: the host waited for the GPU
-    assert hold.stopped == {"decode"}
-    forward("decode", 1_000_000)
-    assert len(slept) == 4 and hold.total_ns == sum(slept)
-
-
-def test_op_timer_notes_name_the_hold():
-    from qprof.profile import timing_events as te
-
-    timer = te.OpTimer("host")
-    assert timer.hold is None and timer.notes() == []
-    timer.hold = te.PhaseHold(sleeper=lambda ns: None)
-    timer.hold.before("decode")
-    assert "held the GPU back 60.0 ms" in timer.notes()[0]
-    timer.hold.stopped.add("decode")
-    assert "no hold for decode" in timer.notes()[1]
+    text = o.describe("cuda")
+    assert "on (no tool attached, ranges skipped) 91.00, +9.00%" in text
+    assert "forced on (QPROF_NVTX=1: every range pushed through nvtx with no tool to record it) 75.00, +25.00%" in text
+    attached = NvtxOverhead([90.0], [100.0], [80.0], tool_attached=True).describe("cuda")
+    assert "on (a tool is attached, ranges pushed)" in attached and "no tool to record" not in attached
+    assert o.as_dict()["forced_overhead_pct"] == pytest.approx(25.0) and o.as_dict()["tool_attached"] is False

@@ -64,7 +64,8 @@ def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) 
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="directory for artifacts: activity.csv, summary.json, nsys report, Kineto trace")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of the text report")
-@click.option("--nvtx-overhead", is_flag=True, help="measure decode tok/s with NVTX ranges on vs off, then stop")
+@click.option("--nvtx-overhead", is_flag=True, help="measure decode tok/s with NVTX off, on (ranges only when a tool is attached) and forced "
+                   "on (QPROF_NVTX=1), then stop")
 @click.option("--agreement", is_flag=True,
               help="profile with events, torch and nsys (where available) and compare per-op totals, then stop")
 @click.option("--repeats", default=3, show_default=True, type=int, help="alternations for --nvtx-overhead")
@@ -115,8 +116,7 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         if as_json:
             click.echo(json.dumps(res.as_dict(), indent=1))
         else:
-            click.echo(f"NVTX overhead on decode ({dev}, no tool attached, {repeats} alternations, median): "
-                       f"on {res.on:.2f} tok/s, off {res.off:.2f} tok/s, overhead {res.overhead_pct:+.2f}%")
+            click.echo(res.describe(dev))
         return
 
     if agreement:

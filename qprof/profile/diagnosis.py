@@ -172,7 +172,7 @@ def launch_bound(df: pd.DataFrame) -> list[Finding]:
     mean_us = float(row["time_ns"].iloc[0]) / max(n, 1) / 1e3
     msg = (f"decode is dominated by launch gaps: the GPU sat idle {_pct(share)} of decode time in {n} gaps between "
            f"launches ({mean_us:.1f} µs each, {n / steps:.0f} per token); capture the decode step as a CUDA graph "
-           f"(--cuda-graphs) or fuse kernels")
+           f"(`qprof profile --graphs`, `qprof bench --graphs 1`) or fuse kernels")
     return [Finding("launch_bound", "advice", msg, {"share_of_decode": share, "gaps": n, "mean_gap_us": mean_us})]
 
 
