@@ -112,3 +112,17 @@ def test_cuda_without_gpu(monkeypatch):
     res = profile("-m", "tiny-q4_k_m", "--device", "cuda")
     assert res.exit_code == 2
     assert "qprof: error: no CUDA GPU available" in res.stderr
+
+
+def test_agreement_on_the_cpu_compares_to_torch_and_states_host_timers(monkeypatch, tmp_path):
+    from qprof.doctor import NsysInfo
+    from qprof.profile import nsys
+
+    monkeypatch.setattr(nsys, "_nsys_info", lambda: NsysInfo(None, False, "nsys not found on PATH"))
+    res = profile(*TINY, "-p", "2", "-n", "1", "--agreement", "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "events: events timing on the CPU runtime uses host timers" in res.stderr
+    header = next(ln for ln in res.stdout.splitlines() if ln.strip().startswith("op "))
+    assert header.split()[1:] == ["events", "torch", "events", "vs", "torch", "%"]  # nsys fell back: left out
+    total = next(ln for ln in res.stdout.splitlines() if ln.strip().startswith("TOTAL")).split()
+    assert float(total[1]) > 0 and float(total[2]) > 0

