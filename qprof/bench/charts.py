@@ -20,7 +20,7 @@ from qprof.bench.results import read_rows
 
 # (switch, value with the fault on, what it does): the seed's faults; off = the CLEAN value
 FAULTS = (
-    ("mask", "upload", "causal mask built on the host and uploaded in every layer"),
+    ("mask", "upload", "causal mask built on the host and uploaded on every forward"),
     ("scalar_upload", True, "a host->device scalar copy inside every layer"),
     ("sync_every_op", True, "a device synchronize after every op"),
     ("inject", "block-dim", "dequant kernels launched with the wrong block size"),
