@@ -124,3 +124,16 @@ def test_the_gate_kernel_source_is_there():
 
     src = (KERNEL_DIR / "profile_hold.cu").read_text()
     assert 'extern "C" __global__ void hold_until' in src and "%%globaltimer" in src
+
+
+def test_a_gate_that_cannot_be_made_is_stated(monkeypatch):
+    from qprof.errors import QprofError
+
+    def broken():
+        raise QprofError("cuMemHostAlloc(profiler gate) failed: CUDA_ERROR_OUT_OF_MEMORY")
+
+    monkeypatch.setattr(te.DeviceGate, "shared", staticmethod(broken))
+    timer = te.OpTimer("cuda", device_clock=FakeClock([]))
+    assert timer.gate is None
+    assert timer.notes() == [("events timing without its gate (cuMemHostAlloc(profiler gate) failed: "
+                             "CUDA_ERROR_OUT_OF_MEMORY): op times include the GPU's waits for the host's launches")]

@@ -26,6 +26,7 @@ LEVELS = ("run", "phase", "token", "layer", "op")
 INJECTION_VARS = ("NVTX_INJECTION64_PATH", "NVTX_INJECTION32_PATH")
 FORCE_VAR = "QPROF_NVTX"
 _NULL = nullcontext()
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,8 @@ class Annotator:
         attrs = None
         if self._domain is not None:
             key = (info.message, info.category)
-            attrs = self._attrs.get(key)
-            if attrs is None:
+            attrs = self._attrs.get(key, _MISSING)
+            if attrs is _MISSING:  # (nvtx's DummyDomain hands out None: cached all the same)
                 attrs = self._attrs[key] = self._domain.get_event_attributes(message=info.message,
                                                                              category=info.category)
         return _Range(self, info, attrs)

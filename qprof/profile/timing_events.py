@@ -50,6 +50,7 @@ from typing import Protocol
 
 import pandas as pd
 
+from qprof.errors import QprofError
 from qprof.profile.activity import context_of, empty_table, make_table, validate
 from qprof.profile.ranges import RangeInfo
 
@@ -166,12 +167,17 @@ class OpTimer:
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {CLOCKS}")
         self.clock = clock
+        self.gate: Gate | None = None
+        self.gate_error: str | None = None
         if clock == "host":
             self._clock: Clock = HostClock()
-            self.gate: Gate | None = None
         else:
             self._clock = device_clock or CudaClock()
-            self.gate = (device_gate or DeviceGate.shared()) if gate else None
+            if gate:
+                try:
+                    self.gate = device_gate or DeviceGate.shared()
+                except QprofError as exc:  # stated in notes(): the op times then include launch gaps
+                    self.gate_error = str(exc)
         self._stack: list[tuple[RangeInfo, object]] = []
         self._first = None  # the earliest marker: time zero of the table
         self._done: list[tuple[RangeInfo, tuple[str, ...], object, object, bool]] = []
@@ -220,6 +226,9 @@ class OpTimer:
     def notes(self) -> list[str]:
         """What the reader of the numbers must know about how they were taken."""
         if self.gate is None:
+            if self.gate_error:
+                return [(f"events timing without its gate ({self.gate_error}): op times include the GPU's waits for "
+                        "the host's launches")]
             return []
         out = [(f"events timing gated {self.gated_ops} op ranges: the GPU starts each op only after the host queued "
                 "all of it, so its events time device work, not the host's launches; tok/s in this mode include "
