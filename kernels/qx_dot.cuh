@@ -5,7 +5,7 @@
 //   sum_k (d q_k + m) x_k  ~=  sx * (d * sum_k q_k xq_k + m * sum_k xq_k),
 // both sums exact in int32, so a code offset folded into m (Q8_0's 128, Q6_K's 32) cancels
 // exactly and only x's rounding (at most sx / 2 per value) is lost. This header is host-compilable
-// (QB_HOST_EMULATION supplies the dp4a helpers and float bit casts) so a CPU test checks it.
+// (QB_HOST_EMULATION supplies the dp4a and max helpers and float bit casts) so a CPU test checks it.
 #pragma once
 #include "quant_blocks.cuh"
 
@@ -24,6 +24,14 @@ static __device__ __forceinline__ int qx_dp4a_ss(qb_u32 a, qb_u32 b, int c) {
     int d;
     asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
+}
+
+// max(a, b), NaN when either is NaN (fmaxf drops NaNs: a NaN in x would vanish from the sum,
+// and a poisoned activation must stay visible downstream, as it does in the float kernel).
+static __device__ __forceinline__ float qx_max_nan(float a, float b) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
 }
 #endif
 
@@ -50,10 +58,11 @@ static __device__ __forceinline__ QxRun qx_quantize_run(const float* x) {
 #pragma unroll
     for (int v = 0; v < QX_RUN / 4; ++v) {
         a[v] = __ldg(xp + v);
-        amax = fmaxf(amax, fmaxf(fmaxf(fabsf(a[v].x), fabsf(a[v].y)), fmaxf(fabsf(a[v].z), fabsf(a[v].w))));
+        const float m = qx_max_nan(qx_max_nan(fabsf(a[v].x), fabsf(a[v].y)), qx_max_nan(fabsf(a[v].z), fabsf(a[v].w)));
+        amax = qx_max_nan(amax, m);
     }
     QxRun r;
-    // An all-zero run rounds to zeros with scale 0 (no 127 / 0).
+    // An all-zero run rounds to zeros with scale 0 (no 127 / 0); a NaN makes sx and the dot NaN.
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     r.sx = amax * (1.0f / 127.0f);
     int sum = 0;

@@ -57,6 +57,7 @@ static int qx_dp4a_ss(unsigned a, unsigned b, int c) {
     for (int k = 0; k < 4; ++k) c += (int)(signed char)(a >> 8 * k) * (int)(signed char)(b >> 8 * k);
     return c;
 }
+static float qx_max_nan(float a, float b) { return std::isnan(a) || std::isnan(b) ? NAN : fmaxf(a, b); }
 #include "qx_dot.cuh"
 
 // The walk of matvec_<type>_b1: run i of a row covers values 16i .. 16i + 15 of block 16i / QK.
@@ -144,6 +145,17 @@ def test_int8x_dot_matches_the_reference_product(qtype, int8x_walk):
         assert np.all(np.isfinite(got))
         err = nmse(got.astype(np.float64), w @ xo.astype(np.float64))
         assert err < limit, f"{qtype} (outliers x{outlier:g}): NMSE {err:.2e}, limit {limit:.0e}"
+
+
+def test_a_nan_in_x_reaches_every_output(int8x_walk):
+    # the float kernel propagates a poisoned activation; the int8 one must not round it away
+    qtype, rows, cols = "Q4_K", 3, 512
+    raw = random_weight_bytes(qtype, rows, cols, seed=6)
+    x = np.random.default_rng(7).standard_normal(cols).astype(np.float32)
+    x[300] = np.nan
+    assert np.all(np.isnan(host_matvec(int8x_walk, qtype, raw, x)))
+    x[:] = np.nan  # an all-NaN run too (max |x| is not 0 there)
+    assert np.all(np.isnan(host_matvec(int8x_walk, qtype, raw, x)))
 
 
 def test_int8x_dot_is_exact_when_x_is_already_int8_scaled(int8x_walk):
