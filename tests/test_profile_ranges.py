@@ -95,6 +95,9 @@ def test_tool_attached_pushes_with_cached_attributes(fake_nvtx):
     pushes = [c for c in fake_nvtx if c[0] == "push"]
     assert pushes == [("push", ("attrs", "blk.0.attn_q", "matvec/Q4_K"))] * 3
     assert fake_nvtx.count(("pop",)) == 3 and len(rec.seen) == 6
+    assert ann.op("blk.0.attn_q", "matvec", "Q4_K") is ann.op("blk.0.attn_q", "matvec", "Q4_K")  # built once
+    with ann.op("blk.0.attn_q", "matvec", "Q4_K", bytes=7) as info:
+        assert info.meta == {"family": "matvec", "qtype": "Q4_K", "bytes": 7}
 
 
 def test_a_range_is_closed_when_the_op_raises(fake_nvtx):

@@ -113,6 +113,7 @@ class Annotator:
         self.listeners = list(listeners)
         self._domain = None
         self._attrs: dict[tuple[str, str], object] = {}
+        self._ops: dict[tuple[str, str, str | None], _Range] = {}
         on, self.nvtx_reason = nvtx_decision(nvtx_enabled, force_nvtx, env)
         if on:
             domain = _nvtx_domain(enabled_only=False)
@@ -159,8 +160,15 @@ class Annotator:
     def op(self, name: str, family: str, qtype: str | None = None, **meta):
         if self._domain is None and not self.listeners:
             return _NULL
-        info = RangeInfo("op", name, op_category(family, qtype), {"family": family, "qtype": qtype, **meta})
-        return self._range(info)
+        if meta:
+            return self._range(RangeInfo("op", name, op_category(family, qtype),
+                                         {"family": family, "qtype": qtype, **meta}))
+        key = (name, family, qtype)
+        rng = self._ops.get(key)
+        if rng is None:  # a _Range holds no state between enter and exit, so one per op serves every call
+            rng = self._ops[key] = self._range(RangeInfo("op", name, op_category(family, qtype),
+                                                         {"family": family, "qtype": qtype}))
+        return rng
 
 
 NULL_ANNOTATOR = Annotator(nvtx_enabled=False)
