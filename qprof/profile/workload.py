@@ -409,11 +409,17 @@ def measure_nvtx_overhead(spec: WorkloadSpec, repeats: int = 3, model=None) -> N
     if repeats < 1:
         raise QprofError(f"--repeats must be at least 1, got {repeats}")
     model = model if model is not None else load_model(spec.model)
+    import gc
+
+    def tok_s(nvtx: bool, force: bool | None) -> float:
+        gc.collect()  # the previous run's runtime (a reference cycle) gives its device weights back first
+        return run_workload(spec.with_options(nvtx=nvtx), model=model, force_nvtx=force).tg_tok_s
+
     on, off, forced = [], [], []
     for _ in range(repeats):
-        on.append(run_workload(spec.with_options(nvtx=True), model=model, force_nvtx=None).tg_tok_s)
-        forced.append(run_workload(spec.with_options(nvtx=True), model=model, force_nvtx=True).tg_tok_s)
-        off.append(run_workload(spec.with_options(nvtx=False), model=model).tg_tok_s)
+        on.append(tok_s(True, None))
+        forced.append(tok_s(True, True))
+        off.append(tok_s(False, None))
     return NvtxOverhead(on, off, forced, tool_attached())
 
 
