@@ -13,6 +13,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from test_kernels_ptxas import HOST_HARNESS  # tests/ is on sys.path under pytest (no package)
 
 from qprof.check.quant_cases import random_weight_bytes
 from qprof.check.registry import MATMUL_NMSE
@@ -21,33 +22,10 @@ from qprof.quant.dequant import dequantize as cpu_dequantize
 from qprof.quant.traits import QUANTIZED_TYPES, traits
 from qprof.runtime.cuda import kernels as K
 
-HARNESS = r"""
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define QB_HOST_EMULATION 1
-struct uint2 { unsigned x, y; };
-struct uint4 { unsigned x, y, z, w; };
-struct float4 { float x, y, z, w; };
-template <class T> static T __ldg(const T* p) {  // the GPU faults on a misaligned load: so does this
-    if (reinterpret_cast<uintptr_t>(p) % sizeof(T)) { fprintf(stderr, "misaligned %zu-byte load\n", sizeof(T)); exit(3); }
-    T v; memcpy(&v, p, sizeof v); return v;
-}
-static unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
-    unsigned char b[8]; memcpy(b, &x, 4); memcpy(b + 4, &y, 4);
-    unsigned r = 0;
-    for (int i = 0; i < 4; ++i) r |= (unsigned)b[(s >> (4 * i)) & 7] << (8 * i);
-    return r;
-}
-static float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+# The CUDA-builtin shim of the block-decoder host test (alignment-checked __ldg, __byte_perm, fp16), plus
+# what the int8-x dot adds.
+HARNESS = HOST_HARNESS[:HOST_HARNESS.index('#include "quant_blocks.cuh"')] + r"""
 static unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
-static float qb_half_to_float(unsigned short h) { _Float16 v; memcpy(&v, &h, 2); return (float)v; }
-static unsigned short qb_float_to_half(float f) { _Float16 v = (_Float16)f; unsigned short h; memcpy(&h, &v, 2); return h; }
 // PTX dp4a: the bytes of a (unsigned for _us, signed for _ss) times the signed bytes of b, plus c.
 static int qx_dp4a_us(unsigned a, unsigned b, int c) {
     for (int k = 0; k < 4; ++k) c += (int)((a >> 8 * k) & 0xFF) * (int)(signed char)(b >> 8 * k);
@@ -90,6 +68,7 @@ int main(int argc, char** argv) {
     long size, xsize;
     const qb_u8* raw = static_cast<const qb_u8*>(slurp(argv[4], &size));
     const float* x = static_cast<const float*>(slurp(argv[5], &xsize));
+    g_base = raw;
     float* y = static_cast<float*>(calloc(rows, sizeof(float)));
 #define QX_WALK(NAME, name, ID, QK, BYTES, DT, MT, MR) \
     if (id == ID) walk<ID>(raw, rows, cols, size / rows, x, y);
@@ -102,14 +81,14 @@ int main(int argc, char** argv) {
 
 @pytest.fixture(scope="module")
 def int8x_walk(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
+    """A directory holding `walk`, the harness built with g++."""
+    if shutil.which("g++") is None:
         pytest.skip("g++ not found: the host build of the int8-x matvec dot needs a C++17 compiler")
     d = tmp_path_factory.mktemp("int8x")
-    (d / "harness.cpp").write_text(HARNESS)
-    proc = subprocess.run([gxx, "-std=c++17", "-O1", "-Wno-unknown-pragmas", f"-I{K.KERNEL_DIR}", "-o",
-                           str(d / "walk"), str(d / "harness.cpp")], check=False, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    (d / "walk.cpp").write_text(HARNESS)
+    cmd = ["g++", "-std=c++17", "-O1", "-Wno-unknown-pragmas", f"-I{K.KERNEL_DIR}", "-o", str(d / "walk"), str(d / "walk.cpp")]
+    built = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
     return d
 
 
