@@ -20,7 +20,8 @@ Why a gate per op rather than one hold per forward: the launch queue of a stream
 so a host that queues a whole forward behind a held stream blocks on the full queue and the
 hold collapses (on the H100 the earlier per-forward hold was lost on both prefill and decode).
 A per-op gate keeps at most one op queued behind it. Why not graph replay: only the decode step
-can be captured, and prefill and the fault switches would still be eager.
+can be captured, prefill and the fault switches would still be eager, and a replay is another
+execution than the eager one torch.profiler and nsys see.
 
 Two corrections, both stated in the notes:
 - An op that synchronizes inside itself (sample's `.item()`, any blocking copy) would have the
@@ -31,6 +32,9 @@ Two corrections, both stated in the notes:
 - Each gated op's span has the cost of an empty event pair subtracted: the median span of
   CALIBRATION_PAIRS gated start/end pairs with nothing between them, measured after the run.
 tok/s in this mode include the gates (the GPU waits for the host at every op).
+What remains in a span that CUPTI-based modes (torch, nsys) do not count as kernel time: the
+GPU's own dispatch gap before each kernel of the op, well under a µs each. That is noise on a
+10-30 µs matvec but a visible share of a 1-2 µs elementwise op, so small ops agree less well.
 
 Without a GPU (or in the launch-blocking child) the markers are host perf_counter_ns readings,
 not gated.
