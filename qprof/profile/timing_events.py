@@ -33,8 +33,9 @@ Two corrections, both stated in the notes:
   CALIBRATION_PAIRS gated start/end pairs with nothing between them, measured after the run.
 tok/s in this mode include the gates (the GPU waits for the host at every op).
 What remains in a span that CUPTI-based modes (torch, nsys) do not count as kernel time: the
-GPU's own dispatch gap before each kernel of the op, well under a µs each. That is noise on a
-10-30 µs matvec but a visible share of a 1-2 µs elementwise op, so small ops agree less well.
+GPU's own dispatch gap before each kernel of the op (not measured here; up to about a µs). That
+is noise on a 10-30 µs matvec but a visible share of a 1-2 µs elementwise op, so small ops agree
+less well than the big ones and the total.
 
 Without a GPU (or in the launch-blocking child) the markers are host perf_counter_ns readings,
 not gated.
