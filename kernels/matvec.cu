@@ -118,8 +118,8 @@ static __device__ __forceinline__ void matvec_q8x_kernel(const qb_u8* __restrict
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
 
     // Two runs per trip when there are: their loads are independent, so both are in flight at once.
-    // Q3_K and Q5_K read two code fields per run; two runs of those would not fit the registers.
-    constexpr int UNROLL = (T == QB_Q3_K || T == QB_Q5_K) ? 1 : 2;
+    // Q3_K, Q5_K and Q6_K read two code fields per run; two runs of those would not fit the registers.
+    constexpr int UNROLL = (T == QB_Q3_K || T == QB_Q5_K || T == QB_Q6_K) ? 1 : 2;
 #pragma unroll(UNROLL)
     for (int i = threadIdx.x; i < n_runs; i += NT) {
         const int c0 = i * RUN;

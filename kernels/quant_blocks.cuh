@@ -104,6 +104,22 @@ static __device__ __forceinline__ void qb_load_words_a2(const qb_u8* p, qb_u32 (
     }
 }
 
+// NW words at a 2-aligned p whose next 4 bytes still lie inside the block (the code fields of Q3_K
+// and Q6_K are followed by more of the block): NW + 1 aligned 32-bit loads from p rounded down to a
+// multiple of 4, funnel-shifted into place. No branch, so the compiler can issue the loads of
+// several runs and rows together.
+template <int NW>
+static __device__ __forceinline__ void qb_load_words_a2_inner(const qb_u8* p, qb_u32 (&w)[NW]) {
+    const qb_u64 addr = reinterpret_cast<qb_u64>(p);
+    const qb_u8* a = reinterpret_cast<const qb_u8*>(addr & ~(qb_u64)3);
+    const int sh = (int)(addr & 3u) * 8;
+    qb_u32 u[NW + 1];
+#pragma unroll
+    for (int i = 0; i <= NW; ++i) u[i] = qb_ld32(a + 4 * i);
+#pragma unroll
+    for (int i = 0; i < NW; ++i) w[i] = (qb_u32)((((qb_u64)u[i + 1] << 32) | u[i]) >> sh);
+}
+
 // NW consecutive 32-bit words at p, in the widest loads the guaranteed alignment A allows
 // (A is a compile-time fact of the layout: block size and in-block offset).
 template <int NW, int A>
@@ -314,8 +330,8 @@ struct Block<QB_Q3_K> : QuantRun<Block<QB_Q3_K>> {
         m = -4.0f * d;
         const int hbit = 4 * h + j;
         qb_u32 wq[N / 4], wh[N / 4];
-        qb_load_words<N / 4, 2>(b + 32 + 32 * h + 16 * k + l, wq);
-        qb_load_words<N / 4, 2>(b + 16 * k + l, wh);
+        qb_load_words_a2_inner<N / 4>(b + 32 + 32 * h + 16 * k + l, wq);  // scales follow qs
+        qb_load_words_a2_inner<N / 4>(b + 16 * k + l, wh);                 // qs follows hmask
 #pragma unroll
         for (int i = 0; i < N / 4; ++i) v[i] = ((wq[i] >> (2 * j)) & 0x03030303u) | (((wh[i] >> hbit) & 0x01010101u) << 2);
     }
@@ -360,8 +376,8 @@ struct Block<QB_Q6_K> : QuantRun<Block<QB_Q6_K>> {
         d = qb_half_to_float(qb_ld16(b + 208)) * (float)sc;
         m = -32.0f * d;
         qb_u32 lo[N / 4], hi[N / 4];
-        qb_load_words<N / 4, 2>(b + 64 * h + 32 * (k & 1) + l, lo);
-        qb_load_words<N / 4, 2>(b + 128 + 32 * h + l, hi);
+        qb_load_words_a2_inner<N / 4>(b + 64 * h + 32 * (k & 1) + l, lo);  // qh follows ql
+        qb_load_words_a2_inner<N / 4>(b + 128 + 32 * h + l, hi);            // scales follow qh
 #pragma unroll
         for (int i = 0; i < N / 4; ++i)
             v[i] = ((lo[i] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * k)) & 0x03030303u) << 4);
