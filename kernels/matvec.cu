@@ -11,11 +11,11 @@
 // Partial sums meet through warp shuffles and one shared-memory pass.
 //
 // Batch 1 of a quantized type (matvec_<type>_b1, the decode path) runs the same walk with x made
-// int8 per 16-value run and dotted with the weights' raw codes by dp4a (kernels/qx_dot.cuh). That
-// replaces ~3.5 instructions per weight value (code to float, FMA) with ~0.75: the float kernel
-// was bound by instruction issue, not memory. x's rounding (at most 1/254 of the run's largest
-// |x| per value) is far inside the matvec check's NMSE limit. matvec_<type>_b1f32 keeps the
-// float-x kernel for every type (QPROF_MATVEC_X=f32 selects it: A/B and fallback).
+// 16-bit fixed point per 16-value run and dotted with the weights' raw codes by dp4a, one byte
+// plane of x at a time (kernels/qx_dot.cuh). That replaces ~4.5 instructions per weight value
+// (code to float, FMA) with ~2: the float kernel was bound by instruction issue, not memory. x's
+// rounding (1/65534 of the run's largest |x| at most) is near float accuracy. matvec_<type>_b1f32
+// keeps the float-x kernel for every type (QPROF_MATVEC_X=f32 selects it: A/B and fallback).
 #include "qx_dot.cuh"
 
 // Values per thread step; the host side requires rows whose length is a multiple of the wide run.

@@ -4,7 +4,7 @@ For every type and shape: matvec at batch 1 and 8 (GB/s of weight + x + y bytes)
 float16 (GB/s read + written) and the prefill matmul at n=512 (TFLOP/s). Device time comes from
 CUDA-graph replays of 20 launches timed with CUDA events, so Python's launch cost (reported
 separately as host us/call) does not hide the kernel. Batch 1 is also timed with the float-x kernel
-(matvec_<type>_b1f32, what QPROF_MATVEC_X=f32 selects) to compare against the default int8-x dp4a one.
+(matvec_<type>_b1f32, what QPROF_MATVEC_X=f32 selects) to compare against the default dp4a one.
 A device-to-device copy gives the card's practical bandwidth beside the 3.03 TB/s nominal figure.
 Run: python3 tests/gpu/bench_matvec.py [--types Q4_K,Q6_K] [--json FILE]
 """

@@ -1,5 +1,6 @@
-"""The batch-1 decode matvec's int8-x dot product (kernels/qx_dot.cuh) compiled for the host with g++ and
-checked against the float64 product of the CPU reference dequantization, for every quantized type.
+"""The batch-1 decode matvec's dp4a dot product (kernels/qx_dot.cuh: x as 16-bit fixed point per run, two
+byte planes) compiled for the host with g++ and checked against the float64 product of the CPU reference
+dequantization, for every quantized type; plus the QPROF_MATVEC_X switch that selects the float-x kernel.
 
 The GPU kernel matvec_<type>_b1 sums exactly these per-run dots (qx_run_dot over runs of 16 values),
 so this checks x's rounding, the byte packing, the signed/unsigned dp4a arithmetic and the exact
@@ -16,23 +17,22 @@ import pytest
 from test_kernels_ptxas import HOST_HARNESS  # tests/ is on sys.path under pytest (no package)
 
 from qprof.check.quant_cases import random_weight_bytes
-from qprof.check.registry import MATMUL_NMSE
 from qprof.errors import QprofError
 from qprof.quant.dequant import dequantize as cpu_dequantize
 from qprof.quant.traits import QUANTIZED_TYPES, traits
 from qprof.runtime.cuda import kernels as K
 
 # The CUDA-builtin shim of the block-decoder host test (alignment-checked __ldg, __byte_perm, fp16), plus
-# what the int8-x dot adds.
+# what the dp4a dot adds.
 HARNESS = HOST_HARNESS[:HOST_HARNESS.index('#include "quant_blocks.cuh"')] + r"""
 static unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
-// PTX dp4a: the bytes of a (unsigned for _us, signed for _ss) times the signed bytes of b, plus c.
+// PTX dp4a: the unsigned bytes of a times the bytes of b (signed for _us, unsigned for _uu), plus c.
 static int qx_dp4a_us(unsigned a, unsigned b, int c) {
     for (int k = 0; k < 4; ++k) c += (int)((a >> 8 * k) & 0xFF) * (int)(signed char)(b >> 8 * k);
     return c;
 }
-static int qx_dp4a_ss(unsigned a, unsigned b, int c) {
-    for (int k = 0; k < 4; ++k) c += (int)(signed char)(a >> 8 * k) * (int)(signed char)(b >> 8 * k);
+static int qx_dp4a_uu(unsigned a, unsigned b, int c) {
+    for (int k = 0; k < 4; ++k) c += (int)((a >> 8 * k) & 0xFF) * (int)((b >> 8 * k) & 0xFF);
     return c;
 }
 static float qx_max_nan(float a, float b) { return std::isnan(a) || std::isnan(b) ? NAN : fmaxf(a, b); }
@@ -80,11 +80,11 @@ int main(int argc, char** argv) {
 
 
 @pytest.fixture(scope="module")
-def int8x_walk(tmp_path_factory):
+def dp4a_walk(tmp_path_factory):
     """A directory holding `walk`, the harness built with g++."""
     if shutil.which("g++") is None:
-        pytest.skip("g++ not found: the host build of the int8-x matvec dot needs a C++17 compiler")
-    d = tmp_path_factory.mktemp("int8x")
+        pytest.skip("g++ not found: the host build of the dp4a matvec dot needs a C++17 compiler")
+    d = tmp_path_factory.mktemp("dp4a")
     (d / "walk.cpp").write_text(HARNESS)
     cmd = ["g++", "-std=c++17", "-O1", "-Wno-unknown-pragmas", f"-I{K.KERNEL_DIR}", "-o", str(d / "walk"), str(d / "walk.cpp")]
     built = subprocess.run(cmd, check=False, capture_output=True, text=True)
@@ -107,7 +107,7 @@ def nmse(got: np.ndarray, want: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("qtype", QUANTIZED_TYPES)
-def test_int8x_dot_matches_the_reference_product(qtype, int8x_walk):
+def test_dp4a_dot_matches_the_reference_product(qtype, dp4a_walk):
     # 64 rows: row starts at every alignment the layout allows (e.g. 210-byte Q6_K rows are 2-aligned),
     # and enough dot products that the NMSE is not one row's luck
     rows, cols = 64, 1024 if traits(qtype).block_values == 256 else 160
@@ -115,43 +115,44 @@ def test_int8x_dot_matches_the_reference_product(qtype, int8x_walk):
     w = cpu_dequantize(raw, qtype, (rows, cols)).astype(np.float64)
     x = np.random.default_rng(3).standard_normal(cols).astype(np.float32)
     x[16:32] = 0.0  # an all-zero run has scale 0, not 127 / 0
-    # Gaussian x costs ~2e-5 (a 16-value run's max is ~2 sigma: steps of sigma / 60); outliers, as real
-    # activations have, coarsen the steps of their own run only. An uncancelled code offset costs > 1e-2.
-    for outlier, limit in ((1.0, MATMUL_NMSE / 5), (30.0, MATMUL_NMSE / 2)):
+    # Gaussian x costs ~4e-10 (a 16-value run's max is ~2 sigma: steps of sigma / 16000); outliers, as real
+    # activations have, coarsen the steps of their own run only (~2e-9). One byte plane alone would cost
+    # ~2e-5, an uncancelled code offset > 1e-2.
+    for outlier, limit in ((1.0, 2e-9), (30.0, 1e-8)):
         xo = x.copy()
         xo[::37] *= outlier
-        got = host_matvec(int8x_walk, qtype, raw, xo)
+        got = host_matvec(dp4a_walk, qtype, raw, xo)
         assert np.all(np.isfinite(got))
         err = nmse(got.astype(np.float64), w @ xo.astype(np.float64))
         assert err < limit, f"{qtype} (outliers x{outlier:g}): NMSE {err:.2e}, limit {limit:.0e}"
 
 
-def test_a_nan_in_x_reaches_every_output(int8x_walk):
-    # the float kernel propagates a poisoned activation; the int8 one must not round it away
+def test_a_nan_in_x_reaches_every_output(dp4a_walk):
+    # the float kernel propagates a poisoned activation; the fixed-point one must not round it away
     qtype, rows, cols = "Q4_K", 3, 512
     raw = random_weight_bytes(qtype, rows, cols, seed=6)
     x = np.random.default_rng(7).standard_normal(cols).astype(np.float32)
     x[300] = np.nan
-    assert np.all(np.isnan(host_matvec(int8x_walk, qtype, raw, x)))
+    assert np.all(np.isnan(host_matvec(dp4a_walk, qtype, raw, x)))
     x[:] = np.nan  # an all-NaN run too (max |x| is not 0 there)
-    assert np.all(np.isnan(host_matvec(int8x_walk, qtype, raw, x)))
+    assert np.all(np.isnan(host_matvec(dp4a_walk, qtype, raw, x)))
 
 
-def test_int8x_dot_is_exact_when_x_is_already_int8_scaled(int8x_walk):
-    # x = integers in [-127, 127] with each run's max |x| = 127: rounding is exact, so only float32 sums differ
+def test_dp4a_dot_is_exact_when_x_is_already_fixed_point(dp4a_walk):
+    # x = integers in [-32767, 32767] with each run's max |x| = 32767: rounding is exact, only float32 sums differ
     qtype, rows, cols = "Q8_0", 5, 256
     raw = random_weight_bytes(qtype, rows, cols, seed=2)
     w = cpu_dequantize(raw, qtype, (rows, cols)).astype(np.float64)
     rng = np.random.default_rng(4)
-    x = rng.integers(-127, 128, size=cols).astype(np.float32)
-    x[::16] = 127.0
+    x = rng.integers(-32767, 32768, size=cols).astype(np.float32)
+    x[::16] = 32767.0
     want = w @ x.astype(np.float64)
-    got = host_matvec(int8x_walk, qtype, raw, x).astype(np.float64)
+    got = host_matvec(dp4a_walk, qtype, raw, x).astype(np.float64)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def test_matvec_variant_follows_the_environment(monkeypatch):
-    for value, b1 in ((None, "b1"), ("int8", "b1"), ("F32", "b1f32"), ("", "b1")):
+    for value, b1 in ((None, "b1"), ("dp4a", "b1"), ("F32", "b1f32"), ("", "b1")):
         monkeypatch.setattr(K, "_matvec_x", None)
         if value is None:
             monkeypatch.delenv(K.MATVEC_X_ENV, raising=False)
@@ -163,4 +164,4 @@ def test_matvec_variant_follows_the_environment(monkeypatch):
     monkeypatch.setenv(K.MATVEC_X_ENV, "fp8")
     with pytest.raises(QprofError) as err:
         K.matvec_variant(1)
-    assert str(err.value) == "QPROF_MATVEC_X='fp8': choose from int8, f32"
+    assert str(err.value) == "QPROF_MATVEC_X='fp8': choose from dp4a, f32"
