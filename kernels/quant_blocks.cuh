@@ -160,15 +160,18 @@ static __device__ __forceinline__ qb_u32 qb_spread4(qb_u32 x) {
     return ((x & 0xFu) * 0x00204081u) & 0x01010101u;
 }
 
-// K-quant 6-bit scale and min j (0..7) of a 12-byte Q4_K/Q5_K scales field.
-static __device__ __forceinline__ void qb_scale_min_k4(const qb_u8* sc, int j, int& scale, int& min) {
-    const int a = __ldg(sc + j), b = __ldg(sc + j + 4), c = __ldg(sc + ((j - 4) & 7));
+// K-quant 6-bit scale and min j (0..7) of a 12-byte Q4_K/Q5_K scales field held in three words
+// (bytes 0..3, 4..7, 8..11): sub-blocks 0..3 keep 6 bits in bytes j and j + 4; 4..7 keep the low
+// 4 bits in byte j + 4 (its nibbles) and the top 2 bits in the top bits of bytes j - 4 and j.
+static __device__ __forceinline__ void qb_scale_min_k4(qb_u32 s0, qb_u32 s1, qb_u32 s2, int j, int& scale, int& min) {
+    const int sh = 8 * (j & 3);
+    const int lo = (s0 >> sh) & 0xFF, mid = (s1 >> sh) & 0xFF, hi = (s2 >> sh) & 0xFF;  // bytes j & 3, +4, +8
     if (j < 4) {
-        scale = a & 63;
-        min = b & 63;
+        scale = lo & 63;
+        min = mid & 63;
     } else {
-        scale = (b & 0xF) | ((c >> 6) << 4);
-        min = (b >> 4) | ((a >> 6) << 4);
+        scale = (hi & 0xF) | ((lo >> 6) << 4);
+        min = (hi >> 4) | ((mid >> 6) << 4);
     }
 }
 
@@ -337,7 +340,8 @@ struct Block<QB_Q3_K> : QuantRun<Block<QB_Q3_K>> {
     }
 };
 
-// Q4_K: d @0, dmin @2, scales[12] @4 (8 packed 6-bit scale/min pairs), qs[128] @16.
+// Q4_K: d @0, dmin @2, scales[12] @4 (8 packed 6-bit scale/min pairs), qs[128] @16. The 16 header
+// bytes come in one 16-byte load (blocks of 144 and 176 bytes keep rows 16-aligned).
 // Value 64g + 32k + l: nibble k of qs[32g + l], sub-block 2g + k; value = d*sc*q - dmin*mn.
 // Q5_K adds qh[32] @16 (qs moves to @48): bit 2g + k of qh[l] is bit 4 of the value.
 template <bool Q5>
@@ -346,10 +350,12 @@ struct KQuant45 : QuantRun<KQuant45<Q5>> {
     template <int N>
     static __device__ __forceinline__ void runq(const qb_u8* b, int s, qb_u32 (&v)[N / 4], float& d, float& m) {
         const int g = s >> 6, k = (s >> 5) & 1, l = s & 31, sub = 2 * g + k;
+        qb_u32 hdr[4];
+        qb_load_words<4, 16>(b, hdr);
         int sc, mn;
-        qb_scale_min_k4(b + 4, sub, sc, mn);
-        d = qb_half_to_float(qb_ld16(b)) * (float)sc;
-        m = -qb_half_to_float(qb_ld16(b + 2)) * (float)mn;
+        qb_scale_min_k4(hdr[1], hdr[2], hdr[3], sub, sc, mn);
+        d = qb_half_to_float((qb_u16)(hdr[0] & 0xFFFFu)) * (float)sc;
+        m = -qb_half_to_float((qb_u16)(hdr[0] >> 16)) * (float)mn;
         qb_u32 w[N / 4], hi[N / 4];
         qb_load_words<N / 4, qb_align(N, 16)>(b + QS + 32 * g + l, w);
         if constexpr (Q5) qb_load_words<N / 4, qb_align(N, 16)>(b + 16 + l, hi);
