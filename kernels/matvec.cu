@@ -26,6 +26,14 @@
 // Resident CTAs per SM asked of the register allocator: small batches are pure bandwidth and
 // want occupancy; large ones hold 8*NB x values and R*NB sums per thread and need registers.
 #define MATVEC_MIN_CTAS(NB) ((NB) == 1 ? 6 : ((NB) == 2 ? 4 : ((NB) <= 4 ? 3 : 2)))
+// Tuning knobs of the batch-1 dp4a kernel, for A/B runs (tests/gpu/bench_matvec.py --alt-options):
+// resident CTAs asked of the register allocator, and runs per loop trip (0: per type, below).
+#ifndef QPROF_MATVEC_B1_MIN_CTAS
+#define QPROF_MATVEC_B1_MIN_CTAS MATVEC_MIN_CTAS(1)
+#endif
+#ifndef QPROF_MATVEC_B1_UNROLL
+#define QPROF_MATVEC_B1_UNROLL 0
+#endif
 
 template <int T, int NB, int NT, int R>
 static __device__ __forceinline__ void matvec_kernel(const qb_u8* __restrict__ w, const float* __restrict__ x,
@@ -119,7 +127,8 @@ static __device__ __forceinline__ void matvec_q8x_kernel(const qb_u8* __restrict
 
     // Two runs per trip when there are: their loads are independent, so both are in flight at once.
     // Q3_K, Q5_K and Q6_K read two code fields per run; two runs of those would not fit the registers.
-    constexpr int UNROLL = (T == QB_Q3_K || T == QB_Q5_K || T == QB_Q6_K) ? 1 : 2;
+    constexpr int UNROLL = QPROF_MATVEC_B1_UNROLL > 0 ? QPROF_MATVEC_B1_UNROLL
+                                                     : (T == QB_Q3_K || T == QB_Q5_K || T == QB_Q6_K) ? 1 : 2;
 #pragma unroll(UNROLL)
     for (int i = threadIdx.x; i < n_runs; i += NT) {
         const int c0 = i * RUN;
@@ -158,7 +167,7 @@ static __device__ __forceinline__ void matvec_q8x_kernel(const qb_u8* __restrict
 // float-x kernel under the name matvec_<type>_b1f32 for every type (asking one CTA less per SM of the
 // register allocator: Q3_K's two-field 2-aligned loads would spill at six).
 #define QPROF_MATVEC_B1(name, ID, MT, MR)                                                                      \
-    extern "C" __global__ void __launch_bounds__(MT, MATVEC_MIN_CTAS(1))                                       \
+    extern "C" __global__ void __launch_bounds__(MT, QPROF_MATVEC_B1_MIN_CTAS)                                 \
         matvec_##name##_b1(const qb_u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,     \
                            int rows, int cols, int row_bytes) {                                                 \
         if constexpr (Block<ID>::IS_FLOAT)                                                                     \
