@@ -106,11 +106,11 @@ static __device__ __forceinline__ void matvec_kernel(const qb_u8* __restrict__ w
     }
 }
 
-// Batch 1, quantized weights, x rounded to int8 per run (see the header). Same launch shape and
+// Batch 1, quantized weights, x made fixed point per run (see the header). Same launch shape and
 // walk as matvec_kernel<T, 1, NT, R>, so either serves a launch from the traits table.
 template <int T, int NT, int R>
-static __device__ __forceinline__ void matvec_q8x_kernel(const qb_u8* __restrict__ w, const float* __restrict__ x,
-                                                         float* __restrict__ y, int rows, int cols, int row_bytes) {
+static __device__ __forceinline__ void matvec_dp4a_kernel(const qb_u8* __restrict__ w, const float* __restrict__ x,
+                                                          float* __restrict__ y, int rows, int cols, int row_bytes) {
     constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES, RUN = QX_RUN;
     static_assert(NT % 32 == 0, "matvec threads must be whole warps");
     static_assert(!Block<T>::IS_FLOAT && QK % RUN == 0, "a run stays inside one quantized block");
@@ -163,9 +163,8 @@ static __device__ __forceinline__ void matvec_q8x_kernel(const qb_u8* __restrict
         matvec_kernel<ID, NB, MT, MR>(w, x, y, rows, cols, row_bytes);                                    \
     }
 
-// Batch 1: the int8-x dp4a kernel for quantized types (the float kernel for float types), and the
-// float-x kernel under the name matvec_<type>_b1f32 for every type (asking one CTA less per SM of the
-// register allocator: Q3_K's two-field 2-aligned loads would spill at six).
+// Batch 1: the dp4a kernel for quantized types (the float kernel for float types), and the
+// float-x kernel, as batch 1 was before the dp4a one, under the name matvec_<type>_b1f32 for every type.
 #define QPROF_MATVEC_B1(name, ID, MT, MR)                                                                      \
     extern "C" __global__ void __launch_bounds__(MT, QPROF_MATVEC_B1_MIN_CTAS)                                 \
         matvec_##name##_b1(const qb_u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,     \
@@ -173,9 +172,9 @@ static __device__ __forceinline__ void matvec_q8x_kernel(const qb_u8* __restrict
         if constexpr (Block<ID>::IS_FLOAT)                                                                     \
             matvec_kernel<ID, 1, MT, MR>(w, x, y, rows, cols, row_bytes);                                      \
         else                                                                                                   \
-            matvec_q8x_kernel<ID, MT, MR>(w, x, y, rows, cols, row_bytes);                                     \
+            matvec_dp4a_kernel<ID, MT, MR>(w, x, y, rows, cols, row_bytes);                                     \
     }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(MT, MATVEC_MIN_CTAS(1) - 1)                                   \
+    extern "C" __global__ void __launch_bounds__(MT, MATVEC_MIN_CTAS(1))                                       \
         matvec_##name##_b1f32(const qb_u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,  \
                               int rows, int cols, int row_bytes) {                                              \
         matvec_kernel<ID, 1, MT, MR>(w, x, y, rows, cols, row_bytes);                                          \
