@@ -9,14 +9,7 @@
 // RUN x values per column once into registers and reuses them for all R rows (x traffic / R),
 // and folds each run's scale and min in after the dot product: sum_k (d*q_k + m) x_k = d * sum_k q_k x_k + m * sum_k x_k.
 // Partial sums meet through warp shuffles and one shared-memory pass.
-//
-// Batch 1 of a quantized type (matvec_<type>_b1, the decode path) runs the same walk with x made
-// 16-bit fixed point per 16-value run and dotted with the weights' raw codes by dp4a, one byte
-// plane of x at a time (kernels/qx_dot.cuh). That replaces ~4.5 instructions per weight value
-// (code to float, FMA) with ~2: the float kernel was bound by instruction issue, not memory. x's
-// rounding (1/65534 of the run's largest |x| at most) is near float accuracy. matvec_<type>_b1f32
-// keeps the float-x kernel for every type (QPROF_MATVEC_X=f32 selects it: A/B and fallback).
-#include "qx_dot.cuh"
+#include "quant_blocks.cuh"
 
 // Values per thread step; the host side requires rows whose length is a multiple of the wide run.
 #ifndef QPROF_MATVEC_WIDE_RUN
@@ -26,14 +19,6 @@
 // Resident CTAs per SM asked of the register allocator: small batches are pure bandwidth and
 // want occupancy; large ones hold 8*NB x values and R*NB sums per thread and need registers.
 #define MATVEC_MIN_CTAS(NB) ((NB) == 1 ? 6 : ((NB) == 2 ? 4 : ((NB) <= 4 ? 3 : 2)))
-// Tuning knobs of the batch-1 dp4a kernel, for A/B runs (tests/gpu/bench_matvec.py --alt-options):
-// resident CTAs asked of the register allocator, and runs per loop trip (0: per type, below).
-#ifndef QPROF_MATVEC_B1_MIN_CTAS
-#define QPROF_MATVEC_B1_MIN_CTAS MATVEC_MIN_CTAS(1)
-#endif
-#ifndef QPROF_MATVEC_B1_UNROLL
-#define QPROF_MATVEC_B1_UNROLL 0
-#endif
 
 template <int T, int NB, int NT, int R>
 static __device__ __forceinline__ void matvec_kernel(const qb_u8* __restrict__ w, const float* __restrict__ x,
@@ -106,56 +91,6 @@ static __device__ __forceinline__ void matvec_kernel(const qb_u8* __restrict__ w
     }
 }
 
-// Batch 1, quantized weights, x made fixed point per run (see the header). Same launch shape and
-// walk as matvec_kernel<T, 1, NT, R>, so either serves a launch from the traits table.
-template <int T, int NT, int R>
-static __device__ __forceinline__ void matvec_dp4a_kernel(const qb_u8* __restrict__ w, const float* __restrict__ x,
-                                                          float* __restrict__ y, int rows, int cols, int row_bytes) {
-    constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES, RUN = QX_RUN;
-    static_assert(NT % 32 == 0, "matvec threads must be whole warps");
-    static_assert(!Block<T>::IS_FLOAT && QK % RUN == 0, "a run stays inside one quantized block");
-    const int row0 = blockIdx.x * R;
-    const int n_runs = cols / RUN;
-
-    const qb_u8* wr[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) wr[r] = w + (long long)min(row0 + r, rows - 1) * row_bytes;
-
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-
-    // Two runs per trip when there are: their loads are independent, so both are in flight at once.
-    // Q3_K, Q5_K and Q6_K read two code fields per run; two runs of those would not fit the registers.
-    constexpr int UNROLL = QPROF_MATVEC_B1_UNROLL > 0 ? QPROF_MATVEC_B1_UNROLL
-                                                     : (T == QB_Q3_K || T == QB_Q5_K || T == QB_Q6_K) ? 1 : 2;
-#pragma unroll(UNROLL)
-    for (int i = threadIdx.x; i < n_runs; i += NT) {
-        const int c0 = i * RUN;
-        const int blk = c0 / QK, s = c0 % QK;
-        const QxRun xr = qx_quantize_run(x + c0);
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] += qx_run_dot<T>(wr[r] + (long long)blk * BYTES, s, xr);
-    }
-
-    __shared__ float partial[NT / 32][R];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        float v = acc[r];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) partial[warp][r] = v;
-    }
-    __syncthreads();
-    if (threadIdx.x < R) {
-        float sum = 0.0f;
-#pragma unroll
-        for (int wi = 0; wi < NT / 32; ++wi) sum += partial[wi][threadIdx.x];
-        if (row0 + (int)threadIdx.x < rows) y[row0 + threadIdx.x] = sum;
-    }
-}
-
 #define QPROF_MATVEC_ENTRY(name, ID, MT, MR, NB)                                                          \
     extern "C" __global__ void __launch_bounds__(MT, MATVEC_MIN_CTAS(NB))                                                    \
         matvec_##name##_b##NB(const qb_u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, \
@@ -163,25 +98,8 @@ static __device__ __forceinline__ void matvec_dp4a_kernel(const qb_u8* __restric
         matvec_kernel<ID, NB, MT, MR>(w, x, y, rows, cols, row_bytes);                                    \
     }
 
-// Batch 1: the dp4a kernel for quantized types (the float kernel for float types), and the
-// float-x kernel, as batch 1 was before the dp4a one, under the name matvec_<type>_b1f32 for every type.
-#define QPROF_MATVEC_B1(name, ID, MT, MR)                                                                      \
-    extern "C" __global__ void __launch_bounds__(MT, QPROF_MATVEC_B1_MIN_CTAS)                                 \
-        matvec_##name##_b1(const qb_u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,     \
-                           int rows, int cols, int row_bytes) {                                                 \
-        if constexpr (Block<ID>::IS_FLOAT)                                                                     \
-            matvec_kernel<ID, 1, MT, MR>(w, x, y, rows, cols, row_bytes);                                      \
-        else                                                                                                   \
-            matvec_dp4a_kernel<ID, MT, MR>(w, x, y, rows, cols, row_bytes);                                     \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(MT, MATVEC_MIN_CTAS(1))                                       \
-        matvec_##name##_b1f32(const qb_u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,  \
-                              int rows, int cols, int row_bytes) {                                              \
-        matvec_kernel<ID, 1, MT, MR>(w, x, y, rows, cols, row_bytes);                                          \
-    }
-
 #define QPROF_MATVEC_ENTRIES(NAME, name, ID, QK, BYTES, DT, MT, MR) \
-    QPROF_MATVEC_B1(name, ID, MT, MR)                               \
+    QPROF_MATVEC_ENTRY(name, ID, MT, MR, 1)                         \
     QPROF_MATVEC_ENTRY(name, ID, MT, MR, 2)                         \
     QPROF_MATVEC_ENTRY(name, ID, MT, MR, 3)                         \
     QPROF_MATVEC_ENTRY(name, ID, MT, MR, 4)                         \

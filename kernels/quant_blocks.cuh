@@ -3,11 +3,8 @@
 // Every type exposes the same primitive, Block<T>::run<N>(block, s, q, d, m): decode the N
 // contiguous values s .. s+N-1 of one block (s % N == 0; N = 1 for float types, else 4, 8 or 16)
 // as value[k] = d * q[k] + m, with q[k] a small non-negative integer held exactly in a float.
-// Quantized types produce run from runq<N>(block, s, v, d, m), the same decode with q[k] left as
-// byte k % 4 of word v[k / 4] (an unsigned byte, 0..255): the int8 dot-product (dp4a) matvec uses
-// it directly, and run is runq plus an exact byte-to-float step (QuantRun below), so the host test
-// of run checks runq too. The dequantize, get_rows and matvec kernels are all written against
-// these primitives, so a layout lives in exactly one function. Runs of up to 16 never straddle a scale: every quantized
+// The dequantize, get_rows and matvec kernels are all written against this primitive, so a
+// layout lives in exactly one function. Runs of up to 16 never straddle a scale: every quantized
 // type has sub-blocks of >= 16 values sharing one (d, m).
 //
 // NVRTC-safe: no host headers. Fixed-width types are our own typedefs and fp16 conversions go
@@ -85,41 +82,6 @@ static __device__ __forceinline__ qb_u32 qb_ld32_a2(const qb_u8* p) {
     return (qb_u32)qb_ld16(p) | ((qb_u32)qb_ld16(p + 2) << 16);
 }
 
-// NW words at a 2-aligned p: when p is 2 mod 4, the words at p + 2 + 4i are aligned, so one 16-bit
-// load at each end and NW - 1 aligned 32-bit loads in between (NW + 1 loads, not 2 NW), all inside
-// [p, p + 4 NW). Each output word is the high half of one aligned word and the low half of the next.
-template <int NW>
-static __device__ __forceinline__ void qb_load_words_a2(const qb_u8* p, qb_u32 (&w)[NW]) {
-    if ((reinterpret_cast<qb_u64>(p) & 3u) == 0) {
-#pragma unroll
-        for (int i = 0; i < NW; ++i) w[i] = qb_ld32(p + 4 * i);
-        return;
-    }
-    qb_u32 lo = qb_ld16(p);
-#pragma unroll
-    for (int i = 0; i < NW; ++i) {
-        const qb_u32 hi = i + 1 < NW ? qb_ld32(p + 2 + 4 * i) : (qb_u32)qb_ld16(p + 2 + 4 * i);
-        w[i] = lo | (hi << 16);
-        lo = hi >> 16;
-    }
-}
-
-// NW words at a 2-aligned p whose next 4 bytes still lie inside the block (the code fields of Q3_K
-// and Q6_K are followed by more of the block): NW + 1 aligned 32-bit loads from p rounded down to a
-// multiple of 4, funnel-shifted into place. No branch, so the compiler can issue the loads of
-// several runs and rows together.
-template <int NW>
-static __device__ __forceinline__ void qb_load_words_a2_inner(const qb_u8* p, qb_u32 (&w)[NW]) {
-    const qb_u64 addr = reinterpret_cast<qb_u64>(p);
-    const qb_u8* a = reinterpret_cast<const qb_u8*>(addr & ~(qb_u64)3);
-    const int sh = (int)(addr & 3u) * 8;
-    qb_u32 u[NW + 1];
-#pragma unroll
-    for (int i = 0; i <= NW; ++i) u[i] = qb_ld32(a + 4 * i);
-#pragma unroll
-    for (int i = 0; i < NW; ++i) w[i] = (qb_u32)((((qb_u64)u[i + 1] << 32) | u[i]) >> sh);
-}
-
 // NW consecutive 32-bit words at p, in the widest loads the guaranteed alignment A allows
 // (A is a compile-time fact of the layout: block size and in-block offset).
 template <int NW, int A>
@@ -140,7 +102,8 @@ static __device__ __forceinline__ void qb_load_words(const qb_u8* p, qb_u32 (&w)
 #pragma unroll
         for (int i = 0; i < NW; ++i) w[i] = qb_ld32(p + 4 * i);
     } else {
-        qb_load_words_a2<NW>(p, w);
+#pragma unroll
+        for (int i = 0; i < NW; ++i) w[i] = qb_ld32_a2(p + 4 * i);
     }
 }
 
@@ -160,37 +123,20 @@ static __device__ __forceinline__ qb_u32 qb_spread4(qb_u32 x) {
     return ((x & 0xFu) * 0x00204081u) & 0x01010101u;
 }
 
-// K-quant 6-bit scale and min j (0..7) of a 12-byte Q4_K/Q5_K scales field held in three words
-// (bytes 0..3, 4..7, 8..11): sub-blocks 0..3 keep 6 bits in bytes j and j + 4; 4..7 keep the low
-// 4 bits in byte j + 4 (its nibbles) and the top 2 bits in the top bits of bytes j - 4 and j.
-static __device__ __forceinline__ void qb_scale_min_k4(qb_u32 s0, qb_u32 s1, qb_u32 s2, int j, int& scale, int& min) {
-    const int sh = 8 * (j & 3);
-    const int lo = (s0 >> sh) & 0xFF, mid = (s1 >> sh) & 0xFF, hi = (s2 >> sh) & 0xFF;  // bytes j & 3, +4, +8
+// K-quant 6-bit scale and min j (0..7) of a 12-byte Q4_K/Q5_K scales field.
+static __device__ __forceinline__ void qb_scale_min_k4(const qb_u8* sc, int j, int& scale, int& min) {
+    const int a = __ldg(sc + j), b = __ldg(sc + j + 4), c = __ldg(sc + ((j - 4) & 7));
     if (j < 4) {
-        scale = lo & 63;
-        min = mid & 63;
+        scale = a & 63;
+        min = b & 63;
     } else {
-        scale = (hi & 0xF) | ((lo >> 6) << 4);
-        min = (hi >> 4) | ((mid >> 6) << 4);
+        scale = (b & 0xF) | ((c >> 6) << 4);
+        min = (b >> 4) | ((a >> 6) << 4);
     }
 }
 
 template <int T>
 struct Block;
-
-// run<N> for a quantized type D: its runq<N> bytes, each made an exact float.
-template <class D>
-struct QuantRun {
-    static constexpr bool IS_FLOAT = false;
-    template <int N>
-    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
-        static_assert(N % 4 == 0, "quantized runs are multiples of 4 values");
-        qb_u32 v[N / 4];
-        D::template runq<N>(b, s, v, d, m);
-#pragma unroll
-        for (int i = 0; i < N / 4; ++i) qb_bytes_to_float(v[i], &q[4 * i]);
-    }
-};
 
 // ------------------------------------------------------------------ float types
 // Block of one value; run<N> reads N consecutive elements starting at p (s is always 0 there).
@@ -246,17 +192,18 @@ template <> struct Block<QB_BF16> : HalfBlock<true> {};
 
 // Q4_0: d f16 @0, qs[16] @2. value = d * (q - 8). Q4_1: d @0, m @2, qs @4. value = d*q + m.
 template <bool HAS_M>
-struct Q4Legacy : QuantRun<Q4Legacy<HAS_M>> {
+struct Q4Legacy {
     static constexpr int QK = 32, BYTES = HAS_M ? 20 : 18, QS = HAS_M ? 4 : 2;
+    static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void runq(const qb_u8* b, int s, qb_u32 (&v)[N / 4], float& d, float& m) {
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
         d = qb_half_to_float(qb_ld16(b));
         m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : -8.0f * d;
         const int shift = (s & 16) >> 2;
         qb_u32 w[N / 4];
         qb_load_words<N / 4, qb_align(N, HAS_M ? 4 : 2)>(b + QS + (s & 15), w);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) v[i] = (w[i] >> shift) & 0x0F0F0F0Fu;
+        for (int i = 0; i < N / 4; ++i) qb_bytes_to_float((w[i] >> shift) & 0x0F0F0F0Fu, &q[4 * i]);
     }
 };
 template <> struct Block<QB_Q4_0> : Q4Legacy<false> {};
@@ -265,10 +212,11 @@ template <> struct Block<QB_Q4_1> : Q4Legacy<true> {};
 // Q5_0: d @0, qh u32 @2, qs[16] @6; value = d * (q - 16). Q5_1: d @0, m @2, qh @4, qs @8.
 // Bit j of qh is bit 4 of value j (j = 0..31).
 template <bool HAS_M>
-struct Q5Legacy : QuantRun<Q5Legacy<HAS_M>> {
+struct Q5Legacy {
     static constexpr int QK = 32, BYTES = HAS_M ? 24 : 22, QH = HAS_M ? 4 : 2, QS = QH + 4;
+    static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void runq(const qb_u8* b, int s, qb_u32 (&v)[N / 4], float& d, float& m) {
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
         d = qb_half_to_float(qb_ld16(b));
         m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : -16.0f * d;
         const qb_u32 qh = HAS_M ? qb_ld32(b + QH) : qb_ld32_a2(b + QH);
@@ -276,7 +224,8 @@ struct Q5Legacy : QuantRun<Q5Legacy<HAS_M>> {
         qb_u32 w[N / 4];
         qb_load_words<N / 4, qb_align(N, HAS_M ? 8 : 2)>(b + QS + (s & 15), w);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) v[i] = ((w[i] >> shift) & 0x0F0F0F0Fu) | (qb_spread4(qh >> (s + 4 * i)) << 4);
+        for (int i = 0; i < N / 4; ++i)
+            qb_bytes_to_float(((w[i] >> shift) & 0x0F0F0F0Fu) | (qb_spread4(qh >> (s + 4 * i)) << 4), &q[4 * i]);
     }
 };
 template <> struct Block<QB_Q5_0> : Q5Legacy<false> {};
@@ -284,16 +233,17 @@ template <> struct Block<QB_Q5_1> : Q5Legacy<true> {};
 
 // Q8_0: d @0, int8 qs[32] @2. Flipping the sign bit gives q + 128 as an unsigned byte.
 template <>
-struct Block<QB_Q8_0> : QuantRun<Block<QB_Q8_0>> {
+struct Block<QB_Q8_0> {
     static constexpr int QK = 32, BYTES = 34;
+    static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void runq(const qb_u8* b, int s, qb_u32 (&v)[N / 4], float& d, float& m) {
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
         d = qb_half_to_float(qb_ld16(b));
         m = -128.0f * d;
         qb_u32 w[N / 4];
         qb_load_words<N / 4, 2>(b + 2 + s, w);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) v[i] = w[i] ^ 0x80808080u;
+        for (int i = 0; i < N / 4; ++i) qb_bytes_to_float(w[i] ^ 0x80808080u, &q[4 * i]);
     }
 };
 
@@ -302,10 +252,11 @@ struct Block<QB_Q8_0> : QuantRun<Block<QB_Q8_0>> {
 // Q2_K: scales[16] @0 (low nibble scale, high nibble min), qs[64] @16, d @80, dmin @82.
 // Value 128h + 32j + 16k + l: 2 bits at shift 2j of qs[32h + 16k + l], sub-block 8h + 2j + k.
 template <>
-struct Block<QB_Q2_K> : QuantRun<Block<QB_Q2_K>> {
+struct Block<QB_Q2_K> {
     static constexpr int QK = 256, BYTES = 84;
+    static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void runq(const qb_u8* b, int s, qb_u32 (&v)[N / 4], float& d, float& m) {
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
         const int h = s >> 7, j = (s >> 5) & 3, k = (s >> 4) & 1, l = s & 15;
         const int sc = __ldg(b + 8 * h + 2 * j + k);
         d = qb_half_to_float(qb_ld16(b + 80)) * (float)(sc & 0xF);
@@ -313,7 +264,7 @@ struct Block<QB_Q2_K> : QuantRun<Block<QB_Q2_K>> {
         qb_u32 w[N / 4];
         qb_load_words<N / 4, qb_align(N, 4)>(b + 16 + 32 * h + 16 * k + l, w);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) v[i] = (w[i] >> (2 * j)) & 0x03030303u;
+        for (int i = 0; i < N / 4; ++i) qb_bytes_to_float((w[i] >> (2 * j)) & 0x03030303u, &q[4 * i]);
     }
 };
 
@@ -321,10 +272,11 @@ struct Block<QB_Q2_K> : QuantRun<Block<QB_Q2_K>> {
 // Value 128h + 32j + 16k + l: low 2 bits at shift 2j of qs[32h + 16k + l], bit 2 is bit 4h + j
 // of hmask[16k + l] (a clear bit means "minus 4"), sub-block 8h + 2j + k; value = d*sc*(q - 4).
 template <>
-struct Block<QB_Q3_K> : QuantRun<Block<QB_Q3_K>> {
+struct Block<QB_Q3_K> {
     static constexpr int QK = 256, BYTES = 110;
+    static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void runq(const qb_u8* b, int s, qb_u32 (&v)[N / 4], float& d, float& m) {
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
         const int h = s >> 7, j = (s >> 5) & 3, k = (s >> 4) & 1, l = s & 15;
         const int si = 8 * h + 2 * j + k;
         const int lo = si < 8 ? __ldg(b + 96 + si) & 0xF : __ldg(b + 96 + si - 8) >> 4;
@@ -333,36 +285,36 @@ struct Block<QB_Q3_K> : QuantRun<Block<QB_Q3_K>> {
         m = -4.0f * d;
         const int hbit = 4 * h + j;
         qb_u32 wq[N / 4], wh[N / 4];
-        qb_load_words_a2_inner<N / 4>(b + 32 + 32 * h + 16 * k + l, wq);  // scales follow qs
-        qb_load_words_a2_inner<N / 4>(b + 16 * k + l, wh);                 // qs follows hmask
+        qb_load_words<N / 4, 2>(b + 32 + 32 * h + 16 * k + l, wq);
+        qb_load_words<N / 4, 2>(b + 16 * k + l, wh);
 #pragma unroll
-        for (int i = 0; i < N / 4; ++i) v[i] = ((wq[i] >> (2 * j)) & 0x03030303u) | (((wh[i] >> hbit) & 0x01010101u) << 2);
+        for (int i = 0; i < N / 4; ++i)
+            qb_bytes_to_float(((wq[i] >> (2 * j)) & 0x03030303u) | (((wh[i] >> hbit) & 0x01010101u) << 2), &q[4 * i]);
     }
 };
 
-// Q4_K: d @0, dmin @2, scales[12] @4 (8 packed 6-bit scale/min pairs), qs[128] @16. The 16 header
-// bytes come in one 16-byte load (blocks of 144 and 176 bytes keep rows 16-aligned).
+// Q4_K: d @0, dmin @2, scales[12] @4 (8 packed 6-bit scale/min pairs), qs[128] @16.
 // Value 64g + 32k + l: nibble k of qs[32g + l], sub-block 2g + k; value = d*sc*q - dmin*mn.
 // Q5_K adds qh[32] @16 (qs moves to @48): bit 2g + k of qh[l] is bit 4 of the value.
 template <bool Q5>
-struct KQuant45 : QuantRun<KQuant45<Q5>> {
+struct KQuant45 {
     static constexpr int QK = 256, BYTES = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
+    static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void runq(const qb_u8* b, int s, qb_u32 (&v)[N / 4], float& d, float& m) {
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
         const int g = s >> 6, k = (s >> 5) & 1, l = s & 31, sub = 2 * g + k;
-        qb_u32 hdr[4];
-        qb_load_words<4, 16>(b, hdr);
         int sc, mn;
-        qb_scale_min_k4(hdr[1], hdr[2], hdr[3], sub, sc, mn);
-        d = qb_half_to_float((qb_u16)(hdr[0] & 0xFFFFu)) * (float)sc;
-        m = -qb_half_to_float((qb_u16)(hdr[0] >> 16)) * (float)mn;
+        qb_scale_min_k4(b + 4, sub, sc, mn);
+        d = qb_half_to_float(qb_ld16(b)) * (float)sc;
+        m = -qb_half_to_float(qb_ld16(b + 2)) * (float)mn;
         qb_u32 w[N / 4], hi[N / 4];
         qb_load_words<N / 4, qb_align(N, 16)>(b + QS + 32 * g + l, w);
         if constexpr (Q5) qb_load_words<N / 4, qb_align(N, 16)>(b + 16 + l, hi);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i) {
-            v[i] = (w[i] >> (4 * k)) & 0x0F0F0F0Fu;
-            if constexpr (Q5) v[i] |= ((hi[i] >> sub) & 0x01010101u) << 4;
+            qb_u32 v = (w[i] >> (4 * k)) & 0x0F0F0F0Fu;
+            if constexpr (Q5) v |= ((hi[i] >> sub) & 0x01010101u) << 4;
+            qb_bytes_to_float(v, &q[4 * i]);
         }
     }
 };
@@ -373,20 +325,22 @@ template <> struct Block<QB_Q5_K> : KQuant45<true> {};
 // Value 128h + 32k + l: nibble (k >> 1) of ql[64h + 32(k & 1) + l], bits 4..5 from shift 2k of
 // qh[32h + l], sub-block 8h + 2k + l/16; value = d * sc * (q - 32).
 template <>
-struct Block<QB_Q6_K> : QuantRun<Block<QB_Q6_K>> {
+struct Block<QB_Q6_K> {
     static constexpr int QK = 256, BYTES = 210;
+    static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void runq(const qb_u8* b, int s, qb_u32 (&v)[N / 4], float& d, float& m) {
+    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
         const int h = s >> 7, k = (s >> 5) & 3, l = s & 31;
         const int sc = (qb_i8)__ldg(b + 192 + 8 * h + 2 * k + (l >> 4));
         d = qb_half_to_float(qb_ld16(b + 208)) * (float)sc;
         m = -32.0f * d;
         qb_u32 lo[N / 4], hi[N / 4];
-        qb_load_words_a2_inner<N / 4>(b + 64 * h + 32 * (k & 1) + l, lo);  // qh follows ql
-        qb_load_words_a2_inner<N / 4>(b + 128 + 32 * h + l, hi);            // scales follow qh
+        qb_load_words<N / 4, 2>(b + 64 * h + 32 * (k & 1) + l, lo);
+        qb_load_words<N / 4, 2>(b + 128 + 32 * h + l, hi);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i)
-            v[i] = ((lo[i] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * k)) & 0x03030303u) << 4);
+            qb_bytes_to_float(((lo[i] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * k)) & 0x03030303u) << 4),
+                              &q[4 * i]);
     }
 };
 

@@ -3,12 +3,10 @@
 For every type and shape: matvec at batch 1 and 8 (GB/s of weight + x + y bytes), dequantize to
 float16 (GB/s read + written) and the prefill matmul at n=512 (TFLOP/s). Device time comes from
 CUDA-graph replays of 20 launches timed with CUDA events, so Python's launch cost (reported
-separately as host us/call) does not hide the kernel. Batch 1 is also timed with the float-x kernel
-(matvec_<type>_b1f32, what QPROF_MATVEC_X=f32 selects) to compare against the default dp4a one, and
-with --alt-options the default b1 kernel compiled with extra options (e.g. the tuning knobs
--DQPROF_MATVEC_B1_MIN_CTAS=4 or -DQPROF_MATVEC_B1_UNROLL=1 of kernels/matvec.cu).
+separately as host us/call) does not hide the kernel. Batch 1 is also timed with the matvec
+compiled for 8-value thread steps (-DQPROF_MATVEC_WIDE_RUN=8) to compare against the default 16.
 A device-to-device copy gives the card's practical bandwidth beside the 3.03 TB/s nominal figure.
-Run: python3 tests/gpu/bench_matvec.py [--types Q4_K,Q6_K] [--json FILE] [--alt-options "-DA=1 -DB=2"]
+Run: python3 tests/gpu/bench_matvec.py [--types Q4_K,Q6_K] [--json FILE]
 """
 
 from __future__ import annotations
@@ -77,17 +75,14 @@ def copy_bandwidth(n_bytes: int = 1 << 30) -> float:
     return 2 * n_bytes / (device_us(lambda: b.copy_(a), 5, 4) * 1e-6)
 
 
-def b1_gbps(lib, variant: str, w: DeviceWeight, x1: torch.Tensor, y1: torch.Tensor) -> float:
-    """GB/s of one batch-1 matvec kernel of `lib`, launched directly (the same shape matvec() uses)."""
+def narrow_run_library():
+    from qprof.runtime.cuda.driver import DEFAULT_OPTIONS, KernelLibrary
+
+    return KernelLibrary(DEFAULT_OPTIONS + ("-DQPROF_MATVEC_WIDE_RUN=8",))
+
+
+def bench(qtype: str, rows: int, cols: int, narrow) -> dict:
     from qprof.runtime.cuda.kernels import kernel_name, matvec_launch
-
-    kern, cfg = lib.kernel("matvec", kernel_name("matvec", w.qtype, variant)), matvec_launch(w.traits, w.rows)
-    us = device_us(lambda: lib.launch(kern, cfg.grid, cfg.block, w.raw, x1, y1, w.rows, w.cols, w.row_bytes))
-    return (w.n_bytes + x1.nbytes + y1.nbytes) / (us * 1e-6) / 1e9
-
-
-def bench(qtype: str, rows: int, cols: int, alt) -> dict:
-    from qprof.runtime.cuda.driver import KernelLibrary
 
     w = device_weight(qtype, rows, cols)
     x8 = torch.randn(8, cols, device="cuda")
@@ -100,8 +95,9 @@ def bench(qtype: str, rows: int, cols: int, alt) -> dict:
         row[f"matvec_b{b}_GBps"] = (w.n_bytes + x.nbytes + y.nbytes) / (us * 1e-6) / 1e9
     x1, y1 = x8[:1].contiguous(), y8[:1].contiguous()
     row["matvec_host_us"] = host_us(lambda: matvec(w, x1, y1))
-    row["matvec_b1f32_GBps"] = b1_gbps(KernelLibrary.get(), "b1f32", w, x1, y1)
-    row["matvec_b1alt_GBps"] = b1_gbps(alt, "b1", w, x1, y1) if alt is not None else float("nan")
+    kern, cfg = narrow.kernel("matvec", kernel_name("matvec", qtype, "b1")), matvec_launch(w.traits, rows)
+    us = device_us(lambda: narrow.launch(kern, cfg.grid, cfg.block, w.raw, x1, y1, rows, cols, w.row_bytes))
+    row["matvec_b1_run8_GBps"] = (w.n_bytes + x1.nbytes + y1.nbytes) / (us * 1e-6) / 1e9
     w16 = torch.empty(rows, cols, dtype=torch.float16, device="cuda")
     us = device_us(lambda: dequantize(w, w16), 5, 2)
     row["dequant_f16_GBps"] = (w.n_bytes + w16.nbytes) / (us * 1e-6) / 1e9
@@ -116,28 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--types", default=",".join(ALL_TYPES))
     ap.add_argument("--json", default=None, help="also write the rows to this file")
-    ap.add_argument("--alt-options", default="", help="also time matvec b1 compiled with these extra options")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_matvec: no CUDA GPU", file=sys.stderr)
         return 2
-    from qprof.runtime.cuda.driver import DEFAULT_OPTIONS, KernelLibrary
     from qprof.runtime.cuda.quant_ops import matmul_path
 
     copy_bps = copy_bandwidth()
-    alt = KernelLibrary(DEFAULT_OPTIONS + tuple(args.alt_options.split())) if args.alt_options.strip() else None
-    rows = [bench(t, r, c, alt) for t in args.types.split(",") for r, c in MISTRAL_SHAPES]
+    narrow = narrow_run_library()
+    rows = [bench(t, r, c, narrow) for t in args.types.split(",") for r, c in MISTRAL_SHAPES]
     device = torch.cuda.get_device_name()
     print(f"{device}: device-to-device copy {copy_bps / 1e9:.0f} GB/s; nominal {NOMINAL_BPS / 1e9:.0f} GB/s; "
-          f"matmul path: {matmul_path()}; alt options: {args.alt_options.strip() or '-'}")
-    head = (f"{'type':<5} {'shape':<11} {'MB':>6} {'b1 us':>7} {'b1 GB/s':>8} {'%copy':>5} {'f32x GB/s':>9} {'alt GB/s':>8} "
+          f"matmul path: {matmul_path()}")
+    head = (f"{'type':<5} {'shape':<11} {'MB':>6} {'b1 us':>7} {'b1 GB/s':>8} {'%copy':>5} {'run8 GB/s':>9} "
             f"{'b8 us':>7} {'b8 GB/s':>8} {'host us':>7} {'deq16 GB/s':>10} {'mm512 us':>8} {'TFLOP/s':>7}")
     print(head)
     for r in rows:
         print(f"{r['type']:<5} {r['shape']:<11} {r['weight_MB']:6.1f} {r['matvec_b1_us']:7.1f} "
               f"{r['matvec_b1_GBps']:8.0f} {100 * r['matvec_b1_GBps'] * 1e9 / copy_bps:5.0f} "
-              f"{r['matvec_b1f32_GBps']:9.0f} {r['matvec_b1alt_GBps']:8.0f} "
-              f"{r['matvec_b8_us']:7.1f} {r['matvec_b8_GBps']:8.0f} "
+              f"{r['matvec_b1_run8_GBps']:9.0f} {r['matvec_b8_us']:7.1f} {r['matvec_b8_GBps']:8.0f} "
               f"{r['matvec_host_us']:7.1f} {r['dequant_f16_GBps']:10.0f} {r['matmul512_us']:8.1f} "
               f"{r['matmul512_TFLOPs']:7.1f}")
     if args.json:

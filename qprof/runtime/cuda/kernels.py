@@ -12,7 +12,6 @@ so the profiler can group kernels by family and quant type from the name alone.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,6 @@ TRAITS_HEADER = KERNEL_DIR / "quant_blocks.cuh"
 FAMILY_FILES: dict[str, str] = {"dequant": "dequant", "get_rows": "dequant", "matvec": "matvec"}
 MATVEC_MAX_BATCH = 8
 MATVEC_COL_MULTIPLE = 16  # matvec threads step through rows 16 values at a time (kernels/matvec.cu)
-# Batch-1 matvec of quantized weights makes x 16-bit fixed point per 16 values and uses dp4a
-# (matvec_<type>_b1, kernels/qx_dot.cuh); QPROF_MATVEC_X=f32 selects the float-x kernel
-# (matvec_<type>_b1f32) instead: A/B runs and fallback.
-MATVEC_X_ENV = "QPROF_MATVEC_X"
-MATVEC_X_CHOICES = ("dp4a", "f32")
 DEQUANT_CTA_THREADS = 256  # threads per dequant CTA; blockDim.y = this // dequant_threads
 MAX_CTA_THREADS = 1024
 GRID_Y_MAX = 65535
@@ -103,20 +97,6 @@ def get_rows_launch(t: QuantTraits, blocks_per_row: int, n_ids: int) -> LaunchCo
     per_cta = max(1, DEQUANT_CTA_THREADS // t.dequant_threads)
     by = min(per_cta, blocks_per_row)
     return LaunchConfig((_ceil_div(blocks_per_row, by), n_ids, 1), (t.dequant_threads, by, 1))
-
-
-_matvec_x: str | None = None  # QPROF_MATVEC_X, read once: a decode step pays no environment lookups
-
-
-def matvec_variant(batch: int) -> str:
-    """Kernel name suffix of the matvec for `batch` columns: b<batch>, or b1f32 under QPROF_MATVEC_X=f32."""
-    global _matvec_x
-    if _matvec_x is None:
-        x = os.environ.get(MATVEC_X_ENV, "").strip().lower() or "dp4a"
-        if x not in MATVEC_X_CHOICES:
-            raise QprofError(f"{MATVEC_X_ENV}={x!r}: choose from {', '.join(MATVEC_X_CHOICES)}")
-        _matvec_x = x
-    return "b1f32" if batch == 1 and _matvec_x == "f32" else f"b{batch}"
 
 
 def matvec_launch(t: QuantTraits, rows: int) -> LaunchConfig:

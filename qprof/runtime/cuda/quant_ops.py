@@ -149,7 +149,7 @@ def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     out_shape = (w.rows,) if out.dim() == 1 and x.dim() == 1 else (b, w.rows)
     _check(x, "matvec input", w, (torch.float32,), x_shape)
     _check(out, "matvec output", w, (torch.float32,), out_shape)
-    _launch(w, "matvec", K.matvec_variant(b), None, lambda: K.matvec_launch(w.traits, w.rows),
+    _launch(w, "matvec", f"b{b}", None, lambda: K.matvec_launch(w.traits, w.rows),
             w.raw, x, out, w.rows, w.cols, w.row_bytes)
     return out
 
