@@ -38,6 +38,7 @@ elif [ "$STAGE" = 3 ]; then
   python3 -m qprof.cli workloads make mistral-7b-q4_k_m > /dev/null 2>&1
   step check_matvec 40 $Q check --ops matvec,matmul --failures-only
   step bench_7b 60 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --results $OUT/bench.jsonl
+  # at e843e3e8 only (the dp4a experiment): QPROF_MATVEC_X=f32 chose its float-x matvec
   QPROF_MATVEC_X=f32 step bench_7b_f32x 40 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 3 --graphs 1 --results $OUT/bench.jsonl
   step agreement_7b 45 $Q profile -m mistral-7b-q4_k_m --agreement
   step nvtx_overhead_7b 40 $Q profile -m mistral-7b-q4_k_m --nvtx-overhead
