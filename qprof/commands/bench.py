@@ -112,7 +112,8 @@ def say(msg: str) -> None:
                    "configuration that can be captured (as llama.cpp does), but 0 under --faults so the clean "
                    "and fault rows run the same way; 0 on the CPU. Each row's cuda_graphs says whether graphs "
                    "were actually used")
-@click.option("--nvtx", default="0", show_default=True, help=f"NVTX ranges on every op (0,1); {SWITCH_HELP}")
+@click.option("--nvtx", default="0", show_default=True, help="NVTX ranges on every op (0,1): 1 pushes them when a tool such as nsys is attached, "
+              f"or always with QPROF_NVTX=1 (to measure their cost); {SWITCH_HELP}")
 @click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")
 @click.option("--bandwidth", type=float, default=None, metavar="GB/s",
               help="memory bandwidth for the decode floor (default: 3030 measured on H100 80GB HBM3, "
