@@ -6,6 +6,7 @@ import json
 
 import click
 
+from qprof.bench.params import split_list
 from qprof.errors import QprofError
 from qprof.runtime.options import INJECT_FAULTS
 
@@ -13,7 +14,7 @@ from qprof.runtime.options import INJECT_FAULTS
 def _split(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
-    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    items = tuple(split_list(value))
     if not items:
         raise QprofError(f"empty list {value!r}")
     return items

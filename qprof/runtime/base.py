@@ -60,6 +60,13 @@ def decode_weight_bytes(model) -> int:
     return total
 
 
+class TokenChecks:
+    """Mixin: the runtime's token check (same refusals, same words, on every device)."""
+
+    def _check_tokens(self, tokens: Sequence[int]) -> list[int]:
+        return check_tokens(tokens, self.config.n_vocab, self.n_past, self.n_ctx)
+
+
 def check_tokens(tokens: Sequence[int], n_vocab: int, n_past: int, n_ctx: int) -> list[int]:
     """Token ids as ints, or a one-line QprofError: empty, outside the vocabulary, or past the KV cache."""
     from qprof.errors import QprofError

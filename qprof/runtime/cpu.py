@@ -52,7 +52,7 @@ import torch
 
 from qprof.errors import QprofError
 from qprof.profile.ranges import NULL_ANNOTATOR, Annotator
-from qprof.runtime.base import SamplingParams, check_tokens
+from qprof.runtime.base import SamplingParams, TokenChecks
 from qprof.runtime.options import RuntimeOptions
 from qprof.runtime.sampling import Sampler
 from qprof.runtime.weights import dequantize_model
@@ -110,7 +110,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 # ---- the runtime ------------------------------------------------------------------------------
 
-class CpuRuntime:
+class CpuRuntime(TokenChecks):
     """Reference Runtime (see qprof.runtime.base.Runtime) on the CPU in float32."""
 
     device = "cpu"
@@ -161,9 +161,6 @@ class CpuRuntime:
             return int(self._sampler(logits))
 
     # -- internals --
-    def _check_tokens(self, tokens: Sequence[int]) -> list[int]:
-        return check_tokens(tokens, self.config.n_vocab, self.n_past, self.n_ctx)
-
     def _matmul(self, name: str, x: torch.Tensor, family: str) -> torch.Tensor:
         wname = name + ".weight" if name != "output" else self.output_name
         with self.annotator.op(name, family, self.qtypes[wname]):

@@ -146,8 +146,6 @@ def compile_to_ptx(source: Path, arch: str, options: tuple[str, ...] = DEFAULT_O
         return cached.read_bytes(), cached
     try:
         ptx = _nvrtc_compile(source, arch, options)
-    except CudaError:
-        raise
     except (ImportError, OSError, RuntimeError):  # no loadable NVRTC here: nvcc does the same job
         ptx = nvcc_compile(source, arch, options)
     tmp = cached.with_suffix(".tmp")

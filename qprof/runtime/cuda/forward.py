@@ -25,8 +25,7 @@ import torch
 from qprof.errors import QprofError
 from qprof.profile.ranges import NULL_ANNOTATOR, Annotator
 from qprof.quant.dequant import dequantize_torch
-from qprof.runtime.base import SamplingParams
-from qprof.runtime.cpu import CpuRuntime
+from qprof.runtime.base import SamplingParams, TokenChecks
 from qprof.runtime.cuda import ops
 from qprof.runtime.cuda.driver import require_cuda, synchronize
 from qprof.runtime.cuda.graphs import DecodeGraph, graph_blocker
@@ -81,12 +80,10 @@ def _norm_weight(info) -> torch.Tensor:
     return dequantize_torch(info).reshape(-1).to(device="cuda", dtype=torch.float32).contiguous()
 
 
-class CudaRuntime:
+class CudaRuntime(TokenChecks):
     """Runtime (qprof.runtime.base) on one CUDA GPU, with qprof's PTX kernels."""
 
     device = "cuda"
-    # the CPU reference's token checks, so both runtimes refuse the same input with the same words
-    _check_tokens = CpuRuntime._check_tokens
 
     def __init__(self, model, options: RuntimeOptions | None = None, annotator: Annotator | None = None,
                  n_ctx: int | None = None):
