@@ -34,33 +34,59 @@ class FakeClock:
 
 class FakeGate:
     timeout_ns = te.GATE_TIMEOUT_NS
+    DISPATCH_NS = 500  # what a kernel costs the fake GPU beyond its own length
 
-    def __init__(self, log: list) -> None:
-        self.log, self.seq = log, 0
+    def __init__(self, log: list, clock: FakeClock) -> None:
+        self.log, self.clock, self.seq, self.launched = log, clock, 0, 0
+        self.gave_up: dict[int, bool | None] = {}  # seq -> the gate's outcome (default: held)
 
     def close(self) -> int:
         self.seq += 1
+        self.launched += 1
         self.log.append(("close", self.seq))
         return self.seq
 
+    def launches(self) -> int:
+        return self.launched
+
+    def kernel(self, ns: int) -> None:
+        """An op's kernel: its length plus the dispatch the fake GPU adds."""
+        self.launched += 1
+        self.clock.advance(ns + self.DISPATCH_NS)
+
     def release(self, seq: int) -> None:
         self.log.append(("release", seq))
+
+    def timed_out(self, seq: int) -> bool | None:
+        assert self.clock.synced, "a gate outcome was read before the run was over"
+        return self.gave_up.get(seq, False)
+
+    def spin(self, ns: int) -> None:
+        self.log.append(("spin", ns))
+        self.kernel(ns)
 
 
 @pytest.fixture()
 def rig():
     log: list = []
-    clock, gate = FakeClock(log), FakeGate(log)
+    clock = FakeClock(log)
+    gate = FakeGate(log, clock)
     timer = te.OpTimer("cuda", device_clock=clock, device_gate=gate)
     return log, clock, timer, Annotator(nvtx_enabled=False, listeners=(timer,))
 
 
+def two_ops(ann: Annotator, gate: FakeGate, work_ns: int = 5000) -> None:
+    """attn_q launches one kernel of work_ns, attention two."""
+    with ann.run("run"), ann.phase("decode"), ann.token(0), ann.layer(0):
+        for name, kernels in (("blk.0.attn_q", 1), ("blk.0.attention", 2)):
+            with ann.op(name, "matvec", "Q4_K"):
+                for _ in range(kernels):
+                    gate.kernel(work_ns)
+
+
 def test_each_op_is_gated_and_nothing_is_read_inside_the_run(rig):
     log, clock, timer, ann = rig
-    with ann.run("run"), ann.phase("decode"), ann.token(0), ann.layer(0):
-        for name in ("blk.0.attn_q", "blk.0.attn_k"):
-            with ann.op(name, "matvec", "Q4_K"):
-                clock.advance(5000)  # the op's device work
+    two_ops(ann, timer.gate)
     run_log = list(log)
     assert ("sync",) not in run_log  # no host sync (and no event read, FakeClock asserts) inside the run
     kinds = [e[0] for e in run_log]
@@ -68,15 +94,60 @@ def test_each_op_is_gated_and_nothing_is_read_inside_the_run(rig):
     assert kinds == ["mark"] * 4 + ["close", "mark", "mark", "release"] * 2 + ["mark"] * 4
     assert [e[1] for e in run_log if e[0] in ("close", "release")] == [1, 1, 2, 2]
     df = timer.table()
-    assert log.count(("sync",)) >= 1 and sum(e[0] == "close" for e in log) == 2 + te.CALIBRATION_PAIRS
+    assert log.count(("sync",)) >= 1 and sum(e[0] == "close" for e in log) == 2 + 2 * te.CALIBRATION_PAIRS
+    assert log.count(("spin", 0)) == te.CALIBRATION_PAIRS  # the pairs around one empty kernel
+    # an empty pair spans one marker step (1 µs); around an empty kernel, that and the fake dispatch
+    assert timer.calibration == te.Calibration(empty_pair_ns=1000, one_kernel_pair_ns=1500)
     ops = df[df["kind"] == "op"].set_index("name")
-    # 5 µs of work plus one marker step (1 µs), less the 1 µs an empty calibration pair spans
-    assert ops.loc["blk.0.attn_q", "dur_ns"] == 5000 and ops.loc["blk.0.attn_k", "dur_ns"] == 5000
-    assert timer.gated_ops == 2
+    # raw spans: the kernels (5.5 µs each with dispatch) and one marker step; less (kernels + 1) x 1 µs
+    assert ops.loc["blk.0.attn_q", "dur_ns"] == 5500 + 1000 - 2000
+    assert ops.loc["blk.0.attention", "dur_ns"] == 2 * 5500 + 1000 - 3000
+    spans = timer.spans().set_index("name")
+    assert spans.loc["blk.0.attention", "raw_ns"] == 12000 and spans.loc["blk.0.attention", "kernels"] == 2
+    assert (spans["gate"] == "held").all()
+    assert timer.gated_ops == 2 and timer.held == 2
     notes = timer.notes()
-    assert "gated 2 op ranges" in notes[0] and "1.00 µs subtracted" in notes[1] and len(notes) == 2
+    assert "gated 2 op ranges" in notes[0] and "(kernels + 1) x 1.00 µs subtracted" in notes[1]
+    assert "one empty kernel: 1.50 µs" in notes[1] and len(notes) == 2
     ranges = df[df["kind"] == "range"].set_index("name")
     assert ranges.loc["run", "dur_ns"] > ops["dur_ns"].sum()  # ranges are not corrected
+
+
+def test_a_gate_that_timed_out_is_read_from_the_gate_not_guessed(rig):
+    log, clock, timer, ann = rig
+    timer.gate.gave_up[2] = True  # attention's gate gave up (a long host pause): host time in its span
+    two_ops(ann, timer.gate)
+    ops = timer.table().query("kind == 'op'").set_index("name")
+    assert ops.loc["blk.0.attn_q", "dur_ns"] == 4500 and ops.loc["blk.0.attention", "dur_ns"] == 12000  # as is
+    assert timer.held == 1 and timer.timed_out == {"attention": 1}
+    assert timer.spans().set_index("name").loc["blk.0.attention", "gate"] == "timed out"
+    assert any("gate timed out on 1 op(s): attention (1x)" in n for n in timer.notes())
+
+
+def test_a_gate_with_no_outcome_is_counted(rig):
+    _, clock, timer, ann = rig
+    timer.gate.gave_up[1] = None
+    two_ops(ann, timer.gate)
+    timer.table()
+    assert timer.unknown == 1 and timer.held == 2
+    assert any("1 gated op(s) have no gate outcome" in n for n in timer.notes())
+
+
+def test_the_token_read_back_is_a_gated_copy_and_its_wait_a_sync_row(rig):
+    log, clock, timer, ann = rig
+    with ann.op("sample", "sample"):
+        timer.gate.kernel(3000)
+    with ann.op("token_readback", "copy"):
+        timer.gate.kernel(1500)
+    with ann.op("token_wait", "sync", syncs=True):
+        clock.advance(40_000)  # the GPU idles until the host wakes from the sync
+    assert [e for e in log if e[0] in ("close", "release")] == [("close", 1), ("release", 1), ("close", 2),
+                                                               ("release", 2)]
+    df = timer.table().set_index("name")
+    assert df.loc["token_wait", "kind"] == "sync" and df.loc["token_wait", "dur_ns"] == 41_000  # not corrected
+    assert df.loc["token_readback", "kind"] == "op" and df.loc["token_readback", "dur_ns"] == 2000 + 1000 - 2000
+    assert timer.declared == {"token_wait"}
+    assert any(n.startswith("not gated: token_wait: they synchronize inside") for n in timer.notes())
 
 
 def test_an_op_inside_an_op_rides_on_the_outer_gate(rig):
@@ -103,9 +174,10 @@ def test_an_op_that_syncs_inside_is_ungated_after_it_outlasts_the_gate_twice(rig
     op("blk.2.scalar_upload", 3_000_000)
     op("blk.2.attn_q", 10_000)
     assert sum(e[0] == "close" for e in log) == closes + 1  # only attn_q was gated
+    timer.gate.gave_up.update({1: True, 2: True})  # what the real gate records for the two waits
     timer.table()
-    assert any("not gated: scalar_upload (3.0 ms on the host)" in n for n in timer.notes())
-    assert timer.gated_ops == 1
+    assert any("not gated: scalar_upload (3.0 ms on the host)" in n and "timeout twice" in n for n in timer.notes())
+    assert timer.gated_ops == 3 and timer.held == 1 and timer.timed_out == {"scalar_upload": 2}
 
 
 def test_host_clock_has_no_gate():

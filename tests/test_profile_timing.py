@@ -176,3 +176,27 @@ def test_nvtx_overhead_math():
     attached = NvtxOverhead([90.0], [100.0], [80.0], tool_attached=True).describe("cuda")
     assert "on (a tool is attached, ranges pushed)" in attached and "no tool to record" not in attached
     assert o.as_dict()["forced_overhead_pct"] == pytest.approx(25.0) and o.as_dict()["tool_attached"] is False
+
+
+def test_nvtx_overhead_predicts_from_the_cost_of_one_range():
+    # 500 ranges per step, 2 µs more each when forced: 1 ms on a 10 ms (100 tok/s) step = 10%
+    o = NvtxOverhead([100.0], [100.0], [90.0], range_ns={"off": 300.0, "on": 300.0, "forced": 2300.0},
+                     ranges_per_token=500)
+    assert o.predicted_pct("forced") == pytest.approx(10.0) and o.predicted_pct("on") == pytest.approx(0.0)
+    assert "a decode step opens 500 ranges, so on costs +0.00% and forced +10.00%" in o.describe("cuda")
+    assert NvtxOverhead([1.0], [1.0]).predicted_pct("forced") == 0.0  # nothing measured: no prediction
+    assert o.as_dict()["predicted_pct"]["forced"] == pytest.approx(10.0)
+
+
+def test_an_annotator_switches_nvtx_in_place():
+    from qprof.profile.ranges import Annotator
+
+    ann = Annotator(nvtx_enabled=True, env={})
+    op = ann.op  # what a runtime holds
+    assert not ann.nvtx_on and op("blk.0.attn_q", "matvec") is op("blk.0.attn_k", "add")  # the shared no-op
+    ann.set_nvtx(True, force=True, env={})
+    assert ann.nvtx_on and op("blk.0.attn_q", "matvec") is not op("blk.0.attn_k", "add")
+    with op("blk.0.attn_q", "matvec"):
+        pass
+    ann.set_nvtx(False)
+    assert not ann.nvtx_on and "--no-nvtx" in ann.nvtx_reason

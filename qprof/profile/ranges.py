@@ -111,16 +111,23 @@ class Annotator:
     def __init__(self, nvtx_enabled: bool = True, listeners: tuple[RangeListener, ...] = (),
                  force_nvtx: bool | None = None, env: Mapping[str, str] | None = None):
         self.listeners = list(listeners)
-        self._domain = None
         self._attrs: dict[tuple[str, str], object] = {}
         self._ops: dict[tuple[str, str, str | None], _Range] = {}
-        on, self.nvtx_reason = nvtx_decision(nvtx_enabled, force_nvtx, env)
+        self.set_nvtx(nvtx_enabled, force_nvtx, env)
+
+    def set_nvtx(self, enabled: bool, force: bool | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        """(Re)decide whether ranges are pushed (see nvtx_decision); a runtime holding this annotator follows."""
+        self._domain = None
+        self._attrs.clear()  # built for the previous domain
+        self._ops.clear()
+        on, self.nvtx_reason = nvtx_decision(enabled, force, env)
         if on:
             domain = _nvtx_domain(enabled_only=False)
             if domain is None:  # nvtx is a declared dependency; without it ranges are simply absent
                 self.nvtx_reason = "nvtx is not installed: no ranges"
             self._domain = domain
-        elif nvtx_enabled and force_nvtx is None and FORCE_VAR not in (os.environ if env is None else env):
+        elif enabled and force is None and FORCE_VAR not in (os.environ if env is None else env):
             # a tool that injected itself without the variable: NVTX itself reports the domain enabled
             self._domain = _nvtx_domain(enabled_only=True)
             if self._domain is not None:

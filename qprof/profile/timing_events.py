@@ -23,19 +23,27 @@ A per-op gate keeps at most one op queued behind it. Why not graph replay: only 
 can be captured, prefill and the fault switches would still be eager, and a replay is another
 execution than the eager one torch.profiler and nsys see.
 
-Two corrections, both stated in the notes:
-- An op that synchronizes inside itself (sample's `.item()`, any blocking copy) would have the
-  host wait for the stream while the stream waits for the host. The gate's spin gives up after
-  GATE_TIMEOUT_NS, so nothing deadlocks; an op whose host time reached that timeout UNGATE_AFTER
-  times is not gated again (matched by its name without the `blk.N.` prefix, so one layer
-  teaches all), and its span then includes the host's wait. These are listed.
-- Each gated op's span has the cost of an empty event pair subtracted: the median span of
-  CALIBRATION_PAIRS gated start/end pairs with nothing between them, measured after the run.
+What the notes state, and how each op's span is corrected:
+- An op that synchronizes inside itself (the token read-back, the scalar-upload fault) would have
+  the host wait for the stream while the stream waits for the host. Such ops say so when they
+  open (`syncs=True` in the range's meta) and are never gated. For one that does not say so, the
+  gate's spin gives up after GATE_TIMEOUT_NS, so nothing deadlocks; an op whose host time reached
+  that timeout UNGATE_AFTER times is not gated again (matched by its name without the `blk.N.`
+  prefix, so one layer teaches all). An ungated op's span includes the host's wait.
+- Whether each gate held is not guessed: the gate kernel writes its outcome (held, or timed out)
+  into host-mapped memory, read after the run. A gate that timed out (the host took longer than
+  GATE_TIMEOUT_NS to queue the op: a sync, a GC pause) leaves host time in that op's span; those
+  ops are counted in the notes.
+- Each held op's span has what the markers and the GPU's front end add to it subtracted:
+  (kernels + 1) x the span of an empty gated event pair, with the op's kernels counted from the
+  launches it made. On the H100 the span of a held one-kernel decode op exceeded the kernel's CUPTI
+  duration by 2.43 +- 0.05 µs and each further kernel added ~1.2 µs, against an empty pair of
+  1.25 µs: the front end spends about one empty pair's span on every command it runs from a held
+  stream (each kernel and the end event), and CUPTI's kernel durations do not include that.
+  Kernels launched by libraries (cuBLAS in prefill) are not counted; those ops are long.
+- An op of family "sync" (the wait for the token read-back) is device idle time, not device work:
+  its span becomes a `sync` row, as torch and nsys report a synchronize.
 tok/s in this mode include the gates (the GPU waits for the host at every op).
-What remains in a span that CUPTI-based modes (torch, nsys) do not count as kernel time: the
-GPU's own dispatch gap before each kernel of the op (not measured here; up to about a µs). That
-is noise on a 10-30 µs matvec but a visible share of a 1-2 µs elementwise op, so small ops agree
-less well than the big ones and the total.
 
 Without a GPU (or in the launch-blocking child) the markers are host perf_counter_ns readings,
 not gated.
@@ -51,6 +59,7 @@ import re
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import pandas as pd
@@ -62,6 +71,9 @@ from qprof.profile.ranges import RangeInfo
 CLOCKS = ("cuda", "host")
 GATE_TIMEOUT_NS = 2_000_000  # longer than any op takes the host to queue (a few launches, < 0.5 ms)
 CALIBRATION_PAIRS = 64
+OUTCOME_SLOTS = 1 << 17  # gate outcomes kept (a 7B pp512+tg32 run gates ~16k ops); 1 MiB page-locked
+NEVER = 0xFFFFFFFF  # a sequence number the flag never reaches: hold_until then spins its full max_ns
+SYNC_FAMILY = "sync"
 UNGATE_AFTER = 2  # outlasting the gate once can be a host hiccup (GC); twice is a sync inside the op
 _LAYER_PREFIX = re.compile(r"^blk\.\d+\.")
 
@@ -74,6 +86,12 @@ class Gate(Protocol):
     def close(self) -> int: ...  # queue a wait for the next sequence number; return that number
 
     def release(self, seq: int) -> None: ...  # host: write seq (no CUDA call, no sync)
+
+    def timed_out(self, seq: int) -> bool | None: ...  # after a sync: did gate seq time out (None: unknown)
+
+    def spin(self, ns: int) -> None: ...  # queue a kernel that runs for ns (calibration)
+
+    def launches(self) -> int: ...  # kernels launched through qprof so far (the gate's own included)
 
 
 class Clock(Protocol):
@@ -118,13 +136,20 @@ class DeviceGate:
         self._kernel = self._lib.kernel("profile_hold", "hold_until")
         drv = _driver()
         flags = drv.CU_MEMHOSTALLOC_DEVICEMAP | drv.CU_MEMHOSTALLOC_PORTABLE
-        self._host = int(check(drv.cuMemHostAlloc(4, flags), "cuMemHostAlloc(profiler gate)"))
-        self._word = ctypes.c_uint32.from_address(self._host)
-        self._word.value = 0
-        dptr = check(drv.cuMemHostGetDevicePointer(self._host, 0), "cuMemHostGetDevicePointer(profiler gate)")
-        self._dptr = ctypes.c_uint64(int(dptr))
+
+        def mapped(n_bytes: int, what: str) -> tuple[int, ctypes.c_uint64]:
+            host = int(check(drv.cuMemHostAlloc(n_bytes, flags), f"cuMemHostAlloc({what})"))
+            ctypes.memset(host, 0, n_bytes)
+            dptr = check(drv.cuMemHostGetDevicePointer(host, 0), f"cuMemHostGetDevicePointer({what})")
+            return host, ctypes.c_uint64(int(dptr))
+
+        host, self._dptr = mapped(4, "profiler gate")
+        self._word = ctypes.c_uint32.from_address(host)
+        host, self._outcome_dptr = mapped(8 * OUTCOME_SLOTS, "profiler gate outcomes")
+        self._outcomes = (ctypes.c_uint64 * OUTCOME_SLOTS).from_address(host)
         self._timeout = ctypes.c_uint64(timeout_ns)
-        self._lib.launch(self._kernel, (1,), (1,), self._dptr, ctypes.c_uint32(0), self._timeout)  # load it now
+        self._slots = ctypes.c_uint32(OUTCOME_SLOTS)
+        self.spin(0)  # loads the kernel now, outside any run
 
     @classmethod
     def shared(cls) -> DeviceGate:
@@ -136,11 +161,23 @@ class DeviceGate:
 
     def close(self) -> int:
         self._seq += 1
-        self._lib.launch(self._kernel, (1,), (1,), self._dptr, ctypes.c_uint32(self._seq), self._timeout)
+        self._lib.launch(self._kernel, (1,), (1,), self._dptr, ctypes.c_uint32(self._seq), self._timeout,
+                         self._outcome_dptr, self._slots)
         return self._seq
 
     def release(self, seq: int) -> None:
         self._word.value = seq  # a plain store to mapped host memory: the spinning kernel sees it
+
+    def timed_out(self, seq: int) -> bool | None:
+        value = self._outcomes[seq % OUTCOME_SLOTS]
+        return bool(value & 1) if value >> 1 == seq else None  # another seq there: overwritten or never ran
+
+    def launches(self) -> int:
+        return self._lib.launch_count
+
+    def spin(self, ns: int) -> None:
+        self._lib.launch(self._kernel, (1,), (1,), self._dptr, ctypes.c_uint32(NEVER), ctypes.c_uint64(ns),
+                         ctypes.c_uint64(0), ctypes.c_uint32(0))
 
 
 class HostClock:
@@ -164,6 +201,29 @@ def op_key(name: str) -> str:
     return _LAYER_PREFIX.sub("", name)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """The markers' own cost on this GPU, measured after the run (medians over CALIBRATION_PAIRS)."""
+
+    empty_pair_ns: int  # a gated start/end pair with nothing between
+    one_kernel_pair_ns: int  # a gated pair around one empty kernel (a check on the model below)
+
+    def correction_ns(self, kernels: int) -> int:
+        """What a held op of `kernels` kernels spans beyond its kernels' durations: one empty pair per command."""
+        return (max(kernels, 0) + 1) * self.empty_pair_ns
+
+
+@dataclass
+class _Timed:
+    info: RangeInfo
+    path: tuple[str, ...]
+    start: object
+    end: object
+    seq: int = 0  # the gate's sequence number; 0: not gated, negative: its gate timed out
+    host_ns: int = 0  # host time from the gate's close to its release
+    kernels: int = 0  # kernels the op launched through qprof (gated ops only)
+
+
 class OpTimer:
     """Annotator listener that times every range with CUDA events ("cuda") or host timers ("host")."""
 
@@ -185,22 +245,28 @@ class OpTimer:
                     self.gate_error = str(exc)
         self._stack: list[tuple[RangeInfo, object]] = []
         self._first = None  # the earliest marker: time zero of the table
-        self._done: list[tuple[RangeInfo, tuple[str, ...], object, object, bool]] = []
+        self._done: list[_Timed] = []
         self._tid = threading.get_native_id()
-        self._open: tuple[int, int] | None = None  # (seq, host ns at close) of the gated op in flight
+        self._open: tuple[int, int, int] | None = None  # (seq, host ns, launches) at the open gate's close
         self._depth = 0  # op ranges open (an op inside an op rides on the outer gate)
         self.ungated: dict[str, int] = {}  # op key -> host ns of the op that last outlasted the gate
+        self.declared: set[str] = set()  # op keys that said they sync inside (never gated)
         self._outlasted: dict[str, int] = {}  # op key -> how often it outlasted the gate
-        self.gated_ops = 0
-        self._pair_ns: int | None = None
+        self.calibration: Calibration | None = None
+        self.held = 0  # gated ops whose gate held (from the gate's own outcome, after the run)
+        self.timed_out: dict[str, int] = {}  # op key -> gated ops of that key whose gate gave up
+        self.unknown = 0  # gated ops with no outcome (more gated ops than OUTCOME_SLOTS)
 
     def begin(self, info: RangeInfo) -> None:
-        is_op = info.level == "op"
-        if is_op:
+        if info.level == "op":
             self._depth += 1
-            if self.gate is not None and self._depth == 1 and op_key(info.message) not in self.ungated:
-                seq = self.gate.close()  # before the start marker: the wait stays outside the span
-                self._open = (seq, time.perf_counter_ns())
+            if self.gate is not None and self._depth == 1:
+                key = op_key(info.message)
+                if info.meta.get("syncs"):
+                    self.declared.add(key)
+                elif key not in self.ungated:
+                    seq = self.gate.close()  # before the start marker: the wait stays outside the span
+                    self._open = (seq, time.perf_counter_ns(), self.gate.launches())
         mark = self._clock.mark()
         if self._first is None:
             self._first = mark
@@ -210,23 +276,25 @@ class OpTimer:
         end = self._clock.mark()
         path = tuple(i.message for i, _ in self._stack)
         started_info, start = self._stack.pop()
-        gated = False
+        timed = _Timed(started_info, path, start, end)
         if info.level == "op":
             self._depth -= 1
             if self._depth == 0 and self._open is not None:
-                seq, t0 = self._open
+                timed.seq, t0, launches = self._open
                 self._open = None
-                self.gate.release(seq)  # after the end marker is queued: the whole op runs back to back
-                host = time.perf_counter_ns() - t0
-                gated = host < self.gate.timeout_ns
-                if gated:
-                    self.gated_ops += 1
-                else:  # the spin may have given up: a sync inside this op?
+                self.gate.release(timed.seq)  # after the end marker is queued: the whole op runs back to back
+                timed.host_ns = time.perf_counter_ns() - t0
+                timed.kernels = self.gate.launches() - launches
+                if timed.host_ns >= self.gate.timeout_ns:  # the spin may have given up: a sync inside this op?
                     key = op_key(info.message)
                     self._outlasted[key] = self._outlasted.get(key, 0) + 1
                     if self._outlasted[key] >= UNGATE_AFTER:
-                        self.ungated[key] = host
-        self._done.append((started_info, path, start, end, gated))
+                        self.ungated[key] = timed.host_ns
+        self._done.append(timed)
+
+    @property
+    def gated_ops(self) -> int:
+        return sum(1 for t in self._done if t.seq)
 
     def notes(self) -> list[str]:
         """What the reader of the numbers must know about how they were taken."""
@@ -238,13 +306,27 @@ class OpTimer:
         out = [(f"events timing gated {self.gated_ops} op ranges: the GPU starts each op only after the host queued "
                 "all of it, so its events time device work, not the host's launches; tok/s in this mode include "
                 "the gates")]
-        if self._pair_ns is not None:
-            out.append(f"each gated op's time has {self._pair_ns / 1e3:.2f} µs subtracted: the median span of an "
-                       f"empty start/end event pair on this GPU ({CALIBRATION_PAIRS} pairs after the run)")
+        if self.calibration is not None:
+            cal = self.calibration
+            out.append(f"each held op's time has (kernels + 1) x {cal.empty_pair_ns / 1e3:.2f} µs subtracted: the "
+                       "span of an empty gated event pair, which the GPU's front end spends on each command of a held "
+                       "op (its kernels and the end event) and CUPTI's kernel durations leave out (a pair around "
+                       f"one empty kernel: {cal.one_kernel_pair_ns / 1e3:.2f} µs; medians of {CALIBRATION_PAIRS} "
+                       "pairs after the run)")
+        if self.timed_out:
+            names = ", ".join(f"{k} ({n}x)" for k, n in sorted(self.timed_out.items()))
+            out.append(f"gate timed out on {sum(self.timed_out.values())} op(s): {names}: the host took longer than "
+                       f"{self.gate.timeout_ns / 1e6:.0f} ms to queue them, so their times include the host's wait")
+        if self.unknown:
+            out.append(f"{self.unknown} gated op(s) have no gate outcome (more than {OUTCOME_SLOTS} gated ops): "
+                       "counted as held")
+        if self.declared:
+            out.append(f"not gated: {', '.join(sorted(self.declared))}: they synchronize inside (the host waits "
+                       "for the GPU), so their times include that round trip")
         if self.ungated:
             names = ", ".join(f"{k} ({v / 1e6:.1f} ms on the host)" for k, v in sorted(self.ungated.items()))
             out.append(f"not gated: {names}: the host took longer than the gate's {self.gate.timeout_ns / 1e6:.0f} "
-                       "ms timeout (a sync inside the op), so those times include the host's wait")
+                       "ms timeout twice (a sync inside the op), so their later times include the host's wait")
         return out
 
     def reset(self) -> None:
@@ -252,38 +334,72 @@ class OpTimer:
         self._done.clear()
         self._first = None
 
-    def _calibrate(self) -> int:
-        """Median span of an empty gated event pair: the cost of the markers themselves."""
-        pairs = []
-        for _ in range(CALIBRATION_PAIRS):
-            seq = self.gate.close()
-            start = self._clock.mark()
-            end = self._clock.mark()
-            self.gate.release(seq)
-            pairs.append((start, end))
+    def calibrate(self) -> Calibration:
+        """The markers' cost: gated pairs with nothing between, and around one empty kernel."""
+        empty, around = [], []
+        for pairs, kernel in ((empty, False), (around, True)):
+            for _ in range(CALIBRATION_PAIRS):
+                seq = self.gate.close()
+                start = self._clock.mark()
+                if kernel:
+                    self.gate.spin(0)
+                end = self._clock.mark()
+                self.gate.release(seq)
+                pairs.append((start, end))
         self._clock.synchronize()
-        return int(statistics.median(self._clock.elapsed_ns(s, e) for s, e in pairs))
+
+        def median(pairs) -> int:
+            return int(statistics.median(self._clock.elapsed_ns(s, e) for s, e in pairs))
+
+        return Calibration(median(empty), median(around))
+
+    def _outcomes(self) -> None:
+        """Which gates held, from the gate kernel's own record (read after a sync)."""
+        self.held, self.unknown = 0, 0
+        self.timed_out = {}
+        for t in self._done:
+            if not t.seq:
+                continue
+            gave_up = self.gate.timed_out(t.seq)
+            if gave_up:
+                key = op_key(t.info.message)
+                self.timed_out[key] = self.timed_out.get(key, 0) + 1
+                t.seq = -t.seq  # spans with host time in them are not corrected
+            else:
+                self.held += 1
+                self.unknown += gave_up is None
 
     def table(self) -> pd.DataFrame:
         """The activity table of everything timed so far (ops as `op` rows, the rest as `range` rows)."""
         if not self._done:
             return empty_table()
-        if self.gate is not None and self._pair_ns is None:
-            self._pair_ns = self._calibrate()
         self._clock.synchronize()  # after the run: the only place an event is read
-        pair = self._pair_ns or 0
+        if self.gate is not None and self.calibration is None:
+            self._outcomes()
+            self.calibration = self.calibrate()
         rows = []
-        for info, path, s, e, gated in self._done:
-            start = self._clock.elapsed_ns(self._first, s)
-            end = max(self._clock.elapsed_ns(self._first, e), start)
-            ctx = context_of(path)
+        for t in self._done:
+            info = t.info
+            start = self._clock.elapsed_ns(self._first, t.start)
+            end = max(self._clock.elapsed_ns(self._first, t.end), start)
+            ctx = context_of(t.path)
             if info.level == "op":
-                if gated:
-                    end = max(end - pair, start)
-                rows.append({"kind": "op", "name": info.message, "family": info.meta.get("family"),
-                             "qtype": info.meta.get("qtype"), "start_ns": start, "end_ns": end,
+                if t.seq > 0 and self.calibration is not None:
+                    end = max(end - self.calibration.correction_ns(t.kernels), start)
+                family = info.meta.get("family")
+                rows.append({"kind": "sync" if family == SYNC_FAMILY else "op", "name": info.message,
+                             "family": family, "qtype": info.meta.get("qtype"), "start_ns": start, "end_ns": end,
                              "bytes": info.meta.get("bytes"), "tid": self._tid, **ctx})
             else:
                 rows.append({"kind": "range", "name": info.message, "level": info.level, "start_ns": start,
                              "end_ns": end, "tid": self._tid, **ctx})
         return validate(make_table(rows))
+
+    def spans(self) -> pd.DataFrame:
+        """Every op's raw span (before correction), kernels counted and gate outcome: for checking the correction."""
+        self.table()  # reads the events, the outcomes and the calibration
+        outcome = {0: "not gated"}
+        return pd.DataFrame([{"name": t.info.message, "start_ns": self._clock.elapsed_ns(self._first, t.start),
+                              "raw_ns": self._clock.elapsed_ns(t.start, t.end), "kernels": t.kernels,
+                              "gate": outcome.get(t.seq, "held" if t.seq > 0 else "timed out")}
+                             for t in self._done if t.info.level == "op"])

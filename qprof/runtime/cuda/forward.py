@@ -63,6 +63,7 @@ class DecodeBuffers:
     act: torch.Tensor
     logits: torch.Tensor  # [1, n_vocab]
     token_out: torch.Tensor  # int32 [1]: the argmax
+    token_host: torch.Tensor  # int32 [1], page-locked: where the argmax is read back to
     scratch: ops.DecodeScratch
 
     @classmethod
@@ -73,7 +74,8 @@ class DecodeBuffers:
         return cls(torch.zeros(2, dtype=torch.int32, device="cuda"), f32(cfg.n_embd), f32(cfg.n_embd),
                    f32(cfg.q_dim), f32(cfg.kv_dim), f32(cfg.kv_dim), f32(cfg.q_dim), f32(cfg.n_embd),
                    f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_vocab),
-                   torch.zeros(1, dtype=torch.int32, device="cuda"), ops.DecodeScratch.allocate(shape, n_ctx))
+                   torch.zeros(1, dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32).pin_memory(),
+                   ops.DecodeScratch.allocate(shape, n_ctx))
 
 
 def _norm_weight(info) -> torch.Tensor:
@@ -200,12 +202,19 @@ class CudaRuntime(TokenChecks):
 
     def sample(self, logits: torch.Tensor, params: SamplingParams) -> int:
         check_params(params)
-        with self.annotator.op("sample", "sample"):
-            if params.greedy:
-                ops.argmax(logits.contiguous(), self.buf.token_out)
-                return int(self.buf.token_out.item())
-            if self._sampler is None or self._sampler.params != params:
-                self._sampler = Sampler(params, device=logits.device)
+        if params.greedy:
+            b = self.buf
+            with self.annotator.op("sample", "sample"):
+                ops.argmax(logits.contiguous(), b.token_out)
+            # the copy back and the wait for it as ops of their own: a profiler tells the copy from the sync
+            with self.annotator.op("token_readback", "copy"):
+                b.token_host.copy_(b.token_out, non_blocking=True)
+            with self.annotator.op("token_wait", "sync", syncs=True):
+                synchronize()
+            return int(b.token_host[0])
+        if self._sampler is None or self._sampler.params != params:
+            self._sampler = Sampler(params, device=logits.device)
+        with self.annotator.op("sample", "sample", syncs=True):  # the sampler reads its draw back inside
             return int(self._sampler(logits))
 
     # ---------------------------------------------------------------- internals
@@ -219,7 +228,7 @@ class CudaRuntime(TokenChecks):
     def _layer_pos(self, pos: torch.Tensor | None, host_pos: int) -> torch.Tensor | None:
         """The position RoPE and the KV write read: the step's, or (scalar_upload fault) a fresh upload."""
         if self.options.scalar_upload:
-            with self._op("scalar_upload", "copy"):
+            with self._op("scalar_upload", "copy", syncs=True):  # a pageable copy: torch waits for it
                 return torch.tensor([host_pos], dtype=torch.int32, device="cuda")
         return pos
 
