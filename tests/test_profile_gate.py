@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from qprof.profile import event_calibration as ec
 from qprof.profile import timing_events as te
 from qprof.profile.ranges import Annotator
 
@@ -61,9 +62,9 @@ class FakeGate:
         assert self.clock.synced, "a gate outcome was read before the run was over"
         return self.gave_up.get(seq, False)
 
-    def spin(self, ns: int) -> None:
-        self.log.append(("spin", ns))
-        self.kernel(ns)
+    def empty(self) -> None:
+        self.log.append(("empty",))
+        self.kernel(0)
 
 
 @pytest.fixture()
@@ -71,7 +72,8 @@ def rig():
     log: list = []
     clock = FakeClock(log)
     gate = FakeGate(log, clock)
-    timer = te.OpTimer("cuda", device_clock=clock, device_gate=gate)
+    timer = te.OpTimer("cuda", device_clock=clock, device_gate=gate,
+                       calibrator=lambda rig: ec.fallback(rig, "a fake GPU has no CUPTI"))
     return log, clock, timer, Annotator(nvtx_enabled=False, listeners=(timer,))
 
 
@@ -85,7 +87,7 @@ def two_ops(ann: Annotator, gate: FakeGate, work_ns: int = 5000) -> None:
 
 
 def test_each_op_is_gated_and_nothing_is_read_inside_the_run(rig):
-    log, clock, timer, ann = rig
+    log, _clock, timer, ann = rig
     two_ops(ann, timer.gate)
     run_log = list(log)
     assert ("sync",) not in run_log  # no host sync (and no event read, FakeClock asserts) inside the run
@@ -94,10 +96,9 @@ def test_each_op_is_gated_and_nothing_is_read_inside_the_run(rig):
     assert kinds == ["mark"] * 4 + ["close", "mark", "mark", "release"] * 2 + ["mark"] * 4
     assert [e[1] for e in run_log if e[0] in ("close", "release")] == [1, 1, 2, 2]
     df = timer.table()
-    assert log.count(("sync",)) >= 1 and sum(e[0] == "close" for e in log) == 2 + 2 * te.CALIBRATION_PAIRS
-    assert log.count(("spin", 0)) == te.CALIBRATION_PAIRS  # the pairs around one empty kernel
-    # an empty pair spans one marker step (1 µs); around an empty kernel, that and the fake dispatch
-    assert timer.calibration == te.Calibration(empty_pair_ns=1000, one_kernel_pair_ns=1500)
+    assert log.count(("sync",)) >= 1 and sum(e[0] == "close" for e in log) == 2 + ec.PAIRS
+    # the fallback calibration: an empty pair spans one marker step (1 µs), taken for base and per kernel
+    assert timer.calibration == ec.Calibration(1000, 1000, 1000, "empty pair", "a fake GPU has no CUPTI")
     ops = df[df["kind"] == "op"].set_index("name")
     # raw spans: the kernels (5.5 µs each with dispatch) and one marker step; less (kernels + 1) x 1 µs
     assert ops.loc["blk.0.attn_q", "dur_ns"] == 5500 + 1000 - 2000
@@ -107,14 +108,15 @@ def test_each_op_is_gated_and_nothing_is_read_inside_the_run(rig):
     assert (spans["gate"] == "held").all()
     assert timer.gated_ops == 2 and timer.held == 2
     notes = timer.notes()
-    assert "gated 2 op ranges" in notes[0] and "(kernels + 1) x 1.00 µs subtracted" in notes[1]
-    assert "one empty kernel: 1.50 µs" in notes[1] and len(notes) == 2
+    assert "gated 2 op ranges" in notes[0]
+    assert "1.00 µs + 1.00 µs per kernel subtracted" in notes[1] and "a fake GPU has no CUPTI" in notes[1]
+    assert len(notes) == 2
     ranges = df[df["kind"] == "range"].set_index("name")
     assert ranges.loc["run", "dur_ns"] > ops["dur_ns"].sum()  # ranges are not corrected
 
 
 def test_a_gate_that_timed_out_is_read_from_the_gate_not_guessed(rig):
-    log, clock, timer, ann = rig
+    _log, _clock, timer, ann = rig
     timer.gate.gave_up[2] = True  # attention's gate gave up (a long host pause): host time in its span
     two_ops(ann, timer.gate)
     ops = timer.table().query("kind == 'op'").set_index("name")
@@ -125,7 +127,7 @@ def test_a_gate_that_timed_out_is_read_from_the_gate_not_guessed(rig):
 
 
 def test_a_gate_with_no_outcome_is_counted(rig):
-    _, clock, timer, ann = rig
+    _, _clock, timer, ann = rig
     timer.gate.gave_up[1] = None
     two_ops(ann, timer.gate)
     timer.table()

@@ -198,5 +198,8 @@ def test_an_annotator_switches_nvtx_in_place():
     assert ann.nvtx_on and op("blk.0.attn_q", "matvec") is not op("blk.0.attn_k", "add")
     with op("blk.0.attn_q", "matvec"):
         pass
+    built = op("blk.0.attn_q", "matvec")
     ann.set_nvtx(False)
     assert not ann.nvtx_on and "--no-nvtx" in ann.nvtx_reason
+    ann.set_nvtx(True, force=True, env={})
+    assert op("blk.0.attn_q", "matvec") is built  # each domain keeps the ranges built for it

@@ -113,14 +113,13 @@ class Annotator:
         self.listeners = list(listeners)
         self._attrs: dict[tuple[str, str], object] = {}
         self._ops: dict[tuple[str, str, str | None], _Range] = {}
+        self._caches: dict[int, tuple[dict, dict]] = {}  # id(domain) -> (attrs, ops) built for that domain
         self.set_nvtx(nvtx_enabled, force_nvtx, env)
 
     def set_nvtx(self, enabled: bool, force: bool | None = None,
                  env: Mapping[str, str] | None = None) -> None:
         """(Re)decide whether ranges are pushed (see nvtx_decision); a runtime holding this annotator follows."""
         self._domain = None
-        self._attrs.clear()  # built for the previous domain
-        self._ops.clear()
         on, self.nvtx_reason = nvtx_decision(enabled, force, env)
         if on:
             domain = _nvtx_domain(enabled_only=False)
@@ -132,6 +131,8 @@ class Annotator:
             self._domain = _nvtx_domain(enabled_only=True)
             if self._domain is not None:
                 self.nvtx_reason = "an NVTX tool is attached (NVTX reports the domain enabled)"
+        # ranges carry their domain's attributes: each domain keeps its own, so switching back costs nothing
+        self._attrs, self._ops = self._caches.setdefault(id(self._domain), ({}, {}))
 
     @property
     def nvtx_on(self) -> bool:

@@ -24,7 +24,7 @@ can be captured, prefill and the fault switches would still be eager, and a repl
 execution than the eager one torch.profiler and nsys see.
 
 What the notes state, and how each op's span is corrected:
-- An op that synchronizes inside itself (the token read-back, the scalar-upload fault) would have
+- An op that synchronizes inside itself (the wait for the token, the scalar-upload fault) would have
   the host wait for the stream while the stream waits for the host. Such ops say so when they
   open (`syncs=True` in the range's meta) and are never gated. For one that does not say so, the
   gate's spin gives up after GATE_TIMEOUT_NS, so nothing deadlocks; an op whose host time reached
@@ -34,13 +34,11 @@ What the notes state, and how each op's span is corrected:
   into host-mapped memory, read after the run. A gate that timed out (the host took longer than
   GATE_TIMEOUT_NS to queue the op: a sync, a GC pause) leaves host time in that op's span; those
   ops are counted in the notes.
-- Each held op's span has what the markers and the GPU's front end add to it subtracted:
-  (kernels + 1) x the span of an empty gated event pair, with the op's kernels counted from the
-  launches it made. On the H100 the span of a held one-kernel decode op exceeded the kernel's CUPTI
-  duration by 2.43 +- 0.05 µs and each further kernel added ~1.2 µs, against an empty pair of
-  1.25 µs: the front end spends about one empty pair's span on every command it runs from a held
-  stream (each kernel and the end event), and CUPTI's kernel durations do not include that.
-  Kernels launched by libraries (cuBLAS in prefill) are not counted; those ops are long.
+- Each held op's span has what the event pair and its kernels' launches add to it subtracted:
+  base + per_kernel x the kernels the op launched (counted at the launches), calibrated after the
+  run against CUPTI's clock, or from an empty pair where CUPTI is not available
+  (qprof.profile.event_calibration says how and what it measured). Kernels launched by libraries
+  (cuBLAS in prefill) are not counted; those ops are long.
 - An op of family "sync" (the wait for the token read-back) is device idle time, not device work:
   its span becomes a `sync` row, as torch and nsys report a synchronize.
 tok/s in this mode include the gates (the GPU waits for the host at every op).
@@ -56,23 +54,23 @@ from __future__ import annotations
 
 import ctypes
 import re
-import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import pandas as pd
 
 from qprof.errors import QprofError
+from qprof.profile import event_calibration
 from qprof.profile.activity import context_of, empty_table, make_table, validate
+from qprof.profile.event_calibration import Calibration, PairRig
 from qprof.profile.ranges import RangeInfo
 
 CLOCKS = ("cuda", "host")
 GATE_TIMEOUT_NS = 2_000_000  # longer than any op takes the host to queue (a few launches, < 0.5 ms)
-CALIBRATION_PAIRS = 64
 OUTCOME_SLOTS = 1 << 17  # gate outcomes kept (a 7B pp512+tg32 run gates ~16k ops); 1 MiB page-locked
-NEVER = 0xFFFFFFFF  # a sequence number the flag never reaches: hold_until then spins its full max_ns
 SYNC_FAMILY = "sync"
 UNGATE_AFTER = 2  # outlasting the gate once can be a host hiccup (GC); twice is a sync inside the op
 _LAYER_PREFIX = re.compile(r"^blk\.\d+\.")
@@ -89,7 +87,7 @@ class Gate(Protocol):
 
     def timed_out(self, seq: int) -> bool | None: ...  # after a sync: did gate seq time out (None: unknown)
 
-    def spin(self, ns: int) -> None: ...  # queue a kernel that runs for ns (calibration)
+    def empty(self) -> None: ...  # queue one empty kernel (calibration)
 
     def launches(self) -> int: ...  # kernels launched through qprof so far (the gate's own included)
 
@@ -134,6 +132,7 @@ class DeviceGate:
         self._seq = 0  # monotonic for the life of the word, so a later timer never sees an open gate
         self._lib = KernelLibrary.get()  # makes torch's context current for the driver calls below
         self._kernel = self._lib.kernel("profile_hold", "hold_until")
+        self._empty = self._lib.kernel("profile_hold", "empty_kernel")
         drv = _driver()
         flags = drv.CU_MEMHOSTALLOC_DEVICEMAP | drv.CU_MEMHOSTALLOC_PORTABLE
 
@@ -149,7 +148,7 @@ class DeviceGate:
         self._outcomes = (ctypes.c_uint64 * OUTCOME_SLOTS).from_address(host)
         self._timeout = ctypes.c_uint64(timeout_ns)
         self._slots = ctypes.c_uint32(OUTCOME_SLOTS)
-        self.spin(0)  # loads the kernel now, outside any run
+        self.empty()  # loads the module now, outside any run
 
     @classmethod
     def shared(cls) -> DeviceGate:
@@ -175,9 +174,8 @@ class DeviceGate:
     def launches(self) -> int:
         return self._lib.launch_count
 
-    def spin(self, ns: int) -> None:
-        self._lib.launch(self._kernel, (1,), (1,), self._dptr, ctypes.c_uint32(NEVER), ctypes.c_uint64(ns),
-                         ctypes.c_uint64(0), ctypes.c_uint32(0))
+    def empty(self) -> None:
+        self._lib.launch(self._empty, (1,), (1,))
 
 
 class HostClock:
@@ -201,18 +199,6 @@ def op_key(name: str) -> str:
     return _LAYER_PREFIX.sub("", name)
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """The markers' own cost on this GPU, measured after the run (medians over CALIBRATION_PAIRS)."""
-
-    empty_pair_ns: int  # a gated start/end pair with nothing between
-    one_kernel_pair_ns: int  # a gated pair around one empty kernel (a check on the model below)
-
-    def correction_ns(self, kernels: int) -> int:
-        """What a held op of `kernels` kernels spans beyond its kernels' durations: one empty pair per command."""
-        return (max(kernels, 0) + 1) * self.empty_pair_ns
-
-
 @dataclass
 class _Timed:
     info: RangeInfo
@@ -228,7 +214,8 @@ class OpTimer:
     """Annotator listener that times every range with CUDA events ("cuda") or host timers ("host")."""
 
     def __init__(self, clock: str = "cuda", gate: bool = True, *, device_clock: Clock | None = None,
-                 device_gate: Gate | None = None) -> None:
+                 device_gate: Gate | None = None,
+                 calibrator: Callable[[PairRig], Calibration] = event_calibration.calibrate) -> None:
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {CLOCKS}")
         self.clock = clock
@@ -253,6 +240,7 @@ class OpTimer:
         self.declared: set[str] = set()  # op keys that said they sync inside (never gated)
         self._outlasted: dict[str, int] = {}  # op key -> how often it outlasted the gate
         self.calibration: Calibration | None = None
+        self._calibrator = calibrator
         self.held = 0  # gated ops whose gate held (from the gate's own outcome, after the run)
         self.timed_out: dict[str, int] = {}  # op key -> gated ops of that key whose gate gave up
         self.unknown = 0  # gated ops with no outcome (more gated ops than OUTCOME_SLOTS)
@@ -307,12 +295,7 @@ class OpTimer:
                 "all of it, so its events time device work, not the host's launches; tok/s in this mode include "
                 "the gates")]
         if self.calibration is not None:
-            cal = self.calibration
-            out.append(f"each held op's time has (kernels + 1) x {cal.empty_pair_ns / 1e3:.2f} µs subtracted: the "
-                       "span of an empty gated event pair, which the GPU's front end spends on each command of a held "
-                       "op (its kernels and the end event) and CUPTI's kernel durations leave out (a pair around "
-                       f"one empty kernel: {cal.one_kernel_pair_ns / 1e3:.2f} µs; medians of {CALIBRATION_PAIRS} "
-                       "pairs after the run)")
+            out.append(self.calibration.describe())
         if self.timed_out:
             names = ", ".join(f"{k} ({n}x)" for k, n in sorted(self.timed_out.items()))
             out.append(f"gate timed out on {sum(self.timed_out.values())} op(s): {names}: the host took longer than "
@@ -334,24 +317,21 @@ class OpTimer:
         self._done.clear()
         self._first = None
 
-    def calibrate(self) -> Calibration:
-        """The markers' cost: gated pairs with nothing between, and around one empty kernel."""
-        empty, around = [], []
-        for pairs, kernel in ((empty, False), (around, True)):
-            for _ in range(CALIBRATION_PAIRS):
-                seq = self.gate.close()
-                start = self._clock.mark()
-                if kernel:
-                    self.gate.spin(0)
-                end = self._clock.mark()
-                self.gate.release(seq)
-                pairs.append((start, end))
+    def pair(self, kernels: int) -> tuple[object, object]:
+        """A gated start/end pair around `kernels` empty kernels (for the calibration)."""
+        seq = self.gate.close()
+        start = self._clock.mark()
+        for _ in range(kernels):
+            self.gate.empty()
+        end = self._clock.mark()
+        self.gate.release(seq)
+        return start, end
+
+    def synchronize(self) -> None:
         self._clock.synchronize()
 
-        def median(pairs) -> int:
-            return int(statistics.median(self._clock.elapsed_ns(s, e) for s, e in pairs))
-
-        return Calibration(median(empty), median(around))
+    def elapsed_ns(self, start, end) -> int:
+        return self._clock.elapsed_ns(start, end)
 
     def _outcomes(self) -> None:
         """Which gates held, from the gate kernel's own record (read after a sync)."""
@@ -376,7 +356,7 @@ class OpTimer:
         self._clock.synchronize()  # after the run: the only place an event is read
         if self.gate is not None and self.calibration is None:
             self._outcomes()
-            self.calibration = self.calibrate()
+            self.calibration = self._calibrator(self)
         rows = []
         for t in self._done:
             info = t.info

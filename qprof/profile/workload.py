@@ -416,7 +416,8 @@ class NvtxOverhead:
     def describe(self, device: str) -> str:
         """The report: both cases, and which one a user without a profiler sees."""
         on_case = "a tool is attached, ranges pushed" if self.tool_attached else "no tool attached, ranges skipped"
-        lines = [(f"NVTX overhead on decode ({device}, {len(self.off_tok_s)} rounds on one runtime, median tok/s): "
+        lines = [(f"NVTX overhead on decode ({device}, {len(self.off_tok_s)} rounds on one runtime, modes "
+                  "interleaved token by token, median tok/s): "
                   f"off {self.off:.2f}; on ({on_case}) {self.on:.2f}, {self.overhead_pct:+.2f}%; "
                   f"forced on (QPROF_NVTX=1: every range pushed through nvtx"
                   f"{'' if self.tool_attached else ' with no tool to record it'}) {self.forced:.2f}, "
@@ -454,8 +455,9 @@ def range_cost_ns(annotator: Annotator, calls: int = RANGE_COST_CALLS) -> float:
 
 def measure_nvtx_overhead(spec: WorkloadSpec, repeats: int = 3, model=None) -> NvtxOverhead:
     """Decode tok/s with NVTX off, on (tool detection as users get it) and forced, on one runtime: each round
-    prefills a short prompt, then decodes n_gen tokens in each mode, the order rotating between rounds so
-    drift and position hit all alike. No listeners, no capture; the garbage collector is off."""
+    prefills a short prompt, then decodes n_gen tokens in each mode with the mode changing every token, so
+    drift and position hit all alike; a mode's tok/s is from its median step. No listeners, no capture; the
+    garbage collector is off."""
     from qprof.profile.ranges import tool_attached
     from qprof.runtime.base import SamplingParams
     from qprof.runtime.factory import create_runtime
@@ -472,21 +474,22 @@ def measure_nvtx_overhead(spec: WorkloadSpec, repeats: int = 3, model=None) -> N
     rt = create_runtime(model, spec.device, spec.options.with_(nvtx=True), annotator, n_ctx=n_ctx)
     prompt, params = prompt_tokens(OVERHEAD_PROMPT, cfg.n_vocab, spec.seed), SamplingParams()
 
-    def round_(order) -> dict[str, float]:
-        out = {}
+    def round_(offset: int) -> dict[str, float]:
+        """Decode n_gen tokens per mode, the mode changing every token; tok/s from each mode's median step."""
+        steps: dict[str, list[int]] = {name: [] for name, _, _ in NVTX_MODES}
         rt.reset()
         tok = rt.sample(rt.prefill(prompt), params)
         rt.synchronize()
-        for name, enabled, force in order:
+        for i in range(len(NVTX_MODES) * spec.n_gen):
+            name, enabled, force = NVTX_MODES[(i + offset) % len(NVTX_MODES)]
             annotator.set_nvtx(enabled, force)
             t0 = time.perf_counter_ns()
-            for _ in range(spec.n_gen):
-                tok = rt.sample(rt.decode(tok), params)
+            tok = rt.sample(rt.decode(tok), params)
             rt.synchronize()
-            out[name] = spec.n_gen / ((time.perf_counter_ns() - t0) * 1e-9)
-        return out
+            steps[name].append(time.perf_counter_ns() - t0)
+        return {name: 1e9 / statistics.median(ns) for name, ns in steps.items()}
 
-    round_(NVTX_MODES)  # warm-up: kernel loading, allocator growth, graph capture
+    round_(0)  # warm-up: kernel loading, allocator growth, graph capture, each mode's ranges built
     rt.reset()
     tok = rt.sample(rt.prefill(prompt), params)
     counter = _RangeCounter()
@@ -500,8 +503,7 @@ def measure_nvtx_overhead(spec: WorkloadSpec, repeats: int = 3, model=None) -> N
     gc.disable()
     try:
         for r in range(repeats):
-            k = r % len(NVTX_MODES)
-            for name, value in round_(NVTX_MODES[k:] + NVTX_MODES[:k]).items():
+            for name, value in round_(r).items():
                 tok_s[name].append(value)
         for name, enabled, force in NVTX_MODES:
             annotator.set_nvtx(enabled, force)

@@ -4,8 +4,8 @@
 
 One run carries both the gated events timer and torch.profiler (CUPTI kernel records), so every
 op instance has an events span and a CUPTI sum of kernel/copy durations from the same execution;
-the gate's own kernels (hold_until) are left out of the CUPTI side. The timer calibrates inside
-the capture, so CUPTI also reports the length of its calibration spin. Prints per-phase
+the gate's own kernels (hold_until) are left out of the CUPTI side. The timer calibrates after
+the capture (under a CUPTI capture of its own). Prints per-phase
 agreement, the per-instance excess (events - CUPTI) by op and by kernels per op, the largest
 excesses, the gate's outcomes and the calibration. A GPU diagnostic, not a test.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -52,30 +51,19 @@ def main() -> None:
     timer = te.OpTimer("cuda")
     scratch = tempfile.TemporaryDirectory()
     trace = Path(scratch.name) / "trace.json"
-    events_table: list[pd.DataFrame] = []
-
-    @contextmanager
-    def capture():
-        with kineto_capture("cuda", trace):
-            yield
-            events_table.append(timer.table())  # reads the events and calibrates while CUPTI still records
-
-    result = run_workload(spec, [timer, RecordFunctionListener()], capture=capture, model=model)
+    result = run_workload(spec, [timer, RecordFunctionListener()], capture=lambda: kineto_capture("cuda", trace),
+                          model=model)
+    events = timer.table()  # after the capture: the calibration runs its own
     print(f"{result.model_name} on {result.device_name}: pp{args.n_prompt} {result.pp_tok_s:.0f} tok/s, "
           f"tg{args.n_gen} {result.tg_tok_s:.1f} tok/s (gated and under CUPTI)")
     for note in timer.notes():
         print("note:", note)
 
-    full = read_kineto_trace(trace)
-    gate_k = full[(full["kind"] == "kernel") & (full["name"] == GATE_KERNEL)]
-    cal_k = gate_k[~gate_k["nvtx_path"].fillna("").str.startswith("run")]
-    print(f"calibration: {timer.calibration}; CUPTI: the {len(cal_k)} gate kernels outside the run (the calibration's "
-          f"empty ones among them) last median {cal_k['dur_ns'].median():.0f} ns")
-    cupti = restrict_to_run(full)
+    print(f"calibration: {timer.calibration}")
+    cupti = restrict_to_run(read_kineto_trace(trace))
     gates = cupti[(cupti["kind"] == "kernel") & (cupti["name"] == GATE_KERNEL)]
     print(f"gate kernels in the run: {len(gates)}, GPU time held at gates {gates['dur_ns'].sum() / 1e6:.1f} ms")
     cupti = cupti[cupti["name"] != GATE_KERNEL]
-    events = events_table[0]
     spans = timer.spans()
 
     for phase in (None, "prefill", "decode"):

@@ -21,6 +21,10 @@ step() {  # step NAME SECONDS CMD... : bounded, logged, saved after each step
   echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a $W/steps.txt
   save
 }
+keep_summaries() {  # the per-configuration summary.json only: the Kineto traces are tens of MB each
+  for f in "$1"/*/summary.json; do [ -f "$f" ] && mkdir -p "$2/$(basename "$(dirname "$f")")" && cp "$f" "$2/$(basename "$(dirname "$f")")/"; done
+  save
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > $W/card.txt 2>&1
 python3 -c "import torch;print('torch',torch.__version__,'cuda',torch.version.cuda)" >> $W/card.txt
 if [ "$STAGE" = 1 ]; then
@@ -50,12 +54,16 @@ elif [ "$STAGE" = 4 ]; then
   step diagnose_events 120 python3 tests/gpu/diagnose_events.py -m mistral-7b-q4_k_m -p 128 -n 32 --csv $W/events_vs_cupti.csv
   step agreement_7b 150 $Q profile -m mistral-7b-q4_k_m --agreement
   step nvtx_overhead_7b 90 $Q profile -m mistral-7b-q4_k_m --nvtx-overhead --repeats 9
+  step blocking_7b 60 $Q profile -m mistral-7b-q4_k_m --timing blocking -p 64 -n 8
+  step profile_7b_faults 180 $Q profile -m mistral-7b-q4_k_m -p 512 -n 32 --faults --out /root/prof_7b
+  keep_summaries /root/prof_7b $W/profile_7b
 elif [ "$STAGE" = 5 ]; then
   python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1  # kept from stage 4 when warm
   step gpu_profile_tests 200 python3 -m pytest -q -rxXfs tests/gpu/test_profile_gpu.py
   step agreement_smollm2 90 $Q profile -m smollm2 --agreement
   step nvtx_overhead_smollm2 60 $Q profile -m smollm2 --nvtx-overhead --repeats 9
-  step check 150 $Q check
+  step profile_smollm2_faults 120 $Q profile -m smollm2 -p 128 -n 32 --faults --out /root/prof_smol
+  keep_summaries /root/prof_smol $W/profile_smollm2
 else
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
     python3 -m qprof.cli workloads make smollm2-$v > $W/make_smollm2_$v.log 2>&1 &
