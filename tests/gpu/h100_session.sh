@@ -6,6 +6,7 @@
 #   bash tests/gpu/h100_session.sh 1|2|3|4|5
 #   3: a later single-call re-measure, without SmolLM2
 #   4, 5: the events-timer and NVTX-overhead session (4 carries SmolLM2 part aa, 5 part ab at once after)
+#   6, 7: its final check (6 carries part aa, 7 part ab): agreement, the GPU profile and generation tests
 set -u
 STAGE=${1:?stage 1 or 2}
 source tests/device_prelude.sh || exit 1
@@ -64,6 +65,18 @@ elif [ "$STAGE" = 5 ]; then
   step nvtx_overhead_smollm2 60 $Q profile -m smollm2 --nvtx-overhead --repeats 9
   step profile_smollm2_faults 120 $Q profile -m smollm2 -p 128 -n 32 --faults --out /root/prof_smol
   keep_summaries /root/prof_smol $W/profile_smollm2
+elif [ "$STAGE" = 6 ]; then
+  python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1
+  step diagnose_events 120 python3 tests/gpu/diagnose_events.py -m mistral-7b-q4_k_m -p 128 -n 32
+  step agreement_7b 150 $Q profile -m mistral-7b-q4_k_m --agreement
+elif [ "$STAGE" = 7 ]; then
+  for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
+    python3 -m qprof.cli workloads make smollm2-$v > $W/make_smollm2_$v.log 2>&1 &
+  done
+  python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1  # kept from stage 6 when warm
+  wait
+  step gpu_tests 300 python3 -m pytest -q -rxXfs tests/gpu/test_profile_gpu.py tests/gpu/test_generate_gpu.py
+  step agreement_smollm2 90 $Q profile -m smollm2 --agreement
 else
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
     python3 -m qprof.cli workloads make smollm2-$v > $W/make_smollm2_$v.log 2>&1 &
