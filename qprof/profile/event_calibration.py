@@ -4,7 +4,7 @@ Model: a held op (qprof.profile.timing_events) spans its kernels' own durations 
 `base_ns` for the pair (the end event: the front end waits for the stream to go idle, then writes
 its timestamp) plus `per_kernel_ns` for each kernel (the launch latency before the kernel starts).
 CUPTI-based modes (torch, nsys) count only the kernels' durations. On the H100 (see
-results/profile/events_vs_cupti.txt) a held one-kernel decode op spanned 2.46 µs more than its
+results/profile/diagnostics/) a held one-kernel decode op spanned 2.37-2.46 µs more than its
 kernel, whatever the kernel's length (1-35 µs), and a second kernel added 1.25 µs.
 
 Two ways to get base and per_kernel, both from PAIRS gated pairs after the run:
