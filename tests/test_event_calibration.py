@@ -9,14 +9,15 @@ from qprof.profile import event_calibration as ec
 
 
 class FakeRig:
-    """Markers are fake device times; a pair around k kernels spans base + k * (launch + kernel)."""
+    """Markers are fake device times: a pair spans base + each kernel's launch and length + each copy's."""
 
-    def __init__(self, base: int = 1300, launch: int = 1200, kernel: int = 900) -> None:
-        self.base, self.launch, self.kernel = base, launch, kernel
+    def __init__(self, base: int = 1300, launch: int = 1200, kernel: int = 900, handover: int = 2500,
+                 copy: int = 1600) -> None:
+        self.base, self.launch, self.kernel, self.handover, self.copy = base, launch, kernel, handover, copy
         self.synced = False
 
-    def pair(self, kernels: int):
-        return 0, self.base + kernels * (self.launch + self.kernel)
+    def pair(self, kernels: int, copies: int = 0):
+        return 0, self.base + kernels * (self.launch + self.kernel) + copies * (self.handover + self.copy)
 
     def synchronize(self) -> None:
         self.synced = True
@@ -26,29 +27,35 @@ class FakeRig:
         return end - start
 
 
-def test_the_fit_recovers_base_and_per_kernel_from_cupti_durations():
-    rig = FakeRig()
-    one, two = [rig.pair(1) for _ in range(4)], [rig.pair(2) for _ in range(4)]
+def shaped_pairs(rig: FakeRig, n: int = 4):
+    pairs = [(shape, rig.pair(*shape)) for _ in range(n) for shape in ec.SHAPES]
     rig.synchronize()
-    cal = ec.from_cupti(rig, [rig.kernel] * 12, one, two, empty_pair_ns=1300)
-    assert (cal.base_ns, cal.per_kernel_ns, cal.source) == (1300, 1200, "cupti")
+    return pairs
+
+
+def test_the_fit_recovers_base_per_kernel_and_per_copy_from_cupti_durations():
+    rig = FakeRig()
+    cal = ec.from_cupti(rig, shaped_pairs(rig), [rig.kernel] * 12, [rig.copy] * 4, empty_pair_ns=1300)
+    assert (cal.base_ns, cal.per_kernel_ns, cal.per_copy_ns, cal.source) == (1300, 1200, 2500, "cupti")
     assert cal.correction_ns(0) == 1300 and cal.correction_ns(2) == 3700 and cal.correction_ns(-1) == 1300
-    assert "1.30 µs + 1.20 µs per kernel subtracted" in cal.describe() and "CUPTI" in cal.describe()
+    assert cal.correction_ns(0, copies=1) == 3800
+    text = cal.describe()
+    assert "1.30 µs + 1.20 µs per kernel + 2.50 µs per copy subtracted" in text and "CUPTI" in text
 
 
-def test_the_fit_refuses_a_wrong_kernel_count_and_an_implausible_result():
+def test_the_fit_refuses_a_wrong_count_and_an_implausible_result():
     rig = FakeRig()
-    one, two = [rig.pair(1)], [rig.pair(2)]
-    rig.synchronize()
-    with pytest.raises(QprofError, match="CUPTI saw 2 empty_kernel kernels, expected 3"):
-        ec.from_cupti(rig, [900, 900], one, two, 1300)
+    pairs = shaped_pairs(rig, n=1)
+    with pytest.raises(QprofError, match="CUPTI saw 2 empty_kernel kernels and 1 copies, expected 3 and 1"):
+        ec.from_cupti(rig, pairs, [900, 900], [1600], 1300)
     with pytest.raises(QprofError, match="implausible fit"):  # durations longer than the spans
-        ec.from_cupti(rig, [5000, 5000, 5000], one, two, 1300)
+        ec.from_cupti(rig, pairs, [5000, 5000, 5000], [1600], 1300)
 
 
 def test_the_fallback_takes_the_empty_pair_for_both_and_says_why():
     cal = ec.fallback(FakeRig(base=1250), "no CUPTI of our own under nsys", n=8)
-    assert (cal.base_ns, cal.per_kernel_ns, cal.empty_pair_ns, cal.source) == (1250, 1250, 1250, "empty pair")
+    assert (cal.base_ns, cal.per_kernel_ns, cal.per_copy_ns, cal.empty_pair_ns, cal.source) == (
+        1250, 1250, 1250, 1250, "empty pair")
     assert "no CUPTI of our own under nsys" in cal.describe()
 
 
@@ -74,7 +81,7 @@ def test_a_failed_cupti_capture_falls_back_with_the_reason(monkeypatch):
     monkeypatch.setattr(kineto, "under_nsys", lambda: False)
     monkeypatch.setattr(kineto, "kineto_capture", broken)
     cal = ec.calibrate(FakeRig(base=1400), n=4)
-    assert (cal.source, cal.base_ns, cal.per_kernel_ns) == ("empty pair", 1400, 1400)
+    assert (cal.source, cal.base_ns, cal.per_kernel_ns, cal.per_copy_ns) == ("empty pair", 1400, 1400, 1400)
     assert "CUPTI calibration failed: CUPTI_ERROR_NOT_INITIALIZED" in cal.why
 
 

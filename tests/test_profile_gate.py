@@ -66,6 +66,10 @@ class FakeGate:
         self.log.append(("empty",))
         self.kernel(0)
 
+    def copy(self) -> None:
+        self.log.append(("copy",))
+        self.clock.advance(2000)
+
 
 @pytest.fixture()
 def rig():
@@ -98,7 +102,7 @@ def test_each_op_is_gated_and_nothing_is_read_inside_the_run(rig):
     df = timer.table()
     assert log.count(("sync",)) >= 1 and sum(e[0] == "close" for e in log) == 2 + ec.PAIRS
     # the fallback calibration: an empty pair spans one marker step (1 µs), taken for base and per kernel
-    assert timer.calibration == ec.Calibration(1000, 1000, 1000, "empty pair", "a fake GPU has no CUPTI")
+    assert timer.calibration == ec.Calibration(1000, 1000, 1000, 1000, "empty pair", "a fake GPU has no CUPTI")
     ops = df[df["kind"] == "op"].set_index("name")
     # raw spans: the kernels (5.5 µs each with dispatch) and one marker step; less (kernels + 1) x 1 µs
     assert ops.loc["blk.0.attn_q", "dur_ns"] == 5500 + 1000 - 2000
@@ -109,7 +113,8 @@ def test_each_op_is_gated_and_nothing_is_read_inside_the_run(rig):
     assert timer.gated_ops == 2 and timer.held == 2
     notes = timer.notes()
     assert "gated 2 op ranges" in notes[0]
-    assert "1.00 µs + 1.00 µs per kernel subtracted" in notes[1] and "a fake GPU has no CUPTI" in notes[1]
+    assert "1.00 µs + 1.00 µs per kernel + 1.00 µs per copy subtracted" in notes[1]
+    assert "a fake GPU has no CUPTI" in notes[1]
     assert len(notes) == 2
     ranges = df[df["kind"] == "range"].set_index("name")
     assert ranges.loc["run", "dur_ns"] > ops["dur_ns"].sum()  # ranges are not corrected
@@ -140,14 +145,15 @@ def test_the_token_read_back_is_a_gated_copy_and_its_wait_a_sync_row(rig):
     with ann.op("sample", "sample"):
         timer.gate.kernel(3000)
     with ann.op("token_readback", "copy"):
-        timer.gate.kernel(1500)
+        clock.advance(1500)  # a copy through torch: no kernel of ours
     with ann.op("token_wait", "sync", syncs=True):
         clock.advance(40_000)  # the GPU idles until the host wakes from the sync
     assert [e for e in log if e[0] in ("close", "release")] == [("close", 1), ("release", 1), ("close", 2),
                                                                ("release", 2)]
     df = timer.table().set_index("name")
     assert df.loc["token_wait", "kind"] == "sync" and df.loc["token_wait", "dur_ns"] == 41_000  # not corrected
-    assert df.loc["token_readback", "kind"] == "op" and df.loc["token_readback", "dur_ns"] == 2000 + 1000 - 2000
+    # a copy op: no kernels, one copy: 1.5 µs + the 1 µs marker step, less base (1 µs) + one copy (1 µs)
+    assert df.loc["token_readback", "kind"] == "op" and df.loc["token_readback", "dur_ns"] == 500
     assert timer.declared == {"token_wait"}
     assert any(n.startswith("not gated: token_wait: they synchronize inside") for n in timer.notes())
 

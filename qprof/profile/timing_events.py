@@ -35,7 +35,8 @@ What the notes state, and how each op's span is corrected:
   GATE_TIMEOUT_NS to queue the op: a sync, a GC pause) leaves host time in that op's span; those
   ops are counted in the notes.
 - Each held op's span has what the event pair and its kernels' launches add to it subtracted:
-  base + per_kernel x the kernels the op launched (counted at the launches), calibrated after the
+  base + per_kernel x the kernels the op launched (counted at the launches) + per_copy for an op of
+  family "copy" (the runtimes' copy ops make one copy each, through torch), calibrated after the
   run against CUPTI's clock, or from an empty pair where CUPTI is not available
   (qprof.profile.event_calibration says how and what it measured). Kernels launched by libraries
   (cuBLAS in prefill) are not counted; those ops are long.
@@ -75,6 +76,7 @@ CLOCKS = ("cuda", "host")
 GATE_TIMEOUT_NS = 20_000_000
 OUTCOME_SLOTS = 1 << 17  # gate outcomes kept (a 7B pp512+tg32 run gates ~16k ops); 1 MiB page-locked
 SYNC_FAMILY = "sync"
+COPY_FAMILY = "copy"
 UNGATE_AFTER = 2  # outlasting the gate once can be a host hiccup (GC); twice is a sync inside the op
 _LAYER_PREFIX = re.compile(r"^blk\.\d+\.")
 
@@ -91,6 +93,8 @@ class Gate(Protocol):
     def timed_out(self, seq: int) -> bool | None: ...  # after a sync: did gate seq time out (None: unknown)
 
     def empty(self) -> None: ...  # queue one empty kernel (calibration)
+
+    def copy(self) -> None: ...  # queue one 4-byte device-to-host copy (calibration)
 
     def launches(self) -> int: ...  # kernels launched through qprof so far (the gate's own included)
 
@@ -151,6 +155,10 @@ class DeviceGate:
         self._outcomes = (ctypes.c_uint64 * OUTCOME_SLOTS).from_address(host)
         self._timeout = ctypes.c_uint64(timeout_ns)
         self._slots = ctypes.c_uint32(OUTCOME_SLOTS)
+        import torch
+
+        self._copy_from = torch.zeros(1, dtype=torch.int32, device="cuda")  # the size of the token read-back
+        self._copy_to = torch.zeros(1, dtype=torch.int32).pin_memory()
         self.empty()  # loads the module now, outside any run
 
     @classmethod
@@ -179,6 +187,9 @@ class DeviceGate:
 
     def empty(self) -> None:
         self._lib.launch(self._empty, (1,), (1,))
+
+    def copy(self) -> None:
+        self._copy_to.copy_(self._copy_from, non_blocking=True)
 
 
 class HostClock:
@@ -320,12 +331,14 @@ class OpTimer:
         self._done.clear()
         self._first = None
 
-    def pair(self, kernels: int) -> tuple[object, object]:
-        """A gated start/end pair around `kernels` empty kernels (for the calibration)."""
+    def pair(self, kernels: int, copies: int = 0) -> tuple[object, object]:
+        """A gated start/end pair around `kernels` empty kernels and `copies` small copies (for the calibration)."""
         seq = self.gate.close()
         start = self._clock.mark()
         for _ in range(kernels):
             self.gate.empty()
+        for _ in range(copies):
+            self.gate.copy()
         end = self._clock.mark()
         self.gate.release(seq)
         return start, end
@@ -367,9 +380,10 @@ class OpTimer:
             end = max(self._clock.elapsed_ns(self._first, t.end), start)
             ctx = context_of(t.path)
             if info.level == "op":
-                if t.seq > 0 and self.calibration is not None:
-                    end = max(end - self.calibration.correction_ns(t.kernels), start)
                 family = info.meta.get("family")
+                if t.seq > 0 and self.calibration is not None:
+                    copies = 1 if family == COPY_FAMILY else 0  # the runtimes' copy ops each make one copy
+                    end = max(end - self.calibration.correction_ns(t.kernels, copies), start)
                 rows.append({"kind": "sync" if family == SYNC_FAMILY else "op", "name": info.message,
                              "family": family, "qtype": info.meta.get("qtype"), "start_ns": start, "end_ns": end,
                              "bytes": info.meta.get("bytes"), "tid": self._tid, **ctx})

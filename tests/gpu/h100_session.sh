@@ -7,6 +7,7 @@
 #   3: a later single-call re-measure, without SmolLM2
 #   4, 5: the events-timer and NVTX-overhead session (4 carries SmolLM2 part aa, 5 part ab at once after)
 #   6, 7: its final check (6 carries part aa, 7 part ab): agreement, the GPU profile and generation tests
+#   8: one call without SmolLM2: the copy-calibrated events timer, agreement twice, diagnostic, GPU agreement test
 set -u
 STAGE=${1:?stage 1 or 2}
 source tests/device_prelude.sh || exit 1
@@ -77,6 +78,12 @@ elif [ "$STAGE" = 7 ]; then
   wait
   step gpu_tests 300 python3 -m pytest -q -rxXfs tests/gpu/test_profile_gpu.py tests/gpu/test_generate_gpu.py
   step agreement_smollm2 90 $Q profile -m smollm2 --agreement
+elif [ "$STAGE" = 8 ]; then
+  python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1
+  step agreement_7b 120 $Q profile -m mistral-7b-q4_k_m --agreement
+  step diagnose_events 120 python3 tests/gpu/diagnose_events.py -m mistral-7b-q4_k_m -p 128 -n 32
+  step agreement_7b_again 120 $Q profile -m mistral-7b-q4_k_m --agreement
+  step gpu_agreement_test 120 python3 -m pytest -q -rxXfs tests/gpu/test_profile_gpu.py -k agree
 else
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
     python3 -m qprof.cli workloads make smollm2-$v > $W/make_smollm2_$v.log 2>&1 &
