@@ -203,3 +203,21 @@ def test_an_annotator_switches_nvtx_in_place():
     assert not ann.nvtx_on and "--no-nvtx" in ann.nvtx_reason
     ann.set_nvtx(True, force=True, env={})
     assert op("blk.0.attn_q", "matvec") is built  # each domain keeps the ranges built for it
+
+
+def test_gc_is_paused_inside_a_measured_run_and_restored_after():
+    import gc
+
+    from qprof.profile.workload import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()

@@ -365,14 +365,18 @@ class OpTimer:
                 self.held += 1
                 self.unknown += gave_up is None
 
+    def _read_after_run(self) -> None:
+        """Sync, then (once) the gates' outcomes and the calibration: the only place an event is read."""
+        self._clock.synchronize()
+        if self.gate is not None and self.calibration is None:
+            self._outcomes()
+            self.calibration = self._calibrator(self)
+
     def table(self) -> pd.DataFrame:
         """The activity table of everything timed so far (ops as `op` rows, the rest as `range` rows)."""
         if not self._done:
             return empty_table()
-        self._clock.synchronize()  # after the run: the only place an event is read
-        if self.gate is not None and self.calibration is None:
-            self._outcomes()
-            self.calibration = self._calibrator(self)
+        self._read_after_run()
         rows = []
         for t in self._done:
             info = t.info
@@ -394,9 +398,8 @@ class OpTimer:
 
     def spans(self) -> pd.DataFrame:
         """Every op's raw span (before correction), kernels counted and gate outcome: for checking the correction."""
-        self.table()  # reads the events, the outcomes and the calibration
-        outcome = {0: "not gated"}
+        self._read_after_run()
         return pd.DataFrame([{"name": t.info.message, "start_ns": self._clock.elapsed_ns(self._first, t.start),
                               "raw_ns": self._clock.elapsed_ns(t.start, t.end), "kernels": t.kernels,
-                              "gate": outcome.get(t.seq, "held" if t.seq > 0 else "timed out")}
+                              "gate": "not gated" if t.seq == 0 else "held" if t.seq > 0 else "timed out"}
                              for t in self._done if t.info.level == "op"])

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -186,6 +186,20 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+@contextmanager
+def gc_paused():
+    """Python's garbage collector off (collected first), as timeit does: a pause inside an op would be
+    charged to that op."""
+    was_on = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
                  capture: Callable[[], AbstractContextManager] | None = None, model=None,
                  force_nvtx: bool | None = None) -> WorkloadResult:
@@ -215,11 +229,8 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
                 tok = rt.sample(rt.decode(tok), params)
             rt.synchronize()
     annotator.listeners.extend(listeners)
-    gc_was_on = gc.isenabled()
-    gc.collect()
-    gc.disable()  # as timeit does: a collection pause inside an op would be charged to that op
     try:
-        with capture() if capture is not None else nullcontext(), annotator.run("run"):
+        with gc_paused(), capture() if capture is not None else nullcontext(), annotator.run("run"):
             rt.reset()
             rt.synchronize()
             t0 = time.perf_counter_ns()
@@ -231,8 +242,6 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
             rt.synchronize()
             t2 = time.perf_counter_ns()
     finally:
-        if gc_was_on:
-            gc.enable()
         for lis in listeners:
             annotator.listeners.remove(lis)
     name = getattr(getattr(model, "path", None), "name", None) or cfg.name or spec.model
@@ -498,20 +507,16 @@ def measure_nvtx_overhead(spec: WorkloadSpec, repeats: int = 3, model=None) -> N
     annotator.listeners.remove(counter)
     tok_s: dict[str, list[float]] = {name: [] for name, _, _ in NVTX_MODES}
     range_ns: dict[str, float] = {}
-    gc_was_on = gc.isenabled()
-    gc.collect()
-    gc.disable()
     try:
-        for r in range(repeats):
-            for name, value in round_(r).items():
-                tok_s[name].append(value)
-        for name, enabled, force in NVTX_MODES:
-            annotator.set_nvtx(enabled, force)
-            range_ns[name] = range_cost_ns(annotator)
+        with gc_paused():
+            for r in range(repeats):
+                for name, value in round_(r).items():
+                    tok_s[name].append(value)
+            for name, enabled, force in NVTX_MODES:
+                annotator.set_nvtx(enabled, force)
+                range_ns[name] = range_cost_ns(annotator)
     finally:
         annotator.set_nvtx(True)
-        if gc_was_on:
-            gc.enable()
     return NvtxOverhead(tok_s["on"], tok_s["off"], tok_s["forced"], tool_attached(), range_ns, counter.n)
 
 
