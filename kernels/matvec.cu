@@ -1,16 +1,23 @@
-// Quantized matrix x vector for decode: y[c, row] = sum_k W[row, k] * x[c, k] for NB = 1..8
-// input columns (batched tokens), fp32 accumulation, weights read once for all NB columns.
+// Matrix x vector for decode: y[c, row] = sum_k W[row, k] * x[c, k] for NB = 1..8 input columns
+// (batched tokens), fp32 accumulation, weights read once for all NB columns. Every entry point
+// has one signature: matvec_<type>_b<NB>(w, x, y, rows, cols, row_bytes, norm_w, eps, residual).
+//   norm_w (quantized types only): x is RMS-normalized with this weight first (the fused RMSNorm);
+//   residual (may alias y): y = residual + W x, the residual add fused into the epilogue.
 //
-// Launch shape, from qprof/quant/traits.py: NT = matvec_threads threads per CTA, R =
-// matvec_rows_per_cta output rows per CTA, grid.x = ceil(rows / R). The CTA's threads stride
-// over the row in runs of RUN values (16 for batches <= 4; 8 above, where the x registers would
-// not fit): consecutive lanes take consecutive runs, so a warp reads contiguous weight bytes of
-// each of its R rows, in 16-byte loads where the layout's alignment allows. A thread loads its
-// RUN x values per column once into registers and reuses them for all R rows (x traffic / R),
-// and folds each run's scale and min in after the dot product: sum_k (d*q_k + m) x_k = d * sum_k q_k x_k + m * sum_k x_k.
+// Quantized types: the dp4a path of matvec_core.cuh. Launch shape from qprof/quant/traits.py:
+// matvec_threads (256) threads, matvec_rows_per_cta (16) rows per CTA, grid.x = ceil(rows / 16),
+// dynamic shared memory NB * qp_xq_column_bytes for the quantized activations.
+//
+// Float types (F32/F16/BF16): values decoded to float (quant_blocks.cuh) against float x, 128
+// threads and 4 rows per CTA. The CTA's threads stride over the row in runs of RUN values (16 for
+// batches <= 4; 8 above, where the x registers would not fit): consecutive lanes take
+// consecutive runs, so a warp reads contiguous weight bytes of each of its R rows, and a thread
+// loads its RUN x values per column once and reuses them for all R rows (x traffic / R).
 // Partial sums meet through warp shuffles and one shared-memory pass.
-#include "quant_blocks.cuh"
+#include "matvec_core.cuh"
 
+#define QP_MV_FLOAT_THREADS 128  // float types: threads and rows per CTA (the traits table's)
+#define QP_MV_FLOAT_ROWS 4
 // Values per thread step; the host side requires rows whose length is a multiple of the wide run.
 #ifndef QPROF_MATVEC_WIDE_RUN
 #define QPROF_MATVEC_WIDE_RUN 16
@@ -21,8 +28,9 @@
 #define MATVEC_MIN_CTAS(NB) ((NB) == 1 ? 6 : ((NB) == 2 ? 4 : ((NB) <= 4 ? 3 : 2)))
 
 template <int T, int NB, int NT, int R>
-static __device__ __forceinline__ void matvec_kernel(const qb_u8* __restrict__ w, const float* __restrict__ x,
-                                                     float* __restrict__ y, int rows, int cols, int row_bytes) {
+static __device__ __forceinline__ void matvec_float(const qb_u8* __restrict__ w, const float* __restrict__ x,
+                                                    float* __restrict__ y, int rows, int cols, int row_bytes,
+                                                    const float* residual) {
     constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES, RUN = MATVEC_RUN(NB);
     static_assert(NT % 32 == 0, "matvec threads must be whole warps");
     static_assert(RUN % 4 == 0 && (Block<T>::IS_FLOAT || QK % RUN == 0), "a run stays inside one block");
@@ -87,25 +95,87 @@ static __device__ __forceinline__ void matvec_kernel(const qb_u8* __restrict__ w
 #pragma unroll
         for (int wi = 0; wi < NT / 32; ++wi) sum += partial[wi][o];
         const int row = row0 + o / NB, c = o % NB;
-        if (row < rows) y[(long long)c * rows + row] = sum;
+        if (row < rows) y[(long long)c * rows + row] = sum + (residual ? residual[(long long)c * rows + row] : 0.0f);
     }
 }
 
-#define QPROF_MATVEC_ENTRY(name, ID, MT, MR, NB)                                                          \
-    extern "C" __global__ void __launch_bounds__(MT, MATVEC_MIN_CTAS(NB))                                                    \
-        matvec_##name##_b##NB(const qb_u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, \
-                              int rows, int cols, int row_bytes) {                                        \
-        matvec_kernel<ID, NB, MT, MR>(w, x, y, rows, cols, row_bytes);                                    \
+
+// Quantized types: one warp per pair of rows (2w, 2w + 1) of the CTA's 16.
+template <int T, int NB>
+static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w, const float* __restrict__ x,
+                                                    float* y, int rows, int cols, int row_bytes,
+                                                    const float* __restrict__ norm_w, float eps, const float* residual) {
+    qb_u8* xq = qp_xq_smem();
+    __shared__ MvShared sh;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row0 = blockIdx.x * QP_MV_ROWS_PER_CTA + 2 * warp;
+    const int ra = min(row0, rows - 1), rb = min(row0 + 1, rows - 1);  // past the end: a valid row, never stored
+    const qb_u8* wa = w + (long long)ra * row_bytes;
+    const qb_u8* wb = w + (long long)rb * row_bytes;
+    qp_prefetch_row(wa, row_bytes);
+    qp_prefetch_row(wb, row_bytes);
+    qp_quantize_x<NB>(x, norm_w, eps, cols, xq, sh.rms, sh.scratch);
+    __syncthreads();
+    float acc[2][NB];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int c = 0; c < NB; ++c) acc[r][c] = 0.0f;
+    qp_rows_dot2<T, NB>(wa, wb, cols, xq, acc);
+    qp_warp_reduce2<NB>(acc);
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = row0 + r;
+            if (row >= rows) continue;
+#pragma unroll
+            for (int c = 0; c < NB; ++c) {
+                const long long o = (long long)c * rows + row;
+                y[o] = acc[r][c] * sh.rms[c] + (residual ? residual[o] : 0.0f);
+            }
+        }
+    }
+}
+
+template <int T, int NB>
+static __device__ __forceinline__ void matvec_entry(const qb_u8* w, const float* x, float* y, int rows, int cols,
+                                                    int row_bytes, const float* norm_w, float eps, const float* residual) {
+    if constexpr (Block<T>::IS_FLOAT) {
+        if (norm_w != nullptr) __trap();  // the host never fuses a norm into a float-weight matvec
+        matvec_float<T, NB, QP_MV_FLOAT_THREADS, QP_MV_FLOAT_ROWS>(w, x, y, rows, cols, row_bytes, residual);
+    } else {
+        matvec_quant<T, NB>(w, x, y, rows, cols, row_bytes, norm_w, eps, residual);
+    }
+}
+
+// The launch shape the host derives from the traits table must be the one these kernels assume.
+#define QP_MV_CHECK_SHAPE(NAME, name, ID, QK, BYTES, DT, MT, MR)                                     \
+    static_assert(Block<ID>::IS_FLOAT ? (MT == QP_MV_FLOAT_THREADS && MR == QP_MV_FLOAT_ROWS)         \
+                                      : (MT == 32 * QP_MV_WARPS && MR == QP_MV_ROWS_PER_CTA),         \
+                  #NAME ": matvec launch shape in the traits table differs from the kernel's");
+QPROF_QUANT_TYPES(QP_MV_CHECK_SHAPE)
+#undef QP_MV_CHECK_SHAPE
+
+// Register budget: the float path as before; the quantized path asks for two resident CTAs (16
+// warps) per SM at one column, and one CTA above (its activations fill shared memory).
+#define MATVEC_BOUNDS(IS_FLOAT, NB) (IS_FLOAT ? MATVEC_MIN_CTAS(NB) : ((NB) == 1 ? 2 : 1))
+
+#define QPROF_MATVEC_ENTRY(name, ID, MT, NB)                                                                \
+    extern "C" __global__ void __launch_bounds__(MT, MATVEC_BOUNDS(Block<ID>::IS_FLOAT, NB))                \
+        matvec_##name##_b##NB(const qb_u8* __restrict__ w, const float* __restrict__ x, float* y, int rows, \
+                              int cols, int row_bytes, const float* __restrict__ norm_w, float eps,          \
+                              const float* residual) {                                                      \
+        matvec_entry<ID, NB>(w, x, y, rows, cols, row_bytes, norm_w, eps, residual);                        \
     }
 
 #define QPROF_MATVEC_ENTRIES(NAME, name, ID, QK, BYTES, DT, MT, MR) \
-    QPROF_MATVEC_ENTRY(name, ID, MT, MR, 1)                         \
-    QPROF_MATVEC_ENTRY(name, ID, MT, MR, 2)                         \
-    QPROF_MATVEC_ENTRY(name, ID, MT, MR, 3)                         \
-    QPROF_MATVEC_ENTRY(name, ID, MT, MR, 4)                         \
-    QPROF_MATVEC_ENTRY(name, ID, MT, MR, 5)                         \
-    QPROF_MATVEC_ENTRY(name, ID, MT, MR, 6)                         \
-    QPROF_MATVEC_ENTRY(name, ID, MT, MR, 7)                         \
-    QPROF_MATVEC_ENTRY(name, ID, MT, MR, 8)
+    QPROF_MATVEC_ENTRY(name, ID, MT, 1)                             \
+    QPROF_MATVEC_ENTRY(name, ID, MT, 2)                             \
+    QPROF_MATVEC_ENTRY(name, ID, MT, 3)                             \
+    QPROF_MATVEC_ENTRY(name, ID, MT, 4)                             \
+    QPROF_MATVEC_ENTRY(name, ID, MT, 5)                             \
+    QPROF_MATVEC_ENTRY(name, ID, MT, 6)                             \
+    QPROF_MATVEC_ENTRY(name, ID, MT, 7)                             \
+    QPROF_MATVEC_ENTRY(name, ID, MT, 8)
 
 QPROF_QUANT_TYPES(QPROF_MATVEC_ENTRIES)

@@ -153,7 +153,9 @@ static unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
 static float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 static float qb_half_to_float(unsigned short h) { _Float16 v; memcpy(&v, &h, 2); return (float)v; }
 static unsigned short qb_float_to_half(float f) { _Float16 v = (_Float16)f; unsigned short h; memcpy(&h, &v, 2); return h; }
+static unsigned qc_funnel(unsigned lo, unsigned hi, int s) { return s ? (lo >> s) | (hi << (32 - s)) : lo; }
 #include "quant_blocks.cuh"
+#include "quant_codes.cuh"
 
 template <int T, int N>
 static void put_run(const qb_u8* blk, int s, float* out) {
@@ -183,6 +185,36 @@ static void dequant_walk(const qb_u8* raw, long n_blocks, float* out) {
                 put_run<T, N>(raw + b * Block<T>::BYTES, s, out + b * QK + s);
 }
 
+// The dp4a matvec's walk: every lane task of every block, each run's codes as d * code + m. A value
+// written twice, or never, is an error (exit 6).
+template <int T>
+static void codes_walk(const qb_u8* raw, int rows, int cols, long row_bytes, float* out) {
+    if constexpr (!Block<T>::IS_FLOAT) {
+        using C = Codes<T>;
+        constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES;
+        for (long i = 0; i < (long)rows * cols; ++i) out[i] = NAN;
+        for (int r = 0; r < rows; ++r)
+            for (int b = 0; b < cols / QK; ++b)
+                for (int t = 0; t < C::TASKS; ++t) {
+                    typename C::Raw x;
+                    C::load(raw + r * row_bytes + (long)b * BYTES, t, x);
+                    for (int run = 0; run < C::RUNS; ++run) {
+                        qb_u32 c[4];
+                        float d, m;
+                        int v;
+                        C::decode(x, t, run, c, d, m, v);
+                        for (int k = 0; k < 16; ++k) {
+                            float* o = out + (long)r * cols + (long)b * QK + v + k;
+                            if (!std::isnan(*o)) exit(6);
+                            *o = fmaf(d, (float)((c[k / 4] >> (8 * (k % 4))) & 0xFFu), m);
+                        }
+                    }
+                }
+        for (long i = 0; i < (long)rows * cols; ++i)
+            if (std::isnan(out[i])) exit(6);
+    }
+}
+
 int main(int argc, char** argv) {
     const int id = atoi(argv[1]), rows = atoi(argv[2]), cols = atoi(argv[3]);
     const char* mode = argv[4];
@@ -203,6 +235,7 @@ int main(int argc, char** argv) {
         if (!strcmp(mode, "matvec16")) matvec_walk<ID, 16>(raw, rows, cols, row_bytes, out); \
         if (!strcmp(mode, "matvec8")) matvec_walk<ID, 8>(raw, rows, cols, row_bytes, out);   \
         if (!strcmp(mode, "dequant")) dequant_walk<ID, DT>(raw, size / BYTES, out);          \
+        if (!strcmp(mode, "codes")) codes_walk<ID>(raw, rows, cols, row_bytes, out);         \
     }
     QPROF_QUANT_TYPES(QB_WALK)
     if (!known) return 5;
@@ -232,7 +265,8 @@ def test_host_compiled_decoders_match_the_reference_with_aligned_loads(qtype, ho
     raw = random_weight_bytes(qtype, rows, cols, seed=11)
     (host_decoder / "raw.bin").write_bytes(raw.tobytes())
     ref = cpu_dequantize(raw, qtype, (rows, cols))
-    for mode in ("matvec16", "matvec8", "dequant"):
+    modes = ("matvec16", "matvec8", "dequant") + (("codes",) if traits(qtype).family != "float" else ())
+    for mode in modes:
         proc = subprocess.run([str(host_decoder / "decode"), str(traits(qtype).ggml_type), str(rows), str(cols), mode,
                                str(host_decoder / "raw.bin")], check=False, capture_output=True)
         assert proc.returncode == 0, f"{qtype} {mode}: {proc.stderr.decode().strip()}"

@@ -46,6 +46,7 @@ def load_ops() -> dict[str, Op]:
             module = None
         if module is not None and hasattr(module, "register_ops"):
             module.register_ops(register)
+        importlib.import_module("qprof.check.fused_cases").register_ops(register)
         _loaded = True
     return dict(REGISTRY)
 
@@ -76,7 +77,7 @@ def run_case(op: Op, case: Case, ctx: CheckContext) -> CaseResult:
             m = case.measure(ctx)
         else:
             got = op.run(case, ctx)
-            m = measure(got, op.reference(case, ctx), op.threshold)
+            m = measure(got, op.reference(case, ctx), op.threshold_for(case))
     except QprofError as exc:
         return CaseResult(case, None, "ERROR", str(exc))
     except (RuntimeError, ValueError) as exc:  # a kernel or torch failure inside one case

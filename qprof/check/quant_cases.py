@@ -13,10 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from qprof.check.registry import EXACT_NMSE, MATMUL_NMSE, Case, CheckContext, Op, Selection, register
+from qprof.check.registry import (
+    EXACT_NMSE,
+    FLOAT32_DOT_NMSE,
+    MATMUL_NMSE,
+    Case,
+    CheckContext,
+    Op,
+    Selection,
+    register,
+)
 from qprof.quant.dequant import FP16_FIELDS
 from qprof.quant.dequant import dequantize as cpu_dequantize
-from qprof.quant.traits import ALL_TYPES, traits
+from qprof.quant.traits import ALL_TYPES, FLOAT_TYPES, traits
 
 SMALL_SHAPES: tuple[tuple[int, int], ...] = ((64, 256), (100, 512), (13, 768))
 MISTRAL_SHAPES: tuple[tuple[int, int], ...] = ((4096, 4096), (14336, 4096), (4096, 14336), (32000, 4096))
@@ -196,7 +205,8 @@ OPS = (
     Op("get_rows", EXACT_NMSE, _cases("get_rows", N_VALUES, False), _run_get_rows, _ref_get_rows,
        "embedding rows by id -> float32"),
     Op("matvec", MATMUL_NMSE, _cases("matvec", tuple(n for n in N_VALUES if n <= MATVEC_MAX_N), False),
-       _run_matvec, _ref_product, "decode matrix x vector, batch 1..8"),
+       _run_matvec, _ref_product, "decode matrix x vector, batch 1..8 (quantized types: int8/int16 activations, dp4a)",
+       type_thresholds=tuple((t, FLOAT32_DOT_NMSE) for t in FLOAT_TYPES)),
     Op("matmul", MATMUL_NMSE, _cases("matmul", N_VALUES, True), _run_matmul, _ref_product,
        "prefill: dequantize to float16 + cuBLAS", injectable=True),
 )

@@ -19,7 +19,8 @@ import torch
 from qprof.errors import QprofError
 
 EXACT_NMSE = 1e-7  # pure dequantization / gathering: float32 rounding only
-MATMUL_NMSE = 5e-4  # matmul-like ops (float16 weights or activations on the prefill path)
+MATMUL_NMSE = 5e-4  # matmul-like ops (float16 weights or activations on the prefill path, quantized x in decode)
+FLOAT32_DOT_NMSE = 1e-9  # a product whose math is exact in float32 (float weights times float x)
 SHAPE_SETS = ("small", "mistral", "all")
 
 
@@ -90,6 +91,11 @@ class Op:
     reference: Callable[[Case, CheckContext], torch.Tensor] | None = None  # float64, same shape
     description: str = ""
     injectable: bool = False  # --inject changes this op's launches
+    # a tighter limit for some weight types (e.g. float weights on an exact float32 path), by type name
+    type_thresholds: tuple[tuple[str, float], ...] = ()
+
+    def threshold_for(self, case: Case) -> float:
+        return dict(self.type_thresholds).get(case.qtype or "", self.threshold)
 
 
 class CheckContext:

@@ -23,9 +23,10 @@ class QuantTraits:
     # writes block_values // dequant_threads values. Launching fewer leaves values unwritten.
     dequant_threads: int
     # Matrix-vector kernel (decode, batch 1..8): CUDA threads per CTA (whole warps) and output rows
-    # per CTA; each thread reuses its x values across the CTA's rows.
-    matvec_threads: int = 128
-    matvec_rows_per_cta: int = 4
+    # per CTA. Quantized types: 8 warps of one row pair each (kernels/matvec_core.cuh); float types:
+    # 4 rows per 128 threads, each thread reusing its x values across the rows.
+    matvec_threads: int = 256
+    matvec_rows_per_cta: int = 16
 
     @property
     def values_per_dequant_thread(self) -> int:
@@ -45,9 +46,9 @@ class QuantTraits:
 
 
 _TABLE: tuple[QuantTraits, ...] = (
-    QuantTraits("F32", 0, 1, 4, "float", dequant_threads=1),
-    QuantTraits("F16", 1, 1, 2, "float", dequant_threads=1),
-    QuantTraits("BF16", 30, 1, 2, "float", dequant_threads=1),
+    QuantTraits("F32", 0, 1, 4, "float", dequant_threads=1, matvec_threads=128, matvec_rows_per_cta=4),
+    QuantTraits("F16", 1, 1, 2, "float", dequant_threads=1, matvec_threads=128, matvec_rows_per_cta=4),
+    QuantTraits("BF16", 30, 1, 2, "float", dequant_threads=1, matvec_threads=128, matvec_rows_per_cta=4),
     # Legacy: each dequant thread decodes one run of 4 contiguous values -> 8 threads per block.
     QuantTraits("Q4_0", 2, 32, 18, "legacy", dequant_threads=8),
     QuantTraits("Q4_1", 3, 32, 20, "legacy", dequant_threads=8),

@@ -22,6 +22,7 @@ class RuntimeOptions:
     inject: str | None = None  # "block-dim": launch dequant kernels with a block size their type doesn't expect
     nvtx: bool = True  # NVTX ranges on run/phase/token/layer/op
     cuda_graphs: bool = False  # capture the decode step as a CUDA graph where the runtime supports it
+    fused: bool = True  # decode through the fused projections (norm+QKV+RoPE+KV, norm+gate+up+SwiGLU, +add)
 
     def __post_init__(self) -> None:
         if self.mask not in MASK_MODES:

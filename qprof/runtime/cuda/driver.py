@@ -23,6 +23,7 @@ from qprof.errors import QprofError
 
 KERNEL_DIR = Path(__file__).resolve().parents[3] / "kernels"
 DEFAULT_OPTIONS = ("--std=c++17", "-lineinfo", "--use_fast_math")
+DEFAULT_DYNAMIC_SHARED = 48 * 1024  # what a launch may ask for without cuFuncSetAttribute
 
 
 class CudaError(QprofError):
@@ -194,7 +195,9 @@ def _describe(args) -> str:
 def _pack(args, kernel_name: str):
     holders = []
     for a in args:
-        if isinstance(a, torch.Tensor):
+        if a is None:  # an optional pointer argument left out
+            holders.append(ctypes.c_void_p(0))
+        elif isinstance(a, torch.Tensor):
             if not a.is_cuda:
                 raise CudaError(f"{kernel_name}: tensor argument {list(a.shape)} is not on the GPU")
             holders.append(ctypes.c_void_p(a.data_ptr()))
@@ -204,7 +207,7 @@ def _pack(args, kernel_name: str):
             holders.append(ctypes.c_int(a))
         elif isinstance(a, float):
             holders.append(ctypes.c_float(a))
-        elif isinstance(a, ctypes._SimpleCData):
+        elif isinstance(a, (ctypes._SimpleCData, ctypes.Structure)):  # a struct goes by value
             holders.append(a)
         else:
             raise CudaError(f"{kernel_name}: unsupported kernel argument type {type(a).__name__}")
@@ -225,6 +228,7 @@ class KernelLibrary:
         self._kernels: dict[str, Kernel] = {}
         self.sync_after_launch = os.environ.get("QPROF_SYNC_CHECK") == "1"
         self.launch_count = 0
+        self._shared_allowed: dict[str, int] = {}
 
     @classmethod
     def get(cls) -> KernelLibrary:
@@ -275,6 +279,12 @@ class KernelLibrary:
         drv = _driver()
         attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         check(drv.cuFuncSetAttribute(kernel.handle, attr, n_bytes), f"cuFuncSetAttribute({kernel.name})")
+
+    def allow_shared(self, kernel: Kernel, n_bytes: int) -> None:
+        """Opt the kernel in to n_bytes of dynamic shared memory where that is past the default 48 KiB."""
+        if n_bytes > DEFAULT_DYNAMIC_SHARED and n_bytes > self._shared_allowed.get(kernel.name, 0):
+            self.set_max_dynamic_shared(kernel, n_bytes)
+            self._shared_allowed[kernel.name] = n_bytes
 
 
 def synchronize() -> None:

@@ -28,6 +28,7 @@ from qprof.quant.dequant import dequantize_torch
 from qprof.runtime.base import SamplingParams, TokenChecks
 from qprof.runtime.cuda import ops
 from qprof.runtime.cuda.driver import require_cuda, synchronize
+from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec, gate_up, gate_up_supported, qkv_supported
 from qprof.runtime.cuda.graphs import DecodeGraph, graph_blocker
 from qprof.runtime.cuda.kv_cache import KvCache, MaskPolicy
 from qprof.runtime.cuda.quant_ops import DeviceWeight, get_rows, matmul, matvec
@@ -76,6 +77,11 @@ class DecodeBuffers:
                    f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_vocab),
                    torch.zeros(1, dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32).pin_memory(),
                    ops.DecodeScratch.allocate(shape, n_ctx))
+
+
+def _types(*weights: DeviceWeight) -> str:
+    """The quant types of a fused op's matrices, e.g. 'Q4_K' or 'Q4_K+Q6_K'."""
+    return "+".join(dict.fromkeys(w.qtype for w in weights))
 
 
 def _norm_weight(info) -> torch.Tensor:
@@ -160,6 +166,27 @@ class CudaRuntime(TokenChecks):
         self.masks = MaskPolicy(self.options.mask, self.n_ctx, self.shape.window)
         self.buf = DecodeBuffers.allocate(cfg, self.shape, self.n_ctx)
         self._mm_scratch: torch.Tensor | None = None
+        self.fused_blocker = self._fused_blocker()
+        if self.fused_blocker is None:
+            rope = RopeSpec(cfg.head_dim, cfg.rope_dim, cfg.rope_theta)
+            b = self.buf
+            self._qkv = [QkvLaunch(lw.mats["attn_q"], lw.mats["attn_k"], lw.mats["attn_v"], b.x, lw.attn_norm,
+                                   cfg.rms_eps, b.q, *self._kv[i], rope) for i, lw in enumerate(self.layers)]
+
+    def _fused_blocker(self) -> str | None:
+        """Why decode runs the unfused ops (one kernel per op), or None for the fused projections."""
+        if not self.options.fused:
+            return "--fused 0"
+        for i, lw in enumerate(self.layers):
+            m = lw.mats
+            why = qkv_supported(m["attn_q"], m["attn_k"], m["attn_v"]) or gate_up_supported(m["ffn_gate"], m["ffn_up"])
+            if why is None and (m["attn_output"].traits.family == "float" or m["ffn_down"].traits.family == "float"):
+                why = "a float-typed projection (the fused kernels read quantized blocks)"
+            if why:
+                return f"layer {i}: {why}"
+        if self.output.traits.family == "float":
+            return "a float-typed output matrix (the fused norm reads quantized blocks)"
+        return None
 
     # ---------------------------------------------------------------- protocol
 
@@ -242,6 +269,39 @@ class CudaRuntime(TokenChecks):
 
     def _decode_step(self) -> None:
         """One token through the model; reads token and position from self.buf.step only."""
+        if self.fused_blocker is None:
+            self._decode_step_fused()
+        else:
+            self._decode_step_unfused()
+
+    def _decode_step_fused(self) -> None:
+        """Five launches a layer: norm+QKV+RoPE+KV write, attention (+ its combine), attn_output+add,
+        norm+gate+up+SwiGLU, ffn_down+add; the output norm rides in the output matvec."""
+        cfg, b, op, sh = self.config, self.buf, self._op, self.shape
+        pos = b.step[1:2]
+        mask = self.masks.for_forward(self.n_past, 1)
+        with op("token_embd", "get_rows", self.token_embd.qtype):
+            get_rows(self.token_embd, b.step[0:1], b.x)
+        for i, layer in enumerate(self.layers):
+            p, w = f"blk.{i}.", layer.mats
+            k_cache, v_cache = self._kv[i]
+            with self.annotator.layer(i):
+                lpos = self._layer_pos(pos, self.n_past)
+                with op(p + "attn_qkv", "matvec", _types(w["attn_q"], w["attn_k"], w["attn_v"])):
+                    self._qkv[i](lpos)
+                with op(p + "attention", "attention"):
+                    ops.attention_decode(b.q, k_cache, v_cache, b.attn, sh, b.scratch, pos=lpos, mask=mask)
+                with op(p + "attn_output", "matvec", w["attn_output"].qtype):
+                    matvec(w["attn_output"], b.attn, b.x, residual=b.x)
+                with op(p + "ffn_gate_up", "matvec", _types(w["ffn_gate"], w["ffn_up"])):
+                    gate_up(w["ffn_gate"], w["ffn_up"], b.x, layer.ffn_norm, cfg.rms_eps, b.act)
+                with op(p + "ffn_down", "matvec", w["ffn_down"].qtype):
+                    matvec(w["ffn_down"], b.act, b.x, residual=b.x)
+        with op("output", "matvec", self.output.qtype):
+            matvec(self.output, b.x, b.logits, norm=self.output_norm, eps=cfg.rms_eps)
+
+    def _decode_step_unfused(self) -> None:
+        """The decode step one op per kernel (float-typed weights, or --fused 0 for comparison)."""
         cfg, b, op, sh = self.config, self.buf, self._op, self.shape
         pos = b.step[1:2]
         mask = self.masks.for_forward(self.n_past, 1)

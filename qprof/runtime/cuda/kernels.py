@@ -23,7 +23,10 @@ KERNEL_DIR = Path(__file__).resolve().parents[3] / "kernels"
 TRAITS_HEADER = KERNEL_DIR / "quant_blocks.cuh"
 
 # Which .cu file holds each family.
-FAMILY_FILES: dict[str, str] = {"dequant": "dequant", "get_rows": "dequant", "matvec": "matvec"}
+FAMILY_FILES: dict[str, str] = {"dequant": "dequant", "get_rows": "dequant", "matvec": "matvec",
+                                "matvec_gate_up": "matvec_fused"}
+FUSED_FILE = "matvec_fused"
+QKV_KERNEL = "matvec_qkv"  # one kernel for every mix of quantized types (dispatched per segment on the device)
 MATVEC_MAX_BATCH = 8
 MATVEC_COL_MULTIPLE = 16  # matvec threads step through rows 16 values at a time (kernels/matvec.cu)
 DEQUANT_CTA_THREADS = 256  # threads per dequant CTA; blockDim.y = this // dequant_threads
@@ -101,6 +104,26 @@ def get_rows_launch(t: QuantTraits, blocks_per_row: int, n_ids: int) -> LaunchCo
 
 def matvec_launch(t: QuantTraits, rows: int) -> LaunchConfig:
     return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta), 1, 1), (t.matvec_threads, 1, 1))
+
+
+def gate_up_launch(t: QuantTraits, rows: int) -> LaunchConfig:
+    """Fused gate+up: each warp computes one row of each matrix, so a CTA covers half the rows of a matvec CTA."""
+    return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta // 2), 1, 1), (t.matvec_threads, 1, 1))
+
+
+def xq_planes(batch: int) -> int:
+    """Byte planes of the quantized activations (kernels/matvec_core.cuh XPlanes): 16-bit at batch 1, else 8-bit."""
+    return 2 if batch == 1 else 1
+
+
+def xq_column_bytes(planes: int, cols: int) -> int:
+    """Shared memory of one quantized activation column (qp_xq_column_bytes in matvec_core.cuh)."""
+    return (planes * cols + cols // 32 * 4 + cols // 16 * 4 + 15) // 16 * 16
+
+
+def matvec_shared_bytes(t: QuantTraits, batch: int, cols: int) -> int:
+    """Dynamic shared memory of a matvec launch: the quantized activations (quantized types only)."""
+    return 0 if t.family == "float" else batch * xq_column_bytes(xq_planes(batch), cols)
 
 
 def kernel(family: str, qtype: str, variant: str | None = None):

@@ -98,15 +98,18 @@ def _batch(x: torch.Tensor) -> int:
     return 1 if x.dim() == 1 else int(x.shape[0])
 
 
-def _launch(w: DeviceWeight, family: str, variant: str | None, key, make_cfg, *args) -> None:
+def _launch(w: DeviceWeight, family: str, variant: str | None, key, make_cfg, *args, shared_bytes: int = 0) -> None:
     """Launch the weight's kernel of `family`; its handle and launch shape are cached on the weight."""
     from qprof.runtime.cuda.driver import KernelLibrary
 
+    lib = KernelLibrary.get()
     plan = w._plans.get((family, variant, key))
     if plan is None:
-        plan = w._plans[(family, variant, key)] = (K.kernel(family, w.qtype, variant), make_cfg())
+        kern = K.kernel(family, w.qtype, variant)
+        lib.allow_shared(kern, shared_bytes)
+        plan = w._plans[(family, variant, key)] = (kern, make_cfg())
     kern, cfg = plan
-    KernelLibrary.get().launch(kern, cfg.grid, cfg.block, *args)
+    lib.launch(kern, cfg.grid, cfg.block, *args, shared_bytes=shared_bytes)
 
 
 # ------------------------------------------------------------------ ops
@@ -137,8 +140,20 @@ def get_rows(w: DeviceWeight, ids: torch.Tensor, out: torch.Tensor) -> torch.Ten
     return out
 
 
-def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out[b, rows] = x[b, cols] @ W.T for 1 <= b <= 8 (decode); a 1-D x and out mean b = 1."""
+def check_vector(w: DeviceWeight, t: torch.Tensor, what: str, n: int) -> None:
+    """A contiguous float32 CUDA vector of n values (a norm weight, a residual row)."""
+    _check(t, what, w, (torch.float32,), (n,) if t.dim() == 1 else tuple(t.shape))
+    if t.numel() != n:
+        raise QprofError(f"{w.name}: {what} must hold {n} values, got {t.numel()}")
+
+
+def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor, norm: torch.Tensor | None = None,
+           eps: float = 0.0, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """out[b, rows] = x[b, cols] @ W.T for 1 <= b <= 8 (decode); a 1-D x and out mean b = 1.
+
+    norm (quantized types): x is RMSNorm-ed with this weight and eps first, fused into the launch.
+    residual (same shape as out, may be out itself): out = residual + W x, fused into the epilogue.
+    """
     b = _batch(x)
     if not 1 <= b <= K.MATVEC_MAX_BATCH:
         raise QprofError(f"{w.name}: matvec takes 1..{K.MATVEC_MAX_BATCH} columns, got {b}; use matmul")
@@ -149,8 +164,15 @@ def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     out_shape = (w.rows,) if out.dim() == 1 and x.dim() == 1 else (b, w.rows)
     _check(x, "matvec input", w, (torch.float32,), x_shape)
     _check(out, "matvec output", w, (torch.float32,), out_shape)
+    if norm is not None:
+        if w.traits.family == "float":
+            raise QprofError(f"{w.name}: a fused RMSNorm needs a quantized weight, got {w.qtype}")
+        check_vector(w, norm, "matvec norm weight", w.cols)
+    if residual is not None:
+        _check(residual, "matvec residual", w, (torch.float32,), out_shape)
     _launch(w, "matvec", f"b{b}", None, lambda: K.matvec_launch(w.traits, w.rows),
-            w.raw, x, out, w.rows, w.cols, w.row_bytes)
+            w.raw, x, out, w.rows, w.cols, w.row_bytes, norm, float(eps), residual,
+            shared_bytes=K.matvec_shared_bytes(w.traits, b, w.cols))
     return out
 
 

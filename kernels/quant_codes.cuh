@@ -1,0 +1,270 @@
+// GGUF blocks as packed integer codes for the dp4a matvec: the integer twin of quant_blocks.cuh.
+//
+// Every quantized type exposes Codes<T>: a block is split into TASKS lane tasks (one lane's share
+// of one block), each loaded with the widest loads its alignment allows (load) and then decoded
+// (decode) into RUNS runs of 16 consecutive values. Run r of task t covers values v .. v+15 of the
+// block and holds them as 4 words of 4 unsigned byte codes each, with value[k] = d * code[k] + m.
+// A task always uses every bit it loads (both nibbles of a Q4 byte, all four crumbs of a Q2/Q3
+// byte), so no byte of the weights is fetched twice. Layout offsets are the ones documented in
+// quant_blocks.cuh; tests/test_kernels_ptxas.py runs these decoders on the host against the CPU
+// reference, checking every load's alignment.
+//
+// Codes stay below 256 and 16-value runs never straddle a scale, so an int32 dot product of a run
+// against 8- or 16-bit activations is exact.
+#pragma once
+
+#include "quant_blocks.cuh"
+
+#ifndef QB_HOST_EMULATION
+static __device__ __forceinline__ qb_u32 qc_funnel(qb_u32 lo, qb_u32 hi, int shift) {
+    return __funnelshift_r(lo, hi, shift);
+}
+#endif
+
+// 16 bytes at a 2-aligned address as 4 words: aligned 32-bit loads and a funnel shift, branch free
+// (lanes of one warp may see either parity). At an address 2 mod 4 the fifth word is loaded too
+// (predicated): it holds the run's last two bytes and two more, which lie in the same aligned word
+// as a byte of the run and so inside the allocation.
+static __device__ __forceinline__ void qc_load16_a2(const qb_u8* p, qb_u32 (&w)[4]) {
+    const qb_u64 addr = reinterpret_cast<qb_u64>(p);
+    const qb_u8* base = reinterpret_cast<const qb_u8*>(addr & ~static_cast<qb_u64>(3));
+    const int shift = static_cast<int>(addr & 3u) * 8;
+    qb_u32 a[5];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = qb_ld32(base + 4 * i);
+    a[4] = shift ? qb_ld32(base + 16) : 0u;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = qc_funnel(a[i], a[i + 1], shift);
+}
+
+// 16 bytes at an address aligned to A (a compile-time fact of the layout).
+template <int A>
+static __device__ __forceinline__ void qc_load16(const qb_u8* p, qb_u32 (&w)[4]) {
+    if constexpr (A >= 4) {
+        qb_load_words<4, A>(p, w);
+    } else {
+        qc_load16_a2(p, w);
+    }
+}
+
+// Byte k (0..11) of a 12-byte field held in three words; k is a run-time value but the selects
+// keep the words in registers.
+static __device__ __forceinline__ int qc_byte12(qb_u32 w0, qb_u32 w1, qb_u32 w2, int k) {
+    const qb_u32 w = k < 4 ? w0 : (k < 8 ? w1 : w2);
+    return static_cast<int>((w >> (8 * (k & 3))) & 0xFFu);
+}
+
+// Q4_K/Q5_K scale and min of sub-block j (0..7) from the 12 scale bytes in three words.
+static __device__ __forceinline__ void qc_scale_min_k4(qb_u32 s0, qb_u32 s1, qb_u32 s2, int j, int& sc, int& mn) {
+    if (j < 4) {
+        sc = qc_byte12(s0, s1, s2, j) & 63;
+        mn = qc_byte12(s0, s1, s2, j + 4) & 63;
+    } else {
+        const int hi = qc_byte12(s0, s1, s2, j + 4);
+        sc = (hi & 0xF) | ((qc_byte12(s0, s1, s2, j - 4) >> 6) << 4);
+        mn = (hi >> 4) | ((qc_byte12(s0, s1, s2, j) >> 6) << 4);
+    }
+}
+
+template <int T>
+struct Codes;
+
+// ------------------------------------------------------------------ legacy 32-value blocks
+// One task per block: the 16 qs bytes give runs 0..15 (low nibbles) and 16..31 (high nibbles).
+
+template <bool HAS_M, bool FIVE>
+struct LegacyCodes {
+    static constexpr int TASKS = 1, RUNS = 2, UNROLL = 4;
+    // d @0, [m @2], [qh u32], qs[16]: the Q4_0/Q4_1/Q5_0/Q5_1 layouts of quant_blocks.cuh.
+    static constexpr int QH = HAS_M ? 4 : 2, QS = (FIVE ? QH + 4 : QH);
+    static constexpr int BYTES = FIVE ? (HAS_M ? 24 : 22) : (HAS_M ? 20 : 18);
+    static constexpr int ALIGN = BYTES % 8 == 0 ? 8 : (BYTES % 4 == 0 ? 4 : 2);
+    struct Raw {
+        qb_u32 qs[4];
+        qb_u32 qh;
+        float d, m;
+    };
+    static __device__ __forceinline__ void load(const qb_u8* b, int, Raw& r) {
+        r.d = qb_half_to_float(qb_ld16(b));
+        r.m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : (FIVE ? -16.0f : -8.0f) * r.d;
+        qc_load16<qb_align(16, ALIGN)>(b + QS, r.qs);  // QS is a multiple of ALIGN's alignment
+        r.qh = FIVE ? (ALIGN >= 4 ? qb_ld32(b + QH) : qb_ld32_a2(b + QH)) : 0u;
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int, int run, qb_u32 (&c)[4], float& d, float& m,
+                                                  int& v) {
+        v = 16 * run;
+        d = r.d;
+        m = r.m;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            qb_u32 q = (r.qs[i] >> (4 * run)) & 0x0F0F0F0Fu;
+            if constexpr (FIVE) q |= qb_spread4(r.qh >> (16 * run + 4 * i)) << 4;
+            c[i] = q;
+        }
+    }
+};
+template <> struct Codes<QB_Q4_0> : LegacyCodes<false, false> {};
+template <> struct Codes<QB_Q4_1> : LegacyCodes<true, false> {};
+template <> struct Codes<QB_Q5_0> : LegacyCodes<false, true> {};
+template <> struct Codes<QB_Q5_1> : LegacyCodes<true, true> {};
+
+// Q8_0: d @0, int8 qs[32] @2; two tasks of one run each. code = q + 128, m = -128 d.
+template <>
+struct Codes<QB_Q8_0> {
+    static constexpr int TASKS = 2, RUNS = 1, UNROLL = 4;
+    struct Raw {
+        qb_u32 qs[4];
+        float d;
+    };
+    static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
+        r.d = qb_half_to_float(qb_ld16(b));
+        qc_load16_a2(b + 2 + 16 * t, r.qs);
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int t, int, qb_u32 (&c)[4], float& d, float& m,
+                                                  int& v) {
+        v = 16 * t;
+        d = r.d;
+        m = -128.0f * r.d;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[i] = r.qs[i] ^ 0x80808080u;
+    }
+};
+
+// ------------------------------------------------------------------ K-quants, 256-value superblocks
+
+// Q2_K: scales[16] @0, qs[64] @16, d @80, dmin @82 (84 bytes, 4-aligned). Task t = (h, k) =
+// (t / 2, t % 2) takes qs[32h + 16k .. +16]; crumb j of it is run j: values 128h + 32j + 16k + l,
+// sub-block 8h + 2j + k, value = d * (sc & 15) * q - dmin * (sc >> 4).
+template <>
+struct Codes<QB_Q2_K> {
+    static constexpr int TASKS = 4, RUNS = 4, UNROLL = 2;
+    struct Raw {
+        qb_u32 qs[4];
+        qb_u32 sc0, sc1;  // scales[8h .. 8h + 7]
+        qb_u32 dd;        // d | dmin << 16
+    };
+    static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
+        const int h = t >> 1, k = t & 1;
+        qb_load_words<4, 4>(b + 16 + 32 * h + 16 * k, r.qs);
+        r.sc0 = qb_ld32(b + 8 * h);
+        r.sc1 = qb_ld32(b + 8 * h + 4);
+        r.dd = qb_ld32(b + 80);
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
+                                                  int& v) {
+        const int h = t >> 1, k = t & 1, j = run;
+        v = 128 * h + 32 * j + 16 * k;
+        const int si = 2 * j + k;  // within scales[8h ..]
+        const int sc = static_cast<int>(((si < 4 ? r.sc0 : r.sc1) >> (8 * (si & 3))) & 0xFFu);
+        d = qb_half_to_float(static_cast<qb_u16>(r.dd & 0xFFFFu)) * static_cast<float>(sc & 0xF);
+        m = -qb_half_to_float(static_cast<qb_u16>(r.dd >> 16)) * static_cast<float>(sc >> 4);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[i] = (r.qs[i] >> (2 * j)) & 0x03030303u;
+    }
+};
+
+// Q3_K: hmask[32] @0, qs[64] @32, scales[12] @96, d @108 (110 bytes, 2-aligned). Task t = (h, k)
+// takes qs[32h + 16k .. +16] and hmask[16k .. +16]; run j: values 128h + 32j + 16k + l, low two
+// bits at shift 2j, bit 2 = bit 4h + j of hmask, sub-block 8h + 2j + k; value = d * sc * (q - 4).
+template <>
+struct Codes<QB_Q3_K> {
+    static constexpr int TASKS = 4, RUNS = 4, UNROLL = 1;
+    struct Raw {
+        qb_u32 qs[4], hm[4];
+        qb_u32 sc;  // the task's four 6-bit signed scales, one per byte
+        float d;
+    };
+    static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
+        const int h = t >> 1, k = t & 1;
+        qc_load16_a2(b + 32 + 32 * h + 16 * k, r.qs);
+        qc_load16_a2(b + 16 * k, r.hm);
+        r.sc = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int si = 8 * h + 2 * j + k;
+            const int lo = si < 8 ? __ldg(b + 96 + si) & 0xF : __ldg(b + 96 + si - 8) >> 4;
+            const int hi = (__ldg(b + 104 + (si & 3)) >> (2 * (si >> 2))) & 3;
+            r.sc |= (qb_u32)(lo | (hi << 4)) << (8 * j);
+        }
+        r.d = qb_half_to_float(qb_ld16(b + 108));
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
+                                                  int& v) {
+        const int h = t >> 1, k = t & 1, j = run;
+        v = 128 * h + 32 * j + 16 * k;
+        d = r.d * static_cast<float>(static_cast<int>((r.sc >> (8 * j)) & 0xFFu) - 32);
+        m = -4.0f * d;
+        const int hbit = 4 * h + j;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            c[i] = ((r.qs[i] >> (2 * j)) & 0x03030303u) | (((r.hm[i] >> hbit) & 0x01010101u) << 2);
+    }
+};
+
+// Q4_K: d @0, dmin @2, scales[12] @4, qs[128] @16 (144 bytes, 16-aligned); Q5_K adds qh[32] @16
+// and moves qs to @48 (176 bytes, 16-aligned). Task t takes qs[16t .. +16]: g = t / 2, l0 = 16 (t % 2);
+// low nibbles are run 0 (values 64g + l0 + l, sub-block 2g), high nibbles run 1 (64g + 32 + l0 + l,
+// sub-block 2g + 1). Q5_K: bit 2g + k of qh[l0 + l] is bit 4 of run k's value.
+template <bool Q5>
+struct KQuant45Codes {
+    static constexpr int TASKS = 8, RUNS = 2, QS = Q5 ? 48 : 16, UNROLL = Q5 ? 2 : 4;
+    struct Raw {
+        qb_u32 head[4];  // d | dmin << 16, scales[0..11]
+        qb_u32 qs[4];
+        qb_u32 qh[Q5 ? 4 : 1];
+    };
+    static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
+        qb_load_words<4, 16>(b, r.head);
+        qb_load_words<4, 16>(b + QS + 16 * t, r.qs);
+        if constexpr (Q5) qb_load_words<4, 16>(b + 16 + 16 * (t & 1), r.qh);
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
+                                                  int& v) {
+        const int g = t >> 1, sub = 2 * g + run;
+        v = 64 * g + 32 * run + 16 * (t & 1);
+        int sc, mn;
+        qc_scale_min_k4(r.head[1], r.head[2], r.head[3], sub, sc, mn);
+        d = qb_half_to_float(static_cast<qb_u16>(r.head[0] & 0xFFFFu)) * static_cast<float>(sc);
+        m = -qb_half_to_float(static_cast<qb_u16>(r.head[0] >> 16)) * static_cast<float>(mn);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            qb_u32 q = (r.qs[i] >> (4 * run)) & 0x0F0F0F0Fu;
+            if constexpr (Q5) q |= ((r.qh[i] >> sub) & 0x01010101u) << 4;
+            c[i] = q;
+        }
+    }
+};
+template <> struct Codes<QB_Q4_K> : KQuant45Codes<false> {};
+template <> struct Codes<QB_Q5_K> : KQuant45Codes<true> {};
+
+// Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192, d @208 (210 bytes, 2-aligned). Task t:
+// h = t / 4, kk = (t / 2) % 2, l0 = 16 (t % 2) takes ql[64h + 32kk + l0 .. +16] and qh[32h + l0 .. +16].
+// Run 0 is k = kk (low nibbles), run 1 is k = kk + 2 (high nibbles): values 128h + 32k + l0 + l,
+// bits 4..5 at shift 2k of qh, scale index 8h + 2k + l0 / 16; value = d * sc * (q - 32).
+template <>
+struct Codes<QB_Q6_K> {
+    static constexpr int TASKS = 8, RUNS = 2, UNROLL = 2;
+    struct Raw {
+        qb_u32 ql[4], qh[4];
+        int sc[2];
+        float d;
+    };
+    static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
+        const int h = t >> 2, kk = (t >> 1) & 1, l0 = 16 * (t & 1);
+        qc_load16_a2(b + 64 * h + 32 * kk + l0, r.ql);
+        qc_load16_a2(b + 128 + 32 * h + l0, r.qh);
+        r.sc[0] = static_cast<qb_i8>(__ldg(b + 192 + 8 * h + 2 * kk + (l0 >> 4)));
+        r.sc[1] = static_cast<qb_i8>(__ldg(b + 192 + 8 * h + 2 * (kk + 2) + (l0 >> 4)));
+        r.d = qb_half_to_float(qb_ld16(b + 208));
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
+                                                  int& v) {
+        const int h = t >> 2, kk = (t >> 1) & 1, l0 = 16 * (t & 1), k = kk + 2 * run;
+        v = 128 * h + 32 * k + l0;
+        d = r.d * static_cast<float>(r.sc[run]);
+        m = -32.0f * d;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            c[i] = ((r.ql[i] >> (4 * run)) & 0x0F0F0F0Fu) | (((r.qh[i] >> (2 * k)) & 0x03030303u) << 4);
+    }
+};

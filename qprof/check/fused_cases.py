@@ -1,0 +1,151 @@
+"""`qprof check` cases for the fused decode kernels: norm+matvec, matvec+residual, norm+QKV+RoPE+KV, norm+gate+up+SwiGLU.
+
+Every quantized type, at small shapes and Mistral-7B's, one column (the fused kernels are decode's),
+plus the mixed-type QKV of Q4_K_M (Q and K in Q4_K, V in Q6_K). Outputs and the whole KV cache are
+NaN-poisoned first; the reference is float64 over the CPU dequantization (as quant_cases) with the
+float64 RMSNorm / RoPE / SwiGLU of forward_cases. Activations are quantized inside the kernels, so
+these ops keep the matvec threshold (5e-4); the report prints each case's measured NMSE.
+A cache row other than the step's that the QKV kernel wrote fails the case.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from qprof.check.forward_cases import ref_rmsnorm, ref_rope
+from qprof.check.quant_cases import random_weight_bytes, reference_values
+from qprof.check.registry import MATMUL_NMSE, Case, CheckContext, Measurement, Op, Selection, measure
+from qprof.quant.traits import QUANTIZED_TYPES, traits
+
+EPS = 1e-5
+THETA = 1e6
+HEAD_DIM = 128
+SMALL = {"qkv": (256, 128, 512), "gate_up": (96, 512), "norm": (40, 512), "residual": (40, 512)}
+MISTRAL = {"qkv": (4096, 1024, 4096), "gate_up": (14336, 4096), "norm": (32000, 4096), "residual": (4096, 14336)}
+MIXED_QKV = ("Q4_K", "Q4_K", "Q6_K")  # Q4_K_M's attn_v layers
+DESCRIPTIONS = {
+    "fused_qkv": "RMSNorm + Q/K/V (per-segment types) + RoPE + KV-cache write, one launch",
+    "fused_gate_up": "RMSNorm + gate + up + SwiGLU, one launch",
+    "fused_norm_matvec": "RMSNorm inside the matvec (the output projection)",
+    "fused_residual_matvec": "matvec + residual add in the epilogue (attn_output, ffn_down)",
+}
+
+
+def _weight(ctx: CheckContext, qtype: str, rows: int, cols: int, salt: int):
+    from qprof.runtime.cuda.quant_ops import DeviceWeight
+
+    def make():
+        seed = (traits(qtype).ggml_type * 7_000_003 + rows * 131 + cols + salt) % (2**31)
+        raw = random_weight_bytes(qtype, rows, cols, seed)
+        ref = torch.from_numpy(reference_values(raw, qtype, rows, cols)).to("cuda").double()
+        return DeviceWeight.from_bytes(f"check.{qtype}.{rows}x{cols}.{salt}", qtype, (rows, cols), raw), ref
+
+    return ctx.cached(("w", qtype, rows, cols, salt), make)
+
+
+def _inputs(cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, cols, generator=gen, dtype=torch.float64) * 3.0
+    w = torch.randn(cols, generator=gen, dtype=torch.float64)
+    return x, w
+
+
+def _poisoned(*shape: int) -> torch.Tensor:
+    return torch.full(shape, float("nan"), device="cuda")
+
+
+def _qkv(ctx: CheckContext, types: tuple[str, str, str], rows_q: int, rows_kv: int, cols: int) -> Measurement:
+    from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec
+
+    (wq, rq), (wk, rk), (wv, rv) = (_weight(ctx, t, r, cols, i) for i, (t, r) in
+                                    enumerate(zip(types, (rows_q, rows_kv, rows_kv))))
+    x, nw = _inputs(cols, rows_q + cols)
+    pos, n_ctx = 37, 40
+    q_out, k_cache, v_cache = _poisoned(1, rows_q), _poisoned(n_ctx, rows_kv), _poisoned(n_ctx, rows_kv)
+    launch = QkvLaunch(wq, wk, wv, x.float().cuda(), nw.float().cuda(), EPS, q_out, k_cache, v_cache,
+                       RopeSpec(HEAD_DIM, HEAD_DIM, THETA))
+    launch(torch.tensor([pos], dtype=torch.int32, device="cuda"))
+    xn = ref_rmsnorm(x, nw, EPS).cuda()
+    positions = torch.tensor([pos])
+    q = ref_rope((xn @ rq.t()).cpu().view(1, -1, HEAD_DIM), positions, HEAD_DIM, THETA).reshape(1, -1)
+    k = ref_rope((xn @ rk.t()).cpu().view(1, -1, HEAD_DIM), positions, HEAD_DIM, THETA).reshape(1, -1)
+    v = (xn @ rv.t()).cpu()
+    others = torch.cat([k_cache[:pos], k_cache[pos + 1:], v_cache[:pos], v_cache[pos + 1:]])
+    got = torch.cat([q_out, k_cache[pos:pos + 1], v_cache[pos:pos + 1]], dim=1)
+    m = measure(got.double().cpu(), torch.cat([q, k, v], dim=1), MATMUL_NMSE)
+    if not bool(torch.isnan(others).all()):  # a write to another position's cache row
+        return Measurement(math.inf, m.max_abs_err, m.n_nan, MATMUL_NMSE)
+    return m
+
+
+def _gate_up(ctx: CheckContext, qtype: str, rows: int, cols: int) -> Measurement:
+    from qprof.runtime.cuda.fused_ops import gate_up
+
+    (wg, rg), (wu, ru) = _weight(ctx, qtype, rows, cols, 0), _weight(ctx, qtype, rows, cols, 1)
+    x, nw = _inputs(cols, rows + cols)
+    act = _poisoned(1, rows)
+    gate_up(wg, wu, x.float().cuda(), nw.float().cuda(), EPS, act)
+    xn = ref_rmsnorm(x, nw, EPS).cuda()
+    ref = torch.nn.functional.silu(xn @ rg.t()) * (xn @ ru.t())
+    return measure(act.double().cpu(), ref.cpu(), MATMUL_NMSE)
+
+
+def _norm_matvec(ctx: CheckContext, qtype: str, rows: int, cols: int) -> Measurement:
+    from qprof.runtime.cuda.quant_ops import matvec
+
+    w, ref_w = _weight(ctx, qtype, rows, cols, 0)
+    x, nw = _inputs(cols, rows * 3 + cols)
+    out = _poisoned(1, rows)
+    matvec(w, x.float().cuda(), out, norm=nw.float().cuda(), eps=EPS)
+    return measure(out.double().cpu(), (ref_rmsnorm(x, nw, EPS).cuda() @ ref_w.t()).cpu(), MATMUL_NMSE)
+
+
+def _residual_matvec(ctx: CheckContext, qtype: str, rows: int, cols: int) -> Measurement:
+    from qprof.runtime.cuda.quant_ops import matvec
+
+    w, ref_w = _weight(ctx, qtype, rows, cols, 0)
+    x, _ = _inputs(cols, rows * 5 + cols)
+    resid = torch.randn(1, rows, generator=torch.Generator().manual_seed(rows), dtype=torch.float64)
+    out = resid.float().cuda()  # in place, as the decode step runs it: out is the residual stream
+    matvec(w, x.float().cuda(), out, residual=out)
+    return measure(out.double().cpu(), resid + (x.cuda() @ ref_w.t()).cpu(), MATMUL_NMSE)
+
+
+def _shape_sets(selection: Selection):
+    if selection.small:
+        yield SMALL
+    if selection.mistral:
+        yield MISTRAL
+
+
+def _cases(op: str):
+    def generate(selection: Selection):
+        for shapes in _shape_sets(selection):
+            combos = [(t, t, t) for t in QUANTIZED_TYPES] if op == "fused_qkv" else [(t,) for t in QUANTIZED_TYPES]
+            if op == "fused_qkv":
+                combos.append(MIXED_QKV)
+            for types in combos:
+                label_type = "+".join(dict.fromkeys(types))
+                if not all(selection.wants_type(t) for t in types):
+                    continue
+                shape = shapes[op.removeprefix("fused_").removesuffix("_matvec")]
+                label = "/".join(map(str, shape[:-1])) + f"x{shape[-1]}"
+                yield Case(op, label_type, label, 1, group=(op, types, shape),
+                           measure=lambda ctx, types=types, shape=shape: _MEASURE[op](ctx, types, shape))
+
+    return generate
+
+
+_MEASURE = {
+    "fused_qkv": lambda ctx, types, shape: _qkv(ctx, types, *shape),
+    "fused_gate_up": lambda ctx, types, shape: _gate_up(ctx, types[0], *shape),
+    "fused_norm_matvec": lambda ctx, types, shape: _norm_matvec(ctx, types[0], *shape),
+    "fused_residual_matvec": lambda ctx, types, shape: _residual_matvec(ctx, types[0], *shape),
+}
+
+
+def register_ops(register) -> None:
+    for name, description in DESCRIPTIONS.items():
+        register(Op(name, MATMUL_NMSE, _cases(name), description=description))

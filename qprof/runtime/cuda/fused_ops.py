@@ -1,0 +1,128 @@
+"""Launchers of the fused decode projections (kernels/matvec_fused.cu): RMSNorm+QKV+RoPE+KV write, RMSNorm+gate+up+SwiGLU.
+
+Both read the float residual stream and the norm weight, quantize the normed activations inside the
+launch and write their results where the unfused ops would (q, the KV cache rows at the step's
+position, act), so the rest of the decode step is the same either way. Launch shapes come from the
+quant traits table; qkv_supported / gate_up_supported say when the fused path applies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import torch
+
+from qprof.errors import QprofError
+from qprof.runtime.cuda import kernels as K
+from qprof.runtime.cuda.quant_ops import DeviceWeight, check_vector
+
+
+class _Segment(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("type", ctypes.c_int), ("rows", ctypes.c_int),
+                ("row_bytes", ctypes.c_int), ("pad_", ctypes.c_int)]
+
+
+class _QkvArgs(ctypes.Structure):  # QkvArgs in kernels/matvec_fused.cu, field for field
+    _fields_ = [("seg", _Segment * 3), ("x", ctypes.c_void_p), ("norm_w", ctypes.c_void_p),
+                ("q_out", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
+                ("pos", ctypes.c_void_p), ("eps", ctypes.c_float), ("cols", ctypes.c_int),
+                ("head_dim", ctypes.c_int), ("rope_dim", ctypes.c_int), ("theta", ctypes.c_float),
+                ("n_ctx", ctypes.c_int), ("kv_f16", ctypes.c_int), ("pad_", ctypes.c_int)]
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    head_dim: int
+    rope_dim: int
+    theta: float
+
+
+def _quantized(*weights: DeviceWeight) -> bool:
+    return all(w.traits.family != "float" for w in weights)
+
+
+def qkv_supported(wq: DeviceWeight, wk: DeviceWeight, wv: DeviceWeight) -> str | None:
+    """Why Q, K and V cannot go through the fused kernel, or None when they can."""
+    if not _quantized(wq, wk, wv):
+        return "a float-typed projection (the fused kernels read quantized blocks)"
+    if len({wq.cols, wk.cols, wv.cols}) != 1:
+        return "Q, K and V read inputs of different widths"
+    if wk.rows != wv.rows or any(w.rows % 2 for w in (wq, wk, wv)):
+        return "K and V differ in rows, or a row count is odd"
+    return None
+
+
+def gate_up_supported(wg: DeviceWeight, wu: DeviceWeight) -> str | None:
+    if not _quantized(wg, wu):
+        return "a float-typed projection (the fused kernels read quantized blocks)"
+    if wg.qtype != wu.qtype or wg.shape != wu.shape:
+        return f"gate ({wg.qtype} {list(wg.shape)}) and up ({wu.qtype} {list(wu.shape)}) differ"
+    return None
+
+
+def _vector(w: DeviceWeight, t: torch.Tensor, what: str, n: int) -> None:
+    check_vector(w, t, what, n)
+
+
+def _segment(w: DeviceWeight) -> _Segment:
+    return _Segment(w.raw.data_ptr(), w.traits.ggml_type, w.rows, w.row_bytes, 0)
+
+
+class QkvLaunch:
+    """One layer's fused QKV launch, its argument struct built once (a decode step pays no packing)."""
+
+    def __init__(self, wq: DeviceWeight, wk: DeviceWeight, wv: DeviceWeight, x: torch.Tensor, norm: torch.Tensor,
+                 eps: float, q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: RopeSpec):
+        why = qkv_supported(wq, wk, wv)
+        if why:
+            raise QprofError(f"{wq.name}: fused QKV does not apply: {why}")
+        cols = wq.cols
+        _vector(wq, x, "QKV input", cols)
+        _vector(wq, norm, "QKV norm weight", cols)
+        _vector(wq, q_out, "Q output", wq.rows)
+        kv_dtypes = (torch.float32, torch.float16)
+        for name, c in (("K cache", k_cache), ("V cache", v_cache)):
+            if c.dtype not in kv_dtypes or c.dim() != 2 or c.shape[1] != wk.rows or not c.is_contiguous():
+                raise QprofError(f"{wk.name}: {name} must be a contiguous float32/float16 [n_ctx, {wk.rows}] tensor")
+        if k_cache.dtype != v_cache.dtype:
+            raise QprofError(f"{wk.name}: K and V caches must share a dtype")
+        if rope.rope_dim % 2 or rope.rope_dim > rope.head_dim or wq.rows % rope.head_dim or wk.rows % rope.head_dim:
+            raise QprofError(f"{wq.name}: rope dimension {rope.rope_dim} / head size {rope.head_dim} do not fit")
+        self.weights, self.tensors = (wq, wk, wv), (x, norm, q_out, k_cache, v_cache)
+        self.args = _QkvArgs((_Segment * 3)(*(_segment(w) for w in (wq, wk, wv))), x.data_ptr(), norm.data_ptr(),
+                             q_out.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0, float(eps), cols,
+                             rope.head_dim, rope.rope_dim, float(rope.theta), int(k_cache.shape[0]),
+                             int(k_cache.dtype == torch.float16), 0)
+        rows = wq.rows + wk.rows + wv.rows
+        self.cfg = K.matvec_launch(wq.traits, rows)
+        self.shared = K.matvec_shared_bytes(wq.traits, 1, cols)
+
+    def __call__(self, pos: torch.Tensor) -> None:
+        """Run it for the position in the device int32 `pos` (the step's, or a scalar-upload fault's copy)."""
+        from qprof.runtime.cuda.driver import KernelLibrary
+
+        if pos.dtype != torch.int32 or not pos.is_cuda:
+            raise QprofError("fused QKV: the position must be a device int32 tensor")
+        self.args.pos = pos.data_ptr()
+        lib = KernelLibrary.get()
+        kern = lib.kernel(K.FUSED_FILE, K.QKV_KERNEL)
+        lib.allow_shared(kern, self.shared)
+        lib.launch(kern, self.cfg.grid, self.cfg.block, self.args, shared_bytes=self.shared)
+
+
+def gate_up(wg: DeviceWeight, wu: DeviceWeight, x: torch.Tensor, norm: torch.Tensor, eps: float,
+            act: torch.Tensor) -> torch.Tensor:
+    """act[i] = silu(g_i) * u_i with g = Wg rmsnorm(x), u = Wu rmsnorm(x), in one launch."""
+    from qprof.runtime.cuda.quant_ops import _launch
+
+    why = gate_up_supported(wg, wu)
+    if why:
+        raise QprofError(f"{wg.name}: fused gate+up does not apply: {why}")
+    _vector(wg, x, "gate/up input", wg.cols)
+    _vector(wg, norm, "gate/up norm weight", wg.cols)
+    _vector(wg, act, "SwiGLU output", wg.rows)
+    _launch(wg, "matvec_gate_up", None, None, lambda: K.gate_up_launch(wg.traits, wg.rows),
+            wg.raw, wu.raw, x, act, wg.rows, wg.cols, wg.row_bytes, norm, float(eps),
+            shared_bytes=K.matvec_shared_bytes(wg.traits, 1, wg.cols))
+    return act
