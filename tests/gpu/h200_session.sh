@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The batched H200 sessions behind results/h200/ (see README "GPU suite"). One call a stage; every
+# step is bounded and logged into $OUT as it finishes, most important first.
+#   bash tests/gpu/h200_session.sh kernels   # build, check, matvec bandwidth, 7B bench, graph profile
+set -u
+STAGE=${1:?stage}
+source tests/device_prelude.sh || exit 1
+export QPROF_CACHE=/root/qc
+Q="python3 -m qprof.cli"  # a shell function would not survive `timeout`
+step() {  # step NAME SECONDS CMD... : bounded, logged to $OUT/NAME.log
+  local name=$1 secs=$2; shift 2
+  local t0=$(date +%s)
+  timeout --kill-after=5 $secs "$@" > $OUT/$name.log 2>&1
+  local rc=$?
+  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a $OUT/steps.txt
+}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; git log --oneline -1; } > $OUT/card.txt 2>&1
+if [ "$STAGE" = kernels ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  step check_fused 240 $Q check --ops matvec,fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec --failures-only
+  wait
+  step matvec_bw 120 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0 --batches 1,8
+  step bench_7b 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --results $OUT/bench.jsonl
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+fi
