@@ -1,12 +1,17 @@
 // Matrix x vector for decode: y[c, row] = sum_k W[row, k] * x[c, k] for NB = 1..8 input columns
 // (batched tokens), fp32 accumulation, weights read once for all NB columns. Every entry point
-// has one signature: matvec_<type>_b<NB>(w, x, y, rows, cols, row_bytes, norm_w, eps, residual).
-//   norm_w (quantized types only): x is RMS-normalized with this weight first (the fused RMSNorm);
+// has one signature: matvec_<type>_b<NB>(w, x, y, rows, cols, row_bytes, use_norm, eps, residual,
+// yq, next_norm).
+//   x: a QVec (matvec_core.cuh) for quantized types, made by quantize_q16 / quantize_q8 below or by
+//      the epilogue of the op before; float32 [NB, cols] for float types.
+//   use_norm (quantized types): x holds x * norm_w and its sum(x^2) partials; the result is scaled
+//      by 1 / rms (the RMSNorm fused into the projection).
 //   residual (may alias y): y = residual + W x, the residual add fused into the epilogue.
+//   yq (one column, rows % 32 == 0): also write y (times next_norm when given) as a QVec for the
+//      next projection.
 //
 // Quantized types: the dp4a path of matvec_core.cuh. Launch shape from qprof/quant/traits.py:
-// matvec_threads (256) threads, matvec_rows_per_cta (16) rows per CTA, grid.x = ceil(rows / 16),
-// dynamic shared memory NB * qp_xq_column_bytes for the quantized activations.
+// matvec_threads (512) threads, matvec_rows_per_cta (32) rows per CTA, grid.x = ceil(rows / 32).
 //
 // Float types (F32/F16/BF16): values decoded to float (quant_blocks.cuh) against float x, 128
 // threads and 4 rows per CTA. The CTA's threads stride over the row in runs of RUN values (16 for
@@ -100,29 +105,26 @@ static __device__ __forceinline__ void matvec_float(const qb_u8* __restrict__ w,
 }
 
 
-// Quantized types: one warp per pair of rows (2w, 2w + 1) of the CTA's 16.
+// Quantized types: one warp per pair of rows (2w, 2w + 1) of the CTA's 32; x is a QVec.
 template <int T, int NB>
-static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w, const float* __restrict__ x,
-                                                    float* y, int rows, int cols, int row_bytes,
-                                                    const float* __restrict__ norm_w, float eps, const float* residual) {
-    qb_u8* xq = qp_xq_smem();
-    __shared__ MvShared sh;
+static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w, const qb_u8* __restrict__ xq,
+                                                    float* y, int rows, int cols, int row_bytes, int use_norm,
+                                                    float eps, const float* residual, qb_u8* yq,
+                                                    const float* __restrict__ next_norm) {
+    __shared__ float staged[QP_MV_ROWS_PER_CTA];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = blockIdx.x * QP_MV_ROWS_PER_CTA + 2 * warp;
     const int ra = min(row0, rows - 1), rb = min(row0 + 1, rows - 1);  // past the end: a valid row, never stored
-    const qb_u8* wa = w + (long long)ra * row_bytes;
-    const qb_u8* wb = w + (long long)rb * row_bytes;
-    qp_prefetch_row(wa, row_bytes);
-    qp_prefetch_row(wb, row_bytes);
-    qp_quantize_x<NB>(x, norm_w, eps, cols, xq, sh.rms, sh.scratch);
-    __syncthreads();
     float acc[2][NB];
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
         for (int c = 0; c < NB; ++c) acc[r][c] = 0.0f;
-    qp_rows_dot2<T, NB>(wa, wb, cols, xq, acc);
+    qp_rows_dot2<T, NB>(w + (long long)ra * row_bytes, w + (long long)rb * row_bytes, cols, xq, acc);
     qp_warp_reduce2<NB>(acc);
+    float scale[NB];
+#pragma unroll
+    for (int c = 0; c < NB; ++c) scale[c] = qp_rms_scale<NB>(xq, cols, c, use_norm, eps);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -131,21 +133,52 @@ static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w,
 #pragma unroll
             for (int c = 0; c < NB; ++c) {
                 const long long o = (long long)c * rows + row;
-                y[o] = acc[r][c] * sh.rms[c] + (residual ? residual[o] : 0.0f);
+                const float v = acc[r][c] * scale[c] + (residual ? residual[o] : 0.0f);
+                y[o] = v;
+                if (NB == 1) staged[2 * warp + r] = v;
             }
         }
+    }
+    if (NB == 1 && yq != nullptr) {  // the host asks for it only at one column with rows % 32 == 0
+        __syncthreads();
+        qp_quantize_staged32(staged, yq, rows, blockIdx.x * QP_MV_ROWS_PER_CTA, next_norm);
     }
 }
 
 template <int T, int NB>
-static __device__ __forceinline__ void matvec_entry(const qb_u8* w, const float* x, float* y, int rows, int cols,
-                                                    int row_bytes, const float* norm_w, float eps, const float* residual) {
+static __device__ __forceinline__ void matvec_entry(const qb_u8* w, const void* x, float* y, int rows, int cols,
+                                                    int row_bytes, int use_norm, float eps, const float* residual,
+                                                    qb_u8* yq, const float* next_norm) {
     if constexpr (Block<T>::IS_FLOAT) {
-        if (norm_w != nullptr) __trap();  // the host never fuses a norm into a float-weight matvec
-        matvec_float<T, NB, QP_MV_FLOAT_THREADS, QP_MV_FLOAT_ROWS>(w, x, y, rows, cols, row_bytes, residual);
+        if (use_norm || yq != nullptr) __trap();  // the host never fuses a norm or a quantized output here
+        matvec_float<T, NB, QP_MV_FLOAT_THREADS, QP_MV_FLOAT_ROWS>(w, static_cast<const float*>(x), y, rows, cols,
+                                                                   row_bytes, residual);
     } else {
-        matvec_quant<T, NB>(w, x, y, rows, cols, row_bytes, norm_w, eps, residual);
+        matvec_quant<T, NB>(w, static_cast<const qb_u8*>(x), y, rows, cols, row_bytes, use_norm, eps, residual, yq,
+                            next_norm);
     }
+}
+
+// x [NB, cols] float (times norm_w when given) -> a QVec of NB columns. Grid (cols / 256, NB), 256
+// threads: one warp per 32-block.
+template <int NB>
+static __device__ __forceinline__ void quantize_f32(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                                    qb_u8* xq, int cols) {
+    const int blk = blockIdx.x * 8 + (threadIdx.x >> 5), c = blockIdx.y;
+    if (blk >= cols / 32) return;  // whole warps leave together
+    const int i = 32 * blk + (threadIdx.x & 31);
+    const float raw = __ldg(x + (long)c * cols + i);
+    qp_quantize_block32<NB>(norm_w != nullptr ? raw * __ldg(norm_w + i) : raw, raw, xq, cols, c, blk);
+}
+
+extern "C" __global__ void __launch_bounds__(256) quantize_q16(const float* x, const float* norm_w, qb_u8* xq,
+                                                                int cols) {
+    quantize_f32<1>(x, norm_w, xq, cols);
+}
+
+extern "C" __global__ void __launch_bounds__(256) quantize_q8(const float* x, const float* norm_w, qb_u8* xq,
+                                                               int cols) {
+    quantize_f32<8>(x, norm_w, xq, cols);  // every batch of 2..8 columns: one 8-bit plane
 }
 
 // The launch shape the host derives from the traits table must be the one these kernels assume.
@@ -156,16 +189,15 @@ static __device__ __forceinline__ void matvec_entry(const qb_u8* w, const float*
 QPROF_QUANT_TYPES(QP_MV_CHECK_SHAPE)
 #undef QP_MV_CHECK_SHAPE
 
-// Register budget: the float path as before; the quantized path asks for two resident CTAs (16
-// warps) per SM at one column, and one CTA above (its activations fill shared memory).
-#define MATVEC_BOUNDS(IS_FLOAT, NB) (IS_FLOAT ? MATVEC_MIN_CTAS(NB) : ((NB) == 1 ? 2 : 1))
+// Register budget: the float path as before; the quantized path one resident CTA (16 warps) per SM.
+#define MATVEC_BOUNDS(IS_FLOAT, NB) (IS_FLOAT ? MATVEC_MIN_CTAS(NB) : 1)
 
 #define QPROF_MATVEC_ENTRY(name, ID, MT, NB)                                                                \
     extern "C" __global__ void __launch_bounds__(MT, MATVEC_BOUNDS(Block<ID>::IS_FLOAT, NB))                \
-        matvec_##name##_b##NB(const qb_u8* __restrict__ w, const float* __restrict__ x, float* y, int rows, \
-                              int cols, int row_bytes, const float* __restrict__ norm_w, float eps,          \
-                              const float* residual) {                                                      \
-        matvec_entry<ID, NB>(w, x, y, rows, cols, row_bytes, norm_w, eps, residual);                        \
+        matvec_##name##_b##NB(const qb_u8* __restrict__ w, const void* __restrict__ x, float* y, int rows,  \
+                              int cols, int row_bytes, int use_norm, float eps, const float* residual,       \
+                              qb_u8* yq, const float* next_norm) {                                           \
+        matvec_entry<ID, NB>(w, x, y, rows, cols, row_bytes, use_norm, eps, residual, yq, next_norm);       \
     }
 
 #define QPROF_MATVEC_ENTRIES(NAME, name, ID, QK, BYTES, DT, MT, MR) \

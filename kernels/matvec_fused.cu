@@ -1,13 +1,14 @@
-// Fused decode projections (one column): the layer's ops that read the normed residual stream.
+// Fused decode projections (one column): the layer's ops that read the normed residual stream,
+// whose QVec (matvec_core.cuh) the previous op's epilogue wrote as x * norm_w with its partials.
 //
-// matvec_qkv: RMSNorm -> Q, K and V in one launch -> RoPE on Q and K -> K and V into the cache.
+// matvec_qkv: (RMSNorm) -> Q, K and V in one launch -> RoPE on Q and K -> K and V into the cache.
 //   Q, K and V may have different quant types (Q4_K_M keeps V in Q6_K on some layers), so each is
 //   a segment with its own descriptor and the type is dispatched per warp at run time. The pairs
 //   of rows a warp computes are RoPE's adjacent pairs (normal mode), so lane 0 rotates them in
-//   registers. Grid: ceil((rows_q + rows_k + rows_v) / 16) CTAs of 256 threads.
-// matvec_gate_up_<type>: RMSNorm -> gate and up rows i in one warp -> act[i] = silu(g) * u.
-//   Grid: ceil(n_ff / 8) CTAs of 256 threads (8 warps, one row of each matrix per warp).
-// Both take dynamic shared memory qp_xq_column_bytes(2, cols) for the quantized activations.
+//   registers. Grid: ceil((rows_q + rows_k + rows_v) / 32) CTAs of 512 threads.
+// matvec_gate_up_<type>: (RMSNorm) -> gate and up row i in one warp -> act[i] = silu(g) * u, twice
+//   per warp (rows i and i + 16 of the CTA's 32), and act quantized into a QVec for ffn_down.
+//   Grid: ceil(n_ff / 32) CTAs of 512 threads.
 // RoPE's angle follows rope.cu exactly (float32 frequency and angle, sin/cos in double).
 #include "matvec_core.cuh"
 
@@ -21,8 +22,8 @@ struct QkvSegment {
 
 struct QkvArgs {
     QkvSegment seg[3];  // q, k, v
-    const float* x;
-    const float* norm_w;
+    const qb_u8* xq;    // QVec of x * attn_norm, with partials
+    const float* unused_;
     float* q_out;    // [rows_q]
     void* k_cache;   // [n_ctx, kv_dim], float32 or float16
     void* v_cache;
@@ -61,9 +62,7 @@ static __device__ __forceinline__ void qp_store_kv(void* cache, long idx, float 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 2) matvec_qkv(const QkvArgs a) {
-    qb_u8* xq = qp_xq_smem();
-    __shared__ MvShared sh;
+extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 1) matvec_qkv(const QkvArgs a) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int pair = blockIdx.x * QP_MV_WARPS + warp, s = 0;
     while (s < 2 && pair >= a.seg[s].rows / 2) pair -= a.seg[s].rows / 2, ++s;
@@ -72,17 +71,14 @@ extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 2) matvec_qkv(con
     const int row = 2 * min(pair, seg.rows / 2 - 1);
     const qb_u8* wa = seg.w + (long long)row * seg.row_bytes;
     const qb_u8* wb = wa + seg.row_bytes;
-    qp_prefetch_row(wa, seg.row_bytes);
-    qp_prefetch_row(wb, seg.row_bytes);
-    qp_quantize_x<1>(a.x, a.norm_w, a.eps, a.cols, xq, sh.rms, sh.scratch);
-    __syncthreads();
     float acc[2][1] = {{0.0f}, {0.0f}};
-#define QP_QKV_DOT(T) qp_rows_dot2<T, 1>(wa, wb, a.cols, xq, acc)
+#define QP_QKV_DOT(T) qp_rows_dot2<T, 1>(wa, wb, a.cols, a.xq, acc)
     QP_FOR_QUANT_TYPE(seg.type, QP_QKV_DOT)
 #undef QP_QKV_DOT
     qp_warp_reduce2<1>(acc);
+    const float scale = qp_rms_scale<1>(a.xq, a.cols, 0, 1, a.eps);
     if (lane != 0 || !live) return;
-    float y0 = acc[0][0] * sh.rms[0], y1 = acc[1][0] * sh.rms[0];
+    float y0 = acc[0][0] * scale, y1 = acc[1][0] * scale;
     const int pos = __ldg(a.pos);
     const int dim = row % a.head_dim;
     if (s < 2 && dim < a.rope_dim) {
@@ -108,40 +104,46 @@ extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 2) matvec_qkv(con
 
 template <int T>
 static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, const qb_u8* __restrict__ wu,
-                                               const float* __restrict__ x, float* __restrict__ act, int rows,
-                                               int cols, int row_bytes, const float* __restrict__ norm_w, float eps) {
-    qb_u8* xq = qp_xq_smem();
-    __shared__ MvShared sh;
+                                               const qb_u8* __restrict__ xq, float* __restrict__ act,
+                                               qb_u8* actq, int rows, int cols, int row_bytes, float eps) {
+    __shared__ float staged[2 * QP_MV_WARPS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row = blockIdx.x * QP_MV_WARPS + warp;
-    const long long off = (long long)min(row, rows - 1) * row_bytes;
-    qp_prefetch_row(wg + off, row_bytes);
-    qp_prefetch_row(wu + off, row_bytes);
-    qp_quantize_x<1>(x, norm_w, eps, cols, xq, sh.rms, sh.scratch);
-    __syncthreads();
-    float acc[2][1] = {{0.0f}, {0.0f}};
-    qp_rows_dot2<T, 1>(wg + off, wu + off, cols, xq, acc);
-    qp_warp_reduce2<1>(acc);
-    if (lane == 0 && row < rows) {
-        const float g = acc[0][0] * sh.rms[0], u = acc[1][0] * sh.rms[0];
-        act[row] = g / (1.0f + expf(-g)) * u;  // swiglu.cu's formula
+    const float scale = qp_rms_scale<1>(xq, cols, 0, 1, eps);
+    const int row0 = blockIdx.x * 2 * QP_MV_WARPS;
+#pragma unroll 1
+    for (int half = 0; half < 2; ++half) {
+        const int row = row0 + QP_MV_WARPS * half + warp;
+        const long long off = (long long)min(row, rows - 1) * row_bytes;
+        float acc[2][1] = {{0.0f}, {0.0f}};
+        qp_rows_dot2<T, 1>(wg + off, wu + off, cols, xq, acc);
+        qp_warp_reduce2<1>(acc);
+        if (lane == 0) {
+            const float g = acc[0][0] * scale, u = acc[1][0] * scale;
+            const float v = g / (1.0f + expf(-g)) * u;  // swiglu.cu's formula
+            staged[QP_MV_WARPS * half + warp] = v;
+            if (row < rows) act[row] = v;
+        }
+    }
+    if (actq != nullptr) {  // the host asks for it when rows % 32 == 0
+        __syncthreads();
+        qp_quantize_staged32(staged, actq, rows, row0, nullptr);
     }
 }
 
 template <int T>
-static __device__ __forceinline__ void gate_up_entry(const qb_u8* wg, const qb_u8* wu, const float* x, float* act,
-                                                     int rows, int cols, int row_bytes, const float* norm_w, float eps) {
+static __device__ __forceinline__ void gate_up_entry(const qb_u8* wg, const qb_u8* wu, const qb_u8* xq, float* act,
+                                                     qb_u8* actq, int rows, int cols, int row_bytes, float eps) {
     if constexpr (Block<T>::IS_FLOAT) {
         __trap();  // the host fuses quantized types only
     } else {
-        gate_up<T>(wg, wu, x, act, rows, cols, row_bytes, norm_w, eps);
+        gate_up<T>(wg, wu, xq, act, actq, rows, cols, row_bytes, eps);
     }
 }
 
-#define QP_GATE_UP_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR)                                                \
-    extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 2)                                          \
-        matvec_gate_up_##name(const qb_u8* wg, const qb_u8* wu, const float* x, float* act, int rows, int cols, \
-                              int row_bytes, const float* norm_w, float eps) {                                  \
-        gate_up_entry<ID>(wg, wu, x, act, rows, cols, row_bytes, norm_w, eps);                                  \
+#define QP_GATE_UP_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR)                                                 \
+    extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 1)                                           \
+        matvec_gate_up_##name(const qb_u8* wg, const qb_u8* wu, const qb_u8* xq, float* act, qb_u8* actq,       \
+                              int rows, int cols, int row_bytes, float eps) {                                    \
+        gate_up_entry<ID>(wg, wu, xq, act, actq, rows, cols, row_bytes, eps);                                    \
     }
 QPROF_QUANT_TYPES(QP_GATE_UP_ENTRY)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qprof.check.registry import Case, Measurement, Op, Selection, measure
+from qprof.check.registry import MATMUL_NMSE, Case, Measurement, Op, Selection, measure
 
 # Thresholds. Pure data movement is exact; float32 elementwise ops sit near 1e-14; attention's
 # float32 softmax and sums land around 1e-12, so 1e-9 still fails on any wrong index or scale.
@@ -160,22 +160,27 @@ def _kv_write_case(rows: int, kv_dim: int, n_ctx: int, pos0: int, device_pos: bo
     return res if untouched else Measurement(math.inf, res.max_abs_err, res.n_nan, EXACT)
 
 
-def _attention_inputs(gen, n_q: int, pos0: int, n_head: int, n_head_kv: int, d: int, n_ctx: int):
+def _attention_inputs(gen, n_q: int, pos0: int, n_head: int, n_head_kv: int, d: int, n_ctx: int,
+                      kv_dtype: torch.dtype = torch.float32):
+    """q, k, v (float64; k and v as the cache holds them) and the NaN-padded caches of kv_dtype."""
     n_keys = pos0 + n_q
     q = _rand(gen, n_q, n_head, d)
     k, v = _rand(gen, n_keys, n_head_kv, d), _rand(gen, n_keys, n_head_kv, d)
-    kc = torch.full((n_ctx, n_head_kv * d), float("nan"), dtype=torch.float32)  # unwritten rows are NaN
+    k, v = k.to(kv_dtype).double(), v.to(kv_dtype).double()  # a float16 cache rounds once, exactly so
+    kc = torch.full((n_ctx, n_head_kv * d), float("nan"), dtype=kv_dtype)  # unwritten rows are NaN
     vc = kc.clone()
-    kc[:n_keys], vc[:n_keys] = k.reshape(n_keys, -1).float(), v.reshape(n_keys, -1).float()
+    kc[:n_keys], vc[:n_keys] = k.reshape(n_keys, -1).to(kv_dtype), v.reshape(n_keys, -1).to(kv_dtype)
     return q, k, v, kc.cuda(), vc.cuda()
 
 
 def _attention_case(phase: str, n_q: int, pos0: int, n_head: int, n_head_kv: int, d: int, window: int,
-                    mask_mode: str, n_ctx: int, seed: int) -> Measurement:
+                    mask_mode: str, n_ctx: int, seed: int, kv_dtype: torch.dtype = torch.float32) -> Measurement:
+    from qprof.check.fused_cases import dequantize_qvec
     from qprof.runtime.cuda import ops
+    from qprof.runtime.cuda.quant_ops import QVec
 
     gen = torch.Generator().manual_seed(seed)
-    q, k, v, kc, vc = _attention_inputs(gen, n_q, pos0, n_head, n_head_kv, d, n_ctx)
+    q, k, v, kc, vc = _attention_inputs(gen, n_q, pos0, n_head, n_head_kv, d, n_ctx, kv_dtype)
     shape = ops.AttentionShape(n_head, n_head_kv, d, window)
     q_pos = torch.arange(pos0, pos0 + n_q)
     mask = None
@@ -190,7 +195,14 @@ def _attention_case(phase: str, n_q: int, pos0: int, n_head: int, n_head_kv: int
         scratch.part_o.fill_(float("nan"))
         scratch.part_ml.fill_(float("nan"))
         pos = torch.tensor([pos0], dtype=torch.int32, device="cuda")
-        ops.attention_decode(q_d[0], kc, vc, out[0], shape, scratch, pos=pos, mask=mask)
+        out_q = QVec.allocate(n_head * d)
+        out_q.data.fill_(0xFF)  # a NaN scale wherever the combine fails to write
+        ops.attention_decode(q_d[0], kc, vc, out[0], shape, scratch, pos=pos, mask=mask, out_q=out_q.data)
+        ref = ref_attention(q, k, v, q_pos, window)
+        m = _result(out, ref, ATTENTION_NMSE)
+        # the quantized copy the attn_output projection reads: 16-bit, so held to the matvec threshold
+        mq = measure(dequantize_qvec(out_q), ref.reshape(-1), MATMUL_NMSE)
+        return m if mq.passed else mq
     else:
         ops.attention_prefill(q_d, kc, vc, out, n_q, shape, pos0, mask=mask)
     return _result(out, ref_attention(q, k, v, q_pos, window), ATTENTION_NMSE)
@@ -250,6 +262,11 @@ def forward_cases(quick: bool = False) -> list[ForwardCase]:
                 add_case("attention", f"prefill {shape} n={n_q} pos0={pos0} window={window} mask={mask_mode}",
                          n_q, big, _attention_case, "prefill", n_q, pos0, h, hkv, d, window, mask_mode, n_ctx,
                          n_q + pos0)
+    for phase, n_q, pos0 in (("decode", 1, 0), ("decode", 1, 1023), ("prefill", 64, 0), ("prefill", 200, 300)):
+        for h, hkv, d, big in ((4, 2, 32, False), (32, 8, 128, True)):
+            p0 = min(pos0, 200)
+            add_case("attention", f"{phase} {h}/{hkv}x{d} n={n_q} pos0={p0} f16 KV", n_q, big, _attention_case,
+                     phase, n_q, p0, h, hkv, d, 0, "skip", 1024, p0 + d + 7, torch.float16)
     return cases
 
 

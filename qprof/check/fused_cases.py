@@ -29,7 +29,7 @@ DESCRIPTIONS = {
     "fused_qkv": "RMSNorm + Q/K/V (per-segment types) + RoPE + KV-cache write, one launch",
     "fused_gate_up": "RMSNorm + gate + up + SwiGLU, one launch",
     "fused_norm_matvec": "RMSNorm inside the matvec (the output projection)",
-    "fused_residual_matvec": "matvec + residual add in the epilogue (attn_output, ffn_down)",
+    "fused_residual_matvec": "matvec + residual add + the next norm's quantized input in the epilogue",
 }
 
 
@@ -56,6 +56,15 @@ def _poisoned(*shape: int) -> torch.Tensor:
     return torch.full(shape, float("nan"), device="cuda")
 
 
+def _quantized(x: torch.Tensor, norm: torch.Tensor | None):
+    """x (times the norm weight) as the QVec a fused kernel reads, made by the quantize kernel."""
+    from qprof.runtime.cuda.quant_ops import QVec, quantize
+
+    xq = QVec.allocate(x.shape[-1])
+    xq.data.fill_(0xFF)  # poisoned: a byte the kernel fails to write reads as a NaN scale
+    return quantize(x.float().cuda().contiguous(), xq, None if norm is None else norm.float().cuda())
+
+
 def _qkv(ctx: CheckContext, types: tuple[str, str, str], rows_q: int, rows_kv: int, cols: int) -> Measurement:
     from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec
 
@@ -64,8 +73,7 @@ def _qkv(ctx: CheckContext, types: tuple[str, str, str], rows_q: int, rows_kv: i
     x, nw = _inputs(cols, rows_q + cols)
     pos, n_ctx = 37, 40
     q_out, k_cache, v_cache = _poisoned(1, rows_q), _poisoned(n_ctx, rows_kv), _poisoned(n_ctx, rows_kv)
-    launch = QkvLaunch(wq, wk, wv, x.float().cuda(), nw.float().cuda(), EPS, q_out, k_cache, v_cache,
-                       RopeSpec(HEAD_DIM, HEAD_DIM, THETA))
+    launch = QkvLaunch(wq, wk, wv, _quantized(x, nw), EPS, q_out, k_cache, v_cache, RopeSpec(HEAD_DIM, HEAD_DIM, THETA))
     launch(torch.tensor([pos], dtype=torch.int32, device="cuda"))
     xn = ref_rmsnorm(x, nw, EPS).cuda()
     positions = torch.tensor([pos])
@@ -82,35 +90,83 @@ def _qkv(ctx: CheckContext, types: tuple[str, str, str], rows_q: int, rows_kv: i
 
 def _gate_up(ctx: CheckContext, qtype: str, rows: int, cols: int) -> Measurement:
     from qprof.runtime.cuda.fused_ops import gate_up
+    from qprof.runtime.cuda.quant_ops import QVec
 
     (wg, rg), (wu, ru) = _weight(ctx, qtype, rows, cols, 0), _weight(ctx, qtype, rows, cols, 1)
     x, nw = _inputs(cols, rows + cols)
     act = _poisoned(1, rows)
-    gate_up(wg, wu, x.float().cuda(), nw.float().cuda(), EPS, act)
+    act_q = QVec.allocate(rows)
+    act_q.data.fill_(0xFF)
+    gate_up(wg, wu, _quantized(x, nw), EPS, act, act_q=act_q)
     xn = ref_rmsnorm(x, nw, EPS).cuda()
-    ref = torch.nn.functional.silu(xn @ rg.t()) * (xn @ ru.t())
-    return measure(act.double().cpu(), ref.cpu(), MATMUL_NMSE)
+    ref = (torch.nn.functional.silu(xn @ rg.t()) * (xn @ ru.t())).cpu()
+    m = measure(act.double().cpu(), ref, MATMUL_NMSE)
+    return _with_quantized_output(m, act_q, act, ref)
 
 
 def _norm_matvec(ctx: CheckContext, qtype: str, rows: int, cols: int) -> Measurement:
-    from qprof.runtime.cuda.quant_ops import matvec
+    from qprof.runtime.cuda.quant_ops import matvec_q
 
     w, ref_w = _weight(ctx, qtype, rows, cols, 0)
     x, nw = _inputs(cols, rows * 3 + cols)
     out = _poisoned(1, rows)
-    matvec(w, x.float().cuda(), out, norm=nw.float().cuda(), eps=EPS)
+    matvec_q(w, _quantized(x, nw), out, norm_eps=EPS)
     return measure(out.double().cpu(), (ref_rmsnorm(x, nw, EPS).cuda() @ ref_w.t()).cpu(), MATMUL_NMSE)
 
 
 def _residual_matvec(ctx: CheckContext, qtype: str, rows: int, cols: int) -> Measurement:
-    from qprof.runtime.cuda.quant_ops import matvec
+    """out += W x in place, as the decode step runs it, and out * next_norm quantized for the next op."""
+    from qprof.runtime.cuda.quant_ops import QVec, matvec_q
 
     w, ref_w = _weight(ctx, qtype, rows, cols, 0)
     x, _ = _inputs(cols, rows * 5 + cols)
-    resid = torch.randn(1, rows, generator=torch.Generator().manual_seed(rows), dtype=torch.float64)
-    out = resid.float().cuda()  # in place, as the decode step runs it: out is the residual stream
-    matvec(w, x.float().cuda(), out, residual=out)
-    return measure(out.double().cpu(), resid + (x.cuda() @ ref_w.t()).cpu(), MATMUL_NMSE)
+    gen = torch.Generator().manual_seed(rows)
+    resid = torch.randn(1, rows, generator=gen, dtype=torch.float64)
+    next_norm = torch.randn(rows, generator=gen, dtype=torch.float64)
+    out = resid.float().cuda()
+    out_q = QVec.allocate(rows)
+    out_q.data.fill_(0xFF)
+    matvec_q(w, _quantized(x, None), out, residual=out, out_q=out_q, next_norm=next_norm.float().cuda())
+    ref = resid + (x.cuda() @ ref_w.t()).cpu()
+    m = measure(out.double().cpu(), ref, MATMUL_NMSE)
+    return _with_quantized_output(m, out_q, out, ref * next_norm, norm=next_norm)
+
+
+def _with_quantized_output(m: Measurement, xq, y: torch.Tensor, ref_q: torch.Tensor,
+                           norm: torch.Tensor | None = None) -> Measurement:
+    """The worse of m and the check of a kernel's quantized output: its values (a matvec with an
+    identity-like read-back: dequantized on the host) against ref_q, and its norm partials."""
+    got = dequantize_qvec(xq)
+    mq = measure(got, ref_q.reshape(-1), MATMUL_NMSE)
+    if norm is not None:
+        ss = qvec_partials(xq).sum()
+        want = float((y.double().cpu() ** 2).sum())
+        if not math.isclose(float(ss), want, rel_tol=1e-5):
+            return Measurement(math.inf, m.max_abs_err, m.n_nan, MATMUL_NMSE)
+    return mq if (mq.nmse > m.nmse or mq.n_nan) else m
+
+
+def _qvec_fields(xq):
+    from qprof.runtime.cuda import kernels as K
+
+    planes, cols = K.xq_planes(xq.batch), xq.cols
+    raw = xq.data[: K.xq_column_bytes(planes, cols)].cpu()
+    floats = raw[planes * cols: planes * cols + (cols // 32 + cols // 16 + cols // 32) * 4].view(torch.float32)
+    return raw, floats, planes, cols
+
+
+def dequantize_qvec(xq) -> torch.Tensor:
+    """Column 0 of a QVec back to float64 (dx * xi), read on the host: what a matvec would see."""
+    raw, floats, planes, cols = _qvec_fields(xq)
+    hi = raw[:cols].view(torch.int8).double()
+    xi = hi * 256 + raw[cols:2 * cols].double() if planes == 2 else hi
+    return xi * floats[: cols // 32].double().repeat_interleave(32)
+
+
+def qvec_partials(xq) -> torch.Tensor:
+    """The sum(x^2) partials of column 0 (one per 32 values)."""
+    _, floats, _, cols = _qvec_fields(xq)
+    return floats[cols // 32 + cols // 16:].double()
 
 
 def _shape_sets(selection: Selection):

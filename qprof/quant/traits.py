@@ -23,10 +23,10 @@ class QuantTraits:
     # writes block_values // dequant_threads values. Launching fewer leaves values unwritten.
     dequant_threads: int
     # Matrix-vector kernel (decode, batch 1..8): CUDA threads per CTA (whole warps) and output rows
-    # per CTA. Quantized types: 8 warps of one row pair each (kernels/matvec_core.cuh); float types:
+    # per CTA. Quantized types: 16 warps of one row pair each (kernels/matvec_core.cuh); float types:
     # 4 rows per 128 threads, each thread reusing its x values across the rows.
-    matvec_threads: int = 256
-    matvec_rows_per_cta: int = 16
+    matvec_threads: int = 512
+    matvec_rows_per_cta: int = 32
 
     @property
     def values_per_dequant_thread(self) -> int:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from qprof.errors import QprofError
 
 MASK_MODES = ("upload", "device", "skip")
+KV_TYPES = ("f32", "f16")
 INJECT_FAULTS = ("block-dim",)
 
 
@@ -23,10 +24,13 @@ class RuntimeOptions:
     nvtx: bool = True  # NVTX ranges on run/phase/token/layer/op
     cuda_graphs: bool = False  # capture the decode step as a CUDA graph where the runtime supports it
     fused: bool = True  # decode through the fused projections (norm+QKV+RoPE+KV, norm+gate+up+SwiGLU, +add)
+    kv_type: str = "f32"  # KV cache element type on the GPU: f32 (the reference) or f16
 
     def __post_init__(self) -> None:
         if self.mask not in MASK_MODES:
             raise QprofError(f"unknown mask mode {self.mask!r}; choose from {', '.join(MASK_MODES)}")
+        if self.kv_type not in KV_TYPES:
+            raise QprofError(f"unknown KV cache type {self.kv_type!r}; choose from {', '.join(KV_TYPES)}")
         if self.inject is not None and self.inject not in INJECT_FAULTS:
             raise QprofError(f"unknown fault {self.inject!r}; choose from {', '.join(INJECT_FAULTS)}")
 

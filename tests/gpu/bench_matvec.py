@@ -1,6 +1,7 @@
 """Achieved bandwidth of the decode matvec at Mistral-7B shapes, weights cycled past L2 (a benchmark, not a test).
 
-For every type and shape, `copies` distinct copies of the weight (together at least 8x the L2) are
+For every type and shape (quantized types: the kernel alone, on activations quantized beforehand as a
+decode step's previous op does), `copies` distinct copies of the weight (together at least 8x the L2) are
 multiplied in turn, as a decode step reads each matrix once: one matrix timed in a loop would sit in
 L2 (60 MB on an H200) and flatter any kernel. Device time comes from a CUDA graph of one pass over
 the copies, replayed and timed with CUDA events. GB/s counts weight + x + y bytes; % read is against
@@ -19,7 +20,7 @@ import torch
 from qprof.check.quant_cases import MISTRAL_SHAPES
 from qprof.quant.dequant import FP16_FIELDS
 from qprof.quant.traits import ALL_TYPES, traits
-from qprof.runtime.cuda.quant_ops import DeviceWeight, matvec
+from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, matvec, matvec_q, quantize
 
 WORKING_SET_L2_MULTIPLE = 8
 
@@ -56,10 +57,16 @@ def graph_us(fn, replays: int = 10) -> float:
     return start.elapsed_time(end) * 1e3 / replays
 
 
-def read_bandwidth(n_bytes: int = 4 << 30) -> float:
+def read_bandwidth(n_bytes: int = 4 << 30, reps: int = 5) -> float:
     a = torch.ones(n_bytes // 2, dtype=torch.float16, device="cuda")
-    out = torch.empty((), dtype=torch.float32, device="cuda")
-    return n_bytes / (graph_us(lambda: torch.sum(a, dtype=torch.float32, out=out), 5) * 1e-6)
+    a.sum(dtype=torch.float32)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a.sum(dtype=torch.float32)
+    end.record()
+    end.synchronize()
+    return n_bytes * reps / (start.elapsed_time(end) * 1e-3)
 
 
 def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int) -> dict:
@@ -69,10 +76,14 @@ def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int) -
     row = {"type": qtype, "shape": f"{rows}x{cols}", "weight_MB": first.n_bytes / 1e6, "copies": copies}
     for b in batches:
         x, y = torch.randn(b, cols, device="cuda"), torch.empty(b, rows, device="cuda")
+        xq = None if first.traits.family == "float" else quantize(x, QVec.allocate(cols, b))
 
-        def one_pass(x=x, y=y):
+        def one_pass(x=x, y=y, xq=xq):  # the matvec kernel alone: x quantized beforehand
             for w in weights:
-                matvec(w, x, y)
+                if xq is None:
+                    matvec(w, x, y)
+                else:
+                    matvec_q(w, xq, y)
 
         us = graph_us(one_pass) / copies
         row[f"b{b}_us"] = us

@@ -60,10 +60,12 @@ def test_heads_must_divide_into_kv_heads():
 
 
 @pytest.mark.parametrize("n_ctx", [1, 128, 129, 4096, 32768, 131072])
-def test_decode_splits_cover_the_context(n_ctx):
-    chunk, n_split = ops.decode_splits(n_ctx)
-    assert chunk * n_split >= n_ctx > chunk * (n_split - 1)
+@pytest.mark.parametrize("n_head_kv", [1, 3, 8])
+def test_decode_splits_cover_the_context(n_ctx, n_head_kv):
+    chunk, n_split = ops.decode_splits(n_ctx, n_head_kv)
+    assert chunk * n_split >= n_ctx > chunk * (n_split - 1) - 32
     assert n_split <= ops.MAX_DECODE_SPLITS and chunk % 32 == 0
+    assert chunk <= max(32, ops.DECODE_MAX_CHUNK) or n_split == ops.MAX_DECODE_SPLITS
 
 
 def test_causal_mask_with_window():

@@ -31,7 +31,7 @@ from qprof.runtime.cuda.driver import require_cuda, synchronize
 from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec, gate_up, gate_up_supported, qkv_supported
 from qprof.runtime.cuda.graphs import DecodeGraph, graph_blocker
 from qprof.runtime.cuda.kv_cache import KvCache, MaskPolicy
-from qprof.runtime.cuda.quant_ops import DeviceWeight, get_rows, matmul, matvec
+from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, get_rows, matmul, matvec, matvec_q, quantize
 from qprof.runtime.options import RuntimeOptions
 from qprof.runtime.sampling import Sampler, check_params
 
@@ -66,17 +66,24 @@ class DecodeBuffers:
     token_out: torch.Tensor  # int32 [1]: the argmax
     token_host: torch.Tensor  # int32 [1], page-locked: where the argmax is read back to
     scratch: ops.DecodeScratch
+    # the fused step's quantized activations (None where a width is not a multiple of 32)
+    xq: QVec | None  # the residual stream times the next RMSNorm's weight, with its partials
+    attnq: QVec | None  # attention's output
+    actq: QVec | None  # SwiGLU's output
 
     @classmethod
     def allocate(cls, cfg, shape: ops.AttentionShape, n_ctx: int) -> DecodeBuffers:
         def f32(n: int) -> torch.Tensor:
             return torch.zeros(1, n, device="cuda")
 
+        def qvec(n: int) -> QVec | None:
+            return QVec.allocate(n) if n % 32 == 0 else None
+
         return cls(torch.zeros(2, dtype=torch.int32, device="cuda"), f32(cfg.n_embd), f32(cfg.n_embd),
                    f32(cfg.q_dim), f32(cfg.kv_dim), f32(cfg.kv_dim), f32(cfg.q_dim), f32(cfg.n_embd),
                    f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_vocab),
                    torch.zeros(1, dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32).pin_memory(),
-                   ops.DecodeScratch.allocate(shape, n_ctx))
+                   ops.DecodeScratch.allocate(shape, n_ctx), qvec(cfg.n_embd), qvec(cfg.q_dim), qvec(cfg.n_ff))
 
 
 def _types(*weights: DeviceWeight) -> str:
@@ -126,7 +133,7 @@ class CudaRuntime(TokenChecks):
         widest = max(cfg.n_ff, cfg.n_vocab, cfg.q_dim, cfg.n_embd)
         return {
             "weights": int(self.model.size_bytes),
-            "KV cache": KvCache.bytes_needed(cfg.n_layer, self.n_ctx, cfg.kv_dim),
+            "KV cache": KvCache.bytes_needed(cfg.n_layer, self.n_ctx, cfg.kv_dim, self.options.kv_type),
             "mask": MaskPolicy.bytes_needed(self.options.mask, self.n_ctx),
             # a prefill chunk's activations, and a float16 copy of the widest matrix for matmul
             "activations": PREFILL_CHUNK * (4 * cfg.n_embd + 3 * widest) * 4 + 2 * widest * cfg.n_embd,
@@ -161,7 +168,7 @@ class CudaRuntime(TokenChecks):
                          {m: self.weights[f"blk.{i}.{m}.weight"] for m in MATRICES})
             for i in range(cfg.n_layer)
         ]
-        self.cache = KvCache.allocate(cfg.n_layer, self.n_ctx, cfg.kv_dim)
+        self.cache = KvCache.allocate(cfg.n_layer, self.n_ctx, cfg.kv_dim, self.options.kv_type)
         self._kv = [self.cache.layer(i) for i in range(cfg.n_layer)]  # views made once, not per step
         self.masks = MaskPolicy(self.options.mask, self.n_ctx, self.shape.window)
         self.buf = DecodeBuffers.allocate(cfg, self.shape, self.n_ctx)
@@ -170,13 +177,16 @@ class CudaRuntime(TokenChecks):
         if self.fused_blocker is None:
             rope = RopeSpec(cfg.head_dim, cfg.rope_dim, cfg.rope_theta)
             b = self.buf
-            self._qkv = [QkvLaunch(lw.mats["attn_q"], lw.mats["attn_k"], lw.mats["attn_v"], b.x, lw.attn_norm,
-                                   cfg.rms_eps, b.q, *self._kv[i], rope) for i, lw in enumerate(self.layers)]
+            self._qkv = [QkvLaunch(lw.mats["attn_q"], lw.mats["attn_k"], lw.mats["attn_v"], b.xq, cfg.rms_eps, b.q,
+                                   *self._kv[i], rope) for i, lw in enumerate(self.layers)]
 
     def _fused_blocker(self) -> str | None:
         """Why decode runs the unfused ops (one kernel per op), or None for the fused projections."""
         if not self.options.fused:
             return "--fused 0"
+        b = self.buf
+        if b.xq is None or b.attnq is None or b.actq is None:
+            return "a width that is not a multiple of 32 (the quantized activations' block)"
         for i, lw in enumerate(self.layers):
             m = lw.mats
             why = qkv_supported(m["attn_q"], m["attn_k"], m["attn_v"]) or gate_up_supported(m["ffn_gate"], m["ffn_up"])
@@ -275,30 +285,35 @@ class CudaRuntime(TokenChecks):
             self._decode_step_unfused()
 
     def _decode_step_fused(self) -> None:
-        """Five launches a layer: norm+QKV+RoPE+KV write, attention (+ its combine), attn_output+add,
-        norm+gate+up+SwiGLU, ffn_down+add; the output norm rides in the output matvec."""
-        cfg, b, op, sh = self.config, self.buf, self._op, self.shape
+        """Six launches a layer: norm+QKV+RoPE+KV write, attention and its combine (which quantizes its
+        output), attn_output+add, norm+gate+up+SwiGLU, ffn_down+add. Each projection's epilogue
+        quantizes what the next one reads; the output norm rides in the output matvec."""
+        b, op, sh, eps = self.buf, self._op, self.shape, self.config.rms_eps
         pos = b.step[1:2]
         mask = self.masks.for_forward(self.n_past, 1)
         with op("token_embd", "get_rows", self.token_embd.qtype):
             get_rows(self.token_embd, b.step[0:1], b.x)
+        with op("embd_quantize", "quantize"):
+            quantize(b.x, b.xq, self.layers[0].attn_norm)
         for i, layer in enumerate(self.layers):
             p, w = f"blk.{i}.", layer.mats
             k_cache, v_cache = self._kv[i]
+            next_norm = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.output_norm
             with self.annotator.layer(i):
                 lpos = self._layer_pos(pos, self.n_past)
                 with op(p + "attn_qkv", "matvec", _types(w["attn_q"], w["attn_k"], w["attn_v"])):
                     self._qkv[i](lpos)
                 with op(p + "attention", "attention"):
-                    ops.attention_decode(b.q, k_cache, v_cache, b.attn, sh, b.scratch, pos=lpos, mask=mask)
+                    ops.attention_decode(b.q, k_cache, v_cache, b.attn, sh, b.scratch, pos=lpos, mask=mask,
+                                         out_q=b.attnq.data)
                 with op(p + "attn_output", "matvec", w["attn_output"].qtype):
-                    matvec(w["attn_output"], b.attn, b.x, residual=b.x)
+                    matvec_q(w["attn_output"], b.attnq, b.x, residual=b.x, out_q=b.xq, next_norm=layer.ffn_norm)
                 with op(p + "ffn_gate_up", "matvec", _types(w["ffn_gate"], w["ffn_up"])):
-                    gate_up(w["ffn_gate"], w["ffn_up"], b.x, layer.ffn_norm, cfg.rms_eps, b.act)
+                    gate_up(w["ffn_gate"], w["ffn_up"], b.xq, eps, b.act, act_q=b.actq)
                 with op(p + "ffn_down", "matvec", w["ffn_down"].qtype):
-                    matvec(w["ffn_down"], b.act, b.x, residual=b.x)
+                    matvec_q(w["ffn_down"], b.actq, b.x, residual=b.x, out_q=b.xq, next_norm=next_norm)
         with op("output", "matvec", self.output.qtype):
-            matvec(self.output, b.x, b.logits, norm=self.output_norm, eps=cfg.rms_eps)
+            matvec_q(self.output, b.xq, b.logits, norm_eps=eps)
 
     def _decode_step_unfused(self) -> None:
         """The decode step one op per kernel (float-typed weights, or --fused 0 for comparison)."""

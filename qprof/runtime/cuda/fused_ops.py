@@ -1,9 +1,9 @@
 """Launchers of the fused decode projections (kernels/matvec_fused.cu): RMSNorm+QKV+RoPE+KV write, RMSNorm+gate+up+SwiGLU.
 
-Both read the float residual stream and the norm weight, quantize the normed activations inside the
-launch and write their results where the unfused ops would (q, the KV cache rows at the step's
-position, act), so the rest of the decode step is the same either way. Launch shapes come from the
-quant traits table; qkv_supported / gate_up_supported say when the fused path applies.
+Both read the residual stream as a QVec that the op before wrote as x * norm weight with its
+sum(x^2) partials (quant_ops.QVec), and write their results where the unfused ops would (q, the KV
+cache rows at the step's position, act; gate+up also act as a QVec for ffn_down). Launch shapes
+come from the quant traits table; qkv_supported / gate_up_supported say when the fused path applies.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from qprof.errors import QprofError
 from qprof.runtime.cuda import kernels as K
-from qprof.runtime.cuda.quant_ops import DeviceWeight, check_vector
+from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, _launch, check_vector
 
 
 class _Segment(ctypes.Structure):
@@ -24,7 +24,7 @@ class _Segment(ctypes.Structure):
 
 
 class _QkvArgs(ctypes.Structure):  # QkvArgs in kernels/matvec_fused.cu, field for field
-    _fields_ = [("seg", _Segment * 3), ("x", ctypes.c_void_p), ("norm_w", ctypes.c_void_p),
+    _fields_ = [("seg", _Segment * 3), ("xq", ctypes.c_void_p), ("unused_", ctypes.c_void_p),
                 ("q_out", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
                 ("pos", ctypes.c_void_p), ("eps", ctypes.c_float), ("cols", ctypes.c_int),
                 ("head_dim", ctypes.c_int), ("rope_dim", ctypes.c_int), ("theta", ctypes.c_float),
@@ -61,10 +61,6 @@ def gate_up_supported(wg: DeviceWeight, wu: DeviceWeight) -> str | None:
     return None
 
 
-def _vector(w: DeviceWeight, t: torch.Tensor, what: str, n: int) -> None:
-    check_vector(w, t, what, n)
-
-
 def _segment(w: DeviceWeight) -> _Segment:
     return _Segment(w.raw.data_ptr(), w.traits.ggml_type, w.rows, w.row_bytes, 0)
 
@@ -72,15 +68,16 @@ def _segment(w: DeviceWeight) -> _Segment:
 class QkvLaunch:
     """One layer's fused QKV launch, its argument struct built once (a decode step pays no packing)."""
 
-    def __init__(self, wq: DeviceWeight, wk: DeviceWeight, wv: DeviceWeight, x: torch.Tensor, norm: torch.Tensor,
-                 eps: float, q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: RopeSpec):
+    def __init__(self, wq: DeviceWeight, wk: DeviceWeight, wv: DeviceWeight, xq: QVec, eps: float,
+                 q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: RopeSpec):
+        """xq: x * attn_norm quantized, with its partials (the RMSNorm is applied from them)."""
         why = qkv_supported(wq, wk, wv)
         if why:
             raise QprofError(f"{wq.name}: fused QKV does not apply: {why}")
         cols = wq.cols
-        _vector(wq, x, "QKV input", cols)
-        _vector(wq, norm, "QKV norm weight", cols)
-        _vector(wq, q_out, "Q output", wq.rows)
+        if xq.cols != cols or xq.batch != 1:
+            raise QprofError(f"{wq.name}: fused QKV reads one quantized column of {cols} values")
+        check_vector(wq, q_out, "Q output", wq.rows)
         kv_dtypes = (torch.float32, torch.float16)
         for name, c in (("K cache", k_cache), ("V cache", v_cache)):
             if c.dtype not in kv_dtypes or c.dim() != 2 or c.shape[1] != wk.rows or not c.is_contiguous():
@@ -89,14 +86,12 @@ class QkvLaunch:
             raise QprofError(f"{wk.name}: K and V caches must share a dtype")
         if rope.rope_dim % 2 or rope.rope_dim > rope.head_dim or wq.rows % rope.head_dim or wk.rows % rope.head_dim:
             raise QprofError(f"{wq.name}: rope dimension {rope.rope_dim} / head size {rope.head_dim} do not fit")
-        self.weights, self.tensors = (wq, wk, wv), (x, norm, q_out, k_cache, v_cache)
-        self.args = _QkvArgs((_Segment * 3)(*(_segment(w) for w in (wq, wk, wv))), x.data_ptr(), norm.data_ptr(),
+        self.weights, self.tensors = (wq, wk, wv), (xq, q_out, k_cache, v_cache)
+        self.args = _QkvArgs((_Segment * 3)(*(_segment(w) for w in (wq, wk, wv))), xq.data.data_ptr(), 0,
                              q_out.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0, float(eps), cols,
                              rope.head_dim, rope.rope_dim, float(rope.theta), int(k_cache.shape[0]),
                              int(k_cache.dtype == torch.float16), 0)
-        rows = wq.rows + wk.rows + wv.rows
-        self.cfg = K.matvec_launch(wq.traits, rows)
-        self.shared = K.matvec_shared_bytes(wq.traits, 1, cols)
+        self.cfg = K.matvec_launch(wq.traits, wq.rows + wk.rows + wv.rows)
 
     def __call__(self, pos: torch.Tensor) -> None:
         """Run it for the position in the device int32 `pos` (the step's, or a scalar-upload fault's copy)."""
@@ -106,23 +101,24 @@ class QkvLaunch:
             raise QprofError("fused QKV: the position must be a device int32 tensor")
         self.args.pos = pos.data_ptr()
         lib = KernelLibrary.get()
-        kern = lib.kernel(K.FUSED_FILE, K.QKV_KERNEL)
-        lib.allow_shared(kern, self.shared)
-        lib.launch(kern, self.cfg.grid, self.cfg.block, self.args, shared_bytes=self.shared)
+        lib.launch(lib.kernel(K.FUSED_FILE, K.QKV_KERNEL), self.cfg.grid, self.cfg.block, self.args)
 
 
-def gate_up(wg: DeviceWeight, wu: DeviceWeight, x: torch.Tensor, norm: torch.Tensor, eps: float,
-            act: torch.Tensor) -> torch.Tensor:
-    """act[i] = silu(g_i) * u_i with g = Wg rmsnorm(x), u = Wu rmsnorm(x), in one launch."""
-    from qprof.runtime.cuda.quant_ops import _launch
+def gate_up(wg: DeviceWeight, wu: DeviceWeight, xq: QVec, eps: float, act: torch.Tensor,
+            act_q: QVec | None = None) -> torch.Tensor:
+    """act[i] = silu(g_i) * u_i with g = Wg rmsnorm(x), u = Wu rmsnorm(x), in one launch.
 
+    xq holds x * ffn_norm quantized with its partials; act_q (when given) gets act quantized.
+    """
     why = gate_up_supported(wg, wu)
     if why:
         raise QprofError(f"{wg.name}: fused gate+up does not apply: {why}")
-    _vector(wg, x, "gate/up input", wg.cols)
-    _vector(wg, norm, "gate/up norm weight", wg.cols)
-    _vector(wg, act, "SwiGLU output", wg.rows)
+    if xq.cols != wg.cols or xq.batch != 1:
+        raise QprofError(f"{wg.name}: fused gate+up reads one quantized column of {wg.cols} values")
+    check_vector(wg, act, "SwiGLU output", wg.rows)
+    if act_q is not None and (act_q.cols != wg.rows or act_q.batch != 1):
+        raise QprofError(f"{wg.name}: the quantized SwiGLU output needs one column of {wg.rows} values")
     _launch(wg, "matvec_gate_up", None, None, lambda: K.gate_up_launch(wg.traits, wg.rows),
-            wg.raw, wu.raw, x, act, wg.rows, wg.cols, wg.row_bytes, norm, float(eps),
-            shared_bytes=K.matvec_shared_bytes(wg.traits, 1, wg.cols))
+            wg.raw, wu.raw, xq.data, act, None if act_q is None else act_q.data, wg.rows, wg.cols, wg.row_bytes,
+            float(eps))
     return act

@@ -28,6 +28,8 @@ FAMILY_FILES: dict[str, str] = {"dequant": "dequant", "get_rows": "dequant", "ma
 FUSED_FILE = "matvec_fused"
 QKV_KERNEL = "matvec_qkv"  # one kernel for every mix of quantized types (dispatched per segment on the device)
 MATVEC_MAX_BATCH = 8
+QUANTIZE_THREADS = 256  # quantize_q16 / quantize_q8: one warp per 32 values
+QUANTIZE_VALUES_PER_CTA = QUANTIZE_THREADS
 MATVEC_COL_MULTIPLE = 16  # matvec threads step through rows 16 values at a time (kernels/matvec.cu)
 DEQUANT_CTA_THREADS = 256  # threads per dequant CTA; blockDim.y = this // dequant_threads
 MAX_CTA_THREADS = 1024
@@ -107,8 +109,8 @@ def matvec_launch(t: QuantTraits, rows: int) -> LaunchConfig:
 
 
 def gate_up_launch(t: QuantTraits, rows: int) -> LaunchConfig:
-    """Fused gate+up: each warp computes one row of each matrix, so a CTA covers half the rows of a matvec CTA."""
-    return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta // 2), 1, 1), (t.matvec_threads, 1, 1))
+    """Fused gate+up: each warp computes two rows of each matrix in turn, so a CTA covers as many rows as a matvec CTA."""
+    return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta), 1, 1), (t.matvec_threads, 1, 1))
 
 
 def xq_planes(batch: int) -> int:
@@ -117,13 +119,10 @@ def xq_planes(batch: int) -> int:
 
 
 def xq_column_bytes(planes: int, cols: int) -> int:
-    """Shared memory of one quantized activation column (qp_xq_column_bytes in matvec_core.cuh)."""
-    return (planes * cols + cols // 32 * 4 + cols // 16 * 4 + 15) // 16 * 16
+    """Bytes of one QVec column (qp_xq_column_bytes in matvec_core.cuh): planes, scales, sums, norm partials."""
+    return (planes * cols + cols // 32 * 4 + cols // 16 * 4 + cols // 32 * 4 + 15) // 16 * 16
 
 
-def matvec_shared_bytes(t: QuantTraits, batch: int, cols: int) -> int:
-    """Dynamic shared memory of a matvec launch: the quantized activations (quantized types only)."""
-    return 0 if t.family == "float" else batch * xq_column_bytes(xq_planes(batch), cols)
 
 
 def kernel(family: str, qtype: str, variant: str | None = None):

@@ -6,29 +6,32 @@ from dataclasses import dataclass
 
 import torch
 
-from qprof.runtime.cuda.ops import Mask, causal_mask
+from qprof.errors import QprofError
+from qprof.runtime.cuda.ops import KV_DTYPES, Mask, causal_mask
 
 F32_BYTES = 4
 
 
 @dataclass
 class KvCache:
-    """K and V of every layer, [n_layer, n_ctx, kv_dim] float32 each; row = token position.
+    """K and V of every layer, [n_layer, n_ctx, kv_dim] each; row = token position.
 
-    float32 (not f16) so the GPU keeps the CPU reference's greedy choices token for token.
+    float32 by default (the reference: the GPU keeps the CPU's greedy choices token for token);
+    float16 (kv_type "f16") halves the bytes decode attention reads at long contexts.
     """
 
     k: torch.Tensor
     v: torch.Tensor
 
     @classmethod
-    def allocate(cls, n_layer: int, n_ctx: int, kv_dim: int, device="cuda") -> KvCache:
-        return cls(torch.zeros(n_layer, n_ctx, kv_dim, device=device),
-                   torch.zeros(n_layer, n_ctx, kv_dim, device=device))
+    def allocate(cls, n_layer: int, n_ctx: int, kv_dim: int, kv_type: str = "f32", device="cuda") -> KvCache:
+        dtype = _dtype(kv_type)
+        return cls(torch.zeros(n_layer, n_ctx, kv_dim, device=device, dtype=dtype),
+                   torch.zeros(n_layer, n_ctx, kv_dim, device=device, dtype=dtype))
 
     @staticmethod
-    def bytes_needed(n_layer: int, n_ctx: int, kv_dim: int) -> int:
-        return 2 * n_layer * n_ctx * kv_dim * F32_BYTES
+    def bytes_needed(n_layer: int, n_ctx: int, kv_dim: int, kv_type: str = "f32") -> int:
+        return 2 * n_layer * n_ctx * kv_dim * _dtype(kv_type).itemsize
 
     @property
     def n_ctx(self) -> int:
@@ -36,6 +39,13 @@ class KvCache:
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[i], self.v[i]
+
+
+def _dtype(kv_type: str) -> torch.dtype:
+    try:
+        return KV_DTYPES[kv_type]
+    except KeyError:
+        raise QprofError(f"unknown KV cache type {kv_type!r}; choose from {', '.join(KV_DTYPES)}") from None
 
 
 class MaskPolicy:

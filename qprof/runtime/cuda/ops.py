@@ -24,9 +24,10 @@ KV_THREADS = 256
 ARGMAX_THREADS = 1024  # power of two: the kernel's tree reduction halves it
 DECODE_THREADS = 128  # QP_DECODE_THREADS in attention.cu
 PREFILL_WARPS = 8  # QP_PREFILL_WARPS in attention.cu: queries per CTA
-COMBINE_THREADS = 128
-DECODE_CHUNK = 128  # keys per decode split: more splits, more CTAs streaming the cache
-MAX_DECODE_SPLITS = 128
+DECODE_TARGET_CTAS = 256  # decode attention CTAs (KV heads x splits) asked for: about two per SM
+DECODE_MAX_CHUNK = 1024  # keys one split may hold at most (its scores sit in shared memory per query head)
+MAX_DECODE_SPLITS = 256
+MAX_GQA = 8  # QP_MAX_GQA in attention.cu: query heads per KV head
 ATTENTION_HEAD_DIMS = (32, 64, 96, 128)  # instantiated in attention.cu
 
 NULL = ctypes.c_void_p(0)
@@ -91,13 +92,25 @@ def rope(q: torch.Tensor, k: torch.Tensor, n_rows: int, n_head_q: int, n_head_k:
                q, k, n_head_q, n_head_k, head_dim, rope_dim, float(theta), _ptr(pos), int(pos0))
 
 
+KV_DTYPES = {"f32": torch.float32, "f16": torch.float16}
+
+
+def _require_cache(name: str, *caches: torch.Tensor) -> str:
+    """The caches' type suffix ("" for float32, "_f16kv" for float16); they must share one dtype."""
+    dtypes = {c.dtype for c in caches}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in KV_DTYPES.values() or not all(c.is_contiguous() for c in caches):
+        raise QprofError(f"{name}: KV caches must be contiguous and all float32 or all float16")
+    return "_f16kv" if caches[0].dtype == torch.float16 else ""
+
+
 def kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n_rows: int,
              pos: torch.Tensor | None = None, pos0: int = 0) -> None:
     """Copy n_rows rows of k, v [n_rows, kv_dim] into one layer's caches [n_ctx, kv_dim] at their positions."""
-    _require_f32("kv_write", k, v, k_cache, v_cache)
+    _require_f32("kv_write", k, v)
+    kernel = "kv_write_f16" if _require_cache("kv_write", k_cache, v_cache) else "kv_write_f32"
     n_ctx, kv_dim = k_cache.shape
     lib = _lib()
-    lib.launch(lib.kernel("kv_cache", "kv_write_f32"), (n_rows, math.ceil(kv_dim / KV_THREADS)),
+    lib.launch(lib.kernel("kv_cache", kernel), (n_rows, math.ceil(kv_dim / KV_THREADS)),
                (KV_THREADS,), k, v, k_cache, v_cache, kv_dim, n_ctx, _ptr(pos), int(pos0))
 
 
@@ -114,6 +127,9 @@ class AttentionShape:
                                    f"supported: {', '.join(map(str, ATTENTION_HEAD_DIMS))}")
         if self.n_head % self.n_head_kv:
             raise UnsupportedError(f"{self.n_head} query heads do not divide into {self.n_head_kv} KV heads")
+        if self.n_head // self.n_head_kv > MAX_GQA:
+            raise UnsupportedError(f"{self.n_head // self.n_head_kv} query heads per KV head is more than the "
+                                   f"{MAX_GQA} decode attention supports")
 
     @property
     def n_gqa(self) -> int:
@@ -146,10 +162,16 @@ def _mask_args(mask: Mask | None) -> tuple:
     return mask.values, mask.stride, int(mask.row_by_pos)
 
 
-def decode_splits(n_ctx: int) -> tuple[int, int]:
-    """(chunk, n_split) for decode attention: a grid that depends on n_ctx only (graph-capturable)."""
-    chunk = max(DECODE_CHUNK, 32 * math.ceil(n_ctx / MAX_DECODE_SPLITS / 32))
-    return chunk, math.ceil(n_ctx / chunk)
+def decode_splits(n_ctx: int, n_head_kv: int) -> tuple[int, int]:
+    """(chunk, n_split) for decode attention: a grid that depends on n_ctx only (graph-capturable).
+
+    About DECODE_TARGET_CTAS CTAs over the KV heads, more splits where a split would pass
+    DECODE_MAX_CHUNK keys, never a split of fewer than 32 keys of the context; chunk bounds a split.
+    """
+    n_split = max(math.ceil(DECODE_TARGET_CTAS / n_head_kv), math.ceil(n_ctx / DECODE_MAX_CHUNK))
+    n_split = max(1, min(n_split, MAX_DECODE_SPLITS, math.ceil(n_ctx / 32)))
+    chunk = 32 * math.ceil(n_ctx / n_split / 32)
+    return chunk, n_split
 
 
 @dataclass
@@ -163,7 +185,7 @@ class DecodeScratch:
 
     @classmethod
     def allocate(cls, shape: AttentionShape, n_ctx: int, device="cuda") -> DecodeScratch:
-        chunk, n_split = decode_splits(n_ctx)
+        chunk, n_split = decode_splits(n_ctx, shape.n_head_kv)
         return cls(chunk, n_split,
                    torch.empty(shape.n_head, n_split, shape.head_dim, device=device),
                    torch.empty(shape.n_head, n_split, 2, device=device))
@@ -171,25 +193,32 @@ class DecodeScratch:
 
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                      shape: AttentionShape, scratch: DecodeScratch, pos: torch.Tensor | None = None,
-                     pos0: int = 0, mask: Mask | None = None) -> torch.Tensor:
-    """One query row q [n_head * D] at position pos[0] (or pos0) against the cache; out [n_head * D]."""
-    _require_f32("attention_decode", q, k_cache, v_cache, out)
+                     pos0: int = 0, mask: Mask | None = None, out_q: torch.Tensor | None = None) -> torch.Tensor:
+    """One query row q [n_head * D] at position pos[0] (or pos0) against the cache; out [n_head * D].
+
+    out_q (a QVec byte buffer for n_head * D values): also write out quantized for the next matvec.
+    """
+    _require_f32("attention_decode", q, out)
+    suffix = _require_cache("attention_decode", k_cache, v_cache)
     lib = _lib()
-    kernel = lib.kernel("attention", f"attn_decode_d{shape.head_dim}")
-    lib.launch(kernel, (shape.n_head, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
+    kernel = lib.kernel("attention", f"attn_decode_d{shape.head_dim}{suffix}")
+    shared = 4 * scratch.chunk * shape.n_gqa
+    lib.allow_shared(kernel, shared)
+    lib.launch(kernel, (shape.n_head_kv, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
                scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, _ptr(pos), int(pos0), scratch.chunk,
-               shape.window, *_mask_args(mask), shape.scale, shared_bytes=4 * scratch.chunk)
-    lib.launch(lib.kernel("attention", "attn_combine"), (shape.n_head,), (COMBINE_THREADS,), scratch.part_o,
-               scratch.part_ml, out, scratch.n_split, shape.head_dim)
+               shape.window, *_mask_args(mask), shape.scale, shared_bytes=shared)
+    lib.launch(lib.kernel("attention", "attn_combine"), (shape.n_head,), (shape.head_dim,), scratch.part_o,
+               scratch.part_ml, out, scratch.n_split, shape.head_dim, _ptr(out_q), shape.n_head)
     return out
 
 
 def attention_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                       n_q: int, shape: AttentionShape, pos0: int, mask: Mask | None = None) -> torch.Tensor:
     """n_q query rows q [n_q, n_head * D] at positions pos0.. against the cache (already holding them)."""
-    _require_f32("attention_prefill", q, k_cache, v_cache, out)
+    _require_f32("attention_prefill", q, out)
+    suffix = _require_cache("attention_prefill", k_cache, v_cache)
     lib = _lib()
-    kernel = lib.kernel("attention", f"attn_prefill_d{shape.head_dim}")
+    kernel = lib.kernel("attention", f"attn_prefill_d{shape.head_dim}{suffix}")
     lib.launch(kernel, (math.ceil(n_q / PREFILL_WARPS), shape.n_head), (32 * PREFILL_WARPS,), q, k_cache,
                v_cache, out, n_q, shape.n_head, shape.n_gqa, shape.kv_dim, int(pos0), shape.window,
                *_mask_args(mask), shape.scale)

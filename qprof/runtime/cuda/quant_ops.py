@@ -98,18 +98,15 @@ def _batch(x: torch.Tensor) -> int:
     return 1 if x.dim() == 1 else int(x.shape[0])
 
 
-def _launch(w: DeviceWeight, family: str, variant: str | None, key, make_cfg, *args, shared_bytes: int = 0) -> None:
+def _launch(w: DeviceWeight, family: str, variant: str | None, key, make_cfg, *args) -> None:
     """Launch the weight's kernel of `family`; its handle and launch shape are cached on the weight."""
     from qprof.runtime.cuda.driver import KernelLibrary
 
-    lib = KernelLibrary.get()
     plan = w._plans.get((family, variant, key))
     if plan is None:
-        kern = K.kernel(family, w.qtype, variant)
-        lib.allow_shared(kern, shared_bytes)
-        plan = w._plans[(family, variant, key)] = (kern, make_cfg())
+        plan = w._plans[(family, variant, key)] = (K.kernel(family, w.qtype, variant), make_cfg())
     kern, cfg = plan
-    lib.launch(kern, cfg.grid, cfg.block, *args, shared_bytes=shared_bytes)
+    KernelLibrary.get().launch(kern, cfg.grid, cfg.block, *args)
 
 
 # ------------------------------------------------------------------ ops
@@ -147,12 +144,57 @@ def check_vector(w: DeviceWeight, t: torch.Tensor, what: str, n: int) -> None:
         raise QprofError(f"{w.name}: {what} must hold {n} values, got {t.numel()}")
 
 
+@dataclass
+class QVec:
+    """Activations quantized for the dp4a matvec (the QVec of kernels/matvec_core.cuh): `batch` columns
+    of `cols` values, 16-bit at batch 1 and 8-bit above, with per-32 scales, per-16 sums and the
+    sum(x^2) partials a fused RMSNorm reads. Written by quantize() or by a producing kernel's epilogue."""
+
+    data: torch.Tensor  # uint8, CUDA
+    cols: int
+    batch: int = 1
+
+    @classmethod
+    def allocate(cls, cols: int, batch: int = 1) -> QVec:
+        if cols % 32:
+            raise QprofError(f"quantized activations need a multiple of 32 values, got {cols}")
+        n = batch * K.xq_column_bytes(K.xq_planes(batch), cols)
+        return cls(torch.zeros(n, dtype=torch.uint8, device="cuda"), cols, batch)
+
+
+def quantize(x: torch.Tensor, xq: QVec, norm: torch.Tensor | None = None) -> QVec:
+    """xq = x [batch, cols] (times the RMSNorm weight `norm`, whose partials it keeps), quantized."""
+    from qprof.runtime.cuda.driver import KernelLibrary
+
+    if x.dtype != torch.float32 or not x.is_cuda or not x.is_contiguous() or x.numel() != xq.cols * xq.batch:
+        raise QprofError(f"quantize: expects a contiguous float32 CUDA tensor of {xq.batch} x {xq.cols} values")
+    if norm is not None and (norm.dtype != torch.float32 or norm.numel() != xq.cols or not norm.is_contiguous()):
+        raise QprofError(f"quantize: the norm weight must be {xq.cols} contiguous float32 values")
+    lib = KernelLibrary.get()
+    kern = lib.kernel("matvec", "quantize_q16" if xq.batch == 1 else "quantize_q8")
+    lib.launch(kern, (-(-xq.cols // K.QUANTIZE_VALUES_PER_CTA), xq.batch), (K.QUANTIZE_THREADS,), x, norm, xq.data,
+               xq.cols)
+    return xq
+
+
+_SCRATCH: dict[tuple[int, int], QVec] = {}
+
+
+def _scratch_qvec(cols: int, batch: int) -> QVec:
+    """One QVec per shape for matvec calls handed float x (tests, benchmarks, the unfused decode step)."""
+    key = (cols, batch)
+    if key not in _SCRATCH:
+        _SCRATCH[key] = QVec.allocate(cols, batch)
+    return _SCRATCH[key]
+
+
 def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor, norm: torch.Tensor | None = None,
            eps: float = 0.0, residual: torch.Tensor | None = None) -> torch.Tensor:
     """out[b, rows] = x[b, cols] @ W.T for 1 <= b <= 8 (decode); a 1-D x and out mean b = 1.
 
-    norm (quantized types): x is RMSNorm-ed with this weight and eps first, fused into the launch.
+    norm (quantized types): x is RMSNorm-ed with this weight and eps first.
     residual (same shape as out, may be out itself): out = residual + W x, fused into the epilogue.
+    Quantized types quantize x first (one more launch); matvec_q takes an already quantized QVec.
     """
     b = _batch(x)
     if not 1 <= b <= K.MATVEC_MAX_BATCH:
@@ -164,16 +206,46 @@ def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor, norm: torch.Tens
     out_shape = (w.rows,) if out.dim() == 1 and x.dim() == 1 else (b, w.rows)
     _check(x, "matvec input", w, (torch.float32,), x_shape)
     _check(out, "matvec output", w, (torch.float32,), out_shape)
-    if norm is not None:
-        if w.traits.family == "float":
+    if w.traits.family == "float":
+        if norm is not None:
             raise QprofError(f"{w.name}: a fused RMSNorm needs a quantized weight, got {w.qtype}")
+        _launch_matvec(w, b, x, out, 0, 0.0, residual, None, None)
+        return out
+    if norm is not None:
         check_vector(w, norm, "matvec norm weight", w.cols)
-    if residual is not None:
-        _check(residual, "matvec residual", w, (torch.float32,), out_shape)
-    _launch(w, "matvec", f"b{b}", None, lambda: K.matvec_launch(w.traits, w.rows),
-            w.raw, x, out, w.rows, w.cols, w.row_bytes, norm, float(eps), residual,
-            shared_bytes=K.matvec_shared_bytes(w.traits, b, w.cols))
+    xq = quantize(x, _scratch_qvec(w.cols, b), norm)
+    return matvec_q(w, xq, out, eps if norm is not None else None, residual)
+
+
+def matvec_q(w: DeviceWeight, xq: QVec, out: torch.Tensor, norm_eps: float | None = None,
+             residual: torch.Tensor | None = None, out_q: QVec | None = None,
+             next_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """out = W x for an already quantized x; norm_eps: x holds x * norm weight, scale by 1 / rms(x).
+
+    out_q (batch 1): also write out (times next_norm, the next RMSNorm's weight) quantized.
+    """
+    if w.traits.family == "float":
+        raise QprofError(f"{w.name}: quantized activations need a quantized weight, got {w.qtype}")
+    if xq.cols != w.cols or not 1 <= xq.batch <= K.MATVEC_MAX_BATCH:
+        raise QprofError(f"{w.name}: quantized input holds {xq.batch} x {xq.cols} values, expected columns of {w.cols}")
+    out_shape = (w.rows,) if out.dim() == 1 else (xq.batch, w.rows)
+    _check(out, "matvec output", w, (torch.float32,), out_shape)
+    if out.numel() != xq.batch * w.rows:
+        raise QprofError(f"{w.name}: matvec output must hold {xq.batch} x {w.rows} values")
+    if out_q is not None and (xq.batch != 1 or out_q.cols != w.rows or out_q.batch != 1):
+        raise QprofError(f"{w.name}: a quantized output needs one column of {w.rows} values")
+    if next_norm is not None:
+        check_vector(w, next_norm, "next norm weight", w.rows)
+    _launch_matvec(w, xq.batch, xq.data, out, int(norm_eps is not None), float(norm_eps or 0.0), residual,
+                   None if out_q is None else out_q.data, next_norm)
     return out
+
+
+def _launch_matvec(w: DeviceWeight, b: int, x, out, use_norm: int, eps: float, residual, out_q, next_norm) -> None:
+    if residual is not None:
+        _check(residual, "matvec residual", w, (torch.float32,), tuple(out.shape))
+    _launch(w, "matvec", f"b{b}", None, lambda: K.matvec_launch(w.traits, w.rows),
+            w.raw, x, out, w.rows, w.cols, w.row_bytes, use_norm, eps, residual, out_q, next_norm)
 
 
 _MM_DTYPE_OUT: bool | None = None  # whether this torch has aten::mm.dtype_out (fp16 in, fp32 out)
