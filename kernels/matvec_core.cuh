@@ -113,69 +113,95 @@ static __device__ __forceinline__ float qp_rms_scale(const qb_u8* xq, int cols, 
     return rsqrtf(qp_warp_sum(ss) / (float)cols + eps);
 }
 
-// Lane tasks whose loads are in flight at once (Codes<T>::UNROLL): about 64 registers of raw block
-// bytes for the two rows, tuned so that the hot kernels do not spill (ptxas report).
+// Lane tasks per pipeline stage (Codes<T>::UNROLL): two stages of raw block bytes for the two rows
+// stay within about 64 registers, tuned so that the hot kernels do not spill (ptxas report).
+// One pipeline stage of a warp: U lane tasks per lane, 32 U tasks from `base`. Tasks past the end
+// load a valid task (the last) and are weighted 0 by the compute.
+template <int T, int U>
+static __device__ __forceinline__ void qp_stage_load(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
+                                                     int base, int n_tasks, typename Codes<T>::Raw (&raw)[U][2],
+                                                     int (&task)[U]) {
+    using C = Codes<T>;
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        task[u] = min(base + 32 * u + lane, n_tasks - 1);
+        const long off = (long)(task[u] / C::TASKS) * Block<T>::BYTES;
+        C::load(ra + off, task[u] % C::TASKS, raw[u][0]);
+        C::load(rb + off, task[u] % C::TASKS, raw[u][1]);
+    }
+}
+
+template <int T, int NB, int U>
+static __device__ __forceinline__ void qp_stage_compute(const typename Codes<T>::Raw (&raw)[U][2], const int (&task)[U],
+                                                        int base, int n_tasks, const qb_u8* xs, int cols,
+                                                        float (&acc)[2][NB]) {
+    using C = Codes<T>;
+    constexpr int P = XPlanes<NB>::N;
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const bool live = base + 32 * u + lane < n_tasks;
+        const int t = task[u] % C::TASKS, v0 = task[u] / C::TASKS * Block<T>::QK;
+#pragma unroll(NB > 2 ? 1 : C::RUNS)  // many columns: one run's codes live at a time
+        for (int run = 0; run < C::RUNS; ++run) {
+            qb_u32 code[2][4];
+            float d[2], m[2];
+            int v = 0;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                C::decode(raw[u][r], t, run, code[r], d[r], m[r], v);
+                if (!live) d[r] = 0.0f, m[r] = 0.0f;
+            }
+            const int vi = v0 + v;
+#pragma unroll
+            for (int c = 0; c < NB; ++c) {
+                const XColumn xc = qp_x_column<NB>(xs, cols, c);
+                const uint4 h = __ldg(reinterpret_cast<const uint4*>(xc.planes + vi));
+                const float dx = __ldg(xc.dx + (vi >> 5)), sx = __ldg(xc.sx + (vi >> 4));
+                const qb_u32 hw[4] = {h.x, h.y, h.z, h.w};
+                qb_u32 lw[4] = {0, 0, 0, 0};
+                if constexpr (P == 2) {
+                    const uint4 l = __ldg(reinterpret_cast<const uint4*>(xc.planes + cols + vi));
+                    lw[0] = l.x, lw[1] = l.y, lw[2] = l.z, lw[3] = l.w;
+                }
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    int ih = 0, il = 0;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        ih = qp_dp4a_us(code[r][i], hw[i], ih);
+                        if constexpr (P == 2) il = qp_dp4a_uu(code[r][i], lw[i], il);
+                    }
+                    const int dot = P == 2 ? ih * 256 + il : ih;
+                    acc[r][c] = fmaf(d[r] * dx, (float)dot, fmaf(m[r], sx, acc[r][c]));
+                }
+            }
+        }
+    }
+}
+
 // acc[r][c] += row r (ra or rb) . x column c of the QVec xq over all cols, this lane's share; not yet
-// warp-reduced.
+// warp-reduced. Two register buffers of raw block bytes: the next stage's loads are in flight while
+// this stage computes (every branch is warp-uniform).
 template <int T, int NB>
 static __device__ __forceinline__ void qp_rows_dot2(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
                                                     int cols, const qb_u8* xs, float (&acc)[2][NB]) {
     using C = Codes<T>;
-    constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES, TASKS = C::TASKS;
     // more columns hold more x and sums in registers: fewer tasks in flight
-    constexpr int U = NB == 1 ? C::UNROLL : (NB <= 4 ? (C::UNROLL > 1 ? C::UNROLL / 2 : 1) : 1);
-    constexpr int P = XPlanes<NB>::N;
-    const int lane = threadIdx.x & 31;
-    const int n_tasks = cols / QK * TASKS;
-    for (int base = 0; base < n_tasks; base += 32 * U) {
-        typename C::Raw raw[U][2];
-        int task[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            task[u] = min(base + 32 * u + lane, n_tasks - 1);  // past the end: a valid task, weighted 0 below
-            const long off = (long)(task[u] / TASKS) * BYTES;
-            C::load(ra + off, task[u] % TASKS, raw[u][0]);
-            C::load(rb + off, task[u] % TASKS, raw[u][1]);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const bool live = base + 32 * u + lane < n_tasks;
-            const int t = task[u] % TASKS, v0 = task[u] / TASKS * QK;
-#pragma unroll(NB > 4 ? 1 : C::RUNS)  // many columns: one run's codes live at a time
-            for (int run = 0; run < C::RUNS; ++run) {
-                qb_u32 code[2][4];
-                float d[2], m[2];
-                int v = 0;
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    C::decode(raw[u][r], t, run, code[r], d[r], m[r], v);
-                    if (!live) d[r] = 0.0f, m[r] = 0.0f;
-                }
-                const int vi = v0 + v;
-#pragma unroll
-                for (int c = 0; c < NB; ++c) {
-                    const XColumn xc = qp_x_column<NB>(xs, cols, c);
-                    const uint4 h = __ldg(reinterpret_cast<const uint4*>(xc.planes + vi));
-                    const float dx = __ldg(xc.dx + (vi >> 5)), sx = __ldg(xc.sx + (vi >> 4));
-                    const qb_u32 hw[4] = {h.x, h.y, h.z, h.w};
-                    qb_u32 lw[4] = {0, 0, 0, 0};
-                    if constexpr (P == 2) {
-                        const uint4 l = __ldg(reinterpret_cast<const uint4*>(xc.planes + cols + vi));
-                        lw[0] = l.x, lw[1] = l.y, lw[2] = l.z, lw[3] = l.w;
-                    }
-#pragma unroll
-                    for (int r = 0; r < 2; ++r) {
-                        int ih = 0, il = 0;
-#pragma unroll
-                        for (int i = 0; i < 4; ++i) {
-                            ih = qp_dp4a_us(code[r][i], hw[i], ih);
-                            if constexpr (P == 2) il = qp_dp4a_uu(code[r][i], lw[i], il);
-                        }
-                        const int dot = P == 2 ? ih * 256 + il : ih;
-                        acc[r][c] = fmaf(d[r] * dx, (float)dot, fmaf(m[r], sx, acc[r][c]));
-                    }
-                }
-            }
+    constexpr int U = NB <= 2 ? C::UNROLL : 1;
+    constexpr int S = 32 * U;
+    const int n_tasks = cols / Block<T>::QK * C::TASKS;
+    typename C::Raw a[U][2], b[U][2];
+    int ta[U], tb[U];
+    qp_stage_load<T, U>(ra, rb, 0, n_tasks, a, ta);
+    for (int base = 0; base < n_tasks; base += 2 * S) {
+        const bool has_b = base + S < n_tasks;
+        if (has_b) qp_stage_load<T, U>(ra, rb, base + S, n_tasks, b, tb);
+        qp_stage_compute<T, NB, U>(a, ta, base, n_tasks, xs, cols, acc);
+        if (has_b) {
+            if (base + 2 * S < n_tasks) qp_stage_load<T, U>(ra, rb, base + 2 * S, n_tasks, a, ta);
+            qp_stage_compute<T, NB, U>(b, tb, base + S, n_tasks, xs, cols, acc);
         }
     }
 }

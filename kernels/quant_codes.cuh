@@ -74,7 +74,7 @@ struct Codes;
 
 template <bool HAS_M, bool FIVE>
 struct LegacyCodes {
-    static constexpr int TASKS = 1, RUNS = 2, UNROLL = 4;
+    static constexpr int TASKS = 1, RUNS = 2, UNROLL = 2;
     // d @0, [m @2], [qh u32], qs[16]: the Q4_0/Q4_1/Q5_0/Q5_1 layouts of quant_blocks.cuh.
     static constexpr int QH = HAS_M ? 4 : 2, QS = (FIVE ? QH + 4 : QH);
     static constexpr int BYTES = FIVE ? (HAS_M ? 24 : 22) : (HAS_M ? 20 : 18);
@@ -111,7 +111,7 @@ template <> struct Codes<QB_Q5_1> : LegacyCodes<true, true> {};
 // Q8_0: d @0, int8 qs[32] @2; two tasks of one run each. code = q + 128, m = -128 d.
 template <>
 struct Codes<QB_Q8_0> {
-    static constexpr int TASKS = 2, RUNS = 1, UNROLL = 4;
+    static constexpr int TASKS = 2, RUNS = 1, UNROLL = 2;
     struct Raw {
         qb_u32 qs[4];
         float d;
@@ -137,7 +137,7 @@ struct Codes<QB_Q8_0> {
 // sub-block 8h + 2j + k, value = d * (sc & 15) * q - dmin * (sc >> 4).
 template <>
 struct Codes<QB_Q2_K> {
-    static constexpr int TASKS = 4, RUNS = 4, UNROLL = 2;
+    static constexpr int TASKS = 4, RUNS = 4, UNROLL = 1;
     struct Raw {
         qb_u32 qs[4];
         qb_u32 sc0, sc1;  // scales[8h .. 8h + 7]
@@ -207,7 +207,7 @@ struct Codes<QB_Q3_K> {
 // sub-block 2g + 1). Q5_K: bit 2g + k of qh[l0 + l] is bit 4 of run k's value.
 template <bool Q5>
 struct KQuant45Codes {
-    static constexpr int TASKS = 8, RUNS = 2, QS = Q5 ? 48 : 16, UNROLL = Q5 ? 2 : 4;
+    static constexpr int TASKS = 8, RUNS = 2, QS = Q5 ? 48 : 16, UNROLL = Q5 ? 1 : 2;
     struct Raw {
         qb_u32 head[4];  // d | dmin << 16, scales[0..11]
         qb_u32 qs[4];
@@ -243,7 +243,7 @@ template <> struct Codes<QB_Q5_K> : KQuant45Codes<true> {};
 // bits 4..5 at shift 2k of qh, scale index 8h + 2k + l0 / 16; value = d * sc * (q - 32).
 template <>
 struct Codes<QB_Q6_K> {
-    static constexpr int TASKS = 8, RUNS = 2, UNROLL = 2;
+    static constexpr int TASKS = 8, RUNS = 2, UNROLL = 1;
     struct Raw {
         qb_u32 ql[4], qh[4];
         int sc[2];

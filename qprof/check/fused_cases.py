@@ -22,7 +22,7 @@ from qprof.quant.traits import QUANTIZED_TYPES, traits
 EPS = 1e-5
 THETA = 1e6
 HEAD_DIM = 128
-SMALL = {"qkv": (256, 128, 512), "gate_up": (96, 512), "norm": (40, 512), "residual": (40, 512)}
+SMALL = {"qkv": (256, 128, 512), "gate_up": (96, 512), "norm": (40, 512), "residual": (96, 512)}
 MISTRAL = {"qkv": (4096, 1024, 4096), "gate_up": (14336, 4096), "norm": (32000, 4096), "residual": (4096, 14336)}
 MIXED_QKV = ("Q4_K", "Q4_K", "Q6_K")  # Q4_K_M's attn_v layers
 DESCRIPTIONS = {
