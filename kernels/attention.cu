@@ -77,6 +77,14 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     const int per = (pos - lo + n_split) / n_split;  // ceil((pos - lo + 1) / n_split)
     const int start = lo + split * per, end = min(pos + 1, start + per);
     const long kv_off = (long)kvh * D;
+    {  // pull the split's K and V rows towards L2 at once: the stages below each wait on them in turn
+        constexpr int LINES = (D * (int)sizeof(KvT) + 127) / 128;
+        for (int i = threadIdx.x; i < (end - start) * LINES; i += NT) {
+            const long at = (long)(start + i / LINES) * kv_dim + kv_off + (i % LINES) * (128 / (int)sizeof(KvT));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + at));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(v_cache + at));
+        }
+    }
 
     float qr[QP_MAX_GQA][4];
 #pragma unroll

@@ -189,11 +189,12 @@ extern "C" __global__ void __launch_bounds__(256) quantize_q8(const float* x, co
 QPROF_QUANT_TYPES(QP_MV_CHECK_SHAPE)
 #undef QP_MV_CHECK_SHAPE
 
-// Register budget: the float path as before; the quantized path one resident CTA (16 warps) per SM.
-#define MATVEC_BOUNDS(IS_FLOAT, NB) (IS_FLOAT ? MATVEC_MIN_CTAS(NB) : 1)
+// Register budget: the float path as before; the quantized path QP_MV_MIN_CTAS_B1 resident CTAs of
+// 16 warps per SM at one column (the kernel is latency-bound: warps hide it), one above.
+#define MATVEC_BOUNDS(IS_FLOAT, ID, NB) (IS_FLOAT ? MATVEC_MIN_CTAS(NB) : ((NB) == 1 ? QP_MV_MIN_CTAS(ID) : 1))
 
 #define QPROF_MATVEC_ENTRY(name, ID, MT, NB)                                                                \
-    extern "C" __global__ void __launch_bounds__(MT, MATVEC_BOUNDS(Block<ID>::IS_FLOAT, NB))                \
+    extern "C" __global__ void __launch_bounds__(MT, MATVEC_BOUNDS(Block<ID>::IS_FLOAT, ID, NB))                \
         matvec_##name##_b##NB(const qb_u8* __restrict__ w, const void* __restrict__ x, float* y, int rows,  \
                               int cols, int row_bytes, int use_norm, float eps, const float* residual,       \
                               qb_u8* yq, const float* next_norm) {                                           \

@@ -20,6 +20,17 @@
 #include "common.cuh"
 #include "quant_codes.cuh"
 
+// Tunables (bench_matvec --variant compiles others): a second register stage of weights in flight,
+// and resident CTAs per SM asked of the register allocator at one column (2: at most 64 registers).
+#ifndef QP_MV_DOUBLE_BUFFER
+#define QP_MV_DOUBLE_BUFFER 0
+#endif
+#ifndef QP_MV_MIN_CTAS_B1
+#define QP_MV_MIN_CTAS_B1 2
+#endif
+// The types whose codes need more registers (Q3_K, Q5_K) and the mixed-type QKV stay at one CTA:
+// at 64 registers they would spill.
+#define QP_MV_MIN_CTAS(ID) (((ID) == QB_Q3_K || (ID) == QB_Q5_K) ? 1 : QP_MV_MIN_CTAS_B1)
 #define QP_MV_WARPS 16   // warps per CTA: QuantTraits.matvec_threads / 32
 #define QP_MV_PAIRS_PER_WARP 1
 #define QP_MV_ROWS_PER_CTA (2 * QP_MV_WARPS * QP_MV_PAIRS_PER_WARP)  // QuantTraits.matvec_rows_per_cta
@@ -189,9 +200,14 @@ static __device__ __forceinline__ void qp_rows_dot2(const qb_u8* __restrict__ ra
                                                     int cols, const qb_u8* xs, float (&acc)[2][NB]) {
     using C = Codes<T>;
     // more columns hold more x and sums in registers: fewer tasks in flight
+#ifdef QP_MV_UNROLL
+    constexpr int U = NB <= 2 ? QP_MV_UNROLL : 1;  // an experiment's override (bench_matvec --variant)
+#else
     constexpr int U = NB <= 2 ? C::UNROLL : 1;
+#endif
     constexpr int S = 32 * U;
     const int n_tasks = cols / Block<T>::QK * C::TASKS;
+#if QP_MV_DOUBLE_BUFFER
     typename C::Raw a[U][2], b[U][2];
     int ta[U], tb[U];
     qp_stage_load<T, U>(ra, rb, 0, n_tasks, a, ta);
@@ -204,6 +220,14 @@ static __device__ __forceinline__ void qp_rows_dot2(const qb_u8* __restrict__ ra
             qp_stage_compute<T, NB, U>(b, tb, base + S, n_tasks, xs, cols, acc);
         }
     }
+#else
+    for (int base = 0; base < n_tasks; base += S) {
+        typename C::Raw a[U][2];
+        int ta[U];
+        qp_stage_load<T, U>(ra, rb, base, n_tasks, a, ta);
+        qp_stage_compute<T, NB, U>(a, ta, base, n_tasks, xs, cols, acc);
+    }
+#endif
 }
 
 template <int NB>

@@ -141,7 +141,7 @@ static __device__ __forceinline__ void gate_up_entry(const qb_u8* wg, const qb_u
 }
 
 #define QP_GATE_UP_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR)                                                 \
-    extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 1)                                           \
+    extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, QP_MV_MIN_CTAS(ID))                                          \
         matvec_gate_up_##name(const qb_u8* wg, const qb_u8* wu, const qb_u8* xq, float* act, qb_u8* actq,       \
                               int rows, int cols, int row_bytes, float eps) {                                    \
         gate_up_entry<ID>(wg, wu, xq, act, actq, rows, cols, row_bytes, eps);                                    \

@@ -74,7 +74,7 @@ struct Codes;
 
 template <bool HAS_M, bool FIVE>
 struct LegacyCodes {
-    static constexpr int TASKS = 1, RUNS = 2, UNROLL = 2;
+    static constexpr int TASKS = 1, RUNS = 2, UNROLL = 1;
     // d @0, [m @2], [qh u32], qs[16]: the Q4_0/Q4_1/Q5_0/Q5_1 layouts of quant_blocks.cuh.
     static constexpr int QH = HAS_M ? 4 : 2, QS = (FIVE ? QH + 4 : QH);
     static constexpr int BYTES = FIVE ? (HAS_M ? 24 : 22) : (HAS_M ? 20 : 18);
@@ -111,7 +111,7 @@ template <> struct Codes<QB_Q5_1> : LegacyCodes<true, true> {};
 // Q8_0: d @0, int8 qs[32] @2; two tasks of one run each. code = q + 128, m = -128 d.
 template <>
 struct Codes<QB_Q8_0> {
-    static constexpr int TASKS = 2, RUNS = 1, UNROLL = 2;
+    static constexpr int TASKS = 2, RUNS = 1, UNROLL = 1;
     struct Raw {
         qb_u32 qs[4];
         float d;
@@ -207,7 +207,7 @@ struct Codes<QB_Q3_K> {
 // sub-block 2g + 1). Q5_K: bit 2g + k of qh[l0 + l] is bit 4 of run k's value.
 template <bool Q5>
 struct KQuant45Codes {
-    static constexpr int TASKS = 8, RUNS = 2, QS = Q5 ? 48 : 16, UNROLL = Q5 ? 1 : 2;
+    static constexpr int TASKS = 8, RUNS = 2, QS = Q5 ? 48 : 16, UNROLL = 1;
     struct Raw {
         qb_u32 head[4];  // d | dmin << 16, scales[0..11]
         qb_u32 qs[4];

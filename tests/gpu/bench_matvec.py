@@ -6,7 +6,9 @@ multiplied in turn, as a decode step reads each matrix once: one matrix timed in
 L2 (60 MB on an H200) and flatter any kernel. Device time comes from a CUDA graph of one pass over
 the copies, replayed and timed with CUDA events. GB/s counts weight + x + y bytes; % read is against
 the card's streaming-read bandwidth measured first (a float16 sum over 4 GiB).
-Run: python3 tests/gpu/bench_matvec.py [--types Q4_K,Q6_K] [--batches 1,2,4,8] [--json FILE]
+--variant "-DNAME=V ..." (repeatable) also times the batch-1 kernel compiled with those options (the
+tunables of kernels/matvec_core.cuh), beside the default build.
+Run: python3 tests/gpu/bench_matvec.py [--types Q4_K,Q6_K] [--batches 1,2,4,8] [--variant OPTS] [--json FILE]
 """
 
 from __future__ import annotations
@@ -69,7 +71,13 @@ def read_bandwidth(n_bytes: int = 4 << 30, reps: int = 5) -> float:
     return n_bytes * reps / (start.elapsed_time(end) * 1e-3)
 
 
-def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int) -> dict:
+def variant_libraries(variants: list[str]):
+    from qprof.runtime.cuda.driver import DEFAULT_OPTIONS, KernelLibrary
+
+    return [(v, KernelLibrary(DEFAULT_OPTIONS + tuple(v.split()))) for v in variants]
+
+
+def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int, variants=()) -> dict:
     first = device_weight(qtype, rows, cols, 0)
     copies = max(2, -(-WORKING_SET_L2_MULTIPLE * l2_bytes // first.n_bytes))
     weights = [first] + [device_weight(qtype, rows, cols, s) for s in range(1, copies)]
@@ -88,6 +96,21 @@ def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int) -
         us = graph_us(one_pass) / copies
         row[f"b{b}_us"] = us
         row[f"b{b}_GBps"] = (first.n_bytes + x.nbytes + y.nbytes) / (us * 1e-6) / 1e9
+    if first.traits.family != "float":
+        from qprof.runtime.cuda.kernels import kernel_name, matvec_launch
+
+        x, y = torch.randn(1, cols, device="cuda"), torch.empty(1, rows, device="cuda")
+        xq = quantize(x, QVec.allocate(cols, 1))
+        cfg = matvec_launch(first.traits, rows)
+        for i, (_, lib) in enumerate(variants):
+            kern = lib.kernel("matvec", kernel_name("matvec", qtype, "b1"))
+
+            def one_pass(lib=lib, kern=kern):
+                for w in weights:
+                    lib.launch(kern, cfg.grid, cfg.block, w.raw, xq.data, y, rows, cols, w.row_bytes, 0, 0.0, None,
+                               None, None)
+
+            row[f"v{i}_GBps"] = (first.n_bytes + x.nbytes + y.nbytes) / (graph_us(one_pass) / copies * 1e-6) / 1e9
     weights.clear()
     torch.cuda.empty_cache()
     return row
@@ -98,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--types", default=",".join(ALL_TYPES))
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--variant", action="append", default=[], help="compile options of a batch-1 variant")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_matvec: no CUDA GPU", file=sys.stderr)
@@ -109,17 +133,22 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name()
     print(f"{device}: streaming read {read_bps / 1e9:.0f} GB/s (float16 sum over 4 GiB); L2 {l2 >> 20} MiB; "
           f"weights cycled over >= {WORKING_SET_L2_MULTIPLE}x L2")
+    variants = variant_libraries(args.variant)
+    for i, (v, _) in enumerate(variants):
+        print(f"variant v{i}: {v}")
     head = f"{'type':<5} {'shape':<11} {'MB':>6} {'copies':>6}" + "".join(
-        f" {f'b{b} us':>8} {f'b{b} GB/s':>8} {'%read':>5}" for b in batches)
+        f" {f'b{b} us':>8} {f'b{b} GB/s':>8} {'%read':>5}" for b in batches) + "".join(
+        f" {f'v{i} GB/s':>8}" for i in range(len(variants)))
     print(head)
     rows = []
     for t in args.types.split(","):
         for r, c in MISTRAL_SHAPES:
-            row = bench(t, r, c, batches, l2)
+            row = bench(t, r, c, batches, l2, variants)
             rows.append(row)
             print(f"{row['type']:<5} {row['shape']:<11} {row['weight_MB']:6.1f} {row['copies']:6d}" + "".join(
                 f" {row[f'b{b}_us']:8.1f} {row[f'b{b}_GBps']:8.0f} {100 * row[f'b{b}_GBps'] * 1e9 / read_bps:5.0f}"
-                for b in batches), flush=True)
+                for b in batches) + "".join(f" {row.get(f'v{i}_GBps', float('nan')):8.0f}"
+                                           for i in range(len(variants))), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": device, "read_Bps": read_bps, "l2_bytes": l2, "rows": rows}, fh, indent=1)
