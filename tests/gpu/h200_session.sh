@@ -55,7 +55,7 @@ fi
 if [ "$STAGE" = ncu ]; then
   step build 240 $Q kernels build
   NCU=$(ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1); NCU=${NCU:-ncu}
-  step ncu 200 $NCU --launch-skip 2 --launch-count 2 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+  step ncu 200 $NCU --kernel-name regex:matvec --launch-skip 2 --launch-count 2 --section SpeedOfLight --section Occupancy --section WarpStateStats \
     --section LaunchStats --section MemoryWorkloadAnalysis python3 tests/gpu/ncu_matvec.py Q4_K
   step matvec_bw 300 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q8_0 --batches 1 \
     --variant="-DQP_MV_MIN_CTAS_B1=1 -DQP_MV_UNROLL=2" --variant="-DQP_MV_MIN_CTAS_B1=3"
