@@ -25,6 +25,9 @@
 #ifndef QP_MV_DOUBLE_BUFFER
 #define QP_MV_DOUBLE_BUFFER 0
 #endif
+#ifndef QP_MV_PREFETCH_STAGES  // stages of weights asked of L2 ahead of their loads
+#define QP_MV_PREFETCH_STAGES 2
+#endif
 #ifndef QP_MV_MIN_CTAS_B1
 #define QP_MV_MIN_CTAS_B1 2
 #endif
@@ -126,6 +129,23 @@ static __device__ __forceinline__ float qp_rms_scale(const qb_u8* xq, int cols, 
 
 // Lane tasks per pipeline stage (Codes<T>::UNROLL): two stages of raw block bytes for the two rows
 // stay within about 64 registers, tuned so that the hot kernels do not spill (ptxas report).
+// Ask L2 for the bytes of the stage of S tasks from `base` of both rows (lanes 0..15: row a, 16..31:
+// row b, one 128-byte line each), so that its loads, issued stages later, wait on L2 rather than
+// on DRAM while the registers hold only the stage at hand.
+template <int T>
+static __device__ __forceinline__ void qp_stage_prefetch(const qb_u8* ra, const qb_u8* rb, int base, int S,
+                                                         int n_tasks) {
+#ifndef QB_HOST_EMULATION
+    if (base >= n_tasks) return;
+    using C = Codes<T>;
+    const long lo = (long)(base / C::TASKS) * Block<T>::BYTES;
+    const long hi = (long)((min(base + S, n_tasks) - 1) / C::TASKS + 1) * Block<T>::BYTES;
+    const int lane = threadIdx.x & 31;
+    const long at = (lo & ~127L) + 128L * (lane & 15);
+    if (at < hi) asm volatile("prefetch.global.L2 [%0];" ::"l"((lane < 16 ? ra : rb) + at));
+#endif
+}
+
 // One pipeline stage of a warp: U lane tasks per lane, 32 U tasks from `base`. Tasks past the end
 // load a valid task (the last) and are weighted 0 by the compute.
 template <int T, int U>
@@ -221,9 +241,12 @@ static __device__ __forceinline__ void qp_rows_dot2(const qb_u8* __restrict__ ra
         }
     }
 #else
+#pragma unroll 1
+    for (int d = 0; d < QP_MV_PREFETCH_STAGES; ++d) qp_stage_prefetch<T>(ra, rb, d * S, S, n_tasks);
     for (int base = 0; base < n_tasks; base += S) {
         typename C::Raw a[U][2];
         int ta[U];
+        qp_stage_prefetch<T>(ra, rb, base + QP_MV_PREFETCH_STAGES * S, S, n_tasks);
         qp_stage_load<T, U>(ra, rb, base, n_tasks, a, ta);
         qp_stage_compute<T, NB, U>(a, ta, base, n_tasks, xs, cols, acc);
     }

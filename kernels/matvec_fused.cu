@@ -5,7 +5,9 @@
 //   Q, K and V may have different quant types (Q4_K_M keeps V in Q6_K on some layers), so each is
 //   a segment with its own descriptor and the type is dispatched per warp at run time. The pairs
 //   of rows a warp computes are RoPE's adjacent pairs (normal mode), so lane 0 rotates them in
-//   registers. Grid: ceil((rows_q + rows_k + rows_v) / 32) CTAs of 512 threads.
+//   registers. Grid: ceil((rows_q + rows_k + rows_v) / 32) CTAs of 512 threads. Kernels with the
+//   types fixed at compile time (one for all three, or Q/K and V pairs) need fewer registers than
+//   the generic matvec_qkv and run two CTAs per SM; the host picks the most specific one.
 // matvec_gate_up_<type>: (RMSNorm) -> gate and up row i in one warp -> act[i] = silu(g) * u, twice
 //   per warp (rows i and i + 16 of the CTA's 32), and act quantized into a QVec for ffn_down.
 //   Grid: ceil(n_ff / 32) CTAs of 512 threads.
@@ -62,7 +64,10 @@ static __device__ __forceinline__ void qp_store_kv(void* cache, long idx, float 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 1) matvec_qkv(const QkvArgs a) {
+// The QKV kernel body. TQK / TV: the quant types of Q and K / of V, fixed at compile time; 0 for
+// the generic kernel, which dispatches every segment's type at run time (any mix, more registers).
+template <int TQK, int TV>
+static __device__ __forceinline__ void qkv(const QkvArgs& a) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int pair = blockIdx.x * QP_MV_WARPS + warp, s = 0;
     while (s < 2 && pair >= a.seg[s].rows / 2) pair -= a.seg[s].rows / 2, ++s;
@@ -72,9 +77,15 @@ extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 1) matvec_qkv(con
     const qb_u8* wa = seg.w + (long long)row * seg.row_bytes;
     const qb_u8* wb = wa + seg.row_bytes;
     float acc[2][1] = {{0.0f}, {0.0f}};
+    if constexpr (TQK == 0) {
 #define QP_QKV_DOT(T) qp_rows_dot2<T, 1>(wa, wb, a.cols, a.xq, acc)
-    QP_FOR_QUANT_TYPE(seg.type, QP_QKV_DOT)
+        QP_FOR_QUANT_TYPE(seg.type, QP_QKV_DOT)
 #undef QP_QKV_DOT
+    } else if (s < 2) {
+        qp_rows_dot2<TQK, 1>(wa, wb, a.cols, a.xq, acc);
+    } else {
+        qp_rows_dot2<TV, 1>(wa, wb, a.cols, a.xq, acc);
+    }
     qp_warp_reduce2<1>(acc);
     const float scale = qp_rms_scale<1>(a.xq, a.cols, 0, 1, a.eps);
     if (lane != 0 || !live) return;
@@ -101,6 +112,46 @@ extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 1) matvec_qkv(con
     qp_store_kv(cache, at, y0, a.kv_f16);
     qp_store_kv(cache, at + 1, y1, a.kv_f16);
 }
+
+extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, 1) matvec_qkv(const QkvArgs a) { qkv<0, 0>(a); }
+
+template <int TQK, int TV>
+static __device__ __forceinline__ void qkv_entry(const QkvArgs& a) {
+    if constexpr (Block<TQK>::IS_FLOAT || Block<TV>::IS_FLOAT) {
+        __trap();  // the host fuses quantized types only
+    } else {
+        qkv<TQK, TV>(a);
+    }
+}
+
+// The QKV epilogue (RoPE in double) costs registers: the heavier decoders stay at one CTA per SM.
+#define QP_QKV_MIN_CTAS(A, B)                                                                  \
+    (((A) == QB_Q2_K || (A) == QB_Q3_K || (A) == QB_Q5_K || (B) == QB_Q2_K || (B) == QB_Q3_K || \
+      (B) == QB_Q5_K)                                                                          \
+         ? 1                                                                                   \
+         : QP_MV_MIN_CTAS_B1)
+
+// One type for Q, K and V: matvec_qkv_<type>.
+#define QP_QKV_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR)                                          \
+    extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, QP_QKV_MIN_CTAS(ID, ID))          \
+        matvec_qkv_##name(const QkvArgs a) {                                                          \
+        qkv_entry<ID, ID>(a);                                                                         \
+    }
+QPROF_QUANT_TYPES(QP_QKV_ENTRY)
+
+// Q and K of one type, V of another, as llama.cpp's _M/_S recipes mix them: matvec_qkv_<qk>_v_<v>.
+// qprof/runtime/cuda/kernels.py QKV_V_PAIRS lists the same pairs.
+#define QP_QKV_PAIR(qk, v, IDQK, IDV)                                                                 \
+    extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, QP_QKV_MIN_CTAS(IDQK, IDV))       \
+        matvec_qkv_##qk##_v_##v(const QkvArgs a) {                                                    \
+        qkv_entry<IDQK, IDV>(a);                                                                      \
+    }
+QP_QKV_PAIR(q4_k, q6_k, QB_Q4_K, QB_Q6_K)
+QP_QKV_PAIR(q5_k, q6_k, QB_Q5_K, QB_Q6_K)
+QP_QKV_PAIR(q3_k, q4_k, QB_Q3_K, QB_Q4_K)
+QP_QKV_PAIR(q3_k, q5_k, QB_Q3_K, QB_Q5_K)
+QP_QKV_PAIR(q2_k, q3_k, QB_Q2_K, QB_Q3_K)
+QP_QKV_PAIR(q2_k, q4_k, QB_Q2_K, QB_Q4_K)
 
 template <int T>
 static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, const qb_u8* __restrict__ wu,

@@ -1,7 +1,8 @@
 """`qprof check` cases for the fused decode kernels: norm+matvec, matvec+residual, norm+QKV+RoPE+KV, norm+gate+up+SwiGLU.
 
 Every quantized type, at small shapes and Mistral-7B's, one column (the fused kernels are decode's),
-plus the mixed-type QKV of Q4_K_M (Q and K in Q4_K, V in Q6_K). Outputs and the whole KV cache are
+plus every Q/K + V type pair with a QKV kernel of its own (Q4_K_M keeps V in Q6_K on some layers), a mix
+that only the generic run-time-dispatch kernel serves, and that kernel on uniform types too. Outputs and the whole KV cache are
 NaN-poisoned first; the reference is float64 over the CPU dequantization (as quant_cases) with the
 float64 RMSNorm / RoPE / SwiGLU of forward_cases. Activations are quantized inside the kernels, so
 these ops keep the matvec threshold (5e-4); the report prints each case's measured NMSE.
@@ -18,13 +19,14 @@ from qprof.check.forward_cases import ref_rmsnorm, ref_rope
 from qprof.check.quant_cases import random_weight_bytes, reference_values
 from qprof.check.registry import MATMUL_NMSE, Case, CheckContext, Measurement, Op, Selection, measure
 from qprof.quant.traits import QUANTIZED_TYPES, traits
+from qprof.runtime.cuda.kernels import QKV_V_PAIRS
 
 EPS = 1e-5
 THETA = 1e6
 HEAD_DIM = 128
 SMALL = {"qkv": (256, 128, 512), "gate_up": (96, 512), "norm": (40, 512), "residual": (96, 512)}
 MISTRAL = {"qkv": (4096, 1024, 4096), "gate_up": (14336, 4096), "norm": (32000, 4096), "residual": (4096, 14336)}
-MIXED_QKV = ("Q4_K", "Q4_K", "Q6_K")  # Q4_K_M's attn_v layers
+GENERIC_ONLY_QKV = ("Q8_0", "Q8_0", "Q4_0")  # no kernel of its own: the run-time dispatch
 DESCRIPTIONS = {
     "fused_qkv": "RMSNorm + Q/K/V (per-segment types) + RoPE + KV-cache write, one launch",
     "fused_gate_up": "RMSNorm + gate + up + SwiGLU, one launch",
@@ -65,7 +67,8 @@ def _quantized(x: torch.Tensor, norm: torch.Tensor | None):
     return quantize(x.float().cuda().contiguous(), xq, None if norm is None else norm.float().cuda())
 
 
-def _qkv(ctx: CheckContext, types: tuple[str, str, str], rows_q: int, rows_kv: int, cols: int) -> Measurement:
+def _qkv(ctx: CheckContext, types: tuple[str, str, str], rows_q: int, rows_kv: int, cols: int,
+         generic: bool = False) -> Measurement:
     from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec
 
     (wq, rq), (wk, rk), (wv, rv) = (_weight(ctx, t, r, cols, i) for i, (t, r) in
@@ -73,7 +76,8 @@ def _qkv(ctx: CheckContext, types: tuple[str, str, str], rows_q: int, rows_kv: i
     x, nw = _inputs(cols, rows_q + cols)
     pos, n_ctx = 37, 40
     q_out, k_cache, v_cache = _poisoned(1, rows_q), _poisoned(n_ctx, rows_kv), _poisoned(n_ctx, rows_kv)
-    launch = QkvLaunch(wq, wk, wv, _quantized(x, nw), EPS, q_out, k_cache, v_cache, RopeSpec(HEAD_DIM, HEAD_DIM, THETA))
+    launch = QkvLaunch(wq, wk, wv, _quantized(x, nw), EPS, q_out, k_cache, v_cache, RopeSpec(HEAD_DIM, HEAD_DIM, THETA),
+                       generic=generic)
     launch(torch.tensor([pos], dtype=torch.int32, device="cuda"))
     xn = ref_rmsnorm(x, nw, EPS).cuda()
     positions = torch.tensor([pos])
@@ -180,8 +184,8 @@ def _cases(op: str):
     def generate(selection: Selection):
         for shapes in _shape_sets(selection):
             combos = [(t, t, t) for t in QUANTIZED_TYPES] if op == "fused_qkv" else [(t,) for t in QUANTIZED_TYPES]
-            if op == "fused_qkv":
-                combos.append(MIXED_QKV)
+            if op == "fused_qkv":  # every compiled Q/K + V pair, and one mix only the generic kernel serves
+                combos += [(qk, qk, v) for qk, v in QKV_V_PAIRS] + [GENERIC_ONLY_QKV]
             for types in combos:
                 label_type = "+".join(dict.fromkeys(types))
                 if not all(selection.wants_type(t) for t in types):
@@ -190,6 +194,9 @@ def _cases(op: str):
                 label = "/".join(map(str, shape[:-1])) + f"x{shape[-1]}"
                 yield Case(op, label_type, label, 1, group=(op, types, shape),
                            measure=lambda ctx, types=types, shape=shape: _MEASURE[op](ctx, types, shape))
+                if op == "fused_qkv" and len(set(types)) == 1 and types[0] in ("Q4_K", "Q6_K", "Q3_K"):
+                    yield Case(op, label_type, label + " generic", 1, group=(op, types, shape),
+                               measure=lambda ctx, types=types, shape=shape: _qkv(ctx, types, *shape, generic=True))
 
     return generate
 

@@ -60,3 +60,13 @@ if [ "$STAGE" = ncu ]; then
   step matvec_bw 300 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q8_0 --batches 1 \
     --variant="-DQP_MV_MIN_CTAS_B1=1 -DQP_MV_UNROLL=2" --variant="-DQP_MV_MIN_CTAS_B1=3"
 fi
+if [ "$STAGE" = prefetch ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  step matvec_bw 300 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q8_0 --batches 1 \
+    --variant="-DQP_MV_PREFETCH_STAGES=0" --variant="-DQP_MV_PREFETCH_STAGES=4"
+  wait
+  step bench_7b 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --results $OUT/bench.jsonl
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+  step check_new 240 $Q check --ops fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec --failures-only
+fi

@@ -69,7 +69,8 @@ class QkvLaunch:
     """One layer's fused QKV launch, its argument struct built once (a decode step pays no packing)."""
 
     def __init__(self, wq: DeviceWeight, wk: DeviceWeight, wv: DeviceWeight, xq: QVec, eps: float,
-                 q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: RopeSpec):
+                 q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: RopeSpec,
+                 generic: bool = False):
         """xq: x * attn_norm quantized, with its partials (the RMSNorm is applied from them)."""
         why = qkv_supported(wq, wk, wv)
         if why:
@@ -92,6 +93,8 @@ class QkvLaunch:
                              rope.head_dim, rope.rope_dim, float(rope.theta), int(k_cache.shape[0]),
                              int(k_cache.dtype == torch.float16), 0)
         self.cfg = K.matvec_launch(wq.traits, wq.rows + wk.rows + wv.rows)
+        # generic: the run-time-dispatch kernel whatever the types (a check covers it on uniform weights too)
+        self.kernel_name = K.QKV_KERNEL if generic else K.qkv_kernel_name(wq.qtype, wk.qtype, wv.qtype)
 
     def __call__(self, pos: torch.Tensor) -> None:
         """Run it for the position in the device int32 `pos` (the step's, or a scalar-upload fault's copy)."""
@@ -101,7 +104,7 @@ class QkvLaunch:
             raise QprofError("fused QKV: the position must be a device int32 tensor")
         self.args.pos = pos.data_ptr()
         lib = KernelLibrary.get()
-        lib.launch(lib.kernel(K.FUSED_FILE, K.QKV_KERNEL), self.cfg.grid, self.cfg.block, self.args)
+        lib.launch(lib.kernel(K.FUSED_FILE, self.kernel_name), self.cfg.grid, self.cfg.block, self.args)
 
 
 def gate_up(wg: DeviceWeight, wu: DeviceWeight, xq: QVec, eps: float, act: torch.Tensor,

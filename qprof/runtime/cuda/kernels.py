@@ -27,6 +27,18 @@ FAMILY_FILES: dict[str, str] = {"dequant": "dequant", "get_rows": "dequant", "ma
                                 "matvec_gate_up": "matvec_fused"}
 FUSED_FILE = "matvec_fused"
 QKV_KERNEL = "matvec_qkv"  # one kernel for every mix of quantized types (dispatched per segment on the device)
+# (Q/K type, V type) pairs with a kernel of their own, matvec_qkv_<qk>_v_<v> (kernels/matvec_fused.cu)
+QKV_V_PAIRS = (("Q4_K", "Q6_K"), ("Q5_K", "Q6_K"), ("Q3_K", "Q4_K"), ("Q3_K", "Q5_K"), ("Q2_K", "Q3_K"),
+               ("Q2_K", "Q4_K"))
+
+
+def qkv_kernel_name(q: str, k: str, v: str) -> str:
+    """The most specific fused QKV kernel for these quant types: one type, a Q/K + V pair, else generic."""
+    if q == k == v:
+        return f"{QKV_KERNEL}_{q.lower()}"
+    if q == k and (q, v) in QKV_V_PAIRS:
+        return f"{QKV_KERNEL}_{q.lower()}_v_{v.lower()}"
+    return QKV_KERNEL
 MATVEC_MAX_BATCH = 8
 QUANTIZE_THREADS = 256  # quantize_q16 / quantize_q8: one warp per 32 values
 QUANTIZE_VALUES_PER_CTA = QUANTIZE_THREADS
