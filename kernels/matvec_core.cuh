@@ -25,7 +25,10 @@
 #ifndef QP_MV_DOUBLE_BUFFER
 #define QP_MV_DOUBLE_BUFFER 0
 #endif
-#ifndef QP_MV_PREFETCH_STAGES  // stages of weights asked of L2 ahead of their loads
+// Stages of weights asked of L2 ahead of their loads. On the H200 0, 2 and 4 measured within noise
+// of each other (bench_matvec --variant, 2026-12-01); 2 is kept, the setting the fused kernels
+// compile without spills at.
+#ifndef QP_MV_PREFETCH_STAGES
 #define QP_MV_PREFETCH_STAGES 2
 #endif
 #ifndef QP_MV_MIN_CTAS_B1

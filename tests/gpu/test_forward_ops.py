@@ -63,9 +63,11 @@ def test_heads_must_divide_into_kv_heads():
 @pytest.mark.parametrize("n_head_kv", [1, 3, 8])
 def test_decode_splits_cover_the_context(n_ctx, n_head_kv):
     chunk, n_split = ops.decode_splits(n_ctx, n_head_kv)
-    assert chunk * n_split >= n_ctx > chunk * (n_split - 1) - 32
-    assert n_split <= ops.MAX_DECODE_SPLITS and chunk % 32 == 0
-    assert chunk <= max(32, ops.DECODE_MAX_CHUNK) or n_split == ops.MAX_DECODE_SPLITS
+    assert chunk * n_split >= n_ctx  # every position fits in some split, however the keys are divided
+    assert n_split <= ops.MAX_DECODE_SPLITS and chunk % 32 == 0 and n_split <= max(1, -(-n_ctx // 32))
+    assert chunk <= ops.DECODE_MAX_CHUNK or n_split == ops.MAX_DECODE_SPLITS
+    if n_ctx >= 32 * ops.DECODE_TARGET_CTAS:  # long contexts fill the card: about the target CTAs or more
+        assert n_split * n_head_kv >= ops.DECODE_TARGET_CTAS
 
 
 def test_causal_mask_with_window():
