@@ -105,7 +105,7 @@ def describe(c: Ceilings, now: datetime | None = None) -> list[str]:
     lines = []
     for name, label, unit in Ceilings.FIGURES:
         best = c.best.get(name)
-        lines.append(f"{label:<16}{getattr(c, name):10,.1f} {unit:<8}" + (f" (best {best:,.1f})" if best else ""))
+        lines.append(f"{label:<16}{getattr(c, name):9,.1f} {unit}" + (f", best {best:,.1f}" if best else ""))
     lines.append(f"measured        {c.measured_at} ({age_text(c.measured_at, now)}) on {c.card.key()}")
     lines += [f"{'how ' + what:<16}{text}" for what, text in c.method.items()]
     return lines

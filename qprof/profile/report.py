@@ -136,8 +136,12 @@ def _roofline_text(s: dict) -> str:
     roof = s.get("pp_roofline_tok_s")
     if not roof:
         return ""
-    return (f" ({s['pp_pct_of_roofline']:.1f}% of the roofline {roof:,.0f} tok/s = {s['gemm_TFLOPS']:,.0f} TFLOP/s "
-            f"/ {s['prefill_flops_per_token'] / 1e9:.1f} GFLOP per token)")
+    return (f" ({s['pp_pct_of_roofline']:.1f}% of the roofline {roof:,.0f} tok/s = {s['gemm_TFLOPS']:.4g} TFLOP/s "
+            f"/ {_flop_count(s['prefill_flops_per_token'])} per token)")
+
+
+def _flop_count(n: float) -> str:
+    return f"{n / 1e9:.1f} GFLOP" if n >= 1e9 else f"{n / 1e6:.2f} MFLOP"
 
 
 def render(s: dict, top: int = 8) -> str:
