@@ -67,8 +67,7 @@ def fake_card_ceilings(monkeypatch, read_GBps: float = 3000.0):
     """This 'H100' is identified without CUDA, and measuring its ceilings returns fixed figures (and is counted)."""
     from datetime import datetime, timezone
 
-    import qprof.ceilings.choose as choose
-    import qprof.ceilings.measure as measure
+    from qprof.ceilings import choose, measure
     from qprof.ceilings.card import Card
     from qprof.ceilings.store import TIME_FORMAT, Ceilings
 

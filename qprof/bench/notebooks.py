@@ -86,14 +86,15 @@ def execute_notebook(path: str | Path, results: Path, charts: Path | None, timeo
     return run
 
 
-def notebook_paths(folder: Path = NOTEBOOKS) -> list[Path]:
+def notebook_paths(folder: Path | None = None) -> list[Path]:
+    folder = folder or NOTEBOOKS
     paths = sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
     if not paths:
         raise QprofError(f"no notebooks in {folder}")
     return paths
 
 
-def run_all(results: Path, charts: Path | None, folder: Path = NOTEBOOKS,
+def run_all(results: Path, charts: Path | None, folder: Path | None = None,
             executed_dir: Path | None = None, card: str | None = None) -> list[NotebookRun]:
     return [execute_notebook(p, results, charts, executed_dir=executed_dir, card=card)
             for p in notebook_paths(folder)]
