@@ -174,7 +174,9 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
         reader, source = None, "none: CPU run"
     nvml_info = reader.info() if reader else {}
     env = collect_environment(dev, nvml_info)
-    if dev == "cuda":
+    if peer_only:
+        say("--peer-only: recording llama.cpp's rows; qprof's runtime does not run")
+    elif dev == "cuda":
         say(f"device cuda ({env.gpu_name}; {why}): CUDA runtime; telemetry {source}")
     else:
         say(f"device cpu ({why}): CPU reference runtime; numbers check the pipeline, not GPU speed")
@@ -182,7 +184,8 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
         say(f"no -m given: using the embedded default workload {params.models[0]!r} "
             "(synthetic, written locally, no download)")
     ceilings = run_ceilings(dev, bandwidth, tflops, nvml_info, log=say)
-    say(graphs_summary(params, dev, graphs is not None))
+    if not peer_only:
+        say(graphs_summary(params, dev, graphs is not None))
     say(f"decode floor: {_figure(ceilings.bandwidth, 'GB/s read bandwidth')}")
     say(f"prefill roofline: {_figure(ceilings.gemm, 'TFLOP/s GEMM rate')}")
 
