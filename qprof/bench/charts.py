@@ -336,11 +336,14 @@ def pct_of_floor(df: pd.DataFrame) -> Chart:
     log = float(pct.min()) < 2.0  # a launch-bound small model sits far below 1%: a linear axis hides it
     fig, ax = plt.subplots(figsize=(9.0, 0.42 * len(rows) + 2.0))
     ax.barh(rows["label"], pct, color=["tab:blue" if g is True else "tab:gray" for g in rows["cuda_graphs"]])
-    ax.axvline(100.0, color="black", linestyle="--", linewidth=1)
+    ax.axvline(100.0, color="black", linestyle="--", linewidth=1, zorder=2)
     ax.annotate("decode floor (100%)", (100.0, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -3),
                 textcoords="offset points", ha="right", va="top", fontsize="small")
     for y, (p, ts, floor) in enumerate(zip(pct, rows["avg_ts"], rows["floor_ts"])):
-        ax.annotate(f" {p:.2g}%  ({ts:.0f} of {floor:,.0f} t/s)", (p, y), va="center", fontsize="small")
+        # on a white box drawn over the floor line, so a label that reaches the line stays readable
+        ax.annotate(f"{p:.2g}%  ({ts:.0f} of {floor:,.0f} t/s)", (p, y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize="small", zorder=3,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     sources = "; ".join(sorted({f"{b:g} GB/s: {s}" for b, s in zip(rows["bandwidth_GBps"], rows["bandwidth_source"])}))
     if log:
         ax.set_xscale("log")

@@ -45,7 +45,7 @@ def qprof_vs_llama_cpp(pairs: pd.DataFrame) -> Chart:
     tests = sorted(paired["test"].unique(), key=_test_order)
     options = sorted(paired["peer_options"].astype(str).unique(), reverse=True)  # fa=1 before fa=0
     n_models = paired["label"].nunique()
-    width = max(4.2, 1.5 * n_models * (1 + len(options)) + 1.2)
+    width = max(4.5, 0.9 * n_models * (1 + len(options)) + 1.5)
     fig, axes = plt.subplots(len(cards), len(tests), figsize=(width * len(tests), 4.4 * len(cards)),
                              squeeze=False, layout="constrained")
     bar = 0.8 / (1 + len(options))
