@@ -2,6 +2,7 @@
 # The batched H200 sessions behind results/h200/ (see README "GPU suite"). One call a stage; every
 # step is bounded and logged into $OUT as it finishes, most important first.
 #   bash tests/gpu/h200_session.sh kernels   # build, check, matvec bandwidth, 7B bench, graph profile
+#   bash tests/gpu/h200_session.sh ceilings  # doctor --measure, then qprof beside llama.cpp (LLAMA_BENCH=path for a live run)
 set -u
 STAGE=${1:?stage}
 source tests/device_prelude.sh || exit 1
@@ -59,4 +60,23 @@ if [ "$STAGE" = ncu ]; then
     --section LaunchStats --section MemoryWorkloadAnalysis python3 tests/gpu/ncu_matvec.py Q4_K
   step matvec_bw 300 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q8_0 --batches 1 \
     --variant="-DQP_MV_MIN_CTAS_B1=1 -DQP_MV_UNROLL=2" --variant="-DQP_MV_MIN_CTAS_B1=3"
+fi
+if [ "$STAGE" = ceilings ]; then
+  # issue 11: the card's measured ceilings, then qprof beside llama.cpp (the saved H200 llama-bench JSON,
+  # and a live llama-bench where $LLAMA_BENCH names a build of it)
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  step doctor_measure 180 $Q doctor --measure
+  step doctor_cached 60 $Q doctor
+  cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
+  step ceilings_gpu_test 180 python3 -m pytest -q -rs tests/gpu/test_ceilings_gpu.py
+  wait
+  step bench_7b_llama_json 300 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
+    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
+  if [ -n "${LLAMA_BENCH:-}" ]; then
+    step bench_7b_llama_live 500 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 --llama-bench "$LLAMA_BENCH" \
+      --results $OUT/bench_h200_llama_live.jsonl
+    QPROF_LLAMA_BENCH="$LLAMA_BENCH" step llama_bench_test 300 python3 -m pytest -q -rs tests/test_llama_bench.py -k real
+  fi
+  step compare_peers 60 $Q compare --peers $OUT/bench_h200.jsonl
+  step profile_7b 150 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi
