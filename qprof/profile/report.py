@@ -124,20 +124,20 @@ def _value(v, scale: float, unit: str) -> str:
     return f"{v / scale:,.1f} {unit}" if v else "unknown"
 
 
-def _floor_text(s: dict) -> str:
-    floor = s.get("tg_floor_tok_s")
-    if not floor:
-        return " (decode floor unknown)"
-    return (f" ({s['tg_pct_of_floor']:.1f}% of the decode floor {floor:.0f} tok/s = {s['peak_Bps'] / 1e9:,.0f} GB/s "
-            f"/ {_size(s['weight_bytes_per_token'])} per token)")
-
-
-def _roofline_text(s: dict) -> str:
-    roof = s.get("pp_roofline_tok_s")
-    if not roof:
-        return ""
-    return (f" ({s['pp_pct_of_roofline']:.1f}% of the roofline {roof:,.0f} tok/s = {s['gemm_TFLOPS']:.4g} TFLOP/s "
-            f"/ {_flop_count(s['prefill_flops_per_token'])} per token)")
+def _bound_text(s: dict, phase: str) -> str:
+    """' (x% of the <bound> N tok/s = <figure> / <work> per token)': decode against the floor, prefill against
+    the roofline; the decode floor says when it is unknown."""
+    if phase == "decode":
+        bound, pct, what = s.get("tg_floor_tok_s"), s.get("tg_pct_of_floor"), "decode floor"
+        figure = f"{(s.get('peak_Bps') or 0) / 1e9:,.0f} GB/s"
+        work = _size(s["weight_bytes_per_token"])
+    else:
+        bound, pct, what = s.get("pp_roofline_tok_s"), s.get("pp_pct_of_roofline"), "roofline"
+        figure = f"{s.get('gemm_TFLOPS') or 0:.4g} TFLOP/s"
+        work = _flop_count(s.get("prefill_flops_per_token") or 0)
+    if not bound:
+        return " (decode floor unknown)" if phase == "decode" else ""
+    return f" ({pct:.1f}% of the {what} {bound:,.0f} tok/s = {figure} / {work} per token)"
 
 
 def _flop_count(n: float) -> str:
@@ -148,8 +148,8 @@ def render(s: dict, top: int = 8) -> str:
     """The terminal report of one summarized run."""
     lines = [(f"qprof profile: {s['model']} on {s['device']} | config {s['config']} | timing {s['timing']} | "
              f"{s['n_prompt']} prompt + {s['n_gen']} generated tokens")]
-    lines.append(f"  prefill {s['pp_tok_s']:.1f} tok/s{_roofline_text(s)} | decode {s['tg_tok_s']:.1f} tok/s"
-                 f"{_floor_text(s)}")
+    lines.append(f"  prefill {s['pp_tok_s']:.1f} tok/s{_bound_text(s, 'prefill')} | decode {s['tg_tok_s']:.1f} tok/s"
+                 f"{_bound_text(s, 'decode')}")
     lines.append(f"  ceilings: read bandwidth {_value(s.get('peak_Bps'), 1e9, 'GB/s')} ({s.get('bandwidth_source')}); "
                  f"GEMM {_value(s.get('gemm_TFLOPS'), 1, 'TFLOP/s')} ({s.get('gemm_source')})")
     for note in s["notes"]:
