@@ -129,8 +129,8 @@ def measure_gemm(dtype, size: int = GEMM_SIZE) -> Rate:
     return rate_of(time_ms(lambda: torch.mm(a, b, out=c), GEMM_REPEATS), 2.0 * size**3)
 
 
-def measure_card(card: Card, device_index: int = 0, log: Callable[[str], None] | None = None) -> Ceilings:
-    """Every figure on the current CUDA device; buffers are freed between measurements."""
+def measure_card(card: Card, device_index: int | None = None, log: Callable[[str], None] | None = None) -> Ceilings:
+    """Every figure on the CUDA device (default: torch's current one); buffers are freed between measurements."""
     import torch
 
     from qprof.bench.record import qprof_version
@@ -138,6 +138,7 @@ def measure_card(card: Card, device_index: int = 0, log: Callable[[str], None] |
 
     require_cuda()
     log = log or (lambda msg: None)
+    device_index = torch.cuda.current_device() if device_index is None else device_index
     torch.cuda.set_device(device_index)
     props = torch.cuda.get_device_properties(device_index)
     l2 = l2_bytes(device_index)
