@@ -2,7 +2,12 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: setup test test-gpu lint kernels ptxas-report notebooks bench-default
+# `make notebooks RESULTS=DIR`: charts over DIR/*.jsonl into DIR/charts (default: where `qprof bench` appends).
+RESULTS ?=
+# `make readme-charts`: the README's charts, redrawn from the committed rows of this card alone.
+README_CARD ?= NVIDIA H200
+
+.PHONY: setup test test-gpu lint kernels ptxas-report notebooks readme-charts bench-default
 
 setup:
 	$(PIP) install --quiet torch==2.13.0 -e '.[dev]'
@@ -25,7 +30,10 @@ ptxas-report:
 	$(PYTHON) -m qprof.cli kernels report
 
 notebooks:
-	$(PYTHON) -m qprof.bench.notebooks
+	$(PYTHON) -m qprof.bench.notebooks $(if $(RESULTS),--results "$(RESULTS)")
+
+readme-charts:
+	$(PYTHON) -m qprof.bench.notebooks --results results --charts results/charts --card "$(README_CARD)" --clean
 
 bench-default:
 	qprof bench

@@ -116,6 +116,7 @@ class DoctorReport:
     summary: str
     will_run: list[str]
     wont_run: list[str]
+    ceilings: dict = field(default_factory=dict)  # qprof.ceilings.choose.doctor_view: this card's measured ceilings
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -275,6 +276,17 @@ def collect() -> DoctorReport:
     )
 
 
+def ceiling_lines(view: dict) -> list[str]:
+    """This card's measured figures and their age, or why there are none."""
+    if not view:
+        return ["  not looked up"]
+    if not view.get("figures"):
+        return [f"  {view.get('status')}"]
+    from qprof.ceilings.store import Ceilings, describe
+
+    return [f"  {line}" for line in describe(Ceilings.from_dict(view["figures"]))] + [f"  {'cache':<16}{view['cache']}"]
+
+
 def format_report(r: DoctorReport) -> str:
     g = r.gpu
     lines = [r.summary, "", f"python        {r.python} ({r.executable})", f"platform      {r.platform}", "", "packages"]
@@ -294,8 +306,8 @@ def format_report(r: DoctorReport) -> str:
               f"  nsys          {r.nsys.reason}",
               f"  nvcc          {r.tools.get('nvcc') or 'not found'}",
               f"  ptxas         {r.tools.get('ptxas') or 'not found'}",
-              f"  nvtx          {r.nvtx}",
-              "", "will run"]
+              f"  nvtx          {r.nvtx}"]
+    lines += ["", "ceilings"] + ceiling_lines(r.ceilings) + ["", "will run"]
     lines += [f"  + {item}" for item in r.will_run]
     lines += ["", "won't run"]
     lines += [f"  - {item}" for item in r.wont_run] or ["  (nothing: everything qprof does will run here)"]

@@ -19,9 +19,15 @@ USER_CACHE = os.environ.get("QPROF_CACHE")  # before the fixture below points it
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # results/ lands in the test's own folder
+    monkeypatch.chdir(tmp_path)  # anything written relative to the working directory lands here
     monkeypatch.setenv("QPROF_CACHE", str(tmp_path / "cache"))
     FakeRuntime.instances.clear()
+
+
+@pytest.fixture
+def user_results(tmp_path):
+    """Where bench appends without --results: the user data dir (XDG_DATA_HOME is the test's, see conftest)."""
+    return tmp_path / "xdg-data" / "qprof" / "results.jsonl"
 
 
 def bench(*args):
@@ -50,25 +56,54 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(factory, "create_runtime", lambda m, d, o, a, n: FakeCudaRuntime(m, d, o, a, n, op_s=0.001))
     real_open = tele.open_reader
     monkeypatch.setattr(tele, "open_reader", lambda idx: real_open(idx, nvml=fake_nvml(reasons=0x4)))
+    fake_card_ceilings(monkeypatch)
     return loaded
 
 
-def test_cpu_run_on_the_tiny_default_says_so_and_saves_rows():
+MEASURED = []  # cards the fake measurement ran on
+
+
+def fake_card_ceilings(monkeypatch, read_GBps: float = 3000.0):
+    """This 'H100' is identified without CUDA, and measuring its ceilings returns fixed figures (and is counted)."""
+    from datetime import datetime, timezone
+
+    from qprof.ceilings import choose, measure
+    from qprof.ceilings.card import Card
+    from qprof.ceilings.store import TIME_FORMAT, Ceilings
+
+    MEASURED.clear()
+    card = Card("NVIDIA H100 80GB HBM3", "GPU-fake", "580.65.06", 2619)
+    monkeypatch.setattr(choose, "card_and_nvml", lambda info: (card, info or {}))
+
+    def measure_card(c, device_index=0, log=None):
+        MEASURED.append(c)
+        return Ceilings(card=c, measured_at=datetime.now(timezone.utc).strftime(TIME_FORMAT), read_GBps=read_GBps,
+                        copy_GBps=2900.0, gemm_fp16_TFLOPS=600.0, gemm_bf16_TFLOPS=610.0)
+
+    monkeypatch.setattr(measure, "measure_card", measure_card)
+
+
+def test_cpu_run_on_the_tiny_default_says_so_and_saves_rows(tmp_path, user_results):
     res = bench("-p", "16", "-n", "4", "-r", "2")
     assert res.exit_code == 0, res.output + str(res.exception)
     err = res.stderr
+    assert err.splitlines()[0] == (f"qprof bench: results: appending to {user_results} (the user data dir; set "
+                                   "$QPROF_RESULTS or --results FILE to choose)")
     assert "device cpu (no CUDA GPU found): CPU reference runtime" in err
     assert "no -m given: using the embedded default workload 'tiny-q4_k_m'" in err and "no download" in err
-    assert "2 row(s) appended in results/bench.jsonl; runtime: CpuRuntime" in err
+    assert "decode floor: unknown on the CPU: no GPU's figure applies (--bandwidth GB/s sets one)" in err
+    assert f"2 row(s) appended in {user_results}; runtime: CpuRuntime" in err
+    assert not (tmp_path / "results").exists()  # nothing lands in the working directory
     lines = res.stdout.splitlines()
     assert lines[0].startswith("| model") and "| threads |" in lines[0]
     assert "pp16" in lines[2] and "tg4" in lines[3] and "CPU" in lines[2]
-    rows = read_rows("results/bench.jsonl").rows
+    rows = read_rows(user_results).rows
     assert [r["test"] for r in rows] == ["pp16", "tg4"]
     r = rows[1]
     assert r["device"] == "cpu" and r["runtime"] == "CpuRuntime" and r["model"] == "tiny-q4_k_m"
     assert r["quant"] == "Q4_K_M" and r["avg_ts"] > 0 and len(r["samples_ns"]) == 2
-    assert r["telemetry_source"] == "none: CPU run" and r["floor_ts"] is None
+    assert r["telemetry_source"] == "none: CPU run" and r["floor_ts"] is None and r["bandwidth_GBps"] is None
+    assert r["bandwidth_source"].startswith("unknown on the CPU") and rows[0]["roofline_ts"] is None
     assert r["bytes_per_token"] > 0 and r["torch_version"] and r["build_commit"] and r["test_time"].endswith("Z")
 
 
@@ -107,17 +142,19 @@ def test_explicit_model_file_pg_and_custom_results_path(tmp_path):
     assert res.stdout.splitlines()[0].startswith("build_commit,build_number,")
 
 
-def test_fake_gpu_path_defaults_to_cuda_and_the_mistral_workload(fake_gpu):
+def test_fake_gpu_path_defaults_to_cuda_and_the_mistral_workload(fake_gpu, user_results):
     res = bench("-p", "8", "-n", "4", "-r", "2", "--mask", "upload,skip", "--graphs", "0,1")
     assert res.exit_code == 0, res.output + str(res.exception)
     err = res.stderr
     assert "device cuda (NVIDIA H100 80GB HBM3; a CUDA GPU is available): CUDA runtime; telemetry pynvml" in err
     assert "'mistral-7b-q4_k_m'" in err and fake_gpu == ["mistral-7b-q4_k_m"]
-    assert "3030 GB/s (measured on H100 80GB HBM3" in err
+    assert "measuring the ceilings of NVIDIA H100 80GB HBM3 (first use on this card; cached in " in err
+    assert "decode floor: 3,000.0 GB/s read bandwidth (measured on this GPU 20" in err
+    assert "prefill roofline: 600.0 TFLOP/s GEMM rate (measured on this GPU 20" in err
     assert "warning: GPU throttled during pp8" in err and "sw_power_cap" in err
     header = res.stdout.splitlines()[0]
     assert "| ngl |" in header and "| mask   |" in header and "| graphs |" in header
-    rows = read_rows("results/bench.jsonl").rows
+    rows = read_rows(user_results).rows
     assert len(rows) == 2 * 2 * 2
     # cuda_graphs is what ran: mask=upload cannot be captured, so its graphs=1 row is eager and says why
     assert [(r["mask"], r["cuda_graphs"], bool(r["notes"])) for r in rows[::2]] == [
@@ -128,7 +165,14 @@ def test_fake_gpu_path_defaults_to_cuda_and_the_mistral_workload(fake_gpu):
     tg = rows[1]
     assert tg["device"] == "cuda" and tg["gpu_name"] == "NVIDIA H100 80GB HBM3" and tg["backends"] == "CUDA"
     assert tg["driver"] == "580.65.06" and tg["cuda_driver"] == "13.0" and tg["n_gpu_layers"] == 2
-    assert tg["bandwidth_GBps"] == 3030.0 and tg["pct_of_floor"] > 0
+    assert tg["bandwidth_GBps"] == 3000.0 and tg["pct_of_floor"] > 0
+    assert tg["bandwidth_source"].startswith("measured on this GPU 20") and "streaming read" in tg["bandwidth_source"]
+    pp = rows[0]
+    assert pp["gemm_TFLOPS"] == 600.0 and pp["roofline_ts"] == pytest.approx(600e12 / pp["flops_per_token"])
+    # measured once, then read from the cache by the next command on the same card
+    assert len(MEASURED) == 1
+    again = bench("-p", "0", "-n", "2", "-r", "1", "--no-save")
+    assert again.exit_code == 0 and "measuring the ceilings" not in again.stderr and len(MEASURED) == 1
     assert tg["throttled"] is True and tg["power_w_max"] == 350.0
     assert FakeRuntime.instances[0].options.mask == "upload" and FakeRuntime.instances[0].device == "cuda"
 
@@ -175,7 +219,7 @@ def test_cpu_records_graphs_as_not_used_even_when_asked():
     assert "CUDA graphs: not applicable on the CPU" in res.stderr
 
 
-def test_interrupt_keeps_finished_rows_and_says_so_in_one_line(fake_gpu, monkeypatch):
+def test_interrupt_keeps_finished_rows_and_says_so_in_one_line(fake_gpu, monkeypatch, user_results):
     calls = {"n": 0}
     original = FakeRuntime.decode
 
@@ -188,8 +232,8 @@ def test_interrupt_keeps_finished_rows_and_says_so_in_one_line(fake_gpu, monkeyp
     monkeypatch.setattr(FakeRuntime, "decode", decode)
     res = bench("-p", "8", "-n", "4", "-r", "1", "-o", "json")
     assert res.exit_code == 130
-    assert res.stderr.splitlines()[-1] == "qprof: interrupted; kept 1 finished row(s) in results/bench.jsonl"
-    assert [r["test"] for r in read_rows("results/bench.jsonl").rows] == ["pp8"]
+    assert res.stderr.splitlines()[-1] == f"qprof: interrupted; kept 1 finished row(s) in {user_results}"
+    assert [r["test"] for r in read_rows(user_results).rows] == ["pp8"]
     assert len(json.loads(res.stdout)) == 1  # the printed JSON array is closed
 
 
@@ -212,6 +256,10 @@ def test_cuda_requested_without_a_gpu_is_a_one_line_error():
     (["-m", "no-such-workload"], "no-such-workload"),
     (["-m", "./missing.gguf"], "model file not found: ./missing.gguf"),
     (["--faults", "--mask", "upload"], "--faults runs each fault switch itself"),
+    (["--bandwidth", "0"], "--bandwidth must be a positive number, got 0"),
+    (["--bandwidth", "-5"], "--bandwidth must be a positive number, got -5"),
+    (["--tflops", "0"], "--tflops must be a positive number, got 0"),
+    (["--tflops", "nan"], "--tflops must be a positive number, got nan"),
 ])
 def test_bad_input_is_one_line_error(args, message):
     res = bench("--device", "cpu", "--no-save", *args)

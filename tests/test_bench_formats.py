@@ -29,8 +29,8 @@ def test_markdown_matches_llama_bench_layout():
     text = render("md", ROWS, switches=["mask"], device="cuda", build="abc123 (7)")
     lines = text.splitlines()
     assert lines[0].split("|")[1:-1] == [
-        " model                          ", "       size ", "     params ", " backend  ", " ngl ", " mask   ",
-        "            test ", "                  t/s ", "  floor t/s ", " % floor "]
+        " model                          ", "       size ", "     params ", " backend   ", " ngl ", " mask   ",
+        "            test ", "                  t/s ", "  bound t/s ", " % bound "]
     assert set(lines[1].replace("|", "").replace(" ", "")) <= {"-", ":"}
     assert lines[1].startswith("| ------------------------------ | ---------: |")
     pp = lines[2]
@@ -38,9 +38,26 @@ def test_markdown_matches_llama_bench_layout():
     assert "pp512" in pp and "5000.25 ± 12.50" in pp and pp.rstrip().endswith("- |")
     tg = lines[3]
     assert "tg128" in tg and "128.00 ± 1.50" in tg and "757.50" in tg and "16.9%" in tg
-    assert text.endswith("\nbuild: abc123 (7)\n")
+    assert text.endswith("\nbound: tg = decode floor (read bandwidth / weight bytes per token), pp = prefill "
+                         "roofline (GEMM rate / FLOPs per token)\nbuild: abc123 (7)\n")
     # every row has as many cells as the header
     assert len({line.count("|") for line in lines[:4]}) == 1
+
+
+def test_markdown_bound_is_the_roofline_on_pp_rows_and_peers_get_a_ratio_column():
+    pp = bench_row(test="pp512", n_prompt=512, n_gen=0, floor_ts=None, pct_of_floor=None, roofline_ts=9000.0,
+                   pct_of_roofline=55.56)
+    peer = bench_row(test="pp512", n_prompt=512, n_gen=0, peer="llama.cpp", options="fa=1", qprof_ratio=1.4234,
+                     floor_ts=None, pct_of_floor=None, n_gpu_layers=99)
+    unpaired = bench_row(peer="llama.cpp", options="fa=0", qprof_ratio=None)
+    text = render("md", [pp, peer, unpaired], switches=["options"], device="cuda", peers=True)
+    lines = text.splitlines()
+    assert lines[0].rstrip().endswith("| qprof/llama.cpp |") and "| mode             |" in lines[0]
+    assert "9000.00" in lines[2] and "55.6%" in lines[2] and lines[2].rstrip().endswith("|                 |")
+    assert "| llama.cpp |" in lines[3] and "| fa=1 " in lines[3] and lines[3].rstrip().endswith("1.42x |")
+    assert lines[4].rstrip().endswith("- |") and "| llama.cpp |" in lines[4]
+    assert len({line.count("|") for line in lines[:5]}) == 1
+    assert "qprof/llama.cpp: the clean qprof row's t/s over llama.cpp's, same model, test and card" in text
 
 
 def test_markdown_on_cpu_shows_threads_and_small_sizes_in_mib():

@@ -6,9 +6,12 @@ import pytest
 from bench_fakes import FakeCudaRuntime, FakeRuntime, fake_env, fake_model, fake_nvml
 
 from qprof.bench.params import BenchParams, BenchTest
-from qprof.bench.record import FIELDS, Bandwidth
+from qprof.bench.record import FIELDS
 from qprof.bench.runner import BenchRunner, LoadedModel, TokenSource, time_test, warm_up
 from qprof.bench.telemetry import NvmlReader, Sampler
+from qprof.ceilings.choose import Ceiling, RunCeilings
+
+UNKNOWN = RunCeilings(Ceiling(None, "unknown"), Ceiling(None, "unknown"))
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +30,7 @@ def make_runner(params, *, op_s=0.0, sampler=None, env=None, bw=None, loads=None
     def create(m, device, options, annotator, n_ctx):
         return FakeRuntime(m, device, options, annotator, n_ctx, op_s=op_s)
 
-    return BenchRunner(params, env or fake_env(), bw or Bandwidth(None, "unknown"),
+    return BenchRunner(params, env or fake_env(), bw or UNKNOWN,
                        sampler or Sampler(None, "none: test"), load=load, create_runtime=create,
                        on_step=(steps.append if steps is not None else None), warn=warn)
 
@@ -94,7 +97,7 @@ def test_rows_reuse_runtime_per_option_set_and_load_each_model_once():
 
 def test_row_fields_statistics_and_floor():
     params = BenchParams(models=["m"], n_prompt=[8], n_gen=[4], repetitions=3, warmup=False)
-    runner = make_runner(params, op_s=0.002, bw=Bandwidth(1000.0, "--bandwidth"))
+    runner = make_runner(params, op_s=0.002, bw=RunCeilings(Ceiling(1000.0, "--bandwidth"), Ceiling(50.0, "--tflops")))
     pp, tg = list(runner.rows())
     assert set(FIELDS) <= set(tg)
     assert len(tg["samples_ns"]) == 3 and all(ns >= 4 * 2_000_000 for ns in tg["samples_ns"])
@@ -109,7 +112,14 @@ def test_row_fields_statistics_and_floor():
     assert tg["floor_ts"] == pytest.approx(1000e9 / tg["bytes_per_token"])
     assert tg["pct_of_floor"] == pytest.approx(100 * tg["avg_ts"] / tg["floor_ts"])
     assert pp["floor_ts"] is None and pp["pct_of_floor"] is None  # prompt processing is not weight-bound
-    assert tg["bandwidth_source"] == "--bandwidth"
+    assert tg["bandwidth_source"] == "--bandwidth" and tg["gemm_source"] == "--tflops"
+    # prompt processing is read against the GEMM rate over the model's FLOPs per prompt token
+    from qprof.bench.roofline import prefill_flops
+
+    assert pp["flops_per_token"] == pytest.approx(prefill_flops(model, 8) / 8)
+    assert pp["roofline_ts"] == pytest.approx(50e12 / pp["flops_per_token"])
+    assert pp["pct_of_roofline"] == pytest.approx(100 * pp["avg_ts"] / pp["roofline_ts"])
+    assert tg["roofline_ts"] is None and tg["flops_per_token"] is None
     assert (tg["n_prompt"], tg["n_gen"], tg["test"]) == (0, 4, "tg4")
     assert tg["model_size"] == model.size_bytes and tg["model_n_params"] == model.n_params
     assert tg["quant"] == "Q8_0" and tg["model_type"] == "fake model Q8_0"
@@ -177,7 +187,7 @@ def test_runtime_warnings_are_reported_and_kept_in_rows():
 
     params = BenchParams(models=["m"], n_prompt=[0], n_gen=[2], repetitions=1, mask=["upload", "skip"],
                          cuda_graphs=[True])
-    runner = BenchRunner(params, fake_env(), Bandwidth(None, "x"), Sampler(None, "none"),
+    runner = BenchRunner(params, fake_env(), UNKNOWN, Sampler(None, "none"),
                          load=lambda spec: LoadedModel(spec, model.path, model), create_runtime=create,
                          warn=said.append)
     upload, skip = list(runner.rows())
@@ -194,7 +204,7 @@ def test_rows_record_whether_graphs_were_really_used():
     params = BenchParams(models=["m"], n_prompt=[2], n_gen=[2], repetitions=1, warmup=False,
                          mask=["upload", "skip"], cuda_graphs=[True])
     said = []
-    runner = BenchRunner(params, fake_env("cuda", "NVIDIA H100 80GB HBM3"), Bandwidth(None, "x"),
+    runner = BenchRunner(params, fake_env("cuda", "NVIDIA H100 80GB HBM3"), UNKNOWN,
                          Sampler(None, "none"), load=lambda spec: LoadedModel(spec, model.path, model),
                          create_runtime=FakeCudaRuntime, warn=said.append)
     rows = list(runner.rows())

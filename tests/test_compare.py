@@ -91,3 +91,51 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
     junk.write_text('{"hello": 1}\nnot json\n')
     res = CliRunner().invoke(main, ["compare", a, str(junk)])
     assert res.exit_code == 2 and "no bench rows (with avg_ts)" in res.stderr
+
+
+def h200_peers():
+    from qprof.bench.llama_bench import read_json
+    from qprof.bench.peers import peer_row
+
+    path = __import__("pathlib").Path(__file__).parent / "fixtures" / "llama_bench_h200_synth7b.json"
+    return [peer_row(r, "mistral-7b-q4_k_m", "llama-bench JSON") for r in read_json(path)]
+
+
+def test_peer_rows_are_compared_only_with_peer_rows():
+    peers = h200_peers()
+    qprof = bench_row(model_filename="/root/synth7b.gguf", gpu_name="NVIDIA H200", avg_ts=200.0)
+    assert config_key(peers[3]) != config_key(qprof) and config_key(peers[3]) != config_key(peers[1])  # fa=1, fa=0
+    changes, only_a, only_b = compare_rows([qprof, *peers], [dict(p, avg_ts=p["avg_ts"] * 1.1) for p in peers])
+    assert [c.options for c in changes] == ["llama.cpp fa=0"] * 2 + ["llama.cpp fa=1"] * 2
+    assert all(c.change_pct == pytest.approx(10.0) for c in changes) and (only_a, only_b) == (1, 0)
+
+
+def test_cli_peers_sets_each_llama_cpp_row_beside_the_clean_qprof_row(tmp_path):
+    peers = write(tmp_path / "peers.jsonl", h200_peers())
+    base = {"model": "mistral-7b-q4_k_m", "gpu_name": "NVIDIA H200"}
+    ours = write(tmp_path / "ours.jsonl", [bench_row(**base, avg_ts=201.0, stddev_ts=0.5, cuda_graphs=True,
+                                                     options="graphs"),
+                                           bench_row(**base, avg_ts=50.0, mask="upload", options="mask=upload")])
+    res = CliRunner().invoke(main, ["compare", "--peers", ours, peers])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0] == "| model | test | card | qprof t/s | llama.cpp t/s | qprof/llama.cpp |"
+    assert ("| mistral-7b-q4_k_m | tg128 | NVIDIA H200 | 201.00 ± 0.50 (graphs) | 292.55 ± 1.01 (fa=1) | 0.69x |"
+            in lines)
+    assert "| mistral-7b-q4_k_m | pp512 | NVIDIA H200 | - | 9842.67 ± 555.74 (fa=1) | - (no clean qprof row on this " \
+           "card) |" in lines
+    assert "4 llama.cpp row(s), 2 beside a clean qprof row of the same model, test and card" in res.stderr
+    res = CliRunner().invoke(main, ["compare", "--peers", peers, "-o", "json"])
+    records = json.loads(res.stdout)
+    assert len(records) == 4 and records[3]["peer_ts"] == pytest.approx(292.55495)
+    assert records[3]["qprof_over_peer"] is None
+
+
+def test_cli_peers_and_missing_b_are_one_line_errors(tmp_path):
+    a = write(tmp_path / "a.jsonl", [bench_row()])
+    res = CliRunner().invoke(main, ["compare", "--peers", a])
+    assert res.exit_code == 2 and res.stderr.startswith(f"qprof: error: no llama.cpp rows in {a}")
+    res = CliRunner().invoke(main, ["compare", a])
+    assert res.exit_code == 2
+    assert res.stderr == "qprof: error: compare needs two result sets A and B (or --peers A [B] for qprof vs " \
+                         "llama.cpp)\n"

@@ -18,7 +18,17 @@ from qprof.bench.notebooks import notebook_paths, run_all
 from qprof.bench.results import append_row
 
 EXPECTED_PNGS = {"tokens_by_quant.png", "tokens_by_mode.png", "prompt_vs_decode.png", "pct_of_floor.png",
-                 "faults_before_after.png", "attribution.png", "decode_timeline.png"}
+                 "faults_before_after.png", "attribution.png", "decode_timeline.png", "qprof_vs_llama_cpp.png"}
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def peer_rows(gpu: str = "NVIDIA H100 80GB HBM3", model: str = "mistral-7b-q4_k_m") -> list[dict]:
+    """llama.cpp's rows from the real H200 capture, relabelled as this test's card (test data, never committed)."""
+    from qprof.bench.llama_bench import read_json
+    from qprof.bench.peers import peer_row
+
+    return [peer_row({**r, "gpu_info": gpu}, model, "llama-bench JSON (test)")
+            for r in read_json(FIXTURES / "llama_bench_h200_synth7b.json")]
 
 
 def write_bench(folder: Path) -> None:
@@ -42,6 +52,8 @@ def write_bench(folder: Path) -> None:
                 append_row(path, bench_row(**base, **{switch: value}, options=label, avg_ts=ts * factor,
                                            stddev_ts=ts * factor * 0.03,
                                            pct_of_floor=100 * ts * factor / floor if floor else None))
+    for row in peer_rows():
+        append_row(folder / "peers.jsonl", row)
 
 
 def write_profile(folder: Path) -> None:
@@ -68,7 +80,7 @@ def write_profile(folder: Path) -> None:
         run = ProfileRun(WorkloadSpec("synthetic", "cuda", 16, 4, options), "torch", table, result)
         runs.append(summarize(run))
         if label == "mask=upload":
-            (folder / "trace-mask-upload.json").write_text(json.dumps(to_chrome_trace(table, "H100")))
+            (folder / "trace-mask-upload.json").write_text(json.dumps(to_chrome_trace(table, "NVIDIA H100 80GB HBM3")))
     (folder / "faults.json").write_text(json.dumps({"runs": runs}, default=str))
 
 
@@ -111,7 +123,7 @@ def test_notebooks_execute_and_export_every_chart(executed):
     stdout, charts_out, notebooks_out = executed
     assert {p.name for p in charts_out.glob("*.png")} == EXPECTED_PNGS
     assert all(p.stat().st_size > 5000 for p in charts_out.glob("*.png"))
-    assert "01_throughput.ipynb: ran, 4 chart(s) shown" in stdout
+    assert "01_throughput.ipynb: ran, 5 chart(s) shown" in stdout
     assert "02_faults.ipynb: ran, 1 chart(s) shown" in stdout
     assert "03_profile.ipynb: ran, 2 chart(s) shown" in stdout
     assert "decode_timeline.png" in stdout
@@ -127,7 +139,7 @@ def test_notebooks_run_on_empty_results_and_say_what_is_missing(tmp_path):
     assert sum(r.images for r in runs) == 0
     text = "".join(t for r in runs for t in r.outputs)
     for name in ("tokens_by_quant", "tokens_by_mode", "prompt_vs_decode", "pct_of_floor", "faults_before_after",
-                 "attribution", "decode_timeline"):
+                 "attribution", "decode_timeline", "qprof_vs_llama_cpp"):
         assert f"[{name}] no chart:" in text
     assert "no bench rows found" in text
 
@@ -306,3 +318,79 @@ def test_decode_timeline_names_the_card_and_zooms_on_a_long_step(tmp_path):
     assert "NVIDIA H100 80GB HBM3" in text and "GPU busy 5% of it" in text
     assert "1000 µs from the first kernel, 10 kernels, GPU busy 5%" in text
     assert len([ax for ax in chart.fig.axes if ax.get_title()]) == 2
+
+
+def test_bench_charts_leave_peer_rows_out_and_filter_by_card(full_results, monkeypatch):
+    df = charts.load_bench(full_results)
+    assert len(df) == 12 and df["peer"].isna().all()
+    assert len(charts.load_rows(full_results)) == 12 + 4
+    assert charts.load_bench(full_results, card="NVIDIA H200").empty
+    monkeypatch.setenv("QPROF_CARD", "NVIDIA H200")
+    assert charts.load_bench(full_results).empty and charts.load_rows(full_results) == []
+    assert profile_charts.find_profiles(full_results / "profile") == ([], [])
+    monkeypatch.setenv("QPROF_CARD", "NVIDIA H100 80GB HBM3")
+    assert len(charts.load_bench(full_results)) == 12
+    summaries, traces = profile_charts.find_profiles(full_results / "profile")
+    assert len(summaries) == 3 and len(traces) == 1
+
+
+def test_results_dir_defaults_to_where_bench_appends(tmp_path, monkeypatch):
+    assert charts.results_dir() == tmp_path / "xdg-data" / "qprof"
+    monkeypatch.setenv("QPROF_RESULTS", str(tmp_path / "elsewhere" / "mine.jsonl"))
+    assert charts.results_dir() == tmp_path / "elsewhere"
+    monkeypatch.setenv("QPROF_RESULTS_DIR", str(tmp_path / "dir"))
+    assert charts.results_dir() == tmp_path / "dir"
+
+
+def test_peer_chart_sets_qprof_beside_llama_cpp_with_the_ratio(full_results):
+    from qprof.bench import peer_charts
+
+    pairs = peer_charts.peer_pairs(full_results)
+    assert len(pairs) == 4 and pairs["qprof_over_peer"].notna().all()
+    tg = pairs[(pairs["test"] == "tg128") & (pairs["peer_options"] == "fa=1")].iloc[0]
+    assert tg["qprof_ts"] == 120.0 and tg["qprof_over_peer"] == pytest.approx(120.0 / 292.55495)
+    chart = peer_charts.qprof_vs_llama_cpp(pairs)
+    text = figure_text(chart.fig)
+    assert "qprof vs llama.cpp (NVIDIA H100 80GB HBM3)" in text and "Mistral-7B Q4_K_M" in text
+    assert f"qprof {120.0 / 292.55495:.2f}x" in text and "llama.cpp fa=1" in text and "llama.cpp fa=0" in text
+    titles = [ax.get_title() for ax in chart.fig.axes if ax.get_title()]
+    assert titles == ["pp512: prompt processing tokens/s", "tg128: decode tokens/s"]
+
+
+def test_peer_chart_says_why_when_nothing_pairs(tmp_path):
+    from qprof.bench import peer_charts
+
+    for row in peer_rows(gpu="NVIDIA H200"):
+        append_row(tmp_path / "peers.jsonl", row)
+    append_row(tmp_path / "ours.jsonl", bench_row())  # an H100 qprof row: another card, never paired
+    chart = peer_charts.qprof_vs_llama_cpp(peer_charts.peer_pairs(tmp_path))
+    assert chart.fig is None
+    assert chart.message.startswith("4 llama.cpp row(s), none with a clean qprof row of the same model, test and card")
+    assert "no llama.cpp rows" in peer_charts.qprof_vs_llama_cpp(peer_charts.peer_pairs(tmp_path / "none")).message
+
+
+def test_readme_charts_refuse_a_card_without_rows_and_clean_only_when_drawing(full_results, tmp_path, capsys,
+                                                                              monkeypatch):
+    import nbformat
+
+    import qprof.bench.notebooks as nbmod
+
+    book = tmp_path / "books"  # one small notebook instead of the real three: this tests the entry point
+    book.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import os\nfrom pathlib import Path\nprint('card', os.environ['QPROF_CARD'])\n"
+                                          "Path(os.environ['QPROF_CHARTS_DIR'], 'new.png').write_bytes(b'png')")]
+    nbformat.write(nb, book / "only.ipynb")
+    monkeypatch.setattr(nbmod, "NOTEBOOKS", book)
+    out = tmp_path / "charts"
+    out.mkdir()
+    (out / "stale.png").write_bytes(b"old")
+    code = notebooks_main(["--results", str(full_results), "--charts", str(out), "--card", "NVIDIA H200", "--clean"])
+    assert code == 2 and (out / "stale.png").exists()  # nothing deleted when nothing could be drawn
+    err = capsys.readouterr().err
+    assert "qprof: error: no rows measured on 'NVIDIA H200' under" in err and "NVIDIA H100 80GB HBM3" in err
+    code = notebooks_main(["--results", str(full_results), "--charts", str(out), "--card", "NVIDIA H100 80GB HBM3",
+                           "--clean", "--executed", str(tmp_path / "ran")])
+    assert code == 0 and {p.name for p in out.glob("*.png")} == {"new.png"}  # the stale chart is gone
+    assert "card NVIDIA H100 80GB HBM3" in cell_text(tmp_path / "ran" / "only.ipynb")
+    assert f"results: {full_results}; charts: {out}; card: NVIDIA H100 80GB HBM3" in capsys.readouterr().out

@@ -36,9 +36,24 @@ def test_json_output_torch_mode():
     assert res.exit_code == 0, res.output
     (run,) = json.loads(res.stdout)["runs"]
     assert run["timing"] == "torch" and run["tg_tok_s"] > 0 and run["tg_floor_tok_s"] is None
+    assert run["peak_Bps"] is None and run["bandwidth_source"].startswith("unknown on the CPU")
+    assert run["pp_roofline_tok_s"] is None and run["prefill_flops_per_token"] > 0
     ops = {o["op"] for o in run["phases"]["decode"]["ops"]}
     assert {"attn_q", "ffn_down"} & ops
     assert all(f["severity"] != "fault" for f in run["findings"])
+
+
+def test_report_reads_the_run_against_the_given_ceilings():
+    res = profile(*TINY, "-p", "4", "-n", "2", "--timing", "events", "--bandwidth", "20", "--tflops", "0.5")
+    assert res.exit_code == 0, res.output
+    head = res.stdout.splitlines()[1:3]
+    assert "% of the roofline " in head[0] and "= 0.5 TFLOP/s / " in head[0] and " MFLOP per token)" in head[0]
+    assert "% of the decode floor " in head[0] and "= 20 GB/s / " in head[0]
+    assert head[1] == "  ceilings: read bandwidth 20.0 GB/s (--bandwidth); GEMM 0.5 TFLOP/s (--tflops)"
+    assert "vs the 20 GB/s read bandwidth" in res.stdout
+    res = profile(*TINY, "-p", "4", "-n", "2", "--timing", "events")
+    assert "decode floor unknown" in res.stdout.splitlines()[1]
+    assert "no read bandwidth known for a % of peak" in res.stdout
 
 
 def test_faults_compare_every_switch_against_clean(tmp_path):
@@ -81,7 +96,8 @@ def test_nsys_missing_falls_back_and_says_why(monkeypatch, tmp_path):
     (["-n", "0"], "--n-gen must be at least 1, got 0"),
     (["-p", "0"], "--n-prompt must be at least 1, got 0"),
     (["--faults", "--mask", "upload"], "--faults runs every fault switch itself"),
-    (["--bandwidth", "0"], "--bandwidth must be positive"),
+    (["--bandwidth", "0"], "--bandwidth must be a positive number, got 0"),
+    (["--tflops", "-2"], "--tflops must be a positive number, got -2"),
     (["-n", "100000"], "--n-prompt 2 + --n-gen 100000 exceed the model's context of 512 tokens"),
     (["--nvtx-overhead", "--repeats", "0"], "--repeats must be at least 1"),
 ])

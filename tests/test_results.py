@@ -116,16 +116,13 @@ def test_cuda_environment_with_a_faked_torch(monkeypatch):
     assert env.driver == "580.65.06" and env.cuda_driver == "13.0"
 
 
-def test_bandwidth_choice_says_where_it_came_from():
-    from bench_fakes import fake_env
+def test_default_results_file_is_in_the_user_data_dir_unless_qprof_results_says(tmp_path, monkeypatch):
+    from qprof.paths import default_results_file
 
-    h100 = fake_env("cuda", "NVIDIA H100 80GB HBM3")
-    assert record.choose_bandwidth(h100, None) == record.Bandwidth(3030.0, record.MEASURED_BANDWIDTH[
-        "H100 80GB HBM3"][1])
-    assert record.choose_bandwidth(h100, 2000.0).source == "--bandwidth"
-    other = fake_env("cuda", "NVIDIA H200")
-    bw = record.choose_bandwidth(other, None, {"peak_bandwidth_GBps": 4800.0})
-    assert bw.gbps == 4800.0 and "NVML theoretical peak" in bw.source
-    assert record.choose_bandwidth(other, None).gbps is None
-    assert record.choose_bandwidth(fake_env("cpu"), None).gbps is None
-    assert record.choose_bandwidth(fake_env("cpu"), 50.0).gbps == 50.0
+    path, why = default_results_file()
+    assert path == tmp_path / "xdg-data" / "qprof" / "results.jsonl" and "user data dir" in why
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_results_file()[0] == tmp_path / "home" / ".local" / "share" / "qprof" / "results.jsonl"
+    monkeypatch.setenv("QPROF_RESULTS", str(tmp_path / "mine.jsonl"))
+    assert default_results_file() == (tmp_path / "mine.jsonl", "$QPROF_RESULTS")

@@ -38,15 +38,13 @@ class Chart:
 
 
 def results_dir() -> Path:
-    """$QPROF_RESULTS_DIR, else the nearest results/ folder at or above the working directory."""
+    """$QPROF_RESULTS_DIR, else the folder `qprof bench` appends to by default (see qprof.paths)."""
     env = os.environ.get("QPROF_RESULTS_DIR")
     if env:
         return Path(env)
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "results").is_dir():
-            return folder / "results"
-    return here / "results"
+    from qprof.paths import default_results_file
+
+    return default_results_file()[0].parent
 
 
 def charts_dir() -> Path | None:
@@ -55,11 +53,26 @@ def charts_dir() -> Path | None:
     return Path(env) if env else None
 
 
-def load_bench(folder: str | Path | None = None) -> pd.DataFrame:
-    """Every bench row under folder/*.jsonl, the latest per config and platform, with a 'platform' label."""
+def selected_card() -> str | None:
+    """$QPROF_CARD: draw only rows measured on this card (e.g. 'NVIDIA H200'); unset = every card."""
+    return os.environ.get("QPROF_CARD") or None
+
+
+def load_rows(folder: str | Path | None = None, card: str | None = None) -> list[dict]:
+    """Every measured row (qprof's and peers') under folder/*.jsonl, with its 'platform'; only card's if given."""
+    from qprof.bench.peers import card as card_of
+
     folder = Path(folder) if folder is not None else results_dir()
+    card = card or selected_card()
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    rows = [r for f in files for r in read_rows(f).rows if isinstance(r.get("avg_ts"), (int, float))]
+    rows = [dict(r, platform=card_of(r)) for f in files for r in read_rows(f).rows
+            if isinstance(r.get("avg_ts"), (int, float))]
+    return [r for r in rows if card is None or r["platform"] == card]
+
+
+def load_bench(folder: str | Path | None = None, card: str | None = None) -> pd.DataFrame:
+    """qprof's bench rows under folder/*.jsonl (peer rows left out), the latest per config and platform."""
+    rows = [r for r in load_rows(folder, card) if not r.get("peer")]
     if not rows:
         return pd.DataFrame(columns=[*FIELDS, "platform"])
     latest: dict[tuple, dict] = {}
@@ -69,7 +82,6 @@ def load_bench(folder: str | Path | None = None) -> pd.DataFrame:
     for col in FIELDS:
         if col not in df:
             df[col] = None
-    df["platform"] = [g if isinstance(g, str) and g else f"CPU ({c})" for g, c in zip(df["gpu_name"], df["cpu_info"])]
     df["options"] = df["options"].fillna("clean")
     return df
 
@@ -324,11 +336,14 @@ def pct_of_floor(df: pd.DataFrame) -> Chart:
     log = float(pct.min()) < 2.0  # a launch-bound small model sits far below 1%: a linear axis hides it
     fig, ax = plt.subplots(figsize=(9.0, 0.42 * len(rows) + 2.0))
     ax.barh(rows["label"], pct, color=["tab:blue" if g is True else "tab:gray" for g in rows["cuda_graphs"]])
-    ax.axvline(100.0, color="black", linestyle="--", linewidth=1)
+    ax.axvline(100.0, color="black", linestyle="--", linewidth=1, zorder=2)
     ax.annotate("decode floor (100%)", (100.0, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -3),
                 textcoords="offset points", ha="right", va="top", fontsize="small")
     for y, (p, ts, floor) in enumerate(zip(pct, rows["avg_ts"], rows["floor_ts"])):
-        ax.annotate(f" {p:.2g}%  ({ts:.0f} of {floor:,.0f} t/s)", (p, y), va="center", fontsize="small")
+        # on a white box drawn over the floor line, so a label that reaches the line stays readable
+        ax.annotate(f"{p:.2g}%  ({ts:.0f} of {floor:,.0f} t/s)", (p, y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize="small", zorder=3,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     sources = "; ".join(sorted({f"{b:g} GB/s: {s}" for b, s in zip(rows["bandwidth_GBps"], rows["bandwidth_source"])}))
     if log:
         ax.set_xscale("log")

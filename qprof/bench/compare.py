@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qprof.bench.peers import Pair
 from qprof.bench.results import ResultSet, read_rows
 from qprof.errors import QprofError
 
@@ -15,8 +16,18 @@ KEY_FIELDS = ("model", "n_prompt", "n_gen", "device", "mask", "scalar_upload", "
 
 
 def config_key(row: dict) -> tuple:
+    """A qprof config, or for a peer row (llama.cpp's) its program and flash-attention setting: peer rows are
+    compared only with peer rows of the same program."""
     model = Path(str(row.get("model_filename") or row.get("model") or "?")).name
+    if row.get("peer"):
+        return (model, row.get("n_prompt"), row.get("n_gen"), row.get("device"), "peer", row.get("peer"),
+                row.get("options"), row.get("n_depth") or 0)
     return (model, *(row.get(k) for k in KEY_FIELDS[1:]))
+
+
+def options_label(row: dict) -> str:
+    label = str(row.get("options") or "clean")
+    return f"{row['peer']} {label}" if row.get("peer") else label
 
 
 def select(spec: str) -> tuple[list[dict], str]:
@@ -76,7 +87,7 @@ def compare_rows(a_rows: list[dict], b_rows: list[dict]) -> tuple[list[Change], 
         spread = math.hypot(a_sd, b_sd)  # stddev of the difference of two independent means
         changes.append(Change(
             model=key[0], test=str(ra.get("test") or f"pp{ra.get('n_prompt')}/tg{ra.get('n_gen')}"),
-            options=str(ra.get("options") or "clean"), device=str(ra.get("device")),
+            options=options_label(ra), device=str(ra.get("device")),
             a_ts=a_ts, a_sd=a_sd, b_ts=b_ts, b_sd=b_sd,
             change_pct=100.0 * (b_ts - a_ts) / a_ts if a_ts else math.inf,
             spread_pct=100.0 * spread / a_ts if a_ts else math.inf,
@@ -94,19 +105,49 @@ def render_md(changes: list[Change], a_name: str, b_name: str) -> str:
     return f"A: {a_name}\nB: {b_name}\n\n" + head + "\n".join(lines) + "\n"
 
 
+def peer_records(pairs: list[Pair]) -> list[dict]:
+    """One record per llama.cpp row: the clean qprof row beside it (if any) and qprof/llama.cpp."""
+    out = []
+    for p in pairs:
+        q = p.qprof or {}
+        out.append({"model": p.model, "test": p.test, "card": p.card,
+                    "qprof_options": options_label(q) if q else None, "qprof_ts": q.get("avg_ts"),
+                    "qprof_sd": q.get("stddev_ts"), "peer": p.peer.get("peer"), "peer_options": p.peer.get("options"),
+                    "peer_ts": p.peer.get("avg_ts"), "peer_sd": p.peer.get("stddev_ts"), "qprof_over_peer": p.ratio})
+    return out
+
+
+def render_peers(pairs: list[Pair], fmt: str) -> str:
+    records = peer_records(pairs)
+    if fmt != "md":
+        return render_records(records, fmt)
+    head = ("| model | test | card | qprof t/s | llama.cpp t/s | qprof/llama.cpp |\n"
+            "| --- | --- | --- | ---: | ---: | ---: |\n")
+    lines = []
+    for r in records:
+        q = f"{r['qprof_ts']:.2f} ± {r['qprof_sd'] or 0:.2f} ({r['qprof_options']})" if r["qprof_ts"] else "-"
+        ratio = f"{r['qprof_over_peer']:.2f}x" if r["qprof_over_peer"] else "- (no clean qprof row on this card)"
+        lines.append(f"| {r['model']} | {r['test']} | {r['card']} | {q} | "
+                     f"{r['peer_ts']:.2f} ± {r['peer_sd'] or 0:.2f} ({r['peer_options']}) | {ratio} |")
+    return head + "\n".join(lines) + "\n"
+
+
 def render(changes: list[Change], fmt: str, a_name: str, b_name: str) -> str:
     if fmt == "md":
         return render_md(changes, a_name, b_name)
+    return render_records([{**asdict(c), "verdict": c.verdict} for c in changes], fmt)
+
+
+def render_records(records: list[dict], fmt: str) -> str:
     import json
 
-    records = [{**asdict(c), "verdict": c.verdict} for c in changes]
     if fmt == "json":
         return json.dumps(records, indent=2) + "\n"
     import csv
     import io
 
     buf = io.StringIO()
-    fields = [*asdict(changes[0]).keys(), "verdict"] if changes else ["model"]
+    fields = list(records[0]) if records else ["model"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)

@@ -15,12 +15,16 @@ SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "bool": "INTEGER", "float": "REAL"
 
 # markdown columns: (header, width; negative = left-aligned) as llama-bench lays them out
 MD_COLUMNS = {
-    "model": ("model", -30), "size": ("size", 10), "params": ("params", 10), "backend": ("backend", -8),
+    "model": ("model", -30), "size": ("size", 10), "params": ("params", 10), "backend": ("backend", -9),
     "n_gpu_layers": ("ngl", 3), "n_threads": ("threads", 7),
     "options": ("mode", -16), "mask": ("mask", -6), "scalar_upload": ("scalar_up", 9), "sync_every_op": ("sync_op", 7),
     "inject": ("inject", -9), "cuda_graphs": ("graphs", 6), "nvtx": ("nvtx", 4), "n_ctx": ("n_ctx", 6),
-    "test": ("test", 15), "t/s": ("t/s", 20), "floor": ("floor t/s", 10), "pct": ("% floor", 7),
+    "test": ("test", 15), "t/s": ("t/s", 20), "bound": ("bound t/s", 10), "pct": ("% bound", 7),
+    "ratio": ("qprof/llama.cpp", 15),
 }
+BOUND_LEGEND = ("bound: tg = decode floor (read bandwidth / weight bytes per token), "
+                "pp = prefill roofline (GEMM rate / FLOPs per token)")
+RATIO_LEGEND = "qprof/llama.cpp: the clean qprof row's t/s over llama.cpp's, same model, test and card"
 
 
 def _finite(value):
@@ -73,12 +77,15 @@ class Printer:
 
 
 class MarkdownPrinter(Printer):
-    """llama-bench's table: model, size, params, backend, the switches that vary, test, t/s; plus the floor."""
+    """llama-bench's table: model, size, params, backend, the switches that vary, test, t/s; plus the bound
+    (decode floor or prefill roofline) and, beside llama.cpp's rows, the qprof/llama.cpp ratio."""
 
-    def __init__(self, switches: list[str], device: str, build: str = ""):
+    def __init__(self, switches: list[str], device: str, build: str = "", peers: bool = False):
         cols = ["model", "size", "params", "backend", "n_gpu_layers" if device == "cuda" else "n_threads"]
-        self.columns = cols + [s for s in switches if s in MD_COLUMNS] + ["test", "t/s", "floor", "pct"]
+        self.columns = cols + [s for s in switches if s in MD_COLUMNS] + ["test", "t/s", "bound", "pct"]
+        self.columns += ["ratio"] if peers else []
         self.build = build
+        self.peers = peers
 
     def header(self) -> str:
         names = "|" + "".join(f" {MD_COLUMNS[c][0]:{'<' if MD_COLUMNS[c][1] < 0 else '>'}{abs(MD_COLUMNS[c][1])}} |"
@@ -95,13 +102,19 @@ class MarkdownPrinter(Printer):
         if col == "params":
             return human_params(row.get("model_n_params"))
         if col == "backend":
-            return str(row.get("backends"))
+            return str(row.get("peer") or row.get("backends"))
         if col == "t/s":
-            return f"{row['avg_ts']:.2f} ± {row['stddev_ts']:.2f}"
-        if col == "floor":
-            return f"{row['floor_ts']:.2f}" if row.get("floor_ts") else "-"
+            return f"{row['avg_ts']:.2f} ± {row.get('stddev_ts') or 0.0:.2f}"
+        if col == "bound":
+            bound = row.get("floor_ts") or row.get("roofline_ts")
+            return f"{bound:.2f}" if bound else "-"
         if col == "pct":
-            return f"{row['pct_of_floor']:.1f}%" if row.get("pct_of_floor") else "-"
+            pct = row.get("pct_of_floor") or row.get("pct_of_roofline")
+            return f"{pct:.1f}%" if pct else "-"
+        if col == "ratio":
+            if not row.get("peer"):
+                return ""
+            return f"{row['qprof_ratio']:.2f}x" if row.get("qprof_ratio") else "-"
         return flat_value(row.get(col))
 
     def row(self, row: dict) -> str:
@@ -112,7 +125,8 @@ class MarkdownPrinter(Printer):
         return "|" + "".join(cells) + "\n"
 
     def footer(self) -> str:
-        return f"\nbuild: {self.build}\n" if self.build else ""
+        legends = [BOUND_LEGEND] + ([RATIO_LEGEND] if self.peers else [])
+        return "\n" + "\n".join(legends) + (f"\nbuild: {self.build}" if self.build else "") + "\n"
 
 
 class CsvPrinter(Printer):
@@ -172,9 +186,10 @@ class SqlPrinter(Printer):
         return f"INSERT INTO {SQL_TABLE} ({', '.join(FIELDS)}) VALUES ({values});\n"
 
 
-def make_printer(fmt: str, switches: list[str] | None = None, device: str = "cpu", build: str = "") -> Printer:
+def make_printer(fmt: str, switches: list[str] | None = None, device: str = "cpu", build: str = "",
+                 peers: bool = False) -> Printer:
     if fmt == "md":
-        return MarkdownPrinter(switches or [], device, build)
+        return MarkdownPrinter(switches or [], device, build, peers)
     if fmt == "csv":
         return CsvPrinter()
     if fmt == "json":

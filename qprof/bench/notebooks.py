@@ -1,10 +1,12 @@
 """Execute every notebook headless (nbclient) over a results folder and export their charts as PNG.
 
-    python -m qprof.bench.notebooks [--results DIR] [--charts DIR] [--executed DIR]
+    python -m qprof.bench.notebooks [--results DIR] [--charts DIR] [--card NAME] [--clean] [--executed DIR]
 
-The kernel is always the running interpreter (a kernelspec built on the fly), so a fresh venv or
-CI needs no `ipykernel install`. The notebooks read QPROF_RESULTS_DIR and write PNGs to
-QPROF_CHARTS_DIR, which this module sets for the kernel.
+The results folder defaults to where `qprof bench` appends (the user data dir, or $QPROF_RESULTS's
+folder) and the charts go beside it, DIR/charts. --card draws only the rows of one card. The
+kernel is always the running interpreter (a kernelspec built on the fly), so a fresh venv or CI
+needs no `ipykernel install`. The notebooks read QPROF_RESULTS_DIR and QPROF_CARD and write PNGs
+to QPROF_CHARTS_DIR, which this module sets for the kernel.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from pathlib import Path
 
 from qprof.errors import QprofError
 
-REPO = Path(__file__).resolve().parents[2]
-NOTEBOOKS = REPO / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def this_python_kernel_manager():
@@ -44,7 +45,7 @@ class NotebookRun:
 
 
 def execute_notebook(path: str | Path, results: Path, charts: Path | None, timeout: int = 600,
-                     executed_dir: Path | None = None) -> NotebookRun:
+                     executed_dir: Path | None = None, card: str | None = None) -> NotebookRun:
     """Run every cell of one notebook; any cell error becomes a one-line QprofError naming the cell."""
     import nbformat
     from nbclient import NotebookClient
@@ -53,10 +54,11 @@ def execute_notebook(path: str | Path, results: Path, charts: Path | None, timeo
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     env = {**os.environ, "QPROF_RESULTS_DIR": str(results), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    if charts is not None:
-        env["QPROF_CHARTS_DIR"] = str(charts)
-    else:
-        env.pop("QPROF_CHARTS_DIR", None)
+    for name, value in (("QPROF_CHARTS_DIR", charts), ("QPROF_CARD", card)):
+        if value is not None:
+            env[name] = str(value)
+        else:
+            env.pop(name, None)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             kernel_manager_class=this_python_kernel_manager(),
                             resources={"metadata": {"path": str(path.parent)}})
@@ -84,27 +86,54 @@ def execute_notebook(path: str | Path, results: Path, charts: Path | None, timeo
     return run
 
 
-def notebook_paths(folder: Path = NOTEBOOKS) -> list[Path]:
+def notebook_paths(folder: Path | None = None) -> list[Path]:
+    folder = folder or NOTEBOOKS
     paths = sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
     if not paths:
         raise QprofError(f"no notebooks in {folder}")
     return paths
 
 
-def run_all(results: Path, charts: Path | None, folder: Path = NOTEBOOKS,
-            executed_dir: Path | None = None) -> list[NotebookRun]:
-    return [execute_notebook(p, results, charts, executed_dir=executed_dir) for p in notebook_paths(folder)]
+def run_all(results: Path, charts: Path | None, folder: Path | None = None,
+            executed_dir: Path | None = None, card: str | None = None) -> list[NotebookRun]:
+    return [execute_notebook(p, results, charts, executed_dir=executed_dir, card=card)
+            for p in notebook_paths(folder)]
+
+
+def check_card(results: Path, card: str) -> None:
+    """Refuse a card with no rows under results (a typo would otherwise redraw nothing, or wipe charts)."""
+    from qprof.bench.charts import load_rows
+    from qprof.bench.profile_charts import find_profiles
+
+    if load_rows(results, card) or any(find_profiles(results / "profile", card)):
+        return
+    found = sorted({r["platform"] for r in load_rows(results, None)})
+    raise QprofError(f"no rows measured on {card!r} under {results} "
+                     f"(cards there: {', '.join(found) if found else 'none'})")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qprof.bench.charts import results_dir
+
     ap = argparse.ArgumentParser(prog="python -m qprof.bench.notebooks", description=__doc__.splitlines()[0])
-    ap.add_argument("--results", type=Path, default=REPO / "results", help="folder of *.jsonl (default results/)")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="folder of *.jsonl (default: where `qprof bench` appends, $QPROF_RESULTS_DIR overrides)")
     ap.add_argument("--charts", type=Path, default=None, help="PNG folder (default RESULTS/charts)")
+    ap.add_argument("--card", default=None, help="only rows measured on this card, e.g. 'NVIDIA H200'")
+    ap.add_argument("--clean", action="store_true",
+                    help="delete the PNGs already in the charts folder first, so each one left was drawn now")
     ap.add_argument("--executed", type=Path, default=None, help="also write the executed notebooks here")
     args = ap.parse_args(argv)
-    charts = args.charts or args.results / "charts"
+    results = (args.results or results_dir()).resolve()
+    charts = (args.charts or results / "charts").resolve()
+    print(f"results: {results}; charts: {charts}; card: {args.card or 'every card'}")
     try:
-        runs = run_all(args.results.resolve(), charts.resolve(), executed_dir=args.executed)
+        if args.card:
+            check_card(results, args.card)
+        if args.clean:
+            for old in charts.glob("*.png"):
+                old.unlink()
+        runs = run_all(results, charts, executed_dir=args.executed, card=args.card)
     except QprofError as exc:
         print(f"qprof: error: {exc}", file=sys.stderr)
         return 2

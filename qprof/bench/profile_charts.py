@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qprof.bench.charts import Chart, short_model
+from qprof.bench.charts import Chart, selected_card, short_model
 
 GPU_WORK = ("kernel", "gpu_user_annotation")  # device kernels, or per-op timings when kernels weren't captured
 COPIES = ("gpu_memcpy", "gpu_memset")
 HOST_API = ("cuda_runtime", "cuda_driver")
 
 
-def find_profiles(folder: str | Path) -> tuple[list[dict], list[Path]]:
-    """(profile summaries, Chrome trace files) found anywhere under folder; unreadable files are skipped."""
+def find_profiles(folder: str | Path, card: str | None = None) -> tuple[list[dict], list[Path]]:
+    """(profile summaries, Chrome trace files) found anywhere under folder; unreadable files are skipped.
+
+    card (default $QPROF_CARD): only what was measured on that card.
+    """
+    card = card or selected_card()
     folder = Path(folder)
     summaries: list[dict] = []
     traces: list[Path] = []
@@ -29,12 +33,14 @@ def find_profiles(folder: str | Path) -> tuple[list[dict], list[Path]]:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             continue
         if isinstance(data, dict) and isinstance(data.get("traceEvents"), list):
-            traces.append(path)
+            if card is None or trace_card(data) == card:
+                traces.append(path)
         elif isinstance(data, dict) and isinstance(data.get("runs"), list):
             summaries += [dict(r, _source=str(path)) for r in data["runs"] if isinstance(r, dict) and "phases" in r]
         elif isinstance(data, dict) and "phases" in data:
             summaries.append(dict(data, _source=str(path)))
-    latest = {(s.get("model"), s.get("device"), s.get("config"), s.get("timing")): s for s in summaries}
+    latest = {(s.get("model"), s.get("device"), s.get("config"), s.get("timing")): s for s in summaries
+              if card is None or s.get("device") == card}
     return list(latest.values()), traces
 
 
@@ -114,8 +120,8 @@ def attribution_stacked(summaries: list[dict]) -> Chart:
                             fontsize="x-small")
             if phase == "decode" and model in floors:
                 ax.axhline(floors[model], color="black", linestyle="--", linewidth=1)
-                ax.annotate(f"decode floor {floors[model]:.2g} ms", (len(wide) - 0.5, floors[model]),
-                            xytext=(0, 2), textcoords="offset points", ha="right", va="bottom", fontsize="x-small")
+                # named below the axis: a label on the line would sit on the bars, which all stand above it
+                ax.set_xlabel(f"dashed line: decode floor {floors[model]:.2g} ms per token", fontsize="small")
             ax.set_xticks(range(len(wide)))
             ax.set_xticklabels(wide.index, rotation=30, ha="right", fontsize="small")
             ax.set_ylabel("ms per decode token" if phase == "decode" else "ms for the whole prefill")

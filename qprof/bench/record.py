@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qprof.bench.telemetry import SUMMARY_FIELDS
 
-SCHEMA = 1  # bump when a field changes meaning
+SCHEMA = 2  # bump when a field changes meaning (2: bandwidth_GBps is the measured streaming read; peer rows)
 
 # name -> type, in output order. llama-bench's fields first, with its names and meanings.
 LLAMA_BENCH_FIELDS = {
@@ -29,17 +29,15 @@ QPROF_FIELDS = {
     "mask": "str", "scalar_upload": "bool", "sync_every_op": "bool", "inject": "str", "cuda_graphs": "bool",
     "nvtx": "bool", "options": "str", "notes": "str",
     "bytes_per_token": "int", "bandwidth_GBps": "float", "bandwidth_source": "str", "floor_ts": "float",
-    "pct_of_floor": "float",
+    "pct_of_floor": "float", "flops_per_token": "float", "gemm_TFLOPS": "float", "gemm_source": "str",
+    "roofline_ts": "float", "pct_of_roofline": "float",
+    # a peer row (another program's measurement, e.g. llama.cpp's llama-bench) names it; None on qprof's rows
+    "peer": "str", "peer_source": "str", "qprof_ratio": "float",
     **{name: ("int" if name.endswith("samples") else "bool" if name == "throttled"
               else "str" if name in ("throttle_reasons", "telemetry_source") else "float")
        for name in SUMMARY_FIELDS},
 }
 FIELDS: dict[str, str] = {**LLAMA_BENCH_FIELDS, **QPROF_FIELDS}
-
-# Decode bandwidth measured on the lead's H100 80GB HBM3 (SXM) with a device-to-device copy.
-# Other boards fall back to NVML's theoretical peak, or to --bandwidth.
-MEASURED_BANDWIDTH = {"H100 80GB HBM3": (3030.0, "measured on H100 80GB HBM3 (device-to-device copy)")}
-
 
 @dataclass(frozen=True)
 class Environment:
@@ -146,27 +144,6 @@ def collect_environment(device: str, nvml_info: dict | None = None) -> Environme
     )
 
 
-@dataclass(frozen=True)
-class Bandwidth:
-    gbps: float | None
-    source: str
-
-
-def choose_bandwidth(env: Environment, override: float | None, nvml_info: dict | None = None) -> Bandwidth:
-    """The memory bandwidth behind the decode floor, and where the number came from."""
-    if override is not None:
-        return Bandwidth(float(override), "--bandwidth")
-    if env.device != "cuda":
-        return Bandwidth(None, "unknown for the CPU; pass --bandwidth GB/s for a floor")
-    for key, (gbps, source) in MEASURED_BANDWIDTH.items():
-        if env.gpu_name and key in env.gpu_name:
-            return Bandwidth(gbps, source)
-    peak = (nvml_info or {}).get("peak_bandwidth_GBps")
-    if peak:
-        return Bandwidth(float(peak), "NVML theoretical peak (2 x max memory clock x bus width)")
-    return Bandwidth(None, f"unknown for {env.gpu_name}; pass --bandwidth GB/s for a floor")
-
-
 def quant_label(model) -> str:
     """'Q4_K_M' from general.file_type where gguf names it, else the most common matrix type."""
     ftype = model.metadata.get("general.file_type")
@@ -212,16 +189,6 @@ def timing_stats(samples_ns: list[int], n_tokens: int) -> dict:
         "samples_ns": list(samples_ns),
         "samples_ts": ts,
     }
-
-
-def floor_fields(kind: str, bytes_per_token: int, bandwidth: Bandwidth, avg_ts: float) -> dict:
-    """Decode is bound by weight traffic: tokens/s <= bandwidth / bytes read per token (tg tests only)."""
-    out = {"bytes_per_token": bytes_per_token, "bandwidth_GBps": bandwidth.gbps,
-           "bandwidth_source": bandwidth.source, "floor_ts": None, "pct_of_floor": None}
-    if kind == "tg" and bandwidth.gbps and bytes_per_token:
-        out["floor_ts"] = bandwidth.gbps * 1e9 / bytes_per_token
-        out["pct_of_floor"] = 100.0 * avg_ts / out["floor_ts"]
-    return out
 
 
 def options_fields(options) -> dict:

@@ -10,8 +10,6 @@ from pathlib import Path
 from qprof.bench.formats import to_json
 from qprof.errors import QprofError
 
-DEFAULT_RESULTS = Path("results") / "bench.jsonl"
-
 
 def append_row(path: str | Path, row: dict) -> None:
     """Append one row as one line with a single write(2) on an O_APPEND descriptor, then fsync.

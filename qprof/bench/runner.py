@@ -14,9 +14,7 @@ from pathlib import Path
 from qprof.bench.params import BenchParams, BenchTest, Group
 from qprof.bench.record import (
     SCHEMA,
-    Bandwidth,
     Environment,
-    floor_fields,
     kv_type,
     options_fields,
     ordered,
@@ -24,7 +22,9 @@ from qprof.bench.record import (
     quant_label,
     timing_stats,
 )
+from qprof.bench.roofline import bound_fields, prefill_flops
 from qprof.bench.telemetry import Sampler, throttle_warning
+from qprof.ceilings.choose import RunCeilings
 from qprof.errors import QprofError
 from qprof.runtime.options import RuntimeOptions
 
@@ -122,7 +122,7 @@ def release_memory(device: str) -> None:
 
 
 class BenchRunner:
-    def __init__(self, params: BenchParams, env: Environment, bandwidth: Bandwidth,
+    def __init__(self, params: BenchParams, env: Environment, ceilings: RunCeilings,
                  sampler: Sampler, load: Callable[[str], LoadedModel] = load_spec,
                  create_runtime: Callable | None = None,
                  on_step: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None):
@@ -130,13 +130,14 @@ class BenchRunner:
             from qprof.runtime.factory import create_runtime
         self.params = params
         self.env = env
-        self.bandwidth = bandwidth
+        self.ceilings = ceilings
         self.sampler = sampler
         self.load = load
         self.create_runtime = create_runtime
         self.on_step = on_step or (lambda label: None)
         self.warn = warn or (lambda msg: None)
         self.runtime_names: list[str] = []
+        self.loaded: dict[str, LoadedModel] = {}  # every model run, by -m spec (llama-bench runs the same files)
 
     def steps(self) -> int:
         """Progress units: every repetition and every warm-up."""
@@ -150,6 +151,7 @@ class BenchRunner:
                 loaded = None
                 release_memory(self.env.device)
                 loaded = self.load(group.model)
+                self.loaded[group.model] = loaded
             facts = loaded.facts()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -188,6 +190,7 @@ class BenchRunner:
             self.on_step(label)
         telemetry = self.sampler.stop()
         stats = timing_stats(samples, test.n_tokens)
+        flops_per_token = prefill_flops(loaded.model, test.n_prompt) / test.n_prompt if test.kind == "pp" else None
         row = {
             **{k: getattr(self.env, k) for k in ("build_commit", "build_number", "cpu_info", "gpu_info",
                                                  "backends", "n_threads", "device", "gpu_name", "driver",
@@ -211,7 +214,7 @@ class BenchRunner:
             "warmup": p.warmup,
             "n_ctx": group.n_ctx,
             **options_fields(options),
-            **floor_fields(test.kind, facts["bytes_per_token"], self.bandwidth, stats["avg_ts"]),
+            **bound_fields(test.kind, facts["bytes_per_token"], flops_per_token, self.ceilings, stats["avg_ts"]),
             **telemetry,
         }
         message = throttle_warning(telemetry, label)

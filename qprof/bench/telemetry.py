@@ -104,13 +104,15 @@ class NvmlReader:
             out["gpu_name"] = name.decode() if isinstance(name, bytes) else str(name)
         mem_mhz = _try(n, n.nvmlDeviceGetMaxClockInfo, h, n.NVML_CLOCK_MEM)
         bus_bits = _try(n, n.nvmlDeviceGetMemoryBusWidth, h)
+        if mem_mhz:
+            out["max_mem_clock_mhz"] = int(mem_mhz)
         if mem_mhz and bus_bits:
             # double data rate: two transfers per memory clock, bus_bits/8 bytes each
             out["peak_bandwidth_GBps"] = round(2 * mem_mhz * 1e6 * bus_bits / 8 / 1e9, 1)
         return out
 
 
-def _cuda_uuid(device_index: int) -> str | None:
+def cuda_uuid(device_index: int) -> str | None:
     try:
         import torch
 
@@ -144,7 +146,7 @@ def open_reader(device_index: int = 0, nvml=None) -> tuple[NvmlReader | None, st
     except _errors(nvml) as exc:
         return None, f"none: NVML unavailable ({type(exc).__name__}: {exc})"
     handle = None
-    uuid = _cuda_uuid(device_index)
+    uuid = cuda_uuid(device_index)
     if uuid:  # the UUID names the same board whatever CUDA_VISIBLE_DEVICES does to indices
         handle = _try(nvml, nvml.nvmlDeviceGetHandleByUUID, uuid)
     if handle is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -79,6 +80,17 @@ def say(msg: str) -> None:
     click.echo(f"qprof bench: {msg}", err=True)
 
 
+def results_file(option: str | None) -> tuple[Path, str]:
+    """(where rows are appended, why there): --results, else $QPROF_RESULTS, else the user data dir."""
+    from qprof.paths import default_results_file
+
+    return (Path(option), "--results") if option else default_results_file()
+
+
+def _figure(ceiling, unit: str) -> str:
+    return f"{ceiling.value:,.1f} {unit} ({ceiling.source})" if ceiling.value else ceiling.source
+
+
 @click.command()
 @click.option("-m", "--model", multiple=True, metavar="FILE|WORKLOAD",
               help="GGUF file or workload name; comma list or repeated. Default: the embedded synthetic "
@@ -94,8 +106,9 @@ def say(msg: str) -> None:
               help="default: cuda when a GPU is available, else cpu (it says which)")
 @click.option("-o", "--output", "fmt", type=click.Choice(["md", "csv", "json", "jsonl", "sql"]), default="md",
               show_default=True, help="format printed on stdout")
-@click.option("--results", "results_path", type=click.Path(dir_okay=False), default="results/bench.jsonl",
-              show_default=True, help="JSONL file that each finished row is appended to")
+@click.option("--results", "results_path", type=click.Path(dir_okay=False), default=None,
+              help="JSONL file each finished row is appended to (default: $QPROF_RESULTS, else "
+                   "~/.local/share/qprof/results.jsonl; bench's first line says which)")
 @click.option("--no-save", is_flag=True, help="do not append rows to the results file")
 @click.option("--mask", default="skip", show_default=True, help=f"causal mask: upload,device,skip; {SWITCH_HELP}")
 @click.option("--scalar-upload", default="0", show_default=True,
@@ -116,10 +129,20 @@ def say(msg: str) -> None:
               f"or always with QPROF_NVTX=1 (to measure their cost); {SWITCH_HELP}")
 @click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")
 @click.option("--bandwidth", type=float, default=None, metavar="GB/s",
-              help="memory bandwidth for the decode floor (default: 3030 measured on H100 80GB HBM3, "
-                   "else NVML's theoretical peak)")
+              help="memory bandwidth for the decode floor (default: the streaming read measured on this GPU, "
+                   "measured on first use and cached; see `qprof doctor --measure`)")
+@click.option("--tflops", type=float, default=None, metavar="TFLOP/s",
+              help="GEMM rate for the prefill roofline (default: the fp16 GEMM rate measured on this GPU)")
+@click.option("--llama-bench", "llama_bench", default=None, metavar="PATH",
+              help="also run llama.cpp's llama-bench at PATH on the same GGUF files and tests (-fa 1 -ngl 99) "
+                   "and print its rows beside qprof's")
+@click.option("--llama-bench-json", "llama_bench_json", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE", help="llama.cpp's rows from a saved `llama-bench -o json` instead of running it")
+@click.option("--peer-only", is_flag=True,
+              help="with --llama-bench or --llama-bench-json: record llama.cpp's rows without running qprof's")
 def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_path, no_save, mask,
-          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, ctx, bandwidth):
+          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, ctx, bandwidth, tflops, llama_bench,
+          llama_bench_json, peer_only):
     """Benchmark prompt processing (pp) and generation (tg) like llama-bench.
 
     Every parameter takes a comma list; the run is their cartesian product, ordered so each model
@@ -127,15 +150,22 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     every finished row.
     """
     from qprof.bench.formats import make_printer
+    from qprof.bench.peer_source import PeerSource
     from qprof.bench.progress import Progress
-    from qprof.bench.record import choose_bandwidth, collect_environment
+    from qprof.bench.record import collect_environment
     from qprof.bench.results import append_row
     from qprof.bench.runner import BenchRunner, load_spec
     from qprof.bench.telemetry import Sampler, open_reader
+    from qprof.ceilings.choose import check_override, run_ceilings
 
+    check_override(bandwidth, "--bandwidth")
+    check_override(tflops, "--tflops")
+    peer = PeerSource.from_options(llama_bench, llama_bench_json, peer_only)
     dev, why = pick_device(device)
     params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
                           inject, graphs, nvtx, ctx, dev, faults)
+    results = None if no_save else results_file(results_path)
+    say(f"results: {'not saved (--no-save)' if results is None else f'appending to {results[0]} ({results[1]})'}")
     if dev == "cuda":
         import torch
 
@@ -144,46 +174,62 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
         reader, source = None, "none: CPU run"
     nvml_info = reader.info() if reader else {}
     env = collect_environment(dev, nvml_info)
-    bw = choose_bandwidth(env, bandwidth, nvml_info)
-
-    if dev == "cuda":
+    if peer_only:
+        say("--peer-only: recording llama.cpp's rows; qprof's runtime does not run")
+    elif dev == "cuda":
         say(f"device cuda ({env.gpu_name}; {why}): CUDA runtime; telemetry {source}")
     else:
         say(f"device cpu ({why}): CPU reference runtime; numbers check the pipeline, not GPU speed")
-    if not model:
+    if not model and not peer_only:
         say(f"no -m given: using the embedded default workload {params.models[0]!r} "
             "(synthetic, written locally, no download)")
-    say(graphs_summary(params, dev, graphs is not None))
-    say(f"decode floor bandwidth: {f'{bw.gbps:g} GB/s' if bw.gbps else 'none'} ({bw.source})")
+    ceilings = run_ceilings(dev, bandwidth, tflops, nvml_info, log=say)
+    if not peer_only:
+        say(graphs_summary(params, dev, graphs is not None))
+    say(f"decode floor: {_figure(ceilings.bandwidth, 'GB/s read bandwidth')}")
+    say(f"prefill roofline: {_figure(ceilings.gemm, 'TFLOP/s GEMM rate')}")
 
-    printer = make_printer(fmt, params.varying(), dev, f"{env.build_commit} ({env.build_number})")
+    switches = params.varying()
+    if peer is not None and "options" not in switches:
+        switches = ["options", *switches]
+    printer = make_printer(fmt, switches, dev, f"{env.build_commit} ({env.build_number})", peers=peer is not None)
     out = sys.stdout
     out.write(printer.header())
     out.flush()
-    progress = Progress(params.n_rows() * (params.repetitions + int(params.warmup)))
-    runner = BenchRunner(params, env, bw, Sampler(reader, source), load=lambda spec: load_spec(spec, log=say),
+    progress = Progress(0 if peer_only else params.n_rows() * (params.repetitions + int(params.warmup)))
+    runner = BenchRunner(params, env, ceilings, Sampler(reader, source), load=lambda spec: load_spec(spec, log=say),
                          on_step=progress.step,
                          warn=lambda msg: (progress.clear(), click.echo(msg, err=True)))
-    kept = 0
-    where = "not saved (--no-save)" if no_save else f"in {results_path}"
+    done: list[dict] = []
+    where = "not saved (--no-save)" if results is None else f"in {results[0]}"
+
+    def keep(row: dict) -> None:
+        if results is not None:
+            append_row(results[0], row)
+        done.append(row)
+        progress.clear()
+        out.write(printer.row(row))
+        out.flush()
+
     try:
-        for row in runner.rows():
-            if not no_save:
-                append_row(results_path, row)
-            kept += 1
-            progress.clear()
-            out.write(printer.row(row))
-            out.flush()
+        if not peer_only:
+            for row in runner.rows():
+                keep(row)
+        if peer is not None:
+            loaded = runner.loaded if not peer_only else peer.models_for(params, bool(model), say)
+            for row in peer.rows(params, loaded, done, ceilings, env, say):
+                keep(row)
     except KeyboardInterrupt:
         progress.close()
         out.write(printer.footer())
         out.flush()
-        click.echo(f"qprof: interrupted; kept {kept} finished row(s) {where}", err=True)
+        click.echo(f"qprof: interrupted; kept {len(done)} finished row(s) {where}", err=True)
         raise SystemExit(130) from None
     except QprofError as exc:
         progress.close()
-        raise QprofError(f"{exc} ({kept} finished row(s) kept {where})") from None
+        raise QprofError(f"{exc} ({len(done)} finished row(s) kept {where})") from None
     progress.close()
     out.write(printer.footer())
     out.flush()
-    say(f"{kept} row(s) {'' if no_save else 'appended '}{where}; runtime: {', '.join(runner.runtime_names)}")
+    runtimes = ", ".join(runner.runtime_names + (["llama-bench"] if peer is not None else []))
+    say(f"{len(done)} row(s) {'' if results is None else 'appended '}{where}; runtime: {runtimes}")

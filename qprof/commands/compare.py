@@ -1,4 +1,4 @@
-"""`qprof compare A B`: a regression table between two sets of bench results."""
+"""`qprof compare A B`: a regression table between two sets of bench results; `--peers`: qprof vs llama.cpp."""
 
 from __future__ import annotations
 
@@ -7,20 +7,39 @@ import click
 
 @click.command()
 @click.argument("a")
-@click.argument("b")
+@click.argument("b", required=False)
 @click.option("-o", "--output", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
 @click.option("--fail-on-regression", is_flag=True,
               help="exit 1 when any config got slower by more than its run-to-run spread")
-def compare(a, b, fmt, fail_on_regression):
+@click.option("--peers", is_flag=True,
+              help="instead: every llama.cpp (peer) row in A (and B) beside the clean qprof row of the same model, "
+                   "test and card, with qprof/llama.cpp")
+def compare(a, b, fmt, fail_on_regression, peers):
     """Compare bench results B against A, config by config (model, test, device, fault switches).
 
     A and B are a .jsonl file, a directory of them, a glob, or FILE@COMMIT for the rows of one
     build. Each config's latest row is used. A change counts only when |B - A| exceeds the
-    combined standard deviation of the two runs, sqrt(sd_A^2 + sd_B^2).
+    combined standard deviation of the two runs, sqrt(sd_A^2 + sd_B^2). llama.cpp's rows (from
+    `qprof bench --llama-bench`) are compared only with llama.cpp's rows.
     """
-    from qprof.bench.compare import compare_rows, render, select
+    from qprof.bench.compare import compare_rows, render, render_peers, select
     from qprof.errors import QprofError
 
+    if peers:
+        from qprof.bench.peers import pair_rows
+
+        rows = [r for spec in (a, b) if spec for r in select(spec)[0]]
+        pairs = pair_rows(rows)
+        if not pairs:
+            raise QprofError(f"no llama.cpp rows in {' and '.join(s for s in (a, b) if s)} "
+                             "(`qprof bench --llama-bench PATH` or --llama-bench-json FILE records them)")
+        click.echo(render_peers(pairs, fmt), nl=False)
+        paired = [p for p in pairs if p.ratio is not None]
+        click.echo(f"qprof compare: {len(pairs)} llama.cpp row(s), {len(paired)} beside a clean qprof row of the "
+                   "same model, test and card", err=True)
+        return
+    if b is None:
+        raise QprofError("compare needs two result sets A and B (or --peers A [B] for qprof vs llama.cpp)")
     a_rows, a_name = select(a)
     b_rows, b_name = select(b)
     changes, only_a, only_b = compare_rows(a_rows, b_rows)

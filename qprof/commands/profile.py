@@ -9,8 +9,6 @@ import click
 
 from qprof.errors import QprofError
 
-PEAK_GBPS = 3030.0  # measured on H100 80GB HBM3 (the same default as `qprof bench --bandwidth`)
-
 
 def say(msg: str) -> None:
     click.echo(f"qprof profile: {msg}", err=True)
@@ -69,16 +67,20 @@ def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) 
 @click.option("--agreement", is_flag=True,
               help="profile with events, torch and nsys (where available) and compare per-op totals, then stop")
 @click.option("--repeats", default=3, show_default=True, type=int, help="alternations for --nvtx-overhead")
-@click.option("--bandwidth", type=float, default=PEAK_GBPS, show_default=True, metavar="GB/s",
-              help="peak memory bandwidth for the decode floor and kernel efficiency")
+@click.option("--bandwidth", type=float, default=None, metavar="GB/s",
+              help="read bandwidth for the decode floor and kernels' % of peak (default: measured on this GPU, on "
+                   "first use, and cached; see `qprof doctor --measure`)")
+@click.option("--tflops", type=float, default=None, metavar="TFLOP/s",
+              help="GEMM rate for the prefill roofline (default: the fp16 GEMM rate measured on this GPU)")
 @click.option("--top", default=8, show_default=True, type=int, help="rows per table")
 def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_every_op, inject, graphs, no_nvtx,
-            faults, trace, out, as_json, nvtx_overhead, agreement, repeats, bandwidth, top):
+            faults, trace, out, as_json, nvtx_overhead, agreement, repeats, bandwidth, tflops, top):
     """Profile prefill + decode: tok/s, time by category, per op, copies, syncs, and a diagnosis.
 
     Every GPU kernel and copy is charged to the NVTX op range that launched it. --faults runs the
     clean configuration and each fault switch and puts them side by side.
     """
+    from qprof.ceilings.choose import check_override, run_ceilings
     from qprof.profile import report
     from qprof.profile.workload import (
         FAULT_SWITCHES,
@@ -89,8 +91,8 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         profile_workload,
     )
 
-    if bandwidth <= 0:
-        raise QprofError(f"--bandwidth must be positive, got {bandwidth}")
+    check_override(bandwidth, "--bandwidth")
+    check_override(tflops, "--tflops")
     if trace is not None and not str(trace).endswith(".json"):
         raise QprofError(f"--trace {trace}: the trace is Chrome/Perfetto JSON, so the file must end in .json")
     if faults and (mask != "skip" or scalar_upload or sync_every_op or inject):
@@ -104,7 +106,6 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         model = DEFAULT_GPU_WORKLOAD if dev == "cuda" else DEFAULT_CPU_WORKLOAD
         say(f"no -m given: using the workload {model!r}")
     say(f"device {dev} ({why})")
-    peak = bandwidth * 1e9
     options = options_from_flags(mask, scalar_upload, sync_every_op, inject, nvtx=not no_nvtx, cuda_graphs=graphs)
     spec = WorkloadSpec(model, dev, n_prompt, n_gen, options)
     loaded = load_model(model)
@@ -139,6 +140,10 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
             click.echo(report.render_agreement(table))
         return
 
+    from qprof.bench.roofline import prefill_flops
+
+    ceilings = run_ceilings(dev, bandwidth, tflops, log=say)
+    flops_per_token = prefill_flops(loaded, n_prompt) / n_prompt if n_prompt > 0 else None
     configs = [(label, spec.with_options(**{"mask": "skip", **changes})) for label, changes in FAULT_SWITCHES] \
         if faults else [(options.label(), spec)]
     many = len(configs) > 1
@@ -147,7 +152,7 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         say(f"profiling {label} with --timing {timing} ...")
         run = profile_workload(cfg, timing, (out_dir / label.replace("=", "-").replace(",", "_")) if out_dir and many
                                else out_dir, model=loaded)
-        summary = report.summarize(run, peak, top=max(top, 10))
+        summary = report.summarize(run, ceilings, top=max(top, 10), flops_per_token=flops_per_token)
         _save(run, summary, out_dir, trace_path, many)
         summaries.append(summary)
         if timing == "blocking" and dev == "cuda":

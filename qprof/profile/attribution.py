@@ -21,7 +21,6 @@ import pandas as pd
 
 from qprof.profile.activity import device_rows, work_rows
 
-PEAK_BYTES_PER_S = 3.03e12  # measured H100 SXM device-memory peak (copy bandwidth), bytes/s
 LAUNCH_GAP_MAX_NS = 100_000
 GAP_CATEGORIES = ("sync wait", "launch gap", "idle gap")
 _LAYER_PREFIX = re.compile(r"^blk\.\d+\.")
@@ -233,9 +232,10 @@ def copies(df: pd.DataFrame, phase: str | None = None) -> pd.DataFrame:
     return out[cols].sort_values("time_ns", ascending=False).reset_index(drop=True)
 
 
-def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float | None = PEAK_BYTES_PER_S,
+def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float | None = None,
                 phase: str | None = None) -> pd.DataFrame:
-    """Kernels (or timed ops) by total time, with achieved bytes/s against the peak where bytes are known."""
+    """Kernels (or timed ops) by total time, with achieved bytes/s, and its share of peak_Bps (the card's measured
+    read bandwidth) where both are known."""
     cols = ["name", "family", "qtype", "count", "time_ns", "mean_ns", "bytes", "achieved_Bps", "pct_of_peak"]
     dev = device_rows(df)
     rows = dev[dev["kind"] == "kernel"] if not dev.empty else df[df["kind"] == "op"]

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from qprof.profile.attribution import (
-    PEAK_BYTES_PER_S,
     gaps,
     op_type,
     time_by_category,
@@ -176,8 +175,11 @@ def launch_bound(df: pd.DataFrame) -> list[Finding]:
     return [Finding("launch_bound", "advice", msg, {"share_of_decode": share, "gaps": n, "mean_gap_us": mean_us})]
 
 
-def low_bandwidth(df: pd.DataFrame, peak_Bps: float = PEAK_BYTES_PER_S) -> list[Finding]:
-    """Weight-reading kernels that reach a small fraction of the memory bandwidth they are bound by."""
+def low_bandwidth(df: pd.DataFrame, peak_Bps: float | None = None) -> list[Finding]:
+    """Weight-reading kernels that reach a small fraction of the memory bandwidth they are bound by
+    (peak_Bps: the card's measured read bandwidth; none known, no finding)."""
+    if not peak_Bps:
+        return []
     top = top_kernels(df, n=50, peak_Bps=peak_Bps, phase="decode")
     if top.empty:
         return []
@@ -221,14 +223,16 @@ def launch_shapes(df: pd.DataFrame) -> list[Finding]:
     return findings
 
 
-RULES = (repeated_uploads, frequent_syncs, launch_shapes, launch_bound, low_bandwidth)
+RULES = (repeated_uploads, frequent_syncs, launch_shapes, launch_bound)
 
 
-def diagnose(df: pd.DataFrame) -> list[Finding]:
-    """Every rule over one run's table; faults first."""
+def diagnose(df: pd.DataFrame, peak_Bps: float | None = None) -> list[Finding]:
+    """Every rule over one run's table (kernels against peak_Bps, the card's read bandwidth, where known);
+    faults first."""
     found: list[Finding] = []
     for rule in RULES:
         found += rule(df)
+    found += low_bandwidth(df, peak_Bps)
     return sorted(found, key=lambda f: f.severity != "fault")
 
 

@@ -11,6 +11,7 @@ import math
 
 import pandas as pd
 
+from qprof.ceilings.choose import Ceiling, RunCeilings
 from qprof.profile import attribution as attr
 from qprof.profile.diagnosis import diagnose
 from qprof.profile.workload import ProfileRun
@@ -31,11 +32,27 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return out
 
 
-def summarize(run: ProfileRun, peak_Bps: float = attr.PEAK_BYTES_PER_S, top: int = 10) -> dict:
-    """Everything the report shows, as plain data."""
+def bounds(r, ceilings: RunCeilings | None, flops_per_token: float | None) -> dict:
+    """The decode floor and the prefill roofline of one run, with the figures and their sources."""
+    bw = ceilings.bandwidth if ceilings else Ceiling(None, "unknown (no ceilings given)")
+    gemm = ceilings.gemm if ceilings else Ceiling(None, "unknown (no ceilings given)")
+    floor = r.floor_tok_s(bw.value * 1e9) if bw.value else None
+    roof = gemm.value * 1e12 / flops_per_token if gemm.value and flops_per_token else None
+    return {"tg_floor_tok_s": floor or None, "tg_pct_of_floor": 100.0 * r.tg_tok_s / floor if floor else None,
+            "peak_Bps": bw.value * 1e9 if bw.value else None, "bandwidth_source": bw.source,
+            "prefill_flops_per_token": flops_per_token, "pp_roofline_tok_s": roof,
+            "pp_pct_of_roofline": 100.0 * r.pp_tok_s / roof if roof else None,
+            "gemm_TFLOPS": gemm.value, "gemm_source": gemm.source}
+
+
+def summarize(run: ProfileRun, ceilings: RunCeilings | None = None, top: int = 10,
+              flops_per_token: float | None = None) -> dict:
+    """Everything the report shows, as plain data; kernels are read against the card's measured read bandwidth."""
     t, r = run.table, run.result
     on_gpu = run.spec.device == "cuda"
-    findings = diagnose(t)
+    limits = bounds(r, ceilings, flops_per_token)
+    peak_Bps = limits["peak_Bps"]
+    findings = diagnose(t, peak_Bps)
     phases = {}
     for phase in ("prefill", "decode"):
         cats = attr.time_by_category(t, phase)
@@ -59,12 +76,11 @@ def summarize(run: ProfileRun, peak_Bps: float = attr.PEAK_BYTES_PER_S, top: int
         "n_gen": r.n_gen,
         "pp_tok_s": r.pp_tok_s,
         "tg_tok_s": r.tg_tok_s,
-        "tg_floor_tok_s": r.floor_tok_s(peak_Bps) if on_gpu else None,
+        **limits,
         "weight_bytes_per_token": r.weight_bytes,
-        "peak_Bps": peak_Bps,
         "phases": phases,
         "copies": _records(attr.copies(t)),
-        "top_kernels": _records(attr.top_kernels(t, top, peak_Bps if on_gpu else None)),
+        "top_kernels": _records(attr.top_kernels(t, top, peak_Bps)),
         "work": "device activity" if on_gpu and not attr.device_rows(t).empty else "per-op timings",
         "decode_tokens": {"count": len(dec), "median_busy_ms": float(dec["busy_ns"].median() / 1e6) if len(dec) else 0.0,
                           "median_span_ms": float(dec["span_ns"].median() / 1e6) if len(dec) else 0.0,
@@ -104,14 +120,38 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _value(v, scale: float, unit: str) -> str:
+    return f"{v / scale:,.1f} {unit}" if v else "unknown"
+
+
+def _bound_text(s: dict, phase: str) -> str:
+    """' (x% of the <bound> N tok/s = <figure> / <work> per token)': decode against the floor, prefill against
+    the roofline; the decode floor says when it is unknown."""
+    if phase == "decode":
+        bound, pct, what = s.get("tg_floor_tok_s"), s.get("tg_pct_of_floor"), "decode floor"
+        figure = f"{(s.get('peak_Bps') or 0) / 1e9:,.0f} GB/s"
+        work = _size(s["weight_bytes_per_token"])
+    else:
+        bound, pct, what = s.get("pp_roofline_tok_s"), s.get("pp_pct_of_roofline"), "roofline"
+        figure = f"{s.get('gemm_TFLOPS') or 0:.4g} TFLOP/s"
+        work = _flop_count(s.get("prefill_flops_per_token") or 0)
+    if not bound:
+        return " (decode floor unknown)" if phase == "decode" else ""
+    return f" ({pct:.1f}% of the {what} {bound:,.0f} tok/s = {figure} / {work} per token)"
+
+
+def _flop_count(n: float) -> str:
+    return f"{n / 1e9:.1f} GFLOP" if n >= 1e9 else f"{n / 1e6:.2f} MFLOP"
+
+
 def render(s: dict, top: int = 8) -> str:
     """The terminal report of one summarized run."""
     lines = [(f"qprof profile: {s['model']} on {s['device']} | config {s['config']} | timing {s['timing']} | "
              f"{s['n_prompt']} prompt + {s['n_gen']} generated tokens")]
-    floor = s.get("tg_floor_tok_s")
-    floor_txt = (f" (bandwidth floor {floor:.0f} tok/s = {s['peak_Bps'] / 1e9:.0f} GB/s / "
-                 f"{_size(s['weight_bytes_per_token'])} per token)") if floor else ""
-    lines.append(f"  prefill {s['pp_tok_s']:.1f} tok/s | decode {s['tg_tok_s']:.1f} tok/s{floor_txt}")
+    lines.append(f"  prefill {s['pp_tok_s']:.1f} tok/s{_bound_text(s, 'prefill')} | decode {s['tg_tok_s']:.1f} tok/s"
+                 f"{_bound_text(s, 'decode')}")
+    lines.append(f"  ceilings: read bandwidth {_value(s.get('peak_Bps'), 1e9, 'GB/s')} ({s.get('bandwidth_source')}); "
+                 f"GEMM {_value(s.get('gemm_TFLOPS'), 1, 'TFLOP/s')} ({s.get('gemm_source')})")
     for note in s["notes"]:
         lines.append(f"  note: {note}")
     for phase in ("decode", "prefill"):
@@ -141,7 +181,9 @@ def render(s: dict, top: int = 8) -> str:
     kern = [k for k in s["top_kernels"] if k.get("count")]
     if kern:
         what = "kernels" if s["work"] == "device activity" else "timed ops"
-        lines.append(f"\ntop {what} (achieved weight bandwidth vs {s['peak_Bps'] / 1e9:.0f} GB/s peak)")
+        peak = (f"vs the {s['peak_Bps'] / 1e9:,.0f} GB/s read bandwidth" if s.get("peak_Bps")
+                else "no read bandwidth known for a % of peak")
+        lines.append(f"\ntop {what} (achieved weight bandwidth; {peak})")
         lines += _table(["kernel", "count", "ms", "mean µs", "GB/s", "% peak"],
                         [[k["name"][:48], str(k["count"]), _ms(k["time_ns"]), f"{k['mean_ns'] / 1e3:8.1f}",
                           f"{k['achieved_Bps'] / 1e9:8.1f}" if k["achieved_Bps"] else "-",

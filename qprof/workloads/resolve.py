@@ -17,8 +17,9 @@ from qprof.workloads.registry import ORIGINAL, Workload, get_workload
 
 def cache_root() -> Path:
     """$QPROF_CACHE/workloads, else ~/.cache/qprof/workloads (the PTX cache lives beside it)."""
-    root = os.environ.get("QPROF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qprof")
-    return Path(root) / "workloads"
+    from qprof.paths import cache_root
+
+    return cache_root() / "workloads"
 
 
 def workload_filename(name: str, seed: int = 0) -> str:

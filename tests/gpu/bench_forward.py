@@ -7,7 +7,8 @@ pp: prefill of p seeded random tokens from an empty cache. tg: n greedy decode s
 on-device argmax + one int read back each) after a 1-token prefill, eager and with CUDA graphs,
 then once per fault switch. Host clocks read only after a device synchronize. Each tg row shows
 bytes of weights read per token (qprof.runtime.base.decode_weight_bytes) and the % of the floor
-bandwidth / bytes; the card is printed with every run.
+bandwidth / bytes, the bandwidth measured on this card (qprof.ceilings, cached); the card is printed
+with every run.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from pathlib import Path
 
 import torch
 
+from qprof.ceilings.choose import run_ceilings
 from qprof.model.gguf_file import load_model
 from qprof.runtime.base import SamplingParams, decode_weight_bytes
 from qprof.runtime.cuda.forward import CudaRuntime
 from qprof.runtime.options import RuntimeOptions
 from qprof.workloads import resolve_model
 
-H100_BANDWIDTH = 3.03e12  # bytes/s, the H100 SXM's HBM3 figure the issue names as the floor
 GREEDY = SamplingParams()
 TG_CONFIGS = {
     "eager": RuntimeOptions(nvtx=False),
@@ -108,9 +109,13 @@ def main() -> None:
     model = load_model(path)
     card = torch.cuda.get_device_name()
     n_bytes = decode_weight_bytes(model)
-    floor = H100_BANDWIDTH / n_bytes
+    bandwidth = run_ceilings("cuda", log=print).bandwidth
+    if not bandwidth.value:
+        raise SystemExit(f"no bandwidth for the floor: {bandwidth.source}")
+    floor = bandwidth.value * 1e9 / n_bytes
     print(f"card: {card} | model: {model.describe_type()} | {model.size_bytes / 1e9:.2f} GB | "
-          f"weights read per decode token: {n_bytes / 1e9:.3f} GB -> floor {floor:.1f} tok/s at 3.03 TB/s")
+          f"weights read per decode token: {n_bytes / 1e9:.3f} GB -> floor {floor:.1f} tok/s at "
+          f"{bandwidth.value:,.0f} GB/s ({bandwidth.source})")
     n_ctx = args.n_prompt + args.n_gen + 8
     tokens = torch.randint(1, model.config.n_vocab, (args.n_prompt,),
                            generator=torch.Generator().manual_seed(0)).tolist()

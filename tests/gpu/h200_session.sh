@@ -2,6 +2,7 @@
 # The batched H200 sessions behind results/h200/ (see README "GPU suite"). One call a stage; every
 # step is bounded and logged into $OUT as it finishes, most important first.
 #   bash tests/gpu/h200_session.sh kernels   # build, check, matvec bandwidth, 7B bench, graph profile
+#   bash tests/gpu/h200_session.sh ceilings  # doctor --measure, then qprof beside llama.cpp (LLAMA_BENCH=path for a live run)
 set -u
 STAGE=${1:?stage}
 source tests/device_prelude.sh || exit 1
@@ -69,4 +70,23 @@ if [ "$STAGE" = prefetch ]; then
   step bench_7b 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --results $OUT/bench.jsonl
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
   step check_new 240 $Q check --ops fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec --failures-only
+fi
+if [ "$STAGE" = ceilings ]; then
+  # issue 11: the card's measured ceilings, then qprof beside llama.cpp (the saved H200 llama-bench JSON,
+  # and a live llama-bench where $LLAMA_BENCH names a build of it)
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  step doctor_measure 180 $Q doctor --measure
+  step doctor_cached 60 $Q doctor
+  cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
+  step ceilings_gpu_test 180 python3 -m pytest -q -rs tests/gpu/test_ceilings_gpu.py
+  wait
+  step bench_7b_llama_json 300 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
+    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
+  if [ -n "${LLAMA_BENCH:-}" ]; then
+    step bench_7b_llama_live 500 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 --llama-bench "$LLAMA_BENCH" \
+      --results $OUT/bench_h200_llama_live.jsonl
+    QPROF_LLAMA_BENCH="$LLAMA_BENCH" step llama_bench_test 300 python3 -m pytest -q -rs tests/test_llama_bench.py -k real
+  fi
+  step compare_peers 60 $Q compare --peers $OUT/bench_h200.jsonl
+  step profile_7b 150 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi

@@ -31,8 +31,9 @@ class CudaError(QprofError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("QPROF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qprof")
-    path = Path(root) / "ptx"
+    from qprof.paths import cache_root
+
+    path = cache_root() / "ptx"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
