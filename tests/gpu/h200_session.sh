@@ -90,3 +90,25 @@ if [ "$STAGE" = ceilings ]; then
   step compare_peers 60 $Q compare --peers $OUT/bench_h200.jsonl
   step profile_7b 150 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi
+# The closing measurements (issue 9): two calls in a row, the first carrying .smol/smollm2.whl.part-aa, the
+# second .smol/smollm2.whl.part-ab (64 MiB a call); files under /root survive between them while warm.
+if [ "$STAGE" = final1 ]; then
+  for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $OUT/make_$v.log 2>&1) & done
+  step build 240 $Q kernels build
+  step check_all 400 $Q check --failures-only
+  step gpu_tests_kernels 200 python3 -m pytest -q -rfs tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
+  wait
+  for v in q4_k_m q4_0 q8_0 q6_k; do
+    step bench_$v 150 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl
+  done
+  step matvec_bw 240 python3 tests/gpu/bench_matvec.py --batches 1,2,8 --json $OUT/matvec_h200.json
+fi
+if [ "$STAGE" = final2 ]; then
+  for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
+    (python3 -m qprof.cli workloads make smollm2-$v > /dev/null 2>&1) &
+  done
+  wait
+  step gpu_tests_e2e 400 python3 -m pytest -q -rfs tests/gpu/test_generate_gpu.py tests/gpu/test_profile_gpu.py
+  step check_inject 150 $Q check --inject block-dim --failures-only
+  step bench_7b_f16kv 120 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --kv-type f32,f16 --results $OUT/bench_h200.jsonl
+fi
