@@ -80,24 +80,9 @@ class GGUFModel:
         return f"{label} {common}" + (f" (ftype {ftype})" if ftype is not None else "")
 
 
-def field_value(field_obj) -> Any:
-    """Decode a GGUFReader field into a Python scalar, string or list."""
-    from gguf import GGUFValueType
-
-    types = field_obj.types
-    if not types:
-        return None
-    if types[0] == GGUFValueType.ARRAY:
-        item_type = types[1] if len(types) > 1 else None
-        if item_type == GGUFValueType.STRING:
-            return [bytes(field_obj.parts[i]).decode("utf-8", errors="replace") for i in field_obj.data]
-        return [field_obj.parts[i].tolist()[0] for i in field_obj.data]
-    if types[0] == GGUFValueType.STRING:
-        return bytes(field_obj.parts[field_obj.data[0]]).decode("utf-8", errors="replace")
-    return field_obj.parts[field_obj.data[0]].tolist()[0]
-
-
 def read_metadata(reader) -> dict[str, Any]:
+    from qprof.model.gguf_reader import field_value
+
     meta: dict[str, Any] = {}
     for name, f in reader.fields.items():
         if name.startswith("GGUF."):
@@ -146,10 +131,14 @@ def config_from_metadata(meta: dict[str, Any], path: Path, tensor_names: set[str
     n_embd = _int_value(meta, f"{arch}.embedding_length", path)
     n_head = _int_value(meta, f"{arch}.attention.head_count", path)
     n_head_kv = _int_value(meta, f"{arch}.attention.head_count_kv", path, default=n_head)
+    if f"{arch}.attention.key_length" not in meta and n_head > 0 and n_embd % n_head:
+        # the head size is n_embd / n_head unless key_length says otherwise; a remainder is a corrupt count
+        raise MalformedModelError(
+            f"{path.name}: {arch}.embedding_length {n_embd} is not a multiple of {arch}.attention.head_count "
+            f"{n_head}, and no {arch}.attention.key_length gives the head size"
+        )
     head_dim = _int_value(meta, f"{arch}.attention.key_length", path, default=n_embd // max(n_head, 1))
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if tokens is not None and not isinstance(tokens, list):
-        raise MalformedModelError(f"{path.name}: tokenizer.ggml.tokens must be an array of strings")
+    tokens = meta.get("tokenizer.ggml.tokens")  # type-checked by check_tokenizer_metadata
     n_vocab = _int_value(meta, f"{arch}.vocab_size", path, default=len(tokens) if tokens else 0)
     window = _int_value(meta, f"{arch}.attention.sliding_window", path, default=0)
     return ModelConfig(
@@ -174,6 +163,8 @@ def config_from_metadata(meta: dict[str, Any], path: Path, tensor_names: set[str
 def _tensor_info(t, path: Path) -> TensorInfo:
     qt = traits_for_ggml_type(int(t.tensor_type))
     ne = [int(x) for x in t.shape]  # ggml order: ne[0] is the contiguous row length
+    while len(ne) > 1 and ne[-1] == 1:  # [n, 1] is [n]: llama.cpp pads every shape with 1s before comparing
+        ne.pop()
     shape = tuple(reversed(ne))
     raw = np.asarray(t.data)
     raw = raw.view(np.uint8).reshape(-1)
@@ -192,11 +183,14 @@ def load_model(path: str | Path, *, check_values: bool = True) -> GGUFModel:
     check_values scans every fp16 block scale and float tensor for NaN/inf (vectorized; it touches
     every page of the file once). Turn it off only where the caller has just written the file.
     """
-    from qprof.model.validate import open_reader, validate_model
+    from qprof.model.gguf_reader import open_reader
+    from qprof.model.tokenizer_keys import check_tokenizer_metadata
+    from qprof.model.validate import validate_model
 
     path = Path(path)
     reader = open_reader(path)
     meta = read_metadata(reader)
+    check_tokenizer_metadata(meta, path.name)  # `workloads info` and generate refuse the same files
     tensors = {t.name: _tensor_info(t, path) for t in reader.tensors}
     config = config_from_metadata(meta, path, set(tensors))
     model = GGUFModel(

@@ -4,7 +4,8 @@ The vocabulary is turned into a `tokenizers.Tokenizer` by transformers' own GGUF
 (`convert_gguf_tokenizer`), so qprof has no BPE of its own. On top of it this module adds what
 llama.cpp does and that conversion leaves to the caller: the pre-tokenizer split named by
 `tokenizer.ggml.pre`, the SentencePiece space prefix from `tokenizer.ggml.add_space_prefix`,
-BOS per `tokenizer.ggml.add_bos_token`, the set of end-of-generation ids, and the chat template.
+BOS per `tokenizer.ggml.add_bos_token`, the set of end-of-generation ids (qprof.model.special_tokens),
+and the chat template.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qprof.errors import MalformedModelError, UnsupportedError
+from qprof.model.special_tokens import eog_ids
+from qprof.model.tokenizer_keys import check_tokenizer_metadata
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -39,11 +42,6 @@ PRE_TOKENIZER_SPLITS: dict[str, tuple[str, ...]] = {
     "olmo": _GPT2_ONLY,
     "jais": _GPT2_ONLY,
 }
-
-# Control tokens that end a turn in common chat formats; llama.cpp calls these end-of-generation.
-END_OF_GENERATION_TEXTS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>",
-                           "<|end_of_text|>", "<|eom_id|>")
-
 
 def _transformers_conversion():
     """(metadata-key -> dict-key mapping, convert_gguf_tokenizer) from whichever transformers is installed."""
@@ -188,24 +186,15 @@ class Tokenizer:
         return self.encode(prompt)
 
 
-def _eog_ids(meta: dict[str, Any], tokens: list[str], types: list[int] | None) -> frozenset[int]:
-    ids = {int(meta[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
-                                  "tokenizer.ggml.eom_token_id") if meta.get(k) is not None}
-    for i, text in enumerate(tokens):
-        if text in END_OF_GENERATION_TEXTS and (types is None or types[i] == TOKEN_CONTROL):
-            ids.add(i)
-    return frozenset(i for i in ids if 0 <= i < len(tokens))
-
-
 def tokenizer_from_metadata(meta: dict[str, Any], name: str = "model") -> Tokenizer:
     """Build the tokenizer a GGUF's metadata describes; `name` labels error messages."""
+    check_tokenizer_metadata(meta, name)  # load_model has done it for files; plain dicts get it here
     kind = meta.get("tokenizer.ggml.model")
     tokens = meta.get("tokenizer.ggml.tokens")
     if not kind or not tokens:
         raise MalformedModelError(f"{name}: no tokenizer in metadata (tokenizer.ggml.model / tokenizer.ggml.tokens)")
     if kind not in ("llama", "gpt2"):
         raise UnsupportedError(f"{name}: tokenizer type {kind!r} is not supported; supported: llama, gpt2")
-    types = meta.get("tokenizer.ggml.token_type")
     if kind == "llama" and meta.get("tokenizer.ggml.scores") is None:
         raise MalformedModelError(f"{name}: SentencePiece tokenizer without tokenizer.ggml.scores")
     if kind == "gpt2" and meta.get("tokenizer.ggml.merges") is None:
@@ -227,8 +216,8 @@ def tokenizer_from_metadata(meta: dict[str, Any], name: str = "model") -> Tokeni
     pre_note = _set_pre_tokenizer(backend, kind, meta.get("tokenizer.ggml.pre"))
 
     def token_id(key: str) -> int | None:
-        v = meta.get(key)
-        return int(v) if v is not None and 0 <= int(v) < len(tokens) else None
+        v = meta.get(key)  # an integer (checked above); ids outside the vocabulary are ignored, as llama.cpp does
+        return v if v is not None and 0 <= v < len(tokens) else None
 
     # llama.cpp adds BOS to a SentencePiece vocabulary unless told otherwise, never to BPE by default
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama"))
@@ -241,7 +230,7 @@ def tokenizer_from_metadata(meta: dict[str, Any], name: str = "model") -> Tokeni
         add_bos=add_bos,
         chat_template=meta.get("tokenizer.chat_template"),
         pre_tokenizer=pre_note,
-        eog_ids=_eog_ids(meta, list(tokens), types),
+        eog_ids=eog_ids(meta, tokens),
     )
 
 
