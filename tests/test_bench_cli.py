@@ -133,6 +133,7 @@ def test_explicit_model_file_pg_and_custom_results_path(tmp_path):
     from qprof.workloads import resolve_model
 
     path = resolve_model("tiny-q8_0")
+    (tmp_path / "out").mkdir()
     res = bench("-m", str(path), "-p", "0", "-n", "0", "-pg", "8,2", "-r", "1", "--results", "out/x.jsonl",
                 "-o", "csv")
     assert res.exit_code == 0, res.output + str(res.exception)
@@ -260,6 +261,13 @@ def test_cuda_requested_without_a_gpu_is_a_one_line_error():
     (["--bandwidth", "-5"], "--bandwidth must be a positive number, got -5"),
     (["--tflops", "0"], "--tflops must be a positive number, got 0"),
     (["--tflops", "nan"], "--tflops must be a positive number, got nan"),
+    (["--bandwidth", "-3"], "--bandwidth must be a positive number, got -3"),
+    (["-t", "0"], "-t: 0 is below the minimum 1"),
+    (["-t", "2,x"], "-t: 'x' is not an integer"),
+    (["-p", "1000"], ("-p 1000 needs 1000 tokens of context, but tiny-q4_k_m declares 512 (llama.context_length of "
+                      "workload tiny-q4_k_m)")),
+    (["-p", "0", "-n", "0", "-pg", "500,100"], "-pg 500,100 needs 600 tokens of context, but tiny-q4_k_m declares 512"),
+    (["--ctx", "1024"], "--ctx 1024 is more than the 512 tokens of context tiny-q4_k_m declares"),
 ])
 def test_bad_input_is_one_line_error(args, message):
     res = bench("--device", "cpu", "--no-save", *args)
@@ -329,3 +337,46 @@ def test_cuda_bench_on_the_tiny_workload_end_to_end(monkeypatch):
     upload_asked = [r for r in rows if r["mask"] == "upload" and "CUDA graphs off" in (r["notes"] or "")]
     assert upload_asked and not any(r["cuda_graphs"] for r in upload_asked)
     assert any(r["cuda_graphs"] and r["options"] == "graphs" for r in rows)
+
+
+@pytest.mark.parametrize("models, message", [
+    ("tiny-q4_k_m,./missing.gguf", "model file not found: ./missing.gguf"),
+    ("tiny-q4_k_m,no-such-workload", "unknown model or workload 'no-such-workload'"),
+])
+def test_a_bad_model_late_in_the_list_fails_before_any_benchmark(models, message, user_results):
+    res = bench("--device", "cpu", "-m", models, "-p", "8", "-n", "2", "-r", "1")
+    assert res.exit_code == 2 and res.stdout == "", res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"qprof: error: {message}"), res.stderr
+    assert not user_results.exists()
+
+
+def test_results_in_a_missing_folder_is_refused_before_the_work():
+    res = bench("--device", "cpu", "-p", "8", "-n", "2", "-r", "1", "--results", "nodir/rows.jsonl")
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.splitlines() == ["qprof: error: --results nodir/rows.jsonl: folder nodir/ does not exist "
+                                       "(create it first)"]
+    assert not os.path.exists("nodir")
+
+
+def test_threads_list_is_a_configuration_recorded_in_each_row():
+    res = bench("--device", "cpu", "-p", "0", "-n", "2", "-r", "1", "--no-warmup", "-t", "1,2", "-o", "jsonl",
+                "--no-save")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    assert [json.loads(line)["n_threads"] for line in res.stdout.splitlines()] == [1, 2]
+    assert "CPU threads: 1,2 (-t)" in res.stderr
+    res = bench("--device", "cpu", "-p", "0", "-n", "2", "-r", "1", "--no-warmup", "--no-save")
+    from qprof.runtime.threads import default_threads, usable_cpus
+
+    assert f"CPU threads: {default_threads()} (default: half of the {usable_cpus()} CPUs" in res.stderr
+
+
+def test_cpu_faults_run_and_say_their_differences_are_noise():
+    res = bench("--device", "cpu", "-p", "0", "-n", "2", "-r", "1", "--no-warmup", "--faults", "-o", "jsonl",
+                "--no-save")
+    assert res.exit_code == 0, res.output
+    assert "the CPU runtime ignores the fault switches" in res.stderr and "run-to-run noise" in res.stderr
+    rows = {r["options"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["clean"]["notes"] is None
+    assert all("noise" in rows[k]["notes"] for k in ("mask=upload", "scalar-upload", "sync-every-op",
+                                                      "inject=block-dim"))

@@ -187,7 +187,7 @@ def test_runtime_warnings_are_reported_and_kept_in_rows():
 
     params = BenchParams(models=["m"], n_prompt=[0], n_gen=[2], repetitions=1, mask=["upload", "skip"],
                          cuda_graphs=[True])
-    runner = BenchRunner(params, fake_env(), UNKNOWN, Sampler(None, "none"),
+    runner = BenchRunner(params, fake_env("cuda", "H100"), UNKNOWN, Sampler(None, "none"),
                          load=lambda spec: LoadedModel(spec, model.path, model), create_runtime=create,
                          warn=said.append)
     upload, skip = list(runner.rows())
@@ -235,3 +235,19 @@ def test_kv_type_and_ubatch_follow_the_runtime():
 
     cuda_like = type("CudaLike", (), {"__module__": fwd.__name__})()
     assert prefill_ubatch(cuda_like, 700) == min(700, fwd.PREFILL_CHUNK)
+
+
+def test_cpu_rows_with_fault_switches_say_they_are_noise_and_record_threads():
+    from qprof.bench.runner import BenchRunner
+
+    model = fake_model()
+    params = BenchParams(models=["m"], n_prompt=[0], n_gen=[2], repetitions=1, mask=["skip", "upload"],
+                         n_threads=[1, 3])
+    runner = BenchRunner(params, fake_env(), UNKNOWN, Sampler(None, "none"),
+                         load=lambda spec: LoadedModel(spec, model.path, model),
+                         create_runtime=lambda m, d, o, a, n: FakeRuntime(m, d, o, a, n))
+    rows = list(runner.rows())
+    assert [(r["mask"], r["n_threads"]) for r in rows] == [("skip", 1), ("skip", 3), ("upload", 1), ("upload", 3)]
+    assert [r["notes"] for r in rows if r["mask"] == "skip"] == [None, None]
+    for r in rows[2:]:
+        assert "the CPU runtime ignores this switch" in r["notes"] and "noise" in r["notes"]

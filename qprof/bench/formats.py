@@ -82,7 +82,8 @@ class MarkdownPrinter(Printer):
 
     def __init__(self, switches: list[str], device: str, build: str = "", peers: bool = False):
         cols = ["model", "size", "params", "backend", "n_gpu_layers" if device == "cuda" else "n_threads"]
-        self.columns = cols + [s for s in switches if s in MD_COLUMNS] + ["test", "t/s", "bound", "pct"]
+        self.columns = cols + [s for s in switches if s in MD_COLUMNS and s not in cols] + ["test", "t/s", "bound",
+                                                                                          "pct"]
         self.columns += ["ratio"] if peers else []
         self.build = build
         self.peers = peers

@@ -6,8 +6,10 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from qprof.checks import check_context
 from qprof.errors import QprofError
 from qprof.runtime.options import INJECT_FAULTS, MASK_MODES, RuntimeOptions
+from qprof.runtime.threads import default_threads
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -142,6 +144,7 @@ class Group:
     options: RuntimeOptions
     n_ctx: int
     tests: tuple[BenchTest, ...]
+    n_threads: int = 1  # torch's CPU threads while this group runs
 
 
 @dataclass
@@ -159,11 +162,14 @@ class BenchParams:
     cuda_graphs: list[bool] = field(default_factory=lambda: [False])
     nvtx: list[bool] = field(default_factory=lambda: [False])
     n_ctx: list[int | None] = field(default_factory=lambda: [None])
+    n_threads: list[int] = field(default_factory=lambda: [default_threads()])
+    # model -> (context it declares, where that is written), from qprof.checks.declared_context
+    declared_ctx: dict[str, tuple[int, str]] = field(default_factory=dict)
     faults: bool = False  # clean plus each fault switch on its own, instead of the switches' product
     graphs_auto: bool = False  # --graphs not given on a GPU: graphs on for every option set that can be captured
 
     # llama-bench shows a column only when its parameter differs from the default
-    SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "n_ctx")
+    SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "n_ctx", "n_threads")
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -204,22 +210,32 @@ class BenchParams:
             sets = _unique(o.with_(cuda_graphs=graph_blocker(o) is None) for o in sets)
         return sets
 
-    def ctx_sizes(self) -> list[int]:
+    def ctx_sizes(self, model: str | None = None) -> list[int]:
+        """KV-cache sizes for `model`: --ctx as given, else the longest test rounded up to CTX_ALIGN but never
+        past the context the model declares (declared_ctx, filled before the run); tests past it are refused."""
         need = self.needed_ctx()
+        declared, source = self.declared_ctx.get(model, (0, "")) if model is not None else (0, "")
+        longest = max(self.tests(), key=lambda t: t.n_tokens)
+        what = {"pp": f"-p {longest.n_prompt}", "tg": f"-n {longest.n_gen}",
+                "pg": f"-pg {longest.n_prompt},{longest.n_gen}"}[longest.kind]
+        check_context(need, what, model or "the model", declared, source)
         out = []
         for n in self.n_ctx:
             if n is None:
                 n = -(-need // CTX_ALIGN) * CTX_ALIGN
+                n = min(n, declared) if declared else n
             elif n < need:
                 raise QprofError(f"--ctx {n} is too small: the longest test needs {need} tokens of context")
+            elif declared and n > declared:
+                raise QprofError(f"--ctx {n} is more than the {declared} tokens of context {model} declares ({source})")
             out.append(n)
         return _unique(out)
 
     def groups(self) -> list[Group]:
         """The run plan. Models vary slowest so each file is loaded once; tests vary fastest."""
         tests = tuple(self.tests())
-        return [Group(m, o, c, tests)
-                for m, o, c in itertools.product(self.models, self.option_sets(), self.ctx_sizes())]
+        return [Group(m, o, c, tests, t) for m in self.models
+                for o, c, t in itertools.product(self.option_sets(), self.ctx_sizes(m), self.n_threads)]
 
     def n_rows(self) -> int:
         return sum(len(g.tests) for g in self.groups())

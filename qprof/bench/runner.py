@@ -26,7 +26,8 @@ from qprof.bench.roofline import bound_fields, prefill_flops
 from qprof.bench.telemetry import Sampler, throttle_warning
 from qprof.ceilings.choose import RunCeilings
 from qprof.errors import QprofError
-from qprof.runtime.options import RuntimeOptions
+from qprof.runtime.options import RuntimeOptions, gpu_only_note
+from qprof.runtime.threads import set_threads
 
 
 @dataclass
@@ -153,6 +154,7 @@ class BenchRunner:
                 loaded = self.load(group.model)
                 self.loaded[group.model] = loaded
             facts = loaded.facts()
+            set_threads(group.n_threads)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 runtime = self.create_runtime(loaded.model, self.env.device, group.options, None, group.n_ctx)
@@ -160,6 +162,8 @@ class BenchRunner:
             notes = "; ".join(dict.fromkeys(str(w.message) for w in caught)) or None
             if notes:
                 self.warn(f"warning: {group.model} [{options_fields(group.options)['options']}]: {notes}")
+            ignored = gpu_only_note(group.options, self.env.device)  # said once by the command; kept in each row
+            notes = "; ".join(n for n in (notes, ignored) if n) or None
             # the row records the options in effect: graphs only where the runtime really captures decode
             in_effect = group.options.with_(cuda_graphs=graphs_in_use(runtime))
             name = type(runtime).__name__
@@ -193,13 +197,14 @@ class BenchRunner:
         flops_per_token = prefill_flops(loaded.model, test.n_prompt) / test.n_prompt if test.kind == "pp" else None
         row = {
             **{k: getattr(self.env, k) for k in ("build_commit", "build_number", "cpu_info", "gpu_info",
-                                                 "backends", "n_threads", "device", "gpu_name", "driver",
+                                                 "backends", "device", "gpu_name", "driver",
                                                  "cuda_version", "cuda_driver", "torch_version",
                                                  "qprof_version")},
             **facts,
             "schema": SCHEMA,
             "test": test.name,
             "runtime": type(runtime).__name__,
+            "n_threads": group.n_threads,
             "n_batch": test.n_prompt or 1,  # the whole prompt goes to prefill() in one call
             "n_ubatch": prefill_ubatch(runtime, test.n_prompt) or 1,
             "type_k": kv_type(runtime),

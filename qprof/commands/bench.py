@@ -35,8 +35,9 @@ def default_model(device: str) -> str:
 
 
 def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op, inject,
-                 graphs, nvtx, ctx, device, faults=False):
+                 graphs, nvtx, ctx, device, faults=False, threads=None):
     from qprof.bench import params as p
+    from qprof.runtime.threads import default_threads
 
     models = [m for text in model for m in p.split_list(text)]
     if graphs is None:
@@ -58,6 +59,7 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
         graphs_auto=graphs_auto,
         nvtx=p.parse_bool_list(nvtx, "--nvtx"),
         n_ctx=p.parse_int_list(ctx, "--ctx", minimum=1) if ctx else [None],
+        n_threads=p.parse_int_list(threads, "-t", minimum=1) if threads else [default_threads()],
         faults=faults,
     )
 
@@ -74,6 +76,16 @@ def graphs_summary(params, device: str, explicit: bool) -> str:
     eager = [o.label() for o in params.option_sets() if not o.cuda_graphs]
     return ("CUDA graphs: on for decode (the GPU default; --graphs 0 for eager)"
             + (f"; eager where the step cannot be captured: {', '.join(dict.fromkeys(eager))}" if eager else ""))
+
+
+def threads_summary(params) -> str:
+    from qprof.runtime.threads import default_threads, usable_cpus
+
+    values = ",".join(str(n) for n in params.n_threads)
+    default = [default_threads()]
+    why = (f"default: half of the {usable_cpus()} CPUs qprof may use; -t to choose"
+           if params.n_threads == default else "-t")
+    return f"CPU threads: {values} ({why})"
 
 
 def say(msg: str) -> None:
@@ -107,8 +119,8 @@ def _figure(ceiling, unit: str) -> str:
 @click.option("-o", "--output", "fmt", type=click.Choice(["md", "csv", "json", "jsonl", "sql"]), default="md",
               show_default=True, help="format printed on stdout")
 @click.option("--results", "results_path", type=click.Path(dir_okay=False), default=None,
-              help="JSONL file each finished row is appended to (default: $QPROF_RESULTS, else "
-                   "~/.local/share/qprof/results.jsonl; bench's first line says which)")
+              help="JSONL file each finished row is appended to; its folder must exist (default: $QPROF_RESULTS, "
+                   "else ~/.local/share/qprof/results.jsonl; bench's first line says which)")
 @click.option("--no-save", is_flag=True, help="do not append rows to the results file")
 @click.option("--mask", default="skip", show_default=True, help=f"causal mask: upload,device,skip; {SWITCH_HELP}")
 @click.option("--scalar-upload", default="0", show_default=True,
@@ -128,6 +140,9 @@ def _figure(ceiling, unit: str) -> str:
 @click.option("--nvtx", default="0", show_default=True, help="NVTX ranges on every op (0,1): 1 pushes them when a tool such as nsys is attached, "
               f"or always with QPROF_NVTX=1 (to measure their cost); {SWITCH_HELP}")
 @click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")
+@click.option("-t", "--threads", default=None, metavar="N[,N...]",
+              help=f"CPU threads for torch; {SWITCH_HELP}. Default: half the CPUs qprof may use, because torch's "
+                   "threads spin while waiting and more threads than idle cores slow a shared box badly")
 @click.option("--bandwidth", type=float, default=None, metavar="GB/s",
               help="memory bandwidth for the decode floor (default: the streaming read measured on this GPU, "
                    "measured on first use and cached; see `qprof doctor --measure`)")
@@ -141,7 +156,7 @@ def _figure(ceiling, unit: str) -> str:
 @click.option("--peer-only", is_flag=True,
               help="with --llama-bench or --llama-bench-json: record llama.cpp's rows without running qprof's")
 def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_path, no_save, mask,
-          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, ctx, bandwidth, tflops, llama_bench,
+          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, ctx, threads, bandwidth, tflops, llama_bench,
           llama_bench_json, peer_only):
     """Benchmark prompt processing (pp) and generation (tg) like llama-bench.
 
@@ -157,13 +172,19 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     from qprof.bench.runner import BenchRunner, load_spec
     from qprof.bench.telemetry import Sampler, open_reader
     from qprof.ceilings.choose import check_override, run_ceilings
+    from qprof.checks import check_output_file, declared_context
 
+    # everything a typo can break is checked before the first model loads
     check_override(bandwidth, "--bandwidth")
     check_override(tflops, "--tflops")
+    if results_path is not None and not no_save:
+        check_output_file(results_path, "--results")
     peer = PeerSource.from_options(llama_bench, llama_bench_json, peer_only)
     dev, why = pick_device(device)
     params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
-                          inject, graphs, nvtx, ctx, dev, faults)
+                          inject, graphs, nvtx, ctx, dev, faults, threads)
+    params.declared_ctx = {spec: declared_context(spec) for spec in params.models}  # each -m exists, fits
+    params.groups()  # the context checks: a test past a model's context is refused here, not after the others
     results = None if no_save else results_file(results_path)
     say(f"results: {'not saved (--no-save)' if results is None else f'appending to {results[0]} ({results[1]})'}")
     if dev == "cuda":
@@ -186,6 +207,10 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     ceilings = run_ceilings(dev, bandwidth, tflops, nvml_info, log=say)
     if not peer_only:
         say(graphs_summary(params, dev, graphs is not None))
+        say(threads_summary(params))
+        if dev == "cpu" and any(o.label() != "clean" for o in params.option_sets()):
+            say("the CPU runtime ignores the fault switches (they act on the CUDA runtime only): their rows repeat "
+                "the clean run, so any difference from it is run-to-run noise (each such row says so in notes)")
     say(f"decode floor: {_figure(ceilings.bandwidth, 'GB/s read bandwidth')}")
     say(f"prefill roofline: {_figure(ceilings.gemm, 'TFLOP/s GEMM rate')}")
 

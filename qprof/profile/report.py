@@ -70,6 +70,7 @@ def summarize(run: ProfileRun, ceilings: RunCeilings | None = None, top: int = 1
     return {
         "model": r.model_name,
         "device": r.device_name,
+        "runtime_device": run.spec.device,
         "config": run.label,
         "timing": run.timing,
         "n_prompt": r.n_prompt,
@@ -216,19 +217,26 @@ def compare(summaries: list[dict], top: int = 3) -> list[dict]:
             "decode_window_ms": s["phases"]["decode"]["window_ms"],
             "top_decode": [(c["category"], c["share"]) for c in cats],
             "faults": [f["message"] for f in s["findings"] if f["severity"] == "fault"],
+            # the CPU runtime ignores the fault switches: its fault rows are the clean run again
+            "noise": s.get("runtime_device") == "cpu" and s["config"] != "clean",
         })
     return out
 
 
 def render_comparison(rows: list[dict]) -> str:
     lines = ["\nfault switches against the clean configuration (decode)"]
+    if any(r.get("noise") for r in rows):
+        lines.append("CPU runtime: the fault switches act on the CUDA runtime only, so every configuration below "
+                     "ran exactly as clean; the differences are run-to-run noise, not effects")
     lines += _table(["config", "pp tok/s", "tg tok/s", "vs clean", "decode ms", "top decode categories"],
                     [[r["config"], f"{r['pp_tok_s']:.1f}", f"{r['tg_tok_s']:.1f}",
-                      f"{r['tg_vs_clean_pct']:+.1f}%" if r["tg_vs_clean_pct"] is not None else "-",
+                      (f"{r['tg_vs_clean_pct']:+.1f}%" + (" (noise)" if r.get("noise") else ""))
+                      if r["tg_vs_clean_pct"] is not None else "-",
                       f"{r['decode_window_ms']:.2f}",
                       ", ".join(f"{c} {100 * sh:.0f}%" for c, sh in r["top_decode"])] for r in rows])
     for r in rows:
-        verdict = "; ".join(r["faults"]) if r["faults"] else "no faults found"
+        verdict = "; ".join(r["faults"]) if r["faults"] else \
+            "ignored by the CPU runtime (the clean run again)" if r.get("noise") else "no faults found"
         lines.append(f"  {r['config']}: {verdict}")
     return "\n".join(lines)
 

@@ -56,3 +56,15 @@ class RuntimeOptions:
 
     def with_(self, **changes) -> RuntimeOptions:
         return replace(self, **changes)
+
+
+def gpu_only_note(options: RuntimeOptions, device: str) -> str | None:
+    """What to say when GPU-only switches are set on the CPU runtime, which ignores them; None otherwise.
+
+    qprof runs such a configuration (so the pipeline around it is exercised) and says plainly that it
+    is the clean run again, so any difference from the clean numbers is run-to-run noise.
+    """
+    if device != "cpu" or options.label() == "clean":
+        return None
+    return (f"{options.label()}: the CPU runtime ignores this switch (it acts on the CUDA runtime only), so this is "
+            "the clean run again and any difference from clean is noise")

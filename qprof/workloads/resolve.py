@@ -103,7 +103,7 @@ def _copy_atomically(src: Path, dest: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.endswith(".gguf") or spec.startswith((".", "~"))
 
 
@@ -121,6 +121,6 @@ def resolve_model(spec: str | Path, log: Callable[[str], None] | None = _to_stde
     if path.exists():
         return path
     spec = str(spec)
-    if _looks_like_path(spec):
+    if looks_like_path(spec):
         raise QprofError(f"model file not found: {spec}")
     return make_workload(spec, log=log)
