@@ -62,8 +62,11 @@ def test_faults_compare_every_switch_against_clean(tmp_path):
     assert "fault switches against the clean configuration" in res.stdout
     labels = ["clean", "mask=upload", "mask=device", "scalar-upload", "sync-every-op", "inject=block-dim"]
     table = res.stdout.split("fault switches against the clean configuration")[1]
-    assert [ln.split()[0] for ln in table.splitlines()[2:8]] == labels
-    assert "  sync-every-op: " in table
+    assert "CPU runtime: the fault switches act on the CUDA runtime only" in table.splitlines()[1]
+    assert [ln.split()[0] for ln in table.splitlines()[3:9]] == labels
+    assert all("(noise)" in ln for ln in table.splitlines()[4:9]) and "(noise)" not in table.splitlines()[3]
+    assert "  sync-every-op: ignored by the CPU runtime (the clean run again)" in table
+    assert "the CPU runtime ignores the fault switches" in res.stderr and "run-to-run noise" in res.stderr
     dirs = ["clean", "mask-upload", "mask-device", "scalar-upload", "sync-every-op", "inject-block-dim"]
     for label, d in zip(labels, dirs):
         assert json.loads((tmp_path / d / "summary.json").read_text())["config"] == label
@@ -92,13 +95,17 @@ def test_nsys_missing_falls_back_and_says_why(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--trace", "trace.txt"], "--trace trace.txt: the trace is Chrome/Perfetto JSON, so the file must end in .json"),
+    (["--trace", "trace.txt"], "--trace trace.txt: the file must end in .json"),
+    (["--trace", "nodir/t.json"], "--trace nodir/t.json: folder nodir/ does not exist (create it first)"),
+    (["-t", "0"], "-t: 0 threads; need at least 1"),
     (["-n", "0"], "--n-gen must be at least 1, got 0"),
     (["-p", "0"], "--n-prompt must be at least 1, got 0"),
     (["--faults", "--mask", "upload"], "--faults runs every fault switch itself"),
     (["--bandwidth", "0"], "--bandwidth must be a positive number, got 0"),
+    (["--bandwidth", "-3"], "--bandwidth must be a positive number, got -3"),
     (["--tflops", "-2"], "--tflops must be a positive number, got -2"),
-    (["-n", "100000"], "--n-prompt 2 + --n-gen 100000 exceed the model's context of 512 tokens"),
+    (["-n", "100000"], ("-p 2 + -n 100000 needs 100002 tokens of context, but tiny-q4_k_m declares 512 "
+                        "(llama.context_length of workload tiny-q4_k_m)")),
     (["--nvtx-overhead", "--repeats", "0"], "--repeats must be at least 1"),
 ])
 def test_bad_input_one_line(args, message):
@@ -106,6 +113,32 @@ def test_bad_input_one_line(args, message):
     assert res.exit_code == 2, res.output
     assert f"qprof: error: {message}" in res.stderr
     assert "Traceback" not in res.output
+
+
+def test_bench_and_profile_agree_on_the_declared_context():
+    """Both count prompt + decode positions against the model's context, and say it in the same words."""
+    fits = profile(*TINY, "-p", "500", "-n", "12", "--timing", "events", "--json")
+    assert fits.exit_code == 0, fits.output
+    over = profile(*TINY, "-p", "500", "-n", "13")
+    bench = CliRunner().invoke(main, ["bench", *TINY, "-p", "0", "-n", "0", "-pg", "500,13", "--no-save"])
+    assert over.exit_code == bench.exit_code == 2
+    assert over.stderr.strip() == ("qprof: error: -p 500 + -n 13 needs 513 tokens of context, but tiny-q4_k_m declares "
+                                   "512 (llama.context_length of workload tiny-q4_k_m)")
+    assert bench.stderr.strip() == ("qprof: error: -pg 500,13 needs 513 tokens of context, but tiny-q4_k_m declares "
+                                    "512 (llama.context_length of workload tiny-q4_k_m)")
+
+
+def test_threads_are_set_and_recorded(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        res = profile(*TINY, "-p", "2", "-n", "1", "--timing", "events", "-t", "1", "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["runs"][0]["n_threads"] == 1 and torch.get_num_threads() == 1
+        assert "CPU threads 1" in res.stderr
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_missing_model_file():

@@ -73,14 +73,17 @@ def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) 
 @click.option("--tflops", type=float, default=None, metavar="TFLOP/s",
               help="GEMM rate for the prefill roofline (default: the fp16 GEMM rate measured on this GPU)")
 @click.option("--top", default=8, show_default=True, type=int, help="rows per table")
+@click.option("-t", "--threads", type=int, default=None, metavar="N",
+              help="CPU threads for torch (default: half the CPUs qprof may use; see qprof bench -h)")
 def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_every_op, inject, graphs, no_nvtx,
-            faults, trace, out, as_json, nvtx_overhead, agreement, repeats, bandwidth, tflops, top):
+            faults, trace, out, as_json, nvtx_overhead, agreement, repeats, bandwidth, tflops, top, threads):
     """Profile prefill + decode: tok/s, time by category, per op, copies, syncs, and a diagnosis.
 
     Every GPU kernel and copy is charged to the NVTX op range that launched it. --faults runs the
     clean configuration and each fault switch and puts them side by side.
     """
     from qprof.ceilings.choose import check_override, run_ceilings
+    from qprof.checks import check_context, check_output_file, declared_context
     from qprof.profile import report
     from qprof.profile.workload import (
         FAULT_SWITCHES,
@@ -90,13 +93,16 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         options_from_flags,
         profile_workload,
     )
+    from qprof.runtime.options import gpu_only_note
+    from qprof.runtime.threads import check_threads, default_threads, set_threads
 
+    # everything a typo can break is checked before the model loads
     check_override(bandwidth, "--bandwidth")
     check_override(tflops, "--tflops")
-    if trace is not None and not str(trace).endswith(".json"):
-        raise QprofError(f"--trace {trace}: the trace is Chrome/Perfetto JSON, so the file must end in .json")
+    check_output_file(trace, "--trace", suffix=".json")
     if faults and (mask != "skip" or scalar_upload or sync_every_op or inject):
         raise QprofError("--faults runs every fault switch itself; drop --mask/--scalar-upload/--sync-every-op/--inject")
+    n_threads = check_threads(threads) if threads is not None else default_threads()
     from qprof.commands.bench import pick_device  # the same device choice as `qprof bench`
 
     dev, why = pick_device(device)
@@ -105,9 +111,17 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
 
         model = DEFAULT_GPU_WORKLOAD if dev == "cuda" else DEFAULT_CPU_WORKLOAD
         say(f"no -m given: using the workload {model!r}")
-    say(f"device {dev} ({why})")
     options = options_from_flags(mask, scalar_upload, sync_every_op, inject, nvtx=not no_nvtx, cuda_graphs=graphs)
-    spec = WorkloadSpec(model, dev, n_prompt, n_gen, options)
+    spec = WorkloadSpec(model, dev, n_prompt, n_gen, options, n_threads=n_threads)
+    if not nvtx_overhead:  # the same rule and words as `qprof bench`: prompt + decode within the declared context
+        check_context(n_prompt + n_gen, f"-p {n_prompt} + -n {n_gen}", model, *declared_context(model))
+    say(f"device {dev} ({why}); CPU threads {n_threads}"
+        + (" (default: half the CPUs qprof may use; -t to choose)" if threads is None else ""))
+    if dev == "cpu" and (faults or options.label() != "clean"):
+        say(gpu_only_note(options, dev) if not faults else
+            "the CPU runtime ignores the fault switches (they act on the CUDA runtime only): every configuration "
+            "runs as clean, so the differences in the comparison are run-to-run noise")
+    set_threads(n_threads)
     loaded = load_model(model)
     out_dir = Path(out) if out else None
     trace_path = Path(trace) if trace else None

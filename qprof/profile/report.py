@@ -71,6 +71,7 @@ def summarize(run: ProfileRun, ceilings: RunCeilings | None = None, top: int = 1
         "model": r.model_name,
         "device": r.device_name,
         "runtime_device": run.spec.device,
+        "n_threads": run.spec.n_threads,
         "config": run.label,
         "timing": run.timing,
         "n_prompt": r.n_prompt,

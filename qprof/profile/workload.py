@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from qprof.checks import check_context
 from qprof.errors import QprofError
 from qprof.profile.activity import (
     fill_kernel_bytes,
@@ -35,6 +36,7 @@ from qprof.profile.activity import (
 )
 from qprof.profile.ranges import Annotator, RangeListener
 from qprof.runtime.options import RuntimeOptions
+from qprof.runtime.threads import set_threads
 
 TIMINGS = ("events", "blocking", "nsys", "torch")
 DEVICES = ("cuda", "cpu")
@@ -69,6 +71,7 @@ class WorkloadSpec:
     options: RuntimeOptions = field(default_factory=RuntimeOptions)
     seed: int = 0
     warmup: bool = True
+    n_threads: int | None = None  # torch's CPU threads; None leaves them as they are
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -214,10 +217,10 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
     model = model if model is not None else load_model(spec.model)
     cfg = model.config
     annotator = Annotator(nvtx_enabled=spec.options.nvtx, force_nvtx=force_nvtx)
-    n_ctx = spec.n_prompt + spec.n_gen + 1
-    if n_ctx > cfg.n_ctx:
-        raise QprofError(f"--n-prompt {spec.n_prompt} + --n-gen {spec.n_gen} exceed the model's context of "
-                         f"{cfg.n_ctx} tokens")
+    n_ctx = spec.n_prompt + spec.n_gen  # the prompt's positions, then one per decode step (as bench counts them)
+    check_context(n_ctx, f"-p {spec.n_prompt} + -n {spec.n_gen}", spec.model, cfg.n_ctx, f"{cfg.arch}.context_length")
+    if spec.n_threads is not None:
+        set_threads(spec.n_threads)
     rt = create_runtime(model, spec.device, spec.options, annotator, n_ctx=n_ctx)
     tokens = prompt_tokens(spec.n_prompt, cfg.n_vocab, spec.seed)
     params = SamplingParams()
