@@ -139,7 +139,7 @@ def test_generate_no_chat_and_sampling(tiny):
     assert (n_prompt, n_decode) == (3, 3)  # <s> hello world
     again = _run("-m", str(tiny), "-p", "hello world", "-n", "4", "--no-chat", "--temp", "0.8", "--top-p", "0.9",
                  "--seed", "1", "--no-eos")
-    assert again.output.splitlines()[0] == res.output.splitlines()[0]
+    assert again.stdout.splitlines()[0] == res.stdout.splitlines()[0]
 
 
 def test_generate_from_workload_name(tmp_path, monkeypatch):
@@ -169,7 +169,8 @@ def test_generate_fault_switch_on_cpu_is_noted(tiny):
     res = CliRunner().invoke(main, ["generate", "-m", str(tiny), "-n", "2", "--mask", "upload",
                                     "--inject", "block-dim"])
     assert res.exit_code == 0, res.output
-    assert "act on the GPU runtime only" in res.output
+    assert ("qprof generate: mask=upload,inject=block-dim: the CPU runtime ignores this switch (it acts on the CUDA "
+            "runtime only), so this is the clean run again") in res.stderr
 
 
 def _one_line_error(res, text: str) -> None:
@@ -185,11 +186,15 @@ def test_missing_file():
 
 def test_prompt_longer_than_context(tiny):
     res = _run("-m", str(tiny), "-p", "hello world " * 20, "--ctx", "8")
-    _one_line_error(res, "does not fit the context of 8 tokens")
+    _one_line_error(res, "the prompt needs 59 tokens of context, but the KV cache holds 8 (--ctx;")
+    res = _run("-m", str(tiny), "-p", "hello world " * 200)  # the model declares 256
+    _one_line_error(res, "the prompt needs 419 tokens of context, but tiny.gguf declares 256 (llama.context_length)")
+    _one_line_error(_run("-m", str(tiny), "--ctx", "300"),
+                    "--ctx 300 is more than the 256 tokens of context tiny.gguf declares (llama.context_length)")
 
 
 def test_unknown_device(tiny):
-    _one_line_error(_run("-m", str(tiny), "--device", "tpu"), "unknown device 'tpu'; choose from cpu, cuda")
+    _one_line_error(_run("-m", str(tiny), "--device", "tpu"), "Invalid value for '--device': 'tpu' is not one of")
 
 
 @pytest.mark.parametrize(
@@ -229,4 +234,5 @@ def test_generate_on_cuda_answers_like_cpu():
     assert gpu.exit_code == 0 and cpu.exit_code == 0, gpu.output + cpu.output
     print(f"\nSmolLM2 via `qprof generate --device cuda`:\n{gpu.output}")
     assert STATS.search(gpu.output)
-    assert gpu.output.splitlines()[:-1] == cpu.output.splitlines()[:-1]  # all but the rates line
+    assert gpu.stdout.splitlines()[:-1] == cpu.stdout.splitlines()[:-1]  # all but the rates line
+    assert "decode captured as a CUDA graph" in gpu.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from qprof.errors import QprofError
@@ -47,12 +48,18 @@ class GenerationResult:
 
 
 def generate(runtime, tokenizer, prompt: str | list[int], max_new_tokens: int = 64,
-             sampling: SamplingParams | None = None, chat: bool = True, stop_at_eos: bool = True) -> GenerationResult:
+             sampling: SamplingParams | None = None, chat: bool = True, stop_at_eos: bool = True,
+             on_token: Callable[[int], None] | None = None, prefill_chunk: int | None = None,
+             on_prefill: Callable[[int, int], None] | None = None) -> GenerationResult:
     """Generate from `prompt` (text, or ids used as given) with any Runtime.
 
     Generation stops at an end-of-generation token (when stop_at_eos), after max_new_tokens, or
     when the KV cache is full (a stated stop, not an error). Timers read the host clock only
     after runtime.synchronize(), so they measure finished device work.
+
+    on_token(id) is called with every token that will be shown (not the end-of-generation one) as soon
+    as it is sampled, for streaming; its own time is left out of decode_seconds. With prefill_chunk the
+    prompt is prefilled that many tokens at a time, on_prefill(done, total) after each chunk (progress).
     """
     sampling = sampling or SamplingParams()
     if max_new_tokens < 1:
@@ -62,16 +69,21 @@ def generate(runtime, tokenizer, prompt: str | list[int], max_new_tokens: int = 
     runtime.synchronize()
 
     t0 = time.perf_counter()
-    token = runtime.sample(runtime.prefill(ids), sampling)
+    token = runtime.sample(_prefill(runtime, ids, prefill_chunk, on_prefill), sampling)
     runtime.synchronize()
     t1 = time.perf_counter()
 
     new_ids = [token]
     stop = "length"
+    outside = 0.0  # seconds spent in on_token, which the decode rate does not include
     while True:
         if stop_at_eos and tokenizer.is_eog(token):
             stop = "eos"
             break
+        if on_token is not None:
+            t = time.perf_counter()
+            on_token(token)
+            outside += time.perf_counter() - t
         if len(new_ids) >= max_new_tokens:
             stop = "length"
             break
@@ -89,6 +101,18 @@ def generate(runtime, tokenizer, prompt: str | list[int], max_new_tokens: int = 
         prompt_ids=ids,
         new_ids=new_ids,
         prompt_seconds=t1 - t0,
-        decode_seconds=t2 - t1,
+        decode_seconds=t2 - t1 - outside,
         stop_reason=stop,
     )
+
+
+def _prefill(runtime, ids: list[int], chunk: int | None, on_prefill: Callable[[int, int], None] | None):
+    """Logits of the prompt's last token: one prefill call, or `chunk`-token calls with progress after each."""
+    if not chunk or len(ids) <= chunk:
+        return runtime.prefill(ids)
+    for start in range(0, len(ids), chunk):
+        logits = runtime.prefill(ids[start:start + chunk])
+        if on_prefill is not None:
+            runtime.synchronize()  # progress that counts finished work
+            on_prefill(min(start + chunk, len(ids)), len(ids))
+    return logits
