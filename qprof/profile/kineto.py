@@ -27,6 +27,7 @@ from qprof.profile.activity import (
     make_table,
     validate,
 )
+from qprof.profile.native_stderr import drop_native_lines
 from qprof.profile.ranges import RangeInfo
 
 PREFIX = "qprof|"
@@ -106,8 +107,14 @@ def kineto_capture(device: str, trace_path: Path):
         except (ImportError, TypeError):  # older torch: the synchronize API calls still mark the syncs
             pass
     trace_path.parent.mkdir(parents=True, exist_ok=True)
-    with profile(activities=activities, **kwargs) as prof:
+    prof = profile(activities=activities, **kwargs)
+    with drop_native_lines():  # Kineto's "USDT: ... profiler_start" line
+        prof.start()
+    try:
         yield prof
+    finally:
+        with drop_native_lines():  # and its "profiler_stop"
+            prof.stop()
     prof.export_chrome_trace(str(trace_path))
 
 
