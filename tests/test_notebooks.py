@@ -142,6 +142,19 @@ def test_notebooks_run_on_empty_results_and_say_what_is_missing(tmp_path):
                  "attribution", "decode_timeline", "qprof_vs_llama_cpp"):
         assert f"[{name}] no chart:" in text
     assert "no bench rows found" in text
+    # the runner's own summary gives each notebook's reasons, not "0 chart(s) shown"
+    summary = runs[1].summary().splitlines()
+    assert summary[0] == "02_faults.ipynb: ran, no chart shown"
+    assert summary[1].startswith("  [faults_before_after] no chart: ")
+
+
+def test_kernels_start_quietly_over_unix_sockets(tmp_path, capfd):
+    """No "[IPKernelApp] WARNING | Kernel is running over TCP without encryption" from each kernel."""
+    from qprof.bench.notebooks import execute_notebook, notebook_paths
+
+    execute_notebook(notebook_paths()[1], tmp_path / "empty", None)
+    err = capfd.readouterr().err
+    assert "IPKernelApp" not in err and "without encryption" not in err, err
 
 
 def test_a_failing_notebook_is_a_one_line_error(tmp_path):

@@ -12,8 +12,10 @@ to QPROF_CHARTS_DIR, which this module sets for the kernel.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,21 @@ def this_python_kernel_manager():
     from jupyter_client.manager import KernelManager
 
     class ThisPythonKernelManager(KernelManager):
+        # Unix sockets rather than TCP: no open ports, and no "running over TCP without encryption"
+        # warning from every kernel on stderr.
+        transport = "ipc"
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            # an absolute socket path: the kernel runs in the notebook's folder, the client does not
+            self._socket_dir = tempfile.mkdtemp(prefix="qprof-kernel-")
+            self.ip = os.path.join(self._socket_dir, "kernel")
+
+        def cleanup_ipc_files(self) -> None:
+            super().cleanup_ipc_files()
+            with contextlib.suppress(OSError):
+                os.rmdir(self._socket_dir)
+
         @property
         def kernel_spec(self):
             return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -42,6 +59,15 @@ class NotebookRun:
     path: Path
     outputs: list[str] = field(default_factory=list)  # text printed by the cells
     images: int = 0  # image/png outputs shown
+
+    def reasons(self) -> list[str]:
+        """The notebook's own "[chart] no chart: why" lines (qprof.bench.charts.show prints them)."""
+        return [line.strip() for text in self.outputs for line in text.splitlines() if "no chart:" in line]
+
+    def summary(self) -> str:
+        """One line per notebook, then why each missing chart is missing."""
+        head = f"{self.path.name}: ran, " + (f"{self.images} chart(s) shown" if self.images else "no chart shown")
+        return "\n".join([head, *(f"  {reason}" for reason in self.reasons())])
 
 
 def execute_notebook(path: str | Path, results: Path, charts: Path | None, timeout: int = 600,
@@ -138,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qprof: error: {exc}", file=sys.stderr)
         return 2
     for run in runs:
-        print(f"{run.path.name}: ran, {run.images} chart(s) shown")
+        print(run.summary())
     pngs = sorted(charts.glob("*.png")) if charts.is_dir() else []
     print(f"charts in {charts}: {', '.join(p.name for p in pngs) if pngs else 'none (no rows of the needed kinds)'}")
     return 0
