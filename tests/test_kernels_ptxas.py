@@ -51,7 +51,9 @@ def built(tmp_path_factory):
     build = runner.invoke(main, ["kernels", "build"], env=env)
     report = runner.invoke(main, ["kernels", "report", "--json"], env=env)
     table = runner.invoke(main, ["kernels", "report", "--file", "dequant"], env=env)
-    return build, json.loads(report.output) if report.exit_code == 0 else report, table, env
+    if report.exit_code == 0:  # a long step: it says what it is doing on stderr first
+        assert report.stderr.startswith("qprof kernels: compiling and running ptxas -v on "), report.stderr
+    return build, json.loads(report.stdout) if report.exit_code == 0 else report, table, env
 
 
 def test_parse_ptxas_verbose():
@@ -96,7 +98,7 @@ def test_no_kernel_spills_and_every_quant_entry_exists(built, capsys):
             f"{r['name']} {r['registers']}/{r['smem_bytes']}" for r in hot))
         print(f"{len(rows)} kernels for sm_90, {len(spilled)} with spills, max {max(r['registers'] for r in rows)} registers")
     assert not spilled, "spills to local memory: " + ", ".join(spilled)
-    assert table.exit_code == 0 and all(ln.startswith(("dequant_", "get_rows_")) for ln in table.output.splitlines()[1:-1])
+    assert table.exit_code == 0 and all(ln.startswith(("dequant_", "get_rows_")) for ln in table.stdout.splitlines()[1:-1])
 
 
 def test_kernels_cli_bad_input_is_one_line(tmp_path):

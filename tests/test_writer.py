@@ -178,3 +178,29 @@ def test_copy_of_a_real_model_keeps_metadata_types_and_bytes(tmp_path):
         assert out.metadata_types[key] == src.metadata_types[key], key
     for name, t in src.tensors.items():
         assert np.array_equal(out.tensors[name].raw, t.raw), name
+
+
+def test_progress_reports_bytes_after_each_tensor(tmp_path):
+    seen: list[tuple[int, int]] = []
+    path = write_q8(tmp_path, progress=lambda done, total: seen.append((done, total)))
+    model = load_model(path)
+    assert len(seen) == len(model.tensors)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (model.size_bytes, model.size_bytes)
+
+
+def test_byte_progress_draws_on_a_terminal_only():
+    import io
+
+    from qprof.bench.progress import ByteProgress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = ByteProgress("writing tiny", stream=stream)
+        for done in (10, 60, 100):
+            bar(done, 100)
+    assert "writing tiny" in tty.getvalue() and "100/100" in tty.getvalue()
+    assert pipe.getvalue() == ""

@@ -36,10 +36,19 @@ def build(arch, force):
 @click.option("--json", "as_json", is_flag=True, help="One JSON list instead of the table.")
 def report(arch, only, as_json):
     """ptxas -v for every kernel: registers, shared memory, stack frame and spill bytes."""
-    from qprof.runtime.cuda.ptxas import check_arch, format_report
+    from qprof.bench.progress import Progress
+    from qprof.runtime.cuda.ptxas import check_arch, format_report, kernel_sources
     from qprof.runtime.cuda.ptxas import report as ptxas_report
 
-    rows = ptxas_report(check_arch(arch), only)
+    arch = check_arch(arch)
+    n_files = len(kernel_sources(only))
+    click.echo(f"qprof kernels: compiling and running ptxas -v on {n_files} kernel file(s) for sm_{arch} "
+               "(seconds per file) ...", err=True)
+    bar = Progress(n_files, label="ptxas")
+    try:
+        rows = ptxas_report(arch, only, progress=bar.step)
+    finally:
+        bar.close()
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=1))
     else:

@@ -54,9 +54,11 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Write again even if a complete file exists.")
 def make_cmd(name: str, out_dir: Path | None, seed: int, force: bool) -> None:
     """Write workload NAME (deterministic from the seed) and print its path."""
+    from qprof.bench.progress import ByteProgress
     from qprof.workloads import make_workload
 
-    path = make_workload(name, out_dir=out_dir, seed=seed, force=force, log=lambda m: click.echo(m, err=True))
+    path = make_workload(name, out_dir=out_dir, seed=seed, force=force, log=lambda m: click.echo(m, err=True),
+                         progress=ByteProgress(f"writing {name}"))
     click.echo(str(path))
 
 

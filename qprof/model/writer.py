@@ -186,7 +186,8 @@ def _materialize(path: Path, name: str, src: TensorSource) -> np.ndarray:
         raise QprofError(f"{path.name}: tensor {name!r}: {exc}") from None
 
 
-def _write_tensor_data(writer, path: Path, sources: Mapping[str, TensorSource]) -> None:
+def _write_tensor_data(writer, path: Path, sources: Mapping[str, TensorSource],
+                       progress: Callable[[int, int], None] | None = None) -> None:
     """Write tensors in order, producing the next one on a worker thread while this one goes to disk.
 
     Generation (numpy, GIL released on large arrays) and file writes overlap, which roughly halves the
@@ -195,6 +196,7 @@ def _write_tensor_data(writer, path: Path, sources: Mapping[str, TensorSource]) 
     items = list(sources.items())
     if not items:
         return
+    total, done = sum(src.n_bytes for _, src in items), 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(_materialize, path, *items[0])
         for i in range(len(items)):
@@ -202,7 +204,10 @@ def _write_tensor_data(writer, path: Path, sources: Mapping[str, TensorSource]) 
             if i + 1 < len(items):
                 pending = pool.submit(_materialize, path, *items[i + 1])
             writer.write_tensor_data(data)
+            done += items[i][1].n_bytes
             del data
+            if progress is not None:
+                progress(done, total)
 
 
 def write_model(
@@ -215,11 +220,13 @@ def write_model(
     metadata_types: Mapping[str, tuple[int, ...]] | None = None,
     file_type: int | None = None,
     alignment: int = DEFAULT_ALIGNMENT,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write a GGUF that llama.cpp accepts; returns the path. The file appears only when complete.
 
     tokenizer: `tokenizer.*` keys; metadata: any further keys (general.*, ...). A key's GGUF type
     comes from metadata_types, else llama.cpp's expected type, else is inferred from the value.
+    progress(bytes written, bytes in all) is called after each tensor's data is written.
     """
     from gguf import GGMLQuantizationType, GGUFWriter
 
@@ -251,7 +258,7 @@ def write_model(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        _write_tensor_data(writer, path, sources)
+        _write_tensor_data(writer, path, sources, progress)
         writer.close()
         os.replace(tmp, path)
     except OSError as exc:

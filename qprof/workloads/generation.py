@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -106,7 +107,8 @@ def _provenance(workload: Workload, seed: int) -> dict[str, object]:
     return {"qprof.workload": workload.name, "qprof.seed": seed, "qprof.generator_version": GENERATOR_VERSION}
 
 
-def write_synthetic(workload: Workload, path: Path, seed: int = 0) -> Path:
+def write_synthetic(workload: Workload, path: Path, seed: int = 0,
+                    progress: Callable[[int, int], None] | None = None) -> Path:
     plan = tensor_plan(workload.config, workload.recipe)
     tensors = {p.name: _synthetic_source(p, workload.weights, seed) for p in plan}
     return write_model(
@@ -116,10 +118,12 @@ def write_synthetic(workload: Workload, path: Path, seed: int = 0) -> Path:
         synthetic_vocab(workload.config.n_vocab, seed),
         _provenance(workload, seed),
         file_type=file_type_for(workload.recipe),
+        progress=progress,
     )
 
 
-def write_requantized(workload: Workload, source_path: Path, path: Path, seed: int = 0) -> Path:
+def write_requantized(workload: Workload, source_path: Path, path: Path, seed: int = 0,
+                      progress: Callable[[int, int], None] | None = None) -> Path:
     """Dequantize every tensor of the source model and requantize it with the workload's recipe."""
     from qprof.model.gguf_file import load_model
 
@@ -144,4 +148,5 @@ def write_requantized(workload: Workload, source_path: Path, path: Path, seed: i
         meta,
         metadata_types=src.metadata_types,
         file_type=file_type_for(workload.recipe),
+        progress=progress,
     )

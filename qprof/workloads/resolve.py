@@ -62,8 +62,12 @@ def make_workload(
     seed: int = 0,
     force: bool = False,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write workload `name` (into out_dir, else the cache) unless a complete copy is there; returns its path."""
+    """Write workload `name` (into out_dir, else the cache) unless a complete copy is there; returns its path.
+
+    A file to be written is announced through `log` first (it can take tens of seconds), and
+    progress(bytes written, bytes in all) follows each tensor."""
     workload = get_workload(name)
     if seed < 0:
         raise QprofError(f"seed must be >= 0, got {seed}")
@@ -78,11 +82,17 @@ def make_workload(
     path = Path(out_dir) / workload_filename(name, seed) if out_dir is not None else cached_path(name, seed)
     if not force and is_complete(path, workload):
         return path
+    try:  # an unusable folder fails here, before the announcement
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QprofError(f"cannot write {path}: {exc.strerror or exc}") from None
     start = time.perf_counter()
+    if log:
+        log(f"writing workload {name} ({expected_bytes(workload) / 1e9:.3f} GB) to {path} ...")
     if workload.source:
-        write_requantized(workload, source_path(workload), path, seed)
+        write_requantized(workload, source_path(workload), path, seed, progress=progress)
     else:
-        write_synthetic(workload, path, seed)
+        write_synthetic(workload, path, seed, progress=progress)
     if log:
         log(f"wrote {path} ({path.stat().st_size / 1e9:.3f} GB) in {time.perf_counter() - start:.1f} s")
     return path

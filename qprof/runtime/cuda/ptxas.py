@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,12 +138,17 @@ def kernel_sources(only: str | None = None) -> list[Path]:
     return picked
 
 
-def report(arch: str = DEFAULT_ARCH, only: str | None = None) -> list[KernelResources]:
-    """Resources of every entry function of every (or one) kernels/*.cu file, for sm_<arch>."""
+def report(arch: str = DEFAULT_ARCH, only: str | None = None,
+           progress: Callable[[str], None] | None = None) -> list[KernelResources]:
+    """Resources of every entry function of every (or one) kernels/*.cu file, for sm_<arch>.
+
+    progress(file name) is called after each file (compiling and ptxas take seconds per file)."""
     rows: list[KernelResources] = []
     for source in kernel_sources(only):
         path, _ = build_ptx(source, arch)
         rows += run_ptxas(path.read_bytes(), arch, source.name)
+        if progress is not None:
+            progress(source.name)
     return rows
 
 
