@@ -198,6 +198,15 @@ def test_charts_need_the_right_rows(tmp_path):
     assert "no fault-on row" in charts.faults_before_after(df).message
 
 
+def test_faults_chart_leaves_out_cpu_rows_whose_switches_do_nothing(tmp_path):
+    for options, extra, ts in (("clean", {}, 100.0), ("mask=upload", {"mask": "upload"}, 60.0)):
+        append_row(tmp_path / "cpu.jsonl", bench_row(test="tg128", n_prompt=0, n_gen=128, device="cpu",
+                                                     runtime="CpuRuntime", gpu_name=None, options=options,
+                                                     avg_ts=ts, **extra))
+    chart = charts.faults_before_after(charts.load_bench(tmp_path))
+    assert chart.fig is None and "only fault rows are from the CPU runtime, which ignores" in chart.message
+
+
 def test_attribution_table_is_ms_per_decode_token_and_adds_other(full_results):
     summaries, _ = profile_charts.find_profiles(full_results / "profile")
     assert [s["config"] for s in summaries] == ["clean", "mask=upload", "sync-every-op"]

@@ -258,8 +258,12 @@ def faults_before_after(df: pd.DataFrame) -> Chart:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    pairs = fault_pairs(df)
+    on_cpu = df["device"].eq("cpu") if "device" in df else pd.Series(False, index=df.index)
+    pairs = fault_pairs(df[~on_cpu])  # the CPU runtime ignores the fault switches: its pairs are noise
     if pairs.empty:
+        if not fault_pairs(df[on_cpu]).empty:
+            return Chart("faults_before_after", message="the only fault rows are from the CPU runtime, which ignores "
+                         "the fault switches (their differences are noise): run `qprof bench --faults` on a GPU")
         return Chart("faults_before_after", message="no fault-on row has a matching clean row in the results: run "
                      "e.g. `qprof bench --faults` to measure before/after")
     faults = list(dict.fromkeys(pairs["fault"]))
