@@ -354,8 +354,8 @@ def test_a_bad_model_late_in_the_list_fails_before_any_benchmark(models, message
 def test_results_in_a_missing_folder_is_refused_before_the_work():
     res = bench("--device", "cpu", "-p", "8", "-n", "2", "-r", "1", "--results", "nodir/rows.jsonl")
     assert res.exit_code == 2 and res.stdout == ""
-    assert res.stderr.splitlines() == ["qprof: error: --results nodir/rows.jsonl: folder nodir/ does not exist "
-                                       "(create it first)"]
+    assert res.stderr.splitlines() == [("qprof: error: --results nodir/rows.jsonl: folder nodir/ does not exist "
+                                       "(create it first)")]
     assert not os.path.exists("nodir")
 
 

@@ -102,7 +102,7 @@ def test_cli_streams_and_long_prompts_say_they_are_prefilling(tiny):
     (["-m", "./nope.gguf"], "model file not found: ./nope.gguf"),
 ])
 def test_bad_input_fails_before_any_model_loads(monkeypatch, tiny, args, message):
-    import qprof.model.gguf_file as gguf_file
+    from qprof.model import gguf_file
 
     monkeypatch.setattr(gguf_file, "load_model", lambda *a, **k: pytest.fail("loaded a model before checking"))
     res = CliRunner().invoke(main, ["generate", "-m", str(tiny), "--device", "cpu", *args])
@@ -129,14 +129,24 @@ def test_default_device_is_cuda_when_a_gpu_is_there(monkeypatch, tiny):
     """The same choice as bench and profile; the (faked) CUDA runtime gets graph options and the line says so."""
     import torch
 
-    import qprof.runtime.factory as factory
+    from qprof.runtime import factory
     from qprof.runtime.cpu import CpuRuntime
 
     made = {}
+    calls: list[str] = []
+
+    class Recording(CpuRuntime):  # stands in for the GPU
+        def reset(self):
+            calls.append("reset")
+            super().reset()
+
+        def prefill(self, tokens, all_logits=False):
+            calls.append("prefill")
+            return super().prefill(tokens, all_logits)
 
     def fake_runtime(model, device="cpu", options=None, annotator=None, n_ctx=None):
         made.update(device=device, graphs=options.cuda_graphs)
-        return CpuRuntime(model, options=options, n_ctx=n_ctx)  # stands in for the GPU
+        return Recording(model, options=options, n_ctx=n_ctx)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(factory, "create_runtime", fake_runtime)
@@ -144,3 +154,5 @@ def test_default_device_is_cuda_when_a_gpu_is_there(monkeypatch, tiny):
     assert res.exit_code == 0, res.output
     assert made == {"device": "cuda", "graphs": True}
     assert "device cuda (a CUDA GPU is available): CUDA runtime; decode captured as a CUDA graph" in res.stderr
+    assert "one untimed warm-up step first" in res.stderr
+    assert calls == ["reset", "prefill", "reset", "prefill"]  # the warm-up, then the timed generation

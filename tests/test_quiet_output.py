@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from qprof.profile.native_stderr import KINETO_MARKS
 
@@ -30,8 +31,10 @@ def test_torch_profiler_runs_without_usdt_lines_but_keeps_other_native_output(tm
             os.write(2, b"USDT:x y.cpp:1] profiler_start\\nnative warning kept\\n")
         print("ok")
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    repo = str(Path(__file__).resolve().parents[1])  # this checkout's qprof in the child
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120,
+                         env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
     assert "profiler_start" not in res.stderr and "profiler_stop" not in res.stderr, res.stderr

@@ -53,6 +53,15 @@ def build_options(device: str, mask: str, inject: str | None, graphs: bool | Non
     return base.with_(cuda_graphs=True), "captured as a CUDA graph" + ("" if graphs else " (--no-graphs for eager)")
 
 
+def warm_up(runtime, token: int) -> None:
+    """One prefill token and one decode step, untimed (llama.cpp warms up the same way): the first call of
+    each kernel loads it, and the first decode step is where a CUDA graph is captured."""
+    runtime.reset()
+    runtime.prefill([token])
+    runtime.decode(token)
+    runtime.synchronize()
+
+
 class PrefillProgress:
     """'prefill 256/1000 tokens' on a terminal, rewritten in place; one line up front elsewhere."""
 
@@ -136,7 +145,7 @@ def generate(model_spec, device, prompt, n_predict, temp, top_p, seed, no_chat, 
                          f"({'--ctx' if ctx else 'the default, at most 4096'}; the model declares {declared})")
     threads_note = f"{n_threads} thread{'s' if n_threads > 1 else ''}"
     say(f"device {dev} ({why}): " + ("CUDA runtime" if dev == "cuda" else f"CPU reference runtime, {threads_note}")
-        + f"; decode {decode_how}")
+        + f"; decode {decode_how}" + ("; one untimed warm-up step first" if dev == "cuda" else ""))
     note = gpu_only_note(options, dev)
     if note:
         say(note)
@@ -145,6 +154,8 @@ def generate(model_spec, device, prompt, n_predict, temp, top_p, seed, no_chat, 
         runtime = create_runtime(model, device=dev, options=options, n_ctx=n_ctx)
     for message in dict.fromkeys(str(w.message) for w in caught):
         say(f"warning: {message}")
+    if dev == "cuda":  # kernel loading and the graph capture happen here, outside the timed generation
+        warm_up(runtime, ids[0])
     stream = TextStream(tokenizer, lambda text: (click.echo(text, nl=False), sys.stdout.flush()))
     long_prefill = dev == "cpu" and len(ids) > LONG_PREFILL
     result = run_generation(runtime, tokenizer, ids, max_new_tokens=n_predict, sampling=sampling,
