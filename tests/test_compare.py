@@ -39,6 +39,9 @@ def test_configs_match_on_model_test_and_switches_not_on_card_or_path():
     assert config_key(a) == config_key(b)
     assert config_key(a) != config_key(bench_row(mask="upload"))
     assert config_key(a) != config_key(bench_row(n_gen=64))
+    # CPU rows of different thread counts are different experiments; GPU rows are not told apart by it
+    assert config_key(bench_row(device="cpu", n_threads=1)) != config_key(bench_row(device="cpu", n_threads=2))
+    assert config_key(bench_row(n_threads=1)) == config_key(bench_row(n_threads=16))
     changes, only_a, only_b = compare_rows([a, bench_row(mask="upload")], [b, bench_row(cuda_graphs=True)])
     assert len(changes) == 1 and (only_a, only_b) == (1, 1)
 

@@ -17,12 +17,14 @@ KEY_FIELDS = ("model", "n_prompt", "n_gen", "device", "mask", "scalar_upload", "
 
 def config_key(row: dict) -> tuple:
     """A qprof config, or for a peer row (llama.cpp's) its program and flash-attention setting: peer rows are
-    compared only with peer rows of the same program."""
+    compared only with peer rows of the same program. On the CPU runtime the thread count is part of a
+    config (it changes tok/s several-fold); the GPU runtime's speed does not depend on it."""
     model = Path(str(row.get("model_filename") or row.get("model") or "?")).name
     if row.get("peer"):
         return (model, row.get("n_prompt"), row.get("n_gen"), row.get("device"), "peer", row.get("peer"),
                 row.get("options"), row.get("n_depth") or 0)
-    return (model, *(row.get(k) for k in KEY_FIELDS[1:]))
+    threads = row.get("n_threads") if row.get("device") == "cpu" else None
+    return (model, *(row.get(k) for k in KEY_FIELDS[1:]), threads)
 
 
 def options_label(row: dict) -> str:
