@@ -60,6 +60,7 @@ def test_smollm2_metadata_semantics(smol):
     assert ours.tokens[ours.eos_id] == "<|im_end|>"
     assert ours.is_eog(ours.eos_id) and ours.is_eog(ours.tokens.index("<|endoftext|>"))
     assert not ours.is_eog(ours.encode("hello")[0])
+    assert ours.eog_ids == {0, 2, 4}  # llama.cpp's set: <|endoftext|>, <|im_end|> and <reponame> (FIM repo)
 
 
 @needs_smollm2
