@@ -6,15 +6,9 @@ model's context must cost nothing: each is one `qprof: error:` line before the f
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from qprof.errors import QprofError
-
-
-def check_bandwidth(gbps: float | None, option: str = "--bandwidth") -> None:
-    if gbps is not None and not (math.isfinite(gbps) and gbps > 0):
-        raise QprofError(f"{option} must be a positive number of GB/s, got {gbps:g}")
 
 
 def check_output_file(path: str | Path | None, option: str, suffix: str | None = None) -> Path | None:
