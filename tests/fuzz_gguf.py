@@ -35,7 +35,8 @@ with atheris.instrument_imports(include=INSTRUMENTED):
     from qprof.model.tokenizer import load_tokenizer
     from qprof.runtime.cpu import CpuRuntime
 
-SCRATCH = Path(tempfile.mkdtemp(prefix="qprof-fuzz-")) / "input.gguf"
+# each input is written here and removed after it ran (libFuzzer ends the process without Python's atexit)
+SCRATCH = Path(tempfile.gettempdir()) / f"qprof-fuzz-{os.getpid()}.gguf"
 MAX_PROMPT = 8
 
 
@@ -137,6 +138,13 @@ def one_input(data: bytes) -> None:
     if not data.startswith(b"GGUF"):
         data = edited_model(data)
     SCRATCH.write_bytes(data)
+    try:
+        _run()
+    finally:
+        SCRATCH.unlink(missing_ok=True)
+
+
+def _run() -> None:
     try:
         model = load_model(SCRATCH)
         tokenizer = load_tokenizer(model)
