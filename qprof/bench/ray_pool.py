@@ -72,7 +72,9 @@ class RayPool:
 
     def prepare(self, say) -> None:
         self.connect()
-        say(f"Ray cluster at {self.address}: {self.n_gpus} GPU(s); one task per group, each asking for 1 GPU")
+        joined = getattr(self.ray.get_runtime_context(), "gcs_address", None) or self.address
+        say(f"Ray cluster at {joined} (--ray {self.address}): {self.n_gpus} GPU(s); one task per group, "
+            "each asking for 1 GPU")
 
     def connect(self) -> None:
         ray = self.ray

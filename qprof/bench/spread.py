@@ -92,12 +92,12 @@ class Spread:
         t.ended.add(job.slice.index)
         if self.pool.stop_reason and message.startswith(self.pool.stop_reason):
             return  # stopped by us (--fail-fast, Ctrl-C): not a failure of its own
-        line = f"{job.slice.label()} on {self._where(job)} failed: {message}"
-        t.failed.append(line)
+        t.failed.append(f"{job.slice.label()} on {self._where(job)}: {message}")
         kept = t.rows.get(job.slice.index, 0)
         then = "stopping the rest (--fail-fast)" if self.fail_fast else "carrying on with the rest"
         self.progress.clear()
-        self.say(f"{line}; its {kept} finished row(s) are kept; {then}")
+        self.say(f"{job.slice.label()} on {self._where(job)} failed: {message}; its {kept} finished row(s) "
+                 f"are kept; {then}")
         if self.fail_fast:
             self.pool.stop(f"stopped by --fail-fast after {job.slice.label()} failed")
 

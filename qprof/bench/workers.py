@@ -86,6 +86,7 @@ class LocalPool:
         proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=worker_env(job.gpu), start_new_session=True)  # Ctrl-C reaches the driver only
         worker = Worker(job, proc)
+        self.events.put((worker, {"kind": "spawn", "pid": proc.pid}))  # before any event the worker sends
         err = threading.Thread(target=self._read_stderr, args=(worker,), daemon=True)
         out = threading.Thread(target=self._read_stdout, args=(worker, err), daemon=True)
         worker.threads = [err, out]
@@ -96,7 +97,6 @@ class LocalPool:
             proc.stdin.flush()
         except OSError:  # it died at once; the exit event says how
             pass
-        self.events.put((worker, {"kind": "spawn", "pid": proc.pid}))
         return worker
 
     def _read_stderr(self, worker: Worker) -> None:
