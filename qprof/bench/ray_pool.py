@@ -116,14 +116,13 @@ class RayPool:
         self.events.put((job, {"kind": "exit"}))
 
     def run(self, jobs: list[SliceJob]) -> Iterator[tuple[SliceJob, dict]]:
-        task = self.ray.remote(num_gpus=1, max_retries=0)(slice_task)
-        threads = []
+        # a streaming generator: each yielded event reaches the driver while the task still runs
+        task = self.ray.remote(num_gpus=1, max_retries=0, num_returns="streaming")(slice_task)
         for job in jobs:
             generator = task.remote(job)
             self.tasks.append(generator)
-            thread = threading.Thread(target=self._follow, args=(job, generator), daemon=True)
-            thread.start()
-            threads.append(thread)
+            # one thread per task, because each generator can only be read in turn
+            threading.Thread(target=self._follow, args=(job, generator), daemon=True).start()
         left = len(jobs)
         while left:
             try:
