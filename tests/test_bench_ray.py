@@ -129,7 +129,21 @@ NO_CLUSTER = ConnectionError("Could not find any running Ray instance.\nPlease s
                                        "asks for one")),
 ])
 def test_ray_cluster_problems_are_one_line(monkeypatch, ray, message):
+    from qprof.bench import ray_pool
+
     monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setattr(ray_pool, "probe_head", lambda address: None)  # as if a head answered there
     res = bench("--ray", "head-node:6379", "-m", "tiny-q4_k_m", "--no-save")
+    assert res.exit_code == 2, res.output
+    assert res.stderr.splitlines()[-1].startswith("qprof: error: " + message)
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:1", "cannot join the Ray cluster at 127.0.0.1:1: nothing answers at 127.0.0.1:1 (Connection refused)"),
+    ("head-without-port", "--ray 'head-without-port': expected HOST:PORT of the Ray head (e.g. head:6379) or auto"),
+])
+def test_an_address_where_no_head_answers_fails_at_once_instead_of_hanging(monkeypatch, address, message):
+    monkeypatch.setitem(sys.modules, "ray", fake_ray())  # ray.init would retry such an address for minutes
+    res = bench("--ray", address, "-m", "tiny-q4_k_m", "--no-save")
     assert res.exit_code == 2, res.output
     assert res.stderr.splitlines()[-1].startswith("qprof: error: " + message)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from qprof.bench import gpus as gpu_info
 from qprof.bench import workers
+from qprof.bench.gpu_worker import ORPHANED_EXIT, job_message
 from qprof.bench.params import BenchParams
 from qprof.bench.results import read_rows
 from qprof.bench.slice_run import pinned_gpu
@@ -235,6 +237,16 @@ def test_ctrl_c_keeps_finished_rows_and_leaves_no_worker_running(fake_gpus, monk
     assert len(read_rows("results/bench.jsonl").rows) == 1
     assert len(json.loads(res.stdout)) == 1  # the JSON array on stdout is closed
     assert procs and all(w.proc.poll() is not None for w in procs)
+
+
+def test_a_worker_whose_driver_went_away_exits_instead_of_holding_its_gpu():
+    params = plan(["tiny-q4_k_m"])
+    job = SliceJob(params, split_plan(params, 1)[0], gpu=FAKE_GPUS[0])
+    proc = subprocess.Popen(workers.WORKER_ARGV, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=worker_env(FAKE_GPUS[0]))
+    proc.stdin.write(job_message(job))
+    proc.stdin.close()  # the driver is gone (killed): its end of the pipe closes
+    assert proc.wait(timeout=60) == ORPHANED_EXIT
 
 
 @pytest.mark.parametrize("found, says", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,6 +21,40 @@ from qprof.errors import QprofError
 
 INSTALL_HINT = "pip install 'qprof[ray]'"
 START_HINT = "start one with `ray start --head` (more nodes: `ray start --address HEAD:6379`)"
+PROBE_S = 5.0  # ray.init retries an address where nothing listens for minutes; a plain TCP connect does not
+
+
+def head_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of the head that ray.init would contact; None where only Ray can tell (a ray:// client)."""
+    if "://" in address:
+        return None
+    if address == "auto":
+        try:  # where `ray start` recorded the cluster on this host (Ray's own lookup; not a public API)
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto")
+        except ConnectionError:
+            address = None
+        except Exception:  # noqa: BLE001 -- another Ray version: let ray.init look for it
+            return None
+        if address is None:
+            raise QprofError(f"--ray auto: no Ray cluster runs on this host; {START_HINT}")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise QprofError(f"--ray {address!r}: expected HOST:PORT of the Ray head (e.g. head:6379) or auto")
+    return host.strip("[]"), int(port)
+
+
+def probe_head(address: str) -> None:
+    """Fail in seconds, with one line, where no Ray head answers."""
+    endpoint = head_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=PROBE_S).close()
+    except OSError as exc:
+        raise QprofError(f"cannot join the Ray cluster at {address}: nothing answers at {endpoint[0]}:{endpoint[1]} "
+                         f"({exc.strerror or exc}); {START_HINT}") from None
 
 
 def import_ray():
@@ -79,6 +114,7 @@ class RayPool:
     def connect(self) -> None:
         ray = self.ray
         if not ray.is_initialized():  # a caller that already joined a cluster (a test, a notebook) keeps it
+            probe_head(self.address)
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
             except Exception as exc:  # noqa: BLE001 -- ConnectionError, a timeout, a bad address: all one line
