@@ -199,7 +199,9 @@ def test_fail_fast_stops_at_the_first_failed_group(fake_gpus, tmp_path):
     assert res.exit_code == 2, res.output
     assert "stopping the rest (--fail-fast)" in res.stderr
     assert "group 2/2" not in res.stderr  # never started
-    assert res.stderr.splitlines()[-1].startswith("qprof: error: 1 of 2 group(s) failed")
+    last = res.stderr.splitlines()[-1]
+    assert last.startswith("qprof: error: 1 of 2 group(s) failed")
+    assert "; 1 more group(s) stopped or never started (--fail-fast); 0 finished row(s) kept" in last
     assert not (tmp_path / "results" / "bench.jsonl").exists()
 
 

@@ -49,17 +49,18 @@ class Tally:
 
     where: dict[int, str] = field(default_factory=dict)
     rows: dict[int, int] = field(default_factory=dict)
-    ended: set[int] = field(default_factory=set)
+    ended: set[int] = field(default_factory=set)  # done, failed or stopped
+    done: set[int] = field(default_factory=set)
     failed: list[str] = field(default_factory=list)  # one line per failed group
     runtimes: list[str] = field(default_factory=list)
     kept: int = 0
 
 
 class Spread:
-    def __init__(self, pool, params: BenchParams, printer, progress, save: Callable[[dict], None] | None,
-                 fail_fast: bool, say: Say):
+    """Turns the pool's events into table rows, saved rows, progress and one line per failure."""
+
+    def __init__(self, pool, printer, progress, save: Callable[[dict], None] | None, fail_fast: bool, say: Say):
         self.pool = pool
-        self.params = params
         self.printer = printer
         self.progress = progress
         self.save = save
@@ -117,6 +118,7 @@ class Spread:
             self._error(job, event.get("message", "unknown error"))
         elif kind == "done":
             self.tally.ended.add(job.slice.index)
+            self.tally.done.add(job.slice.index)
 
     def run(self, jobs: list[SliceJob]) -> bool:
         """True when it ran to the end, False on Ctrl-C (the pool is stopped and closed either way)."""
@@ -149,7 +151,7 @@ def spread_bench(pool, params: BenchParams, device: str | None, fmt: str, result
     progress = Progress(params.n_rows() * (params.repetitions + int(params.warmup)))
     save = None if results is None else (lambda row: append_row(results[0], row))
     where = "not saved (--no-save)" if results is None else f"in {results[0]}"
-    spread = Spread(pool, params, printer, progress, save, fail_fast, say)
+    spread = Spread(pool, printer, progress, save, fail_fast, say)
     sys.stdout.write(printer.header())
     sys.stdout.flush()
     start = time.perf_counter()
@@ -167,7 +169,9 @@ def spread_bench(pool, params: BenchParams, device: str | None, fmt: str, result
         raise SystemExit(130)
     if t.failed:
         more = f" (and {len(t.failed) - 1} more, listed above)" if len(t.failed) > 1 else ""
-        raise QprofError(f"{len(t.failed)} of {len(slices)} group(s) failed: {t.failed[0]}{more}; "
+        skipped = len(slices) - len(t.done) - len(t.failed)
+        stopped = f"; {skipped} more group(s) stopped or never started (--fail-fast)" if skipped else ""
+        raise QprofError(f"{len(t.failed)} of {len(slices)} group(s) failed: {t.failed[0]}{more}{stopped}; "
                          f"{t.kept} finished row(s) kept {where}")
     places = ", ".join(sorted(set(t.where.values())))
     say(f"{t.kept} row(s) {'' if results is None else 'appended '}{where} from {len(slices)} group(s) on {places} "
