@@ -33,8 +33,16 @@ def ray_cluster(tmp_path_factory):
     # Ray's workers inherit this environment when the cluster starts: the same qprof, one workload cache
     os.environ["QPROF_CACHE"] = str(tmp_path_factory.mktemp("ray-cache"))
     os.environ["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, [saved["PYTHONPATH"]])])
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=80 * 2**20)
+    options = {"num_cpus": 2, "num_gpus": 2, "include_dashboard": False, "log_to_driver": False,
+               "object_store_memory": 80 * 2**20,
+               # no idle workers started with the cluster: they would compete with the raylet's start,
+               # and every GPU task gets a fresh worker anyway
+               "_system_config": {"enable_worker_prestart": False, "prestart_worker_first_driver": False}}
+    try:
+        ray.init(**options)
+    except Exception:  # noqa: BLE001 -- Ray gives its raylet a fixed 30 s to start; a busy box can miss it once
+        ray.shutdown()
+        ray.init(**options)
     yield ray
     ray.shutdown()
     for key, value in saved.items():
