@@ -62,10 +62,14 @@ def bench(*args, **env):
     return CliRunner(env=env).invoke(main, ["bench", *args])
 
 
-def test_ray_rows_come_back_naming_host_and_gpu_and_a_path_missing_on_the_worker_fails_alone(ray_cluster):
-    res = bench("--ray", "-m", "tiny-q4_k_m,/no/such/model.gguf,tiny-q8_0", *QUICK)  # --ray alone: auto
+def test_ray_rows_come_back_naming_host_and_gpu_and_a_path_missing_on_the_worker_fails_alone(ray_cluster,
+                                                                                            tmp_path):
+    res = bench("--ray", "-m", "tiny-q4_k_m,/no/such/model.gguf,tiny-q8_0", *QUICK,  # --ray alone: auto
+                "--tflops", "0.5")
     assert res.exit_code == 2, res.output + str(res.exception)
     err = res.stderr
+    user_results = tmp_path / "xdg-data" / "qprof" / "results.jsonl"  # the plain run's default (see conftest)
+    assert err.splitlines()[0].startswith(f"qprof bench: results: appending to {user_results} (the user data dir")
     assert "(--ray auto): 2 GPU(s); one task per group, each asking for 1 GPU" in err
     assert "3 group(s) of the plan, each loading its model once, over 2 GPU(s)" in err
     host = socket.gethostname()
@@ -73,16 +77,18 @@ def test_ray_rows_come_back_naming_host_and_gpu_and_a_path_missing_on_the_worker
     assert "failed: model file not found: /no/such/model.gguf; its 0 finished row(s) are kept" in err
     last = err.splitlines()[-1]
     assert last.startswith("qprof: error: 1 of 3 group(s) failed: group 2/3 (/no/such/model.gguf")
-    assert last.endswith("; 4 finished row(s) kept in results/bench.jsonl")
-    rows = read_rows("results/bench.jsonl").rows
+    assert last.endswith(f"; 4 finished row(s) kept in {user_results}")
+    rows = read_rows(user_results).rows
     assert sorted((r["model"], r["test"]) for r in rows) == [
         ("tiny-q4_k_m", "pp8"), ("tiny-q4_k_m", "tg2"), ("tiny-q8_0", "pp8"), ("tiny-q8_0", "tg2")]
     assert all(r["host"] == host and r["gpu_index"] in (0, 1) and r["device"] == "cpu" for r in rows)
+    pp = [r for r in rows if r["test"] == "pp8"]  # the task read its rows against the --tflops given
+    assert all(r["gemm_source"] == "--tflops" and r["roofline_ts"] == 0.5e12 / r["flops_per_token"] for r in pp)
     header = res.stdout.splitlines()[0]
     assert "| host         |" in header and "| gpu |" in header
 
 
-def test_ray_address_from_the_environment_and_ctrl_c_keeps_the_finished_rows(ray_cluster, monkeypatch):
+def test_ray_address_from_the_environment_and_ctrl_c_keeps_the_finished_rows(ray_cluster, monkeypatch, tmp_path):
     from qprof.bench import results
 
     real_append, appended = results.append_row, []
@@ -94,12 +100,13 @@ def test_ray_address_from_the_environment_and_ctrl_c_keeps_the_finished_rows(ray
 
     monkeypatch.setattr(results, "append_row", interrupt_at_the_second_row)
     res = bench("-m", "tiny-q4_k_m", "-p", "8", "-n", "2,4", "-r", "1", "--no-warmup", "-o", "jsonl",
-                QPROF_RAY_ADDRESS="auto")  # no --ray: the environment asks for it
+                QPROF_RAY_ADDRESS="auto",  # no --ray: the environment asks for it
+                QPROF_RESULTS=str(tmp_path / "env.jsonl"))
     assert res.exit_code == 130, res.output + str(res.exception)
     assert "Ray cluster at " in res.stderr and "1 group(s) of the plan" in res.stderr
-    assert res.stderr.splitlines()[-1] == ("qprof: interrupted; kept 1 finished row(s) in results/bench.jsonl; "
+    assert res.stderr.splitlines()[-1] == (f"qprof: interrupted; kept 1 finished row(s) in {tmp_path / 'env.jsonl'}; "
                                            "unfinished: group 1/1 (tiny-q4_k_m: graphs)")
-    (row,) = read_rows("results/bench.jsonl").rows
+    (row,) = read_rows(tmp_path / "env.jsonl").rows
     assert row["test"] == "pp8" and row["gpu_index"] in (0, 1) and row["host"] == socket.gethostname()
     assert [json.loads(line)["test"] for line in res.stdout.splitlines()] == ["pp8"]
 

@@ -45,6 +45,12 @@ def _isolated(tmp_path, monkeypatch, shared_cache):
 
 
 @pytest.fixture
+def user_results(tmp_path):
+    """Where bench appends without --results: the user data dir (XDG_DATA_HOME is the test's, see conftest)."""
+    return tmp_path / "xdg-data" / "qprof" / "results.jsonl"
+
+
+@pytest.fixture
 def fake_gpus(monkeypatch):
     monkeypatch.setattr(gpu_info, "list_gpus", lambda nvml=None: list(FAKE_GPUS))
     return FAKE_GPUS
@@ -163,16 +169,19 @@ def test_pool_streams_rows_one_load_per_slice_and_never_two_workers_on_a_gpu():
         assert kinds.count("load") == 1 and kinds.count("row") == s.n_rows()
 
 
-def test_cli_gpus_all_spreads_the_plan_and_every_row_names_its_gpu(fake_gpus):
+def test_cli_gpus_all_spreads_the_plan_and_every_row_names_its_gpu(fake_gpus, user_results, tmp_path):
     res = bench("--gpus", "all", "-m", "tiny-q4_k_m,tiny-q8_0", *QUICK, "--sync-every-op", "0,1")
     assert res.exit_code == 0, res.output + str(res.exception)
     err = res.stderr
+    assert err.splitlines()[0] == (f"qprof bench: results: appending to {user_results} (the user data dir; set "
+                                   "$QPROF_RESULTS or --results FILE to choose)")  # the plain run's rule
     assert "--gpus all: one worker process per GPU, pinned with CUDA_VISIBLE_DEVICES: GPU 0 (Fake GPU), " \
            "GPU 1 (Fake GPU)" in err
     assert "2 group(s) of the plan, each loading its model once, over 2 GPU(s)" in err
-    assert "8 row(s) appended in results/bench.jsonl from 2 group(s) on GPU 0 (Fake GPU), GPU 1 (Fake GPU)" in err
-    assert "| gpu |" in res.stdout.splitlines()[0]
-    rows = read_rows("results/bench.jsonl").rows
+    assert f"8 row(s) appended in {user_results} from 2 group(s) on GPU 0 (Fake GPU), GPU 1 (Fake GPU)" in err
+    assert "| gpu |" in res.stdout.splitlines()[0] and "|  bound t/s | % bound |" in res.stdout.splitlines()[0]
+    assert not (tmp_path / "results").exists()  # nothing lands in the working directory
+    rows = read_rows(user_results).rows
     assert len(rows) == 8
     by_model = {m: {(r["gpu_index"], r["gpu_uuid"]) for r in rows if r["model"] == m}
                 for m in ("tiny-q4_k_m", "tiny-q8_0")}
@@ -181,7 +190,46 @@ def test_cli_gpus_all_spreads_the_plan_and_every_row_names_its_gpu(fake_gpus):
                                                                ("tg2", True)}
 
 
-def test_a_failed_group_is_named_and_the_rest_carry_on(fake_gpus, tmp_path):
+def test_workers_read_their_rows_against_the_ceilings_given_and_no_save_writes_nothing(fake_gpus, user_results):
+    res = bench("--gpus", "all", "-m", "tiny-q4_k_m", *QUICK, "--bandwidth", "100", "--tflops", "0.5",
+                "--no-save", "-o", "jsonl")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    assert res.stderr.splitlines()[0] == "qprof bench: results: not saved (--no-save)"
+    assert "] decode floor: 100.0 GB/s read bandwidth (--bandwidth)" in res.stderr  # from the worker
+    assert "] prefill roofline: 0.5 TFLOP/s GEMM rate (--tflops)" in res.stderr
+    assert "2 row(s) not saved (--no-save) from 1 group(s) on GPU 0 (Fake GPU)" in res.stderr
+    pp, tg = [json.loads(line) for line in res.stdout.splitlines()]
+    assert (pp["test"], tg["test"]) == ("pp8", "tg2")
+    assert tg["bandwidth_source"] == "--bandwidth" and tg["floor_ts"] == pytest.approx(100e9 / tg["bytes_per_token"])
+    assert pp["gemm_source"] == "--tflops" and pp["roofline_ts"] == pytest.approx(0.5e12 / pp["flops_per_token"])
+    assert pp["pct_of_roofline"] == pytest.approx(100 * pp["avg_ts"] / pp["roofline_ts"])
+    assert not user_results.exists()
+
+
+def test_without_overrides_cpu_workers_say_the_bounds_are_unknown(fake_gpus):
+    res = bench("--gpus", "0", "-m", "tiny-q4_k_m", "-p", "0", "-n", "2", "-r", "1", "--no-warmup", "--no-save",
+                "-o", "jsonl")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    (row,) = [json.loads(line) for line in res.stdout.splitlines()]
+    assert row["bandwidth_source"].startswith("unknown on the CPU") and row["floor_ts"] is None
+    assert row["gemm_source"].startswith("unknown on the CPU")
+
+
+REFUSED_PEERS = ("qprof: error: --llama-bench, --llama-bench-json and --peer-only run in one process, not with "
+                 "--gpus/--ray: record llama.cpp's rows in a separate `qprof bench` run")
+
+
+@pytest.mark.parametrize("spread", [["--gpus", "all"], ["--gpus", "0"], ["--ray", "auto"]])
+@pytest.mark.parametrize("peer", [["--llama-bench", "/no/llama-bench"], ["--llama-bench-json", "saved.json"],
+                                  ["--peer-only", "--llama-bench-json", "saved.json"]])
+def test_llama_cpp_rows_with_a_spread_are_refused_in_one_line_before_anything_runs(fake_gpus, spread, peer):
+    res = bench(*spread, *peer, "-m", "tiny-q4_k_m")
+    assert res.exit_code == 2, res.output
+    assert res.stderr.splitlines() == [REFUSED_PEERS]
+    assert res.stdout == ""
+
+
+def test_a_failed_group_is_named_and_the_rest_carry_on(fake_gpus, tmp_path, user_results):
     (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage")
     res = bench("--gpus", "0", "-m", "bad.gguf,tiny-q4_k_m,tiny-q8_0", *QUICK)  # one GPU: slices in turn
     assert res.exit_code == 2, res.output
@@ -189,11 +237,11 @@ def test_a_failed_group_is_named_and_the_rest_carry_on(fake_gpus, tmp_path):
            in res.stderr and "carrying on with the rest" in res.stderr
     last = res.stderr.splitlines()[-1]
     assert last.startswith("qprof: error: 1 of 3 group(s) failed: group 1/3 (bad.gguf")
-    assert last.endswith("; 4 finished row(s) kept in results/bench.jsonl")
-    assert [r["model"] for r in read_rows("results/bench.jsonl").rows] == ["tiny-q4_k_m"] * 2 + ["tiny-q8_0"] * 2
+    assert last.endswith(f"; 4 finished row(s) kept in {user_results}")
+    assert [r["model"] for r in read_rows(user_results).rows] == ["tiny-q4_k_m"] * 2 + ["tiny-q8_0"] * 2
 
 
-def test_fail_fast_stops_at_the_first_failed_group(fake_gpus, tmp_path):
+def test_fail_fast_stops_at_the_first_failed_group(fake_gpus, tmp_path, user_results):
     (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage")
     res = bench("--gpus", "0", "-m", "bad.gguf,tiny-q4_k_m", *QUICK, "--fail-fast")
     assert res.exit_code == 2, res.output
@@ -202,12 +250,12 @@ def test_fail_fast_stops_at_the_first_failed_group(fake_gpus, tmp_path):
     last = res.stderr.splitlines()[-1]
     assert last.startswith("qprof: error: 1 of 2 group(s) failed")
     assert "; 1 more group(s) stopped or never started (--fail-fast); 0 finished row(s) kept" in last
-    assert not (tmp_path / "results" / "bench.jsonl").exists()
+    assert not user_results.exists()
 
 
 def test_a_worker_crash_keeps_its_rows_names_the_error_and_the_rest_carry_on(fake_gpus, monkeypatch):
     monkeypatch.setattr(workers, "WORKER_ARGV", [sys.executable, CRASH_WORKER])
-    res = bench("--gpus", "0", "-m", "tiny-q8_0,tiny-q4_k_m", *QUICK)
+    res = bench("--gpus", "0", "-m", "tiny-q8_0,tiny-q4_k_m", *QUICK, "--results", "results/bench.jsonl")
     assert res.exit_code == 2, res.output
     assert "group 1/2 (tiny-q8_0: graphs) on GPU 0 (Fake GPU) failed: worker killed by SIGKILL: crashing on " \
            "purpose after one row; its 1 finished row(s) are kept; carrying on with the rest" in res.stderr
@@ -216,7 +264,7 @@ def test_a_worker_crash_keeps_its_rows_names_the_error_and_the_rest_carry_on(fak
                                                        ("tiny-q4_k_m", "tg2")]
 
 
-def test_ctrl_c_keeps_finished_rows_and_leaves_no_worker_running(fake_gpus, monkeypatch):
+def test_ctrl_c_keeps_finished_rows_and_leaves_no_worker_running(fake_gpus, monkeypatch, tmp_path):
     from qprof.bench import results
 
     procs = []
@@ -231,12 +279,14 @@ def test_ctrl_c_keeps_finished_rows_and_leaves_no_worker_running(fake_gpus, monk
         appended.append(real_append(path, row))
 
     monkeypatch.setattr(results, "append_row", interrupt_at_the_second_row)
+    monkeypatch.setenv("QPROF_RESULTS", str(tmp_path / "env.jsonl"))  # $QPROF_RESULTS, as for a plain run
     res = bench("--gpus", "all", "-m", "tiny-q4_k_m,tiny-q8_0", "-p", "8", "-n", "2,4", "-r", "1", "--no-warmup",
                 "-o", "json")
     assert res.exit_code == 130, res.output
-    assert res.stderr.splitlines()[-1].startswith("qprof: interrupted; kept 1 finished row(s) in "
-                                                  "results/bench.jsonl; unfinished: group ")
-    assert len(read_rows("results/bench.jsonl").rows) == 1
+    assert f"results: appending to {tmp_path / 'env.jsonl'} ($QPROF_RESULTS)" in res.stderr.splitlines()[0]
+    assert res.stderr.splitlines()[-1].startswith(f"qprof: interrupted; kept 1 finished row(s) in "
+                                                  f"{tmp_path / 'env.jsonl'}; unfinished: group ")
+    assert len(read_rows(tmp_path / "env.jsonl").rows) == 1
     assert len(json.loads(res.stdout)) == 1  # the JSON array on stdout is closed
     assert procs and all(w.proc.poll() is not None for w in procs)
 
@@ -269,6 +319,8 @@ def test_gpus_with_one_gpu_or_none_runs_as_today_and_says_so(monkeypatch, found,
     (["--gpus", "7"], "--gpus: there is no GPU 7 here (this host has GPU 0, 1; see nvidia-smi)"),
     (["--gpus", "0", "--ray", "auto"], "--gpus and --ray: choose one"),
     (["--gpus", "all", "-p", "zz"], "-p: 'zz' is not an integer"),
+    (["--gpus", "all", "--tflops", "-1"], "--tflops must be a positive number, got -1"),
+    (["--ray", "auto", "--bandwidth", "0"], "--bandwidth must be a positive number, got 0"),
 ])
 def test_bad_spread_input_is_one_line_error(fake_gpus, args, message):
     res = bench("--no-save", *args)

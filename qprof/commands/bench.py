@@ -188,19 +188,20 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
                          "--gpus/--ray: record llama.cpp's rows in a separate `qprof bench` run")
     peer = PeerSource.from_options(llama_bench, llama_bench_json, peer_only)
     results = None if no_save else results_file(results_path)
-    if spreading:
+    if spreading:  # the results line first, as on a plain run, then the GPUs or the cluster
         from qprof.bench.spread import choose_pool, spread_bench
 
+        say(results_line(results))
         pool = choose_pool(gpus, ray_address, say)  # None: --gpus on a host with one GPU or none
         if pool is not None:  # workers pick their device; the plan assumes the GPU unless --device cpu
             params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload,
                                   sync_every_op, inject, graphs, nvtx, ctx, device or "cuda", faults)
-            say(results_line(results))
             return spread_bench(pool, params, device, fmt, results, bandwidth, tflops, fail_fast, say)
     dev, why = pick_device(device)
     params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
                           inject, graphs, nvtx, ctx, dev, faults)
-    say(results_line(results))
+    if not spreading:  # else said above
+        say(results_line(results))
     if dev == "cuda":
         import torch
 
@@ -208,7 +209,7 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     else:
         reader, source = None, "none: CPU run"
     nvml_info = reader.info() if reader else {}
-    placement = placement_fields(current_gpu(dev, reader))  # qprof's rows only: a peer row was run elsewhere
+    placement = placement_fields(current_gpu(dev, reader))  # qprof's rows; a peer row keeps llama-bench's
     env = collect_environment(dev, nvml_info)
     if peer_only:
         say("--peer-only: recording llama.cpp's rows; qprof's runtime does not run")

@@ -41,6 +41,9 @@ def test_a_pinned_worker_process_runs_on_its_gpu():
         assert r["device"] == "cuda" and r["runtime"] == "CudaRuntime" and r["avg_ts"] > 0
         assert (r["gpu_index"], r["gpu_uuid"]) == (gpu.index, gpu.uuid) and r["gpu_name"]
     assert rows[1]["cuda_graphs"] is True
+    # the worker read its rows against its own card's ceilings (measured, or NVML's labelled fallback)
+    assert rows[1]["floor_ts"] > 0
+    assert rows[1]["bandwidth_source"].startswith(("measured on this GPU", "NVML theoretical"))
 
 
 def test_a_ray_task_runs_on_the_gpu_ray_gives_it():
