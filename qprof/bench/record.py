@@ -25,6 +25,7 @@ LLAMA_BENCH_FIELDS = {
 QPROF_FIELDS = {
     "schema": "int", "test": "str", "model": "str", "quant": "str", "device": "str", "runtime": "str",
     "gpu_name": "str", "driver": "str", "cuda_version": "str", "cuda_driver": "str", "torch_version": "str",
+    "host": "str", "gpu_index": "int", "gpu_uuid": "str",  # where the row ran (nvidia-smi's GPU index)
     "qprof_version": "str", "repetitions": "int", "warmup": "bool", "n_ctx": "int",
     "mask": "str", "scalar_upload": "bool", "sync_every_op": "bool", "inject": "str", "cuda_graphs": "bool",
     "nvtx": "bool", "options": "str", "notes": "str",

@@ -126,7 +126,8 @@ class BenchRunner:
     def __init__(self, params: BenchParams, env: Environment, ceilings: RunCeilings,
                  sampler: Sampler, load: Callable[[str], LoadedModel] = load_spec,
                  create_runtime: Callable | None = None,
-                 on_step: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None):
+                 on_step: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None,
+                 groups: list[Group] | None = None):
         if create_runtime is None:
             from qprof.runtime.factory import create_runtime
         self.params = params
@@ -137,6 +138,7 @@ class BenchRunner:
         self.create_runtime = create_runtime
         self.on_step = on_step or (lambda label: None)
         self.warn = warn or (lambda msg: None)
+        self.groups = groups  # a slice of the plan (a --gpus/--ray worker); None: the whole plan
         self.runtime_names: list[str] = []
         self.loaded: dict[str, LoadedModel] = {}  # every model run, by -m spec (llama-bench runs the same files)
 
@@ -147,7 +149,7 @@ class BenchRunner:
     def rows(self) -> Iterator[dict]:
         """Yield one finished row per test, in plan order; Ctrl-C stops between or inside tests."""
         loaded: LoadedModel | None = None
-        for group in self.params.groups():
+        for group in self.groups if self.groups is not None else self.params.groups():
             if loaded is None or loaded.spec != group.model:
                 loaded = None
                 release_memory(self.env.device)

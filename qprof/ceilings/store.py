@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -67,18 +69,30 @@ def lookup(card: Card, path: Path | None = None) -> Ceilings | None:
         return None
 
 
+@contextlib.contextmanager
+def _only_writer(path: Path):
+    """One writer at a time: `bench --gpus` workers measure their cards at once and must not drop each other's."""
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 def save(ceilings: Ceilings, path: Path | None = None) -> Path:
     """Add or replace this card's record; written to a temporary file and renamed, so readers never see half."""
     from qprof.errors import QprofError
 
     path = path or cache_file()
-    cards = _read(path)
-    cards[ceilings.card.key()] = ceilings.as_dict()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"schema": CACHE_SCHEMA, "cards": cards}, indent=1))
-        tmp.replace(path)
+        with _only_writer(path):  # read, add, write back: under the lock, so no other record is lost
+            cards = _read(path)
+            cards[ceilings.card.key()] = ceilings.as_dict()
+            tmp.write_text(json.dumps({"schema": CACHE_SCHEMA, "cards": cards}, indent=1))
+            tmp.replace(path)
     except OSError as exc:
         raise QprofError(f"cannot write the ceilings cache {path}: {exc.strerror or exc}") from None
     return path

@@ -99,8 +99,18 @@ def results_file(option: str | None) -> tuple[Path, str]:
     return (Path(option), "--results") if option else default_results_file()
 
 
-def _figure(ceiling, unit: str) -> str:
+def results_line(results: tuple[Path, str] | None) -> str:
+    return f"results: {'not saved (--no-save)' if results is None else f'appending to {results[0]} ({results[1]})'}"
+
+
+def ceiling_text(ceiling, unit: str) -> str:
     return f"{ceiling.value:,.1f} {unit} ({ceiling.source})" if ceiling.value else ceiling.source
+
+
+def ceilings_lines(ceilings) -> list[str]:
+    """What a run reads its rows against, each figure with its source (bench's stderr, a worker's log)."""
+    return [f"decode floor: {ceiling_text(ceilings.bandwidth, 'GB/s read bandwidth')}",
+            f"prefill roofline: {ceiling_text(ceilings.gemm, 'TFLOP/s GEMM rate')}"]
 
 
 @click.command()
@@ -155,9 +165,20 @@ def _figure(ceiling, unit: str) -> str:
               metavar="FILE", help="llama.cpp's rows from a saved `llama-bench -o json` instead of running it")
 @click.option("--peer-only", is_flag=True,
               help="with --llama-bench or --llama-bench-json: record llama.cpp's rows without running qprof's")
+@click.option("--gpus", default=None, metavar="all|0,1,…",
+              help="spread the plan over this host's GPUs: one worker process per GPU (pinned with "
+                   "CUDA_VISIBLE_DEVICES), each running groups of the plan that load their model once; indices as "
+                   "nvidia-smi numbers them. With one GPU or none it runs as without --gpus, and says so")
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", envvar="QPROF_RAY_ADDRESS",
+              metavar="[ADDRESS]",
+              help="spread the plan over a running Ray cluster, one task per group asking for 1 GPU; ADDRESS is "
+                   "the head's HOST:PORT, or auto (the default) for the cluster started on this host "
+                   "(ray start --head); or set QPROF_RAY_ADDRESS. Needs pip install 'qprof[ray]'")
+@click.option("--fail-fast", is_flag=True,
+              help="with --gpus/--ray: stop every worker when a group fails (default: name it and carry on)")
 def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_path, no_save, mask,
           scalar_upload, sync_every_op, inject, faults, graphs, nvtx, ctx, threads, bandwidth, tflops, llama_bench,
-          llama_bench_json, peer_only):
+          llama_bench_json, peer_only, gpus, ray_address, fail_fast):
     """Benchmark prompt processing (pp) and generation (tg) like llama-bench.
 
     Every parameter takes a comma list; the run is their cartesian product, ordered so each model
@@ -165,6 +186,7 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     every finished row.
     """
     from qprof.bench.formats import make_printer
+    from qprof.bench.gpus import current_gpu, placement_fields
     from qprof.bench.peer_source import PeerSource
     from qprof.bench.progress import Progress
     from qprof.bench.record import collect_environment
@@ -179,14 +201,28 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     check_override(tflops, "--tflops")
     if results_path is not None and not no_save:
         check_output_file(results_path, "--results")
+    spreading = gpus is not None or bool(ray_address)
+    if spreading and (llama_bench or llama_bench_json or peer_only):
+        raise QprofError("--llama-bench, --llama-bench-json and --peer-only run in one process, not with "
+                         "--gpus/--ray: record llama.cpp's rows in a separate `qprof bench` run")
     peer = PeerSource.from_options(llama_bench, llama_bench_json, peer_only)
+    results = None if no_save else results_file(results_path)
+    if spreading:  # the results line first, as on a plain run, then the GPUs or the cluster
+        from qprof.bench.spread import choose_pool, spread_bench
+
+        say(results_line(results))
+        pool = choose_pool(gpus, ray_address, say)  # None: --gpus on a host with one GPU or none
+        if pool is not None:  # workers pick their device; the plan assumes the GPU unless --device cpu
+            params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload,
+                                  sync_every_op, inject, graphs, nvtx, ctx, device or "cuda", faults, threads)
+            return spread_bench(pool, params, device, fmt, results, bandwidth, tflops, fail_fast, say)
     dev, why = pick_device(device)
     params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
                           inject, graphs, nvtx, ctx, dev, faults, threads)
     params.declared_ctx = {spec: declared_context(spec) for spec in params.models}  # each -m exists, fits
     params.groups()  # the context checks: a test past a model's context is refused here, not after the others
-    results = None if no_save else results_file(results_path)
-    say(f"results: {'not saved (--no-save)' if results is None else f'appending to {results[0]} ({results[1]})'}")
+    if not spreading:  # else said above
+        say(results_line(results))
     if dev == "cuda":
         import torch
 
@@ -194,6 +230,7 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     else:
         reader, source = None, "none: CPU run"
     nvml_info = reader.info() if reader else {}
+    placement = placement_fields(current_gpu(dev, reader))  # qprof's rows; a peer row keeps llama-bench's
     env = collect_environment(dev, nvml_info)
     if peer_only:
         say("--peer-only: recording llama.cpp's rows; qprof's runtime does not run")
@@ -211,8 +248,8 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
         if dev == "cpu" and any(o.label() != "clean" for o in params.option_sets()):
             say("the CPU runtime ignores the fault switches (they act on the CUDA runtime only): their rows repeat "
                 "the clean run, so any difference from it is run-to-run noise (each such row says so in notes)")
-    say(f"decode floor: {_figure(ceilings.bandwidth, 'GB/s read bandwidth')}")
-    say(f"prefill roofline: {_figure(ceilings.gemm, 'TFLOP/s GEMM rate')}")
+    for line in ceilings_lines(ceilings):
+        say(line)
 
     switches = params.varying()
     if peer is not None and "options" not in switches:
@@ -239,7 +276,7 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     try:
         if not peer_only:
             for row in runner.rows():
-                keep(row)
+                keep({**row, **placement})
         if peer is not None:
             loaded = runner.loaded if not peer_only else peer.models_for(params, bool(model), say)
             for row in peer.rows(params, loaded, done, ceilings, env, say):

@@ -150,7 +150,7 @@ def compile_to_ptx(source: Path, arch: str, options: tuple[str, ...] = DEFAULT_O
         ptx = _nvrtc_compile(source, arch, options)
     except (ImportError, OSError, RuntimeError):  # no loadable NVRTC here: nvcc does the same job
         ptx = nvcc_compile(source, arch, options)
-    tmp = cached.with_suffix(".tmp")
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # workers on one host (bench --gpus) may compile at once
     tmp.write_bytes(ptx)
     tmp.replace(cached)
     return ptx, cached
