@@ -95,13 +95,17 @@ fi
 if [ "$STAGE" = final1 ]; then
   for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $OUT/make_$v.log 2>&1) & done
   step build 240 $Q kernels build
-  step check_all 400 $Q check --failures-only
-  step gpu_tests_kernels 200 python3 -m pytest -q -rfs tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
+  step doctor_measure 120 $Q doctor --measure
+  cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
+  step check_all 330 $Q check --failures-only
   wait
-  for v in q4_k_m q4_0 q8_0 q6_k; do
+  step bench_q4_k_m 200 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
+    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
+  for v in q4_0 q8_0 q6_k; do
     step bench_$v 150 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl
   done
-  step matvec_bw 240 python3 tests/gpu/bench_matvec.py --batches 1,2,8 --json $OUT/matvec_h200.json
+  step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json
+  step gpu_tests_spread_ceilings 120 python3 -m pytest -q -rfs tests/gpu/test_bench_spread_gpu.py tests/gpu/test_ceilings_gpu.py
 fi
 if [ "$STAGE" = final2 ]; then
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
