@@ -140,3 +140,25 @@ def test_auto_graphs_turn_off_only_where_the_step_cannot_be_captured():
 def test_explicit_graphs_are_kept_even_where_capture_will_fall_back():
     p = BenchParams(models=["m"], mask=["upload"], cuda_graphs=[True])
     assert [o.cuda_graphs for o in p.option_sets()] == [True]  # the runtime warns; the row records eager
+
+
+def test_kv_type_and_fused_multiply_the_option_sets():
+    from qprof.bench.params import BenchParams, parse_kv_types
+
+    p = BenchParams(models=["m"], n_prompt=[0], n_gen=[4], kv_type=parse_kv_types("f32,f16"), fused=[True, False])
+    sets = p.option_sets()
+    assert sorted((o.kv_type, o.fused) for o in sets) == [("f16", False), ("f16", True), ("f32", False), ("f32", True)]
+    assert {"kv_type", "fused"} <= set(p.varying())
+    with pytest.raises(QprofError, match="--kv-type: f8 is not a KV cache type; choose from f32, f16"):
+        parse_kv_types("f32,f8")
+
+
+def test_kv_type_and_fused_reach_the_rows_and_the_label():
+    from qprof.bench.record import options_fields
+    from qprof.runtime.options import RuntimeOptions
+
+    fields = options_fields(RuntimeOptions(kv_type="f16", fused=False, cuda_graphs=True, nvtx=False))
+    assert (fields["kv_type"], fields["fused"]) == ("f16", False)
+    assert fields["options"] == "graphs,kv=f16,unfused"
+    with pytest.raises(QprofError, match="unknown KV cache type 'f8'"):
+        RuntimeOptions(kv_type="f8")

@@ -90,6 +90,17 @@ def parse_pg(values: Iterable[str]) -> list[tuple[int, int]]:
     return _unique(pairs)
 
 
+def parse_kv_types(text: str, option: str = "--kv-type") -> list[str]:
+    from qprof.runtime.options import KV_TYPES
+
+    values = split_list(text)
+    bad = [v for v in values if v not in KV_TYPES]
+    if bad or not values:
+        raise QprofError(f"{option}: {', '.join(bad) or repr(text)} is not a KV cache type; choose from "
+                         f"{', '.join(KV_TYPES)}")
+    return values
+
+
 def parse_mask(text: str, option: str = "--mask") -> list[str]:
     return parse_choice_list(text, option, MASK_MODES)
 
@@ -161,6 +172,8 @@ class BenchParams:
     inject: list[str | None] = field(default_factory=lambda: [None])
     cuda_graphs: list[bool] = field(default_factory=lambda: [False])
     nvtx: list[bool] = field(default_factory=lambda: [False])
+    kv_type: list[str] = field(default_factory=lambda: ["f32"])
+    fused: list[bool] = field(default_factory=lambda: [True])
     n_ctx: list[int | None] = field(default_factory=lambda: [None])
     n_threads: list[int] = field(default_factory=lambda: [default_threads()])
     # model -> (context it declares, where that is written), from qprof.checks.declared_context
@@ -169,7 +182,8 @@ class BenchParams:
     graphs_auto: bool = False  # --graphs not given on a GPU: graphs on for every option set that can be captured
 
     # llama-bench shows a column only when its parameter differs from the default
-    SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "n_ctx", "n_threads")
+    SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "kv_type", "fused", "n_ctx",
+                "n_threads")
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -203,6 +217,8 @@ class BenchParams:
                                        self.cuda_graphs, self.nvtx)
             sets = [RuntimeOptions(mask=m, scalar_upload=su, sync_every_op=so, inject=inj, cuda_graphs=g, nvtx=nv)
                     for m, su, so, inj, g, nv in combos]
+        # the decode-path choices multiply every set (they are not faults: a --faults run keeps them too)
+        sets = [o.with_(kv_type=kv, fused=fu) for o in sets for kv, fu in itertools.product(self.kv_type, self.fused)]
         if self.graphs_auto:
             from qprof.runtime.cuda.graphs import graph_blocker
 

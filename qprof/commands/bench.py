@@ -35,7 +35,7 @@ def default_model(device: str) -> str:
 
 
 def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op, inject,
-                 graphs, nvtx, ctx, device, faults=False, threads=None):
+                 graphs, nvtx, ctx, device, faults=False, threads=None, kv_type="f32", fused="1"):
     from qprof.bench import params as p
     from qprof.runtime.threads import default_threads
 
@@ -58,6 +58,8 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
         cuda_graphs=cuda_graphs,
         graphs_auto=graphs_auto,
         nvtx=p.parse_bool_list(nvtx, "--nvtx"),
+        kv_type=p.parse_kv_types(kv_type),
+        fused=p.parse_bool_list(fused, "--fused"),
         n_ctx=p.parse_int_list(ctx, "--ctx", minimum=1) if ctx else [None],
         n_threads=p.parse_int_list(threads, "-t", minimum=1) if threads else [default_threads()],
         faults=faults,
@@ -147,6 +149,11 @@ def ceilings_lines(ceilings) -> list[str]:
                    "configuration that can be captured (as llama.cpp does), but 0 under --faults so the clean "
                    "and fault rows run the same way; 0 on the CPU. Each row's cuda_graphs says whether graphs "
                    "were actually used")
+@click.option("--kv-type", "kv_type", default="f32", show_default=True, metavar="f32|f16",
+              help="KV cache element type(s) on the GPU, comma list: f32 (the reference) or f16 (half the bytes "
+                   "decode attention reads); the CPU runtime keeps float32")
+@click.option("--fused", default="1", show_default=True, metavar="0,1",
+              help="decode through the fused projections (1) or one kernel per op (0), comma list")
 @click.option("--nvtx", default="0", show_default=True, help="NVTX ranges on every op (0,1): 1 pushes them when a tool such as nsys is attached, "
               f"or always with QPROF_NVTX=1 (to measure their cost); {SWITCH_HELP}")
 @click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")
@@ -177,8 +184,8 @@ def ceilings_lines(ceilings) -> list[str]:
 @click.option("--fail-fast", is_flag=True,
               help="with --gpus/--ray: stop every worker when a group fails (default: name it and carry on)")
 def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_path, no_save, mask,
-          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, ctx, threads, bandwidth, tflops, llama_bench,
-          llama_bench_json, peer_only, gpus, ray_address, fail_fast):
+          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, kv_type, fused, ctx, threads, bandwidth, tflops,
+          llama_bench, llama_bench_json, peer_only, gpus, ray_address, fail_fast):
     """Benchmark prompt processing (pp) and generation (tg) like llama-bench.
 
     Every parameter takes a comma list; the run is their cartesian product, ordered so each model
@@ -214,11 +221,12 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
         pool = choose_pool(gpus, ray_address, say)  # None: --gpus on a host with one GPU or none
         if pool is not None:  # workers pick their device; the plan assumes the GPU unless --device cpu
             params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload,
-                                  sync_every_op, inject, graphs, nvtx, ctx, device or "cuda", faults, threads)
+                                  sync_every_op, inject, graphs, nvtx, ctx, device or "cuda", faults, threads,
+                                  kv_type, fused)
             return spread_bench(pool, params, device, fmt, results, bandwidth, tflops, fail_fast, say)
     dev, why = pick_device(device)
     params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
-                          inject, graphs, nvtx, ctx, dev, faults, threads)
+                          inject, graphs, nvtx, ctx, dev, faults, threads, kv_type, fused)
     params.declared_ctx = {spec: declared_context(spec) for spec in params.models}  # each -m exists, fits
     params.groups()  # the context checks: a test past a model's context is refused here, not after the others
     if not spreading:  # else said above

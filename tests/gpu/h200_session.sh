@@ -7,17 +7,23 @@ set -u
 STAGE=${1:?stage}
 source tests/device_prelude.sh || exit 1
 export QPROF_CACHE=/root/qc
+# the copy's .git is stale there: the build this tree is, written by the caller (git rev-parse --short=8 HEAD
+# > .qprof_build, carried), names every row
+export QPROF_BUILD_COMMIT=$(cat .qprof_build 2>/dev/null || echo unknown)
 Q="python3 -m qprof.cli"  # a shell function would not survive `timeout`
-step() {  # step NAME SECONDS CMD... : bounded, logged to $OUT/NAME.log
+# only 8 files come back from $OUT: every log also goes into $OUT/logs.tgz, rebuilt after each step
+step() {  # step NAME SECONDS CMD... : bounded, logged to $W/NAME.log
   local name=$1 secs=$2; shift 2
   local t0=$(date +%s)
-  timeout --kill-after=5 $secs "$@" > $OUT/$name.log 2>&1
+  timeout --kill-after=5 $secs "$@" > $W/$name.log 2>&1
   local rc=$?
-  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a $OUT/steps.txt
+  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a $W/steps.txt
+  tar czf $OUT/logs.tgz -C $W .
 }
+W=/root/logs/$STAGE; mkdir -p $W
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; git log --oneline -1; } > $OUT/card.txt 2>&1
 if [ "$STAGE" = kernels ]; then
-  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build
   step check_fused 240 $Q check --ops matvec,fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec --failures-only
   wait
@@ -26,7 +32,7 @@ if [ "$STAGE" = kernels ]; then
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi
 if [ "$STAGE" = fused ]; then
-  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build
   step check_new 240 $Q check --ops matvec,fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec,attention --failures-only
   wait
@@ -35,7 +41,7 @@ if [ "$STAGE" = fused ]; then
   step matvec_bw 150 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0 --batches 1,8
 fi
 if [ "$STAGE" = pipeline ]; then
-  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build
   step matvec_bw 150 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0 --batches 1,8
   wait
@@ -44,7 +50,7 @@ if [ "$STAGE" = pipeline ]; then
   step check_new 240 $Q check --ops matvec,fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec --failures-only
 fi
 if [ "$STAGE" = variants ]; then
-  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build
   step matvec_bw 300 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0 --batches 1 \
     --variant "-DQP_MV_MIN_CTAS_B1=1 -DQP_MV_DOUBLE_BUFFER=1 -DQP_MV_UNROLL=2" \
@@ -62,7 +68,7 @@ if [ "$STAGE" = ncu ]; then
     --variant="-DQP_MV_MIN_CTAS_B1=1 -DQP_MV_UNROLL=2" --variant="-DQP_MV_MIN_CTAS_B1=3"
 fi
 if [ "$STAGE" = prefetch ]; then
-  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build
   step matvec_bw 300 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q8_0 --batches 1 \
     --variant="-DQP_MV_PREFETCH_STAGES=0" --variant="-DQP_MV_PREFETCH_STAGES=4"
@@ -74,7 +80,7 @@ fi
 if [ "$STAGE" = ceilings ]; then
   # issue 11: the card's measured ceilings, then qprof beside llama.cpp (the saved H200 llama-bench JSON,
   # and a live llama-bench where $LLAMA_BENCH names a build of it)
-  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $OUT/make_7b.log 2>&1) &
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step doctor_measure 180 $Q doctor --measure
   step doctor_cached 60 $Q doctor
   cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
@@ -93,7 +99,7 @@ fi
 # The closing measurements (issue 9): two calls in a row, the first carrying .smol/smollm2.whl.part-aa, the
 # second .smol/smollm2.whl.part-ab (64 MiB a call); files under /root survive between them while warm.
 if [ "$STAGE" = final1 ]; then
-  for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $OUT/make_$v.log 2>&1) & done
+  for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
   step build 240 $Q kernels build
   step doctor_measure 120 $Q doctor --measure
   cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
