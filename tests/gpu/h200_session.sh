@@ -113,12 +113,25 @@ if [ "$STAGE" = final1 ]; then
   step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json
   step gpu_tests_spread_ceilings 120 python3 -m pytest -q -rfs tests/gpu/test_bench_spread_gpu.py tests/gpu/test_ceilings_gpu.py
 fi
-if [ "$STAGE" = final2 ]; then
+if [ "$STAGE" = finalA ]; then  # carries .smol/smollm2.whl.part-aa
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $W/matvec_h200.json
+  step check_inject 150 $Q check --inject block-dim --failures-only
+  wait
+  step bench_kv_fused 200 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --kv-type f32,f16 --fused 1,0 \
+    --results $W/bench_kv_fused.jsonl
+  step gpu_tests_kernels 150 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
+fi
+if [ "$STAGE" = finalB ]; then  # carries .smol/smollm2.whl.part-ab, issued while finalA's machine is warm
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
     (python3 -m qprof.cli workloads make smollm2-$v > /dev/null 2>&1) &
   done
   wait
-  step gpu_tests_e2e 400 python3 -m pytest -q -rfs tests/gpu/test_generate_gpu.py tests/gpu/test_profile_gpu.py
-  step check_inject 150 $Q check --inject block-dim --failures-only
-  step bench_7b_f16kv 120 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --kv-type f32,f16 --results $OUT/bench_h200.jsonl
+  step gpu_tests_e2e 330 python3 -m pytest -q -rfs tests/gpu/test_generate_gpu.py tests/gpu/test_profile_gpu.py \
+    tests/gpu/test_profile_graphs_gpu.py
+  step generate_graphs 60 $Q generate -n 128
+  for t in nsys torch events; do
+    step profile_graphs_$t 100 $Q profile -m mistral-7b-q4_k_m --graphs --timing $t -p 128 -n 32
+  done
 fi
