@@ -11,6 +11,7 @@ from qprof.errors import QprofError
 
 # name -> "module:attribute"; each module owns one command and its options.
 COMMANDS: dict[str, str] = {
+    "analyze": "qprof.commands.analyze:analyze",
     "bench": "qprof.commands.bench:bench",
     "profile": "qprof.commands.profile:profile",
     "check": "qprof.commands.check:check",

@@ -6,9 +6,9 @@ import pytest
 import torch
 from tiny_gguf import hf_model, unpermute_qk, write_gguf
 
+from qprof.annotate import Annotator, RangeInfo
 from qprof.errors import QprofError
 from qprof.model.gguf_file import load_model
-from qprof.profile.ranges import Annotator, RangeInfo
 from qprof.runtime.base import SamplingParams
 from qprof.runtime.cpu import CpuRuntime, attention_mask, rope_adjacent, rope_inv_freq
 

@@ -59,6 +59,7 @@ def test_streamed_text_is_the_answer_and_its_time_is_not_decode_time(tiny_loaded
     res = generate(rt, tok, "hello", 6, stop_at_eos=False, on_token=slow_print)
     assert seen == res.new_ids
     assert res.decode_seconds < 0.05 * len(seen)  # the printing is left out of the decode rate
+    assert res.prompt_seconds < 0.05  # and the first token's printing out of the prompt rate
     stream = TextStream(tok, lambda s: None)
     for t in res.new_ids:
         stream.push(t)

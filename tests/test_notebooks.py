@@ -60,11 +60,11 @@ def write_profile(folder: Path) -> None:
     """`qprof profile --faults --json` and `--trace` output, made by the profiler's own code on its simulation."""
     from fixtures.synthetic import kineto_trace, simulate
 
-    from qprof.profile.activity import restrict_to_run
-    from qprof.profile.kineto import read_kineto_trace
-    from qprof.profile.report import summarize
-    from qprof.profile.trace_export import to_chrome_trace
-    from qprof.profile.workload import ProfileRun, WorkloadResult, WorkloadSpec
+    from qprof.analysis.activity import restrict_to_run
+    from qprof.analysis.kineto_json import read_kineto_trace
+    from qprof.analysis.trace_export import to_chrome_trace
+    from qprof.profile.spec import ProfileRun, WorkloadResult, WorkloadSpec
+    from qprof.profile.summary import summarize
     from qprof.runtime.options import RuntimeOptions
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from qprof.errors import QprofError
-from qprof.profile.activity import (
+from qprof.analysis.activity import (
     COLUMNS,
     assign_ranges,
-    classify_kernel,
     context_of,
     copy_kind_from_label,
     family_of_category,
@@ -22,26 +20,7 @@ from qprof.profile.activity import (
     validate,
     work_rows,
 )
-
-
-@pytest.mark.parametrize("name, expected", [
-    ("matvec_q4_k", ("matvec", "Q4_K")),
-    ("matvec_q6_k_b1", ("matvec", "Q6_K")),
-    ("dequant_q6_k_f16", ("dequant", "Q6_K")),
-    ("get_rows_q8_0", ("get_rows", "Q8_0")),
-    ("rmsnorm_f32", ("rmsnorm", "F32")),
-    ("swiglu_f32", ("swiglu", "F32")),
-    ("attn_decode_d64", ("attn_decode", None)),
-    ("attn_combine", ("attn_combine", None)),
-    ("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32_execute_kernel__5x_cublas", ("cublas_gemm", None)),
-    ("nvjet_tst_64x8_64x16_2x1_v_bz_TNT", ("cublas_gemm", None)),
-    ("gemv2T_kernel_val<int, int, float, float, float, 128, 16, 4, 4, false>", ("cublas_gemv", None)),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>(int, T2, T3)",
-     ("torch", None)),
-    ("weird$name", ("other", None)),
-])
-def test_classify_kernel(name, expected):
-    assert classify_kernel(name) == expected
+from qprof.errors import QprofError
 
 
 @pytest.mark.parametrize("label, kind", [

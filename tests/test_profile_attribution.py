@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from fixtures.synthetic import OPS, WEIGHT_BYTES, op_bytes, simulate, write_nsys_sqlite
 
-from qprof.profile import attribution as attr
-from qprof.profile.activity import fill_kernel_bytes, make_table, restrict_to_run
-from qprof.profile.diagnosis import diagnose, faults
-from qprof.profile.nsys import read_nsys_sqlite
+from qprof.analysis import attribution as attr
+from qprof.analysis.activity import fill_kernel_bytes, make_table, restrict_to_run
+from qprof.analysis.diagnosis import diagnose, faults
+from qprof.analysis.nsys_sqlite import read_nsys_sqlite
 
 
 def _table(tmp_path, **faults_on) -> pd.DataFrame:

@@ -22,6 +22,7 @@ def test_text_report_with_trace_and_out(tmp_path):
     assert res.exit_code == 0, res.output
     text = res.stdout
     assert "config clean | timing events" in text
+    assert text.splitlines()[3] == "  decode: eager (the CPU reference runtime)"
     assert "decode:" in text and "per op" in text and "diagnosis" in text
     assert "note: events timing on the CPU runtime uses host timers" in text
     events = json.loads(trace.read_text())["traceEvents"]
@@ -29,6 +30,14 @@ def test_text_report_with_trace_and_out(tmp_path):
     assert (out / "activity.csv").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"] == "clean" and summary["n_gen"] == 2
+
+
+def test_graphs_on_the_cpu_say_decode_ran_eagerly():
+    res = profile(*TINY, "-p", "2", "-n", "1", "--timing", "events", "--graphs", "--json")
+    assert res.exit_code == 0, res.output
+    (run,) = json.loads(res.stdout)["runs"]
+    assert run["decode_graph"] is False
+    assert run["decode_mode"] == "eager (CUDA graphs asked for but off: the CPU runtime has no CUDA graphs)"
 
 
 def test_json_output_torch_mode():
@@ -84,8 +93,8 @@ def test_nvtx_overhead():
 
 
 def test_nsys_missing_falls_back_and_says_why(monkeypatch, tmp_path):
+    from qprof.analysis import nsys_tool as nsys
     from qprof.doctor import NsysInfo
-    from qprof.profile import nsys
 
     monkeypatch.setattr(nsys, "_nsys_info", lambda: NsysInfo(None, False, "nsys not found on PATH"))
     res = profile(*TINY, "-p", "2", "-n", "1", "--timing", "nsys", "--out", str(tmp_path))
@@ -164,8 +173,8 @@ def test_cuda_without_gpu(monkeypatch):
 
 
 def test_agreement_on_the_cpu_compares_to_torch_and_states_host_timers(monkeypatch, tmp_path):
+    from qprof.analysis import nsys_tool as nsys
     from qprof.doctor import NsysInfo
-    from qprof.profile import nsys
 
     monkeypatch.setattr(nsys, "_nsys_info", lambda: NsysInfo(None, False, "nsys not found on PATH"))
     res = profile(*TINY, "-p", "2", "-n", "1", "--agreement", "--out", str(tmp_path))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from qprof.annotate import Annotator
 from qprof.profile import event_calibration as ec
 from qprof.profile import timing_events as te
-from qprof.profile.ranges import Annotator
 
 
 class FakeClock:

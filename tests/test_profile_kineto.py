@@ -9,20 +9,14 @@ from pathlib import Path
 import pytest
 from fixtures.synthetic import kineto_trace, simulate, write_kineto_json, write_nsys_sqlite
 
+from qprof.analysis.activity import restrict_to_run, validate
+from qprof.analysis.diagnosis import diagnose, faults
+from qprof.analysis.kineto_json import decode_range, encode_range, read_kineto_trace
+from qprof.analysis.nsys_sqlite import read_nsys_sqlite
+from qprof.analysis.trim import slim_trace
+from qprof.annotate import Annotator, RangeInfo
 from qprof.errors import QprofError
-from qprof.profile.activity import restrict_to_run, validate
-from qprof.profile.diagnosis import diagnose, faults
-from qprof.profile.kineto import (
-    RecordFunctionListener,
-    decode_range,
-    encode_range,
-    kineto_capture,
-    read_kineto_trace,
-    slim_trace,
-    under_nsys,
-)
-from qprof.profile.nsys import read_nsys_sqlite
-from qprof.profile.ranges import Annotator, RangeInfo
+from qprof.profile.kineto import RecordFunctionListener, kineto_capture, under_nsys
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_TRACES = sorted(FIXTURES.glob("kineto_*.json*"))

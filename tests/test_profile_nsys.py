@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 from fixtures.synthetic import simulate, write_nsys_sqlite
 
+from qprof.analysis import nsys_tool
+from qprof.analysis.activity import restrict_to_run, validate
+from qprof.analysis.diagnosis import diagnose, faults
+from qprof.analysis.nsys_sqlite import read_nsys_sqlite
+from qprof.analysis.trim import trim_sqlite
 from qprof.errors import QprofError
 from qprof.profile import nsys
-from qprof.profile.activity import restrict_to_run, validate
-from qprof.profile.diagnosis import diagnose, faults
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_SQLITE = sorted(FIXTURES.glob("nsys_*.sqlite"))
@@ -26,7 +29,7 @@ def clean_db(tmp_path_factory) -> Path:
 
 def test_parses_every_table_with_one_clock(clean_db):
     sim = simulate()
-    df = nsys.read_nsys_sqlite(clean_db)
+    df = read_nsys_sqlite(clean_db)
     counts = df["kind"].value_counts().to_dict()
     assert counts["kernel"] == len(sim.kernels)
     assert counts["memcpy"] == len(sim.copies)
@@ -47,7 +50,7 @@ def test_parses_every_table_with_one_clock(clean_db):
 
 
 def test_kernels_are_charged_to_their_launching_op(clean_db):
-    df = restrict_to_run(nsys.read_nsys_sqlite(clean_db))
+    df = restrict_to_run(read_nsys_sqlite(clean_db))
     k = df[df["kind"] == "kernel"]
     # every layer kernel sits under the op whose name matches its family, never a neighbour's
     layer_k = k[k["layer"].notna()]
@@ -61,40 +64,41 @@ def test_kernels_are_charged_to_their_launching_op(clean_db):
 
 
 def test_inline_message_text_parses_like_registered_strings(tmp_path):
-    a = nsys.read_nsys_sqlite(write_nsys_sqlite(simulate(), tmp_path / "a.sqlite", registered_strings=True))
-    b = nsys.read_nsys_sqlite(write_nsys_sqlite(simulate(), tmp_path / "b.sqlite", registered_strings=False))
+    a = read_nsys_sqlite(write_nsys_sqlite(simulate(), tmp_path / "a.sqlite", registered_strings=True))
+    b = read_nsys_sqlite(write_nsys_sqlite(simulate(), tmp_path / "b.sqlite", registered_strings=False))
     assert list(a["nvtx_path"].fillna("")) == list(b["nvtx_path"].fillna(""))
 
 
 def test_trim_keeps_what_the_parser_reads(tmp_path, clean_db):
     con = sqlite3.connect(str(clean_db))
-    con.execute("CREATE TABLE TARGET_INFO_GPU (id INTEGER, name TEXT)")
+    con.execute("CREATE TABLE IF NOT EXISTS ANALYSIS_DETAILS (id INTEGER, name TEXT)")
+    con.execute("CREATE TABLE IF NOT EXISTS TARGET_INFO_GPU (id INTEGER NOT NULL, name TEXT)")
     con.commit()
     con.close()
-    trimmed = nsys.trim_sqlite(clean_db, tmp_path / "trim.sqlite")
+    trimmed = trim_sqlite(clean_db, tmp_path / "trim.sqlite")
     con = sqlite3.connect(str(trimmed))
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
     con.close()
-    assert "TARGET_INFO_GPU" not in tables and "CUPTI_ACTIVITY_KIND_KERNEL" in tables
-    full = restrict_to_run(nsys.read_nsys_sqlite(clean_db))
-    cut = nsys.read_nsys_sqlite(trimmed)
-    assert len(cut) < len(nsys.read_nsys_sqlite(clean_db))  # the warm-up is gone
+    assert "ANALYSIS_DETAILS" not in tables and {"TARGET_INFO_GPU", "CUPTI_ACTIVITY_KIND_KERNEL"} <= tables
+    full = restrict_to_run(read_nsys_sqlite(clean_db))
+    cut = read_nsys_sqlite(trimmed)
+    assert len(cut) < len(read_nsys_sqlite(clean_db))  # the warm-up is gone
     assert len(cut) == len(full) and list(cut["start_ns"]) == list(full["start_ns"])
-    whole = nsys.trim_sqlite(clean_db, tmp_path / "whole.sqlite", run_name=None)
-    assert len(nsys.read_nsys_sqlite(whole)) == len(nsys.read_nsys_sqlite(clean_db))
+    whole = trim_sqlite(clean_db, tmp_path / "whole.sqlite", run_name=None)
+    assert len(read_nsys_sqlite(whole)) == len(read_nsys_sqlite(clean_db))
 
 
 def test_bad_files_get_one_line_errors(tmp_path):
     with pytest.raises(QprofError, match="does not exist"):
-        nsys.read_nsys_sqlite(tmp_path / "missing.sqlite")
+        read_nsys_sqlite(tmp_path / "missing.sqlite")
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database at all" * 10)
     with pytest.raises(QprofError, match="not an SQLite database"):
-        nsys.read_nsys_sqlite(junk)
+        read_nsys_sqlite(junk)
     empty = tmp_path / "empty.sqlite"
     sqlite3.connect(str(empty)).execute("CREATE TABLE x (a INTEGER)").connection.close()
     with pytest.raises(QprofError, match="not an nsys SQLite export"):
-        nsys.read_nsys_sqlite(empty)
+        read_nsys_sqlite(empty)
 
 
 # --------------------------------------------------------------------------- capture (fake nsys executables)
@@ -109,7 +113,7 @@ def _script(path: Path, body: str) -> str:
 def test_missing_nsys_says_how_to_fix(monkeypatch):
     from qprof.doctor import NsysInfo
 
-    monkeypatch.setattr(nsys, "_nsys_info", lambda: NsysInfo(None, False, "nsys not found on PATH; install it"))
+    monkeypatch.setattr(nsys_tool, "_nsys_info", lambda: NsysInfo(None, False, "nsys not found on PATH; install it"))
     assert nsys.find_nsys() is None
     with pytest.raises(nsys.NsysUnavailable, match="nsys not found on PATH; install it"):
         nsys.require_nsys()
@@ -148,7 +152,7 @@ def test_capture_runs_child_and_exports(tmp_path, monkeypatch, clean_db):
     cap = nsys.capture(["touch", str(marker)], tmp_path / "out", name="run1", nsys=fake, env=dict(os.environ))
     assert marker.exists()
     assert cap.report.name == "run1.nsys-rep" and cap.report.exists()
-    assert cap.sqlite.exists() and len(nsys.read_nsys_sqlite(cap.sqlite)) > 0
+    assert cap.sqlite.exists() and len(read_nsys_sqlite(cap.sqlite)) > 0
 
 
 # --------------------------------------------------------------------------- fixtures captured on the H100
@@ -157,7 +161,7 @@ def test_capture_runs_child_and_exports(tmp_path, monkeypatch, clean_db):
 @pytest.mark.skipif(not REAL_SQLITE, reason="no captured nsys fixture in tests/fixtures (tests/gpu/capture_fixtures.py)")
 @pytest.mark.parametrize("path", REAL_SQLITE, ids=lambda p: p.name)
 def test_captured_fixture(path):
-    df = restrict_to_run(nsys.read_nsys_sqlite(path))
+    df = restrict_to_run(read_nsys_sqlite(path))
     validate(df)
     k = df[df["kind"] == "kernel"]
     assert len(k) > 0
@@ -177,7 +181,7 @@ def test_capture_script_checks_what_it_keeps(tmp_path):
 
     clean = write_nsys_sqlite(simulate(), tmp_path / "nsys_x_clean.sqlite")
     mask = write_nsys_sqlite(simulate(mask_upload=True), tmp_path / "nsys_x_mask_upload.sqlite")
-    assert check(clean, nsys.read_nsys_sqlite, "clean") == []
-    assert check(mask, nsys.read_nsys_sqlite, "mask_upload") == []
-    assert check(clean, nsys.read_nsys_sqlite, "mask_upload") == ["mask fault not named (faults: [])"]
-    assert check(mask, nsys.read_nsys_sqlite, "clean") == ["clean run diagnosed with faults ['mask_upload']"]
+    assert check(clean, read_nsys_sqlite, "clean") == []
+    assert check(mask, read_nsys_sqlite, "mask_upload") == []
+    assert check(clean, read_nsys_sqlite, "mask_upload") == ["mask fault not named (faults: [])"]
+    assert check(mask, read_nsys_sqlite, "clean") == ["clean run diagnosed with faults ['mask_upload']"]

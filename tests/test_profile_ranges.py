@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from qprof.profile import ranges
-from qprof.profile.ranges import Annotator, nvtx_decision, tool_attached
+from qprof import annotate as ranges
+from qprof.annotate import Annotator, nvtx_decision, tool_attached
 
 TOOL = {"NVTX_INJECTION64_PATH": "/opt/nsys/libToolsInjection64.so"}
 
@@ -124,7 +124,9 @@ def test_nsys_child_gets_ranges(monkeypatch, tmp_path):
 
     import pandas as pd
 
-    from qprof.profile import nsys, workload
+    from qprof.analysis import nsys_sqlite
+    from qprof.profile import modes, nsys
+    from qprof.profile import spec as specs
 
     monkeypatch.setenv("QPROF_NVTX", "0")  # a stray setting in the user's shell
     monkeypatch.setenv("NVTX_INJECTION64_PATH", "/opt/nsys/libToolsInjection64.so")
@@ -140,10 +142,10 @@ def test_nsys_child_gets_ranges(monkeypatch, tmp_path):
         return nsys.NsysCapture(out_dir / "r.nsys-rep", out_dir / "r.sqlite", out_dir / "r.log")
 
     monkeypatch.setattr(nsys, "capture", fake_capture)
-    monkeypatch.setattr(nsys, "read_nsys_sqlite", lambda path: pd.DataFrame())
+    monkeypatch.setattr(nsys_sqlite, "read_nsys_sqlite", lambda path: pd.DataFrame())
     notes: list[str] = []
-    spec = workload.WorkloadSpec("tiny-q4_k_m", "cpu", 1, 1, workload.options_from_flags(nvtx=False))
-    workload._nsys(spec, tmp_path, {}, notes)
+    spec = specs.WorkloadSpec("tiny-q4_k_m", "cpu", 1, 1, specs.options_from_flags(nvtx=False))
+    modes._nsys(spec, tmp_path, {}, notes)
     assert seen["nvtx"] is True and "profiled with NVTX on" in notes[0]
     env = seen["env"]
     assert env["NVTX_INJECTION64_PATH"] == "/opt/nsys/libToolsInjection64.so"  # passed through, not cleared

@@ -7,23 +7,16 @@ import time
 
 import pytest
 
+from qprof.analysis.activity import make_table, validate
+from qprof.annotate import Annotator
 from qprof.errors import QprofError
-from qprof.profile.activity import make_table, validate
-from qprof.profile.ranges import Annotator
+from qprof.profile.child import child_main, read_child_result
+from qprof.profile.loop import load_model, op_weight_bytes, prompt_tokens
+from qprof.profile.modes import ops_from_ranges, profile_workload
+from qprof.profile.nvtx_overhead import NvtxOverhead
+from qprof.profile.spec import FAULT_SWITCHES, WorkloadSpec
 from qprof.profile.timing_blocking import bias_table
 from qprof.profile.timing_events import OpTimer
-from qprof.profile.workload import (
-    FAULT_SWITCHES,
-    NvtxOverhead,
-    WorkloadSpec,
-    child_main,
-    load_model,
-    op_weight_bytes,
-    ops_from_ranges,
-    profile_workload,
-    prompt_tokens,
-    read_child_result,
-)
 from qprof.runtime.options import RuntimeOptions
 
 TINY = "tiny-q4_k_m"
@@ -100,8 +93,8 @@ def test_events_mode_on_cpu_states_its_fallback(tiny):
 
 
 def test_nsys_mode_falls_back_to_events_with_the_reason(tiny, monkeypatch, tmp_path):
+    from qprof.analysis import nsys_tool as nsys
     from qprof.doctor import NsysInfo
-    from qprof.profile import nsys
 
     monkeypatch.setattr(nsys, "_nsys_info", lambda: NsysInfo(None, False, "nsys not found on PATH"))
     run = profile_workload(WorkloadSpec(TINY, "cpu", 4, 1), "nsys", out_dir=tmp_path, model=tiny)
@@ -189,7 +182,7 @@ def test_nvtx_overhead_predicts_from_the_cost_of_one_range():
 
 
 def test_an_annotator_switches_nvtx_in_place():
-    from qprof.profile.ranges import Annotator
+    from qprof.annotate import Annotator
 
     ann = Annotator(nvtx_enabled=True, env={})
     op = ann.op  # what a runtime holds
@@ -208,7 +201,7 @@ def test_an_annotator_switches_nvtx_in_place():
 def test_gc_is_paused_inside_a_measured_run_and_restored_after():
     import gc
 
-    from qprof.profile.workload import gc_paused
+    from qprof.profile.loop import gc_paused
 
     assert gc.isenabled()
     with gc_paused():

@@ -7,10 +7,10 @@ import json
 import pytest
 from fixtures.synthetic import op_bytes, simulate, write_nsys_sqlite
 
+from qprof.analysis.activity import fill_kernel_bytes, make_table, restrict_to_run
+from qprof.analysis.nsys_sqlite import read_nsys_sqlite
+from qprof.analysis.trace_export import GPU_PID, HOST_PID, to_chrome_trace, write_chrome_trace
 from qprof.errors import QprofError
-from qprof.profile.activity import fill_kernel_bytes, make_table, restrict_to_run
-from qprof.profile.nsys import read_nsys_sqlite
-from qprof.profile.trace_export import GPU_PID, HOST_PID, to_chrome_trace, write_chrome_trace
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import random
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -92,18 +91,13 @@ def time_test(runtime, test: BenchTest, src: TokenSource) -> int:
     Tokens are drawn before the clock starts. Decode synchronizes after every token, as a
     real generation loop must before it can sample the next one (and as llama-bench does).
     """
+    from qprof.runtime.timed import timed_loop
+
     prompt = src.tokens(test.n_prompt)
-    gen = src.tokens(test.n_gen, start=not test.n_prompt)
-    runtime.reset()
-    runtime.synchronize()
-    t0 = time.perf_counter_ns()
-    if prompt:
-        runtime.prefill(prompt)
-    for token in gen:
-        runtime.decode(token)
-        runtime.synchronize()
-    runtime.synchronize()
-    return time.perf_counter_ns() - t0
+    gen = iter(src.tokens(test.n_gen, start=not test.n_prompt))
+    times = timed_loop(runtime, prompt or None, lambda logits: next(gen, None), sync_after_prefill=False,
+                       sync_every_step=True)
+    return times.prefill_ns + times.decode_ns
 
 
 def graphs_in_use(runtime) -> bool:

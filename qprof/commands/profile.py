@@ -22,7 +22,7 @@ def _trace_path(base: Path, label: str, many: bool) -> Path:
 
 
 def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) -> None:
-    from qprof.profile.trace_export import write_chrome_trace
+    from qprof.analysis.trace_export import write_chrome_trace
 
     if trace is not None:
         path = write_chrome_trace(run.table, _trace_path(trace, run.label, many), run.result.device_name)
@@ -54,7 +54,9 @@ def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) 
 @click.option("--sync-every-op", is_flag=True, help="fault: synchronize the device after every op")
 @click.option("--inject", type=click.Choice(["block-dim"]), default=None,
               help="fault: launch dequant kernels with a block size their type does not expect")
-@click.option("--graphs", is_flag=True, help="capture the decode step as a CUDA graph")
+@click.option("--graphs", is_flag=True,
+              help="capture the decode step as a CUDA graph; nsys and torch timing charge each replayed kernel to the "
+                   "op that added it at capture, events timing times the graph per token")
 @click.option("--no-nvtx", is_flag=True, help="no NVTX ranges (nsys still gets them)")
 @click.option("--faults", is_flag=True, help="run clean and every fault switch; compare tok/s and attribution")
 @click.option("--trace", "trace", type=click.Path(dir_okay=False), default=None,
@@ -82,17 +84,14 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
     Every GPU kernel and copy is charged to the NVTX op range that launched it. --faults runs the
     clean configuration and each fault switch and puts them side by side.
     """
+    from qprof.analysis import report
     from qprof.ceilings.choose import check_override, run_ceilings
     from qprof.checks import check_context, check_output_file, declared_context
-    from qprof.profile import report
-    from qprof.profile.workload import (
-        FAULT_SWITCHES,
-        WorkloadSpec,
-        load_model,
-        measure_nvtx_overhead,
-        options_from_flags,
-        profile_workload,
-    )
+    from qprof.profile.loop import load_model
+    from qprof.profile.modes import profile_workload
+    from qprof.profile.nvtx_overhead import measure_nvtx_overhead
+    from qprof.profile.spec import FAULT_SWITCHES, WorkloadSpec, options_from_flags
+    from qprof.profile.summary import graph_agreement, render_graph_agreement, summarize
     from qprof.runtime.options import gpu_only_note
     from qprof.runtime.threads import check_threads, default_threads, set_threads
 
@@ -135,7 +134,7 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         return
 
     if agreement:
-        from qprof.profile.attribution import agreement as agree
+        from qprof.analysis.attribution import agreement as agree
 
         tables, runs = {}, []
         for mode in ("events", "torch", "nsys"):
@@ -147,11 +146,15 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
                 runs.append(run)
         # torch.profiler's kernel durations (CUPTI) are the reference: events and nsys are compared to them
         table = agree(tables, reference="torch" if "torch" in tables else "events")
+        per_token = graph_agreement(runs)
         if as_json:
             click.echo(json.dumps({"agreement": json.loads(table.to_json(orient="index")),
-                                   "tg_tok_s": {r.timing: r.result.tg_tok_s for r in runs}}, indent=1))
+                                   "tg_tok_s": {r.timing: r.result.tg_tok_s for r in runs},
+                                   "decode_graph_ms_per_token": per_token}, indent=1))
         else:
             click.echo(report.render_agreement(table))
+            if per_token:
+                click.echo(render_graph_agreement(per_token))
         return
 
     from qprof.bench.roofline import prefill_flops
@@ -166,7 +169,7 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         say(f"profiling {label} with --timing {timing} ...")
         run = profile_workload(cfg, timing, (out_dir / label.replace("=", "-").replace(",", "_")) if out_dir and many
                                else out_dir, model=loaded)
-        summary = report.summarize(run, ceilings, top=max(top, 10), flops_per_token=flops_per_token)
+        summary = summarize(run, ceilings, top=max(top, 10), flops_per_token=flops_per_token)
         _save(run, summary, out_dir, trace_path, many)
         summaries.append(summary)
         if timing == "blocking" and dev == "cuda":

@@ -102,7 +102,8 @@ def from_cupti(rig: PairRig, pairs: list[tuple[tuple[int, int], tuple]], kernel_
 
 def calibrate(rig: PairRig, n: int = PAIRS) -> Calibration:
     """Against CUPTI where this process can run torch.profiler; else the stated fallback."""
-    from qprof.profile.kineto import kineto_capture, read_kineto_trace, under_nsys
+    from qprof.analysis.kineto_json import read_kineto_trace
+    from qprof.profile.kineto import kineto_capture, under_nsys
 
     if under_nsys():
         return fallback(rig, "no CUPTI of our own under nsys", n)

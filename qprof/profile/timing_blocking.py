@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from qprof.errors import QprofError
-from qprof.profile.workload import WorkloadResult, WorkloadSpec, child_env, read_child_result
+from qprof.profile.child import child_env, read_child_result
+from qprof.profile.spec import WorkloadResult, WorkloadSpec
 
 TIMEOUT_S = 3600
 
@@ -28,7 +29,7 @@ def run_blocking(spec: WorkloadSpec, out_dir: Path, notes: list[str]) -> tuple[p
     spec_file, result_file = out_dir / "spec-blocking.json", out_dir / "result-blocking.json"
     spec_file.write_text(spec.to_json())
     result_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "qprof.profile.workload", "--spec", str(spec_file), "--result", str(result_file),
+    cmd = [sys.executable, "-m", "qprof.profile.child", "--spec", str(spec_file), "--result", str(result_file),
            "--host-timer"]
     try:
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=TIMEOUT_S,

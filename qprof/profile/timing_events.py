@@ -63,11 +63,11 @@ from typing import Protocol
 
 import pandas as pd
 
+from qprof.analysis.activity import context_of, empty_table, make_table, validate
+from qprof.annotate import RangeInfo
 from qprof.errors import QprofError
 from qprof.profile import event_calibration
-from qprof.profile.activity import context_of, empty_table, make_table, validate
 from qprof.profile.event_calibration import Calibration, PairRig
-from qprof.profile.ranges import RangeInfo
 
 CLOCKS = ("cuda", "host")
 # An op takes the host well under 0.5 ms to queue, but a busy host (on the H100 machine, inside a long

@@ -50,8 +50,8 @@ from collections.abc import Sequence
 
 import torch
 
+from qprof.annotate import NULL_ANNOTATOR, Annotator
 from qprof.errors import QprofError
-from qprof.profile.ranges import NULL_ANNOTATOR, Annotator
 from qprof.runtime.base import SamplingParams, TokenChecks
 from qprof.runtime.options import RuntimeOptions
 from qprof.runtime.sampling import Sampler

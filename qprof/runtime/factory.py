@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from qprof.annotate import Annotator
 from qprof.errors import QprofError
-from qprof.profile.ranges import Annotator
 from qprof.runtime.options import RuntimeOptions
 
 DEVICES = ("cpu", "cuda")

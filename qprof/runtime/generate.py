@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from qprof.errors import QprofError
 from qprof.runtime.base import SamplingParams
+from qprof.runtime.timed import timed_loop
 
 
 @dataclass
@@ -65,43 +66,40 @@ def generate(runtime, tokenizer, prompt: str | list[int], max_new_tokens: int = 
     if max_new_tokens < 1:
         raise QprofError(f"--n-predict must be at least 1, got {max_new_tokens}")
     ids = list(prompt) if isinstance(prompt, list) else tokenizer.encode_prompt(prompt, chat=chat)
-    runtime.reset()
-    runtime.synchronize()
-
-    t0 = time.perf_counter()
-    token = runtime.sample(_prefill(runtime, ids, prefill_chunk, on_prefill), sampling)
-    runtime.synchronize()
-    t1 = time.perf_counter()
-
-    new_ids = [token]
+    new_ids: list[int] = []
     stop = "length"
-    outside = 0.0  # seconds spent in on_token, which the decode rate does not include
-    while True:
+    outside = [0.0, 0.0]  # seconds spent in on_token during prefill, during decode: left out of both rates
+
+    def next_token(logits) -> int | None:
+        """Sample the forward's token, stream it; None once generation stops (end of generation, the limit, a full
+        cache)."""
+        nonlocal stop
+        token = runtime.sample(logits, sampling)
+        new_ids.append(token)
         if stop_at_eos and tokenizer.is_eog(token):
             stop = "eos"
-            break
+            return None
         if on_token is not None:
             t = time.perf_counter()
             on_token(token)
-            outside += time.perf_counter() - t
+            outside[len(new_ids) > 1] += time.perf_counter() - t
         if len(new_ids) >= max_new_tokens:
             stop = "length"
-            break
-        if runtime.n_past >= runtime.n_ctx:
+        elif runtime.n_past >= runtime.n_ctx:
             stop = "context"
-            break
-        token = runtime.sample(runtime.decode(token), sampling)
-        new_ids.append(token)
-    runtime.synchronize()
-    t2 = time.perf_counter()
+        else:
+            return token
+        return None
 
+    times = timed_loop(runtime, ids, next_token, prefill=lambda prompt: _prefill(runtime, prompt, prefill_chunk,
+                                                                                  on_prefill))
     shown = new_ids[:-1] if stop == "eos" else new_ids
     return GenerationResult(
         text=tokenizer.decode(shown),
         prompt_ids=ids,
         new_ids=new_ids,
-        prompt_seconds=t1 - t0,
-        decode_seconds=t2 - t1 - outside,
+        prompt_seconds=times.prefill_ns * 1e-9 - outside[0],
+        decode_seconds=times.decode_ns * 1e-9 - outside[1],
         stop_reason=stop,
     )
 

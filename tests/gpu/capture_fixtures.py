@@ -29,8 +29,8 @@ MAX_BYTES = 1_000_000
 
 def check(path: Path, reader, label: str) -> list[str]:
     """Problems with a written fixture: not parseable, no kernels, or the wrong diagnosis."""
-    from qprof.profile.activity import restrict_to_run
-    from qprof.profile.diagnosis import diagnose, faults
+    from qprof.analysis.activity import restrict_to_run
+    from qprof.analysis.diagnosis import diagnose, faults
 
     df = restrict_to_run(reader(path))
     problems = []
@@ -60,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from qprof.profile.kineto import read_kineto_trace, slim_trace
-    from qprof.profile.nsys import read_nsys_sqlite, trim_sqlite
-    from qprof.profile.workload import WorkloadSpec, load_model, profile_workload
+    from qprof.analysis.kineto_json import read_kineto_trace
+    from qprof.analysis.nsys_sqlite import read_nsys_sqlite
+    from qprof.analysis.trim import slim_trace, trim_sqlite
+    from qprof.profile.loop import load_model
+    from qprof.profile.modes import profile_workload
+    from qprof.profile.spec import WorkloadSpec
     from qprof.runtime.options import RuntimeOptions
 
     if not torch.cuda.is_available():

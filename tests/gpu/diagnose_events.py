@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from qprof.analysis.activity import restrict_to_run
+from qprof.analysis.attribution import agreement, op_type
+from qprof.analysis.kineto_json import read_kineto_trace
 from qprof.profile import timing_events as te
-from qprof.profile.activity import restrict_to_run
-from qprof.profile.attribution import agreement, op_type
-from qprof.profile.kineto import RecordFunctionListener, kineto_capture, read_kineto_trace
-from qprof.profile.workload import WorkloadSpec, load_model, run_workload
+from qprof.profile.kineto import RecordFunctionListener, kineto_capture
+from qprof.profile.loop import load_model, run_workload
+from qprof.profile.spec import WorkloadSpec
 
 GATE_KERNEL = "hold_until"
 

@@ -33,13 +33,14 @@ P, N = 8, 4
 
 @functools.lru_cache(maxsize=1)
 def _model():
-    from qprof.profile.workload import load_model
+    from qprof.profile.loop import load_model
 
     return load_model(MODEL)
 
 
 def _run(timing: str, **options):
-    from qprof.profile.workload import WorkloadSpec, profile_workload
+    from qprof.profile.modes import profile_workload
+    from qprof.profile.spec import WorkloadSpec
     from qprof.runtime.options import RuntimeOptions
 
     spec = WorkloadSpec(MODEL, "cuda", P, N, RuntimeOptions(**options))
@@ -47,7 +48,7 @@ def _run(timing: str, **options):
 
 
 def _fault_rules(run) -> list[str]:
-    from qprof.profile.diagnosis import diagnose, faults
+    from qprof.analysis.diagnosis import diagnose, faults
 
     return [f.rule for f in faults(diagnose(run.table))]
 
@@ -102,8 +103,8 @@ def test_nsys_mode_and_agreement():
     reason = _nsys_ready()
     if reason:
         pytest.skip(reason)
-    from qprof.profile.attribution import agreement
-    from qprof.profile.report import render_agreement
+    from qprof.analysis.attribution import agreement
+    from qprof.analysis.report import render_agreement
 
     nsys_run = _run("nsys")
     assert nsys_run.timing == "nsys", nsys_run.notes
@@ -121,7 +122,7 @@ def test_nsys_mode_and_agreement():
 def test_trace_export_of_a_real_run(tmp_path):
     import json
 
-    from qprof.profile.trace_export import write_chrome_trace
+    from qprof.analysis.trace_export import write_chrome_trace
 
     run = _run("torch")
     path = write_chrome_trace(run.table, tmp_path / "t.json", run.result.device_name)
@@ -133,9 +134,11 @@ def test_trace_export_of_a_real_run(tmp_path):
 
 def test_events_agree_with_torch_per_op():
     """Gated CUDA events time each op's device work: per-op totals match the kernels torch.profiler saw."""
-    from qprof.profile.attribution import agreement
-    from qprof.profile.report import render_agreement
-    from qprof.profile.workload import WorkloadSpec, load_model, profile_workload
+    from qprof.analysis.attribution import agreement
+    from qprof.analysis.report import render_agreement
+    from qprof.profile.loop import load_model
+    from qprof.profile.modes import profile_workload
+    from qprof.profile.spec import WorkloadSpec
 
     model = load_model(AGREEMENT_MODEL)
     spec = WorkloadSpec(AGREEMENT_MODEL, "cuda", 64, 16)

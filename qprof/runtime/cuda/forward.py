@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from qprof.annotate import NULL_ANNOTATOR, Annotator
 from qprof.errors import QprofError
-from qprof.profile.ranges import NULL_ANNOTATOR, Annotator
 from qprof.quant.dequant import dequantize_torch
 from qprof.runtime.base import SamplingParams, TokenChecks
 from qprof.runtime.cuda import ops
@@ -271,7 +271,10 @@ class CudaRuntime(TokenChecks):
 
     def _capture(self) -> None:
         annotator, op = self.annotator, self._op
-        self.annotator, self._op = NULL_ANNOTATOR, NULL_ANNOTATOR.op  # host ranges mean nothing in a replay
+        # the step's ops still open their ranges while it is captured, so each node is recorded with its op;
+        # the timing listeners stay out (their kernels would be captured into the graph)
+        self.annotator = self.graph.recording_annotator(annotator)
+        self._op = self.annotator.op
         try:
             self.graph.capture(self._decode_step)
         finally:

@@ -134,6 +134,17 @@ class Annotator:
         # ranges carry their domain's attributes: each domain keeps its own, so switching back costs nothing
         self._attrs, self._ops = self._caches.setdefault(id(self._domain), ({}, {}))
 
+    def with_listeners(self, listeners) -> Annotator:
+        """An annotator that pushes NVTX ranges exactly when this one does, heard only by `listeners`.
+
+        A captured CUDA graph runs its step under one: the ranges still mark the ops, while this
+        annotator's timing listeners would put their own kernels and events into the graph."""
+        twin = Annotator(nvtx_enabled=False, listeners=tuple(listeners))
+        twin._domain, twin.nvtx_reason = self._domain, self.nvtx_reason
+        twin._attrs, twin._ops = self._attrs, {}  # NVTX attributes are per domain; _Range objects are per annotator
+        twin._caches = {id(twin._domain): (twin._attrs, twin._ops)}
+        return twin
+
     @property
     def nvtx_on(self) -> bool:
         """Whether NVTX ranges are pushed (a tool attached, or forced)."""

@@ -8,38 +8,23 @@ roof). A clean run must produce no faults.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import pandas as pd
 
-from qprof.profile.attribution import (
+from qprof.analysis import step_rules
+from qprof.analysis.attribution import (
     gaps,
     op_type,
     time_by_category,
     top_kernels,
+    window,
     window_ns,
 )
+from qprof.analysis.findings import SYNCS_PER_STEP_MAX, TOKEN_INPUT_MAX_BYTES, Finding
 from qprof.quant.traits import QUANT_TRAITS
 
-TOKEN_INPUT_MAX_BYTES = 64  # one token id (and its position) uploaded per step is the decode input, not a fault
-SYNCS_PER_STEP_MAX = 2  # reading the sampled id back costs one sync per step; more is a fault
 LAUNCH_GAP_SHARE = 0.30
 LOW_BANDWIDTH_PCT = 25.0
 MIN_KERNEL_SHARE = 0.05
-
-
-@dataclass
-class Finding:
-    rule: str
-    severity: str  # "fault" or "advice"
-    message: str
-    numbers: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def line(self) -> str:
-        return f"[{self.severity}] {self.message}"
 
 
 def _decode_steps(df: pd.DataFrame) -> int:
@@ -169,9 +154,10 @@ def launch_bound(df: pd.DataFrame) -> list[Finding]:
         return []
     steps = max(_decode_steps(df), 1)
     mean_us = float(row["time_ns"].iloc[0]) / max(n, 1) / 1e3
+    how = " (`qprof profile --graphs`, `qprof bench --graphs 1`)" if has_op_ranges(df) else ""
     msg = (f"decode is dominated by launch gaps: the GPU sat idle {_pct(share)} of decode time in {n} gaps between "
-           f"launches ({mean_us:.1f} µs each, {n / steps:.0f} per token); capture the decode step as a CUDA graph "
-           f"(`qprof profile --graphs`, `qprof bench --graphs 1`) or fuse kernels")
+           f"launches ({mean_us:.1f} µs each, {n / steps:.0f} per token); capture the decode step as a CUDA graph"
+           f"{how} or fuse kernels")
     return [Finding("launch_bound", "advice", msg, {"share_of_decode": share, "gaps": n, "mean_gap_us": mean_us})]
 
 
@@ -223,16 +209,29 @@ def launch_shapes(df: pd.DataFrame) -> list[Finding]:
     return findings
 
 
-RULES = (repeated_uploads, frequent_syncs, launch_shapes, launch_bound)
+def has_op_ranges(df: pd.DataFrame) -> bool:
+    """Whether the table knows which op issued each row (qprof's NVTX op ranges, or per-op timings)."""
+    return bool(((df["kind"] == "range") & (df["level"] == "op")).any() or (df["kind"] == "op").any())
+
+
+OP_RULES = (repeated_uploads, frequent_syncs)  # name the op range that issued each copy and sync
+TRACE_RULES = (step_rules.uploads, step_rules.host_syncs)  # the same questions, per step, for a trace without op ranges
 
 
 def diagnose(df: pd.DataFrame, peak_Bps: float | None = None) -> list[Finding]:
     """Every rule over one run's table (kernels against peak_Bps, the card's read bandwidth, where known);
     faults first."""
-    found: list[Finding] = []
-    for rule in RULES:
-        found += rule(df)
-    found += low_bandwidth(df, peak_Bps)
+    found: list[Finding] = launch_shapes(df) + step_rules.untraced_graphs(df)
+    # the other rules read decode only: its rows (work, API calls, ranges), every row inside its window, every sync
+    win = window(df, "decode")
+    inside = (df["end_ns"] > win[0]) & (df["start_ns"] < win[1]) if win is not None else False
+    dec = df[(df["phase"] == "decode") | (df["kind"] == "sync") | inside]
+    for rule in OP_RULES if has_op_ranges(df) else TRACE_RULES:
+        found += rule(dec)
+    found += launch_bound(dec) or step_rules.host_bound(dec)
+    found += low_bandwidth(dec, peak_Bps)
+    for rule in (step_rules.readbacks, step_rules.step_boundary_idle):
+        found += rule(dec)
     return sorted(found, key=lambda f: f.severity != "fault")
 
 

@@ -5,8 +5,12 @@ the per-op timings. Inside a window (a phase, or the whole run) the GPU timeline
 the work by category plus the gaps between work, and each gap is named:
 
     sync wait   the host was blocked in a synchronize when the GPU drained: the pipeline bubble a sync costs
+    graph gap   between two nodes of one CUDA graph launch: the GPU's own node-to-node latency, no host in it
     launch gap  a short gap (< LAUNCH_GAP_MAX_NS): the GPU waited for the next launch
     idle gap    a longer gap: the host was doing something else (sampling, Python, set-up)
+
+Kernels that overlap (programmatic dependent launch, several streams) make the categories' time
+add up to more than the window: `overlap_ns` says by how much.
 
 GPU work is charged to the NVTX range that launched it (see activity.assign_ranges).
 """
@@ -19,10 +23,11 @@ from itertools import pairwise
 import numpy as np
 import pandas as pd
 
-from qprof.profile.activity import device_rows, work_rows
+from qprof.analysis.activity import device_rows, work_rows
+from qprof.analysis.units import api_name
 
 LAUNCH_GAP_MAX_NS = 100_000
-GAP_CATEGORIES = ("sync wait", "launch gap", "idle gap")
+GAP_CATEGORIES = ("sync wait", "graph gap", "launch gap", "idle gap")
 _LAYER_PREFIX = re.compile(r"^blk\.\d+\.")
 _LAYER_RANGE = re.compile(r"^blk\.\d+$")
 _TOKEN_RANGE = re.compile(r"^token \d+$")
@@ -106,6 +111,10 @@ def gaps(df: pd.DataFrame, phase: str | None = None, launch_gap_max_ns: int = LA
     lo, hi = win
     work = _clip(work_rows(df), lo, hi)
     busy = _merged(work["start_ns"].to_numpy(), work["end_ns"].to_numpy())
+    # the launch that ran the work ending / starting at each instant: one graph launch runs many nodes
+    corr = work["correlation_id"].astype("float64")
+    ended = dict(zip(work["end_ns"], corr))
+    started = dict(zip(work["start_ns"][::-1], corr[::-1]))
     syncs = df[df["kind"] == "sync"]
     sync_ends = np.sort(syncs["end_ns"].to_numpy(dtype=np.int64))
     sync_starts = syncs["start_ns"].to_numpy(dtype=np.int64)[np.argsort(syncs["end_ns"].to_numpy(), kind="stable")]
@@ -116,7 +125,13 @@ def gaps(df: pd.DataFrame, phase: str | None = None, launch_gap_max_ns: int = LA
         # a sync that began before the GPU went idle and returned inside this gap caused it
         i = np.searchsorted(sync_ends, e0, side="left")
         caused = i < len(sync_ends) and sync_ends[i] <= s1 and sync_starts[i] <= e0
-        name = "sync wait" if caused else ("launch gap" if s1 - e0 < launch_gap_max_ns else "idle gap")
+        before, after = ended.get(e0, np.nan), started.get(s1, np.nan)
+        if caused:
+            name = "sync wait"
+        elif before == after:  # NaN never equals NaN: rows without a launch id are never one graph
+            name = "graph gap"
+        else:
+            name = "launch gap" if s1 - e0 < launch_gap_max_ns else "idle gap"
         rows.append((e0, s1, s1 - e0, name))
     return pd.DataFrame(rows, columns=cols)
 
@@ -125,8 +140,10 @@ def gaps(df: pd.DataFrame, phase: str | None = None, launch_gap_max_ns: int = LA
 
 
 def time_by_category(df: pd.DataFrame, phase: str | None = None, by: str = "category",
-                     launch_gap_max_ns: int = LAUNCH_GAP_MAX_NS) -> pd.DataFrame:
-    """Time and share of the window per category (work by `by`, copies by direction, and the gaps)."""
+                     launch_gap_max_ns: int = LAUNCH_GAP_MAX_NS, gap_rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Time and share of the window per category (work by `by`, copies by direction, and the gaps).
+
+    `gap_rows`: the window's gaps when the caller already has them (gaps(df, phase))."""
     cols = ["category", "time_ns", "share", "count"]
     win = window(df, phase)
     if win is None:
@@ -136,12 +153,22 @@ def time_by_category(df: pd.DataFrame, phase: str | None = None, by: str = "cate
     work = _clip(work_rows(df), lo, hi)
     work = work.assign(category=categories(work, by))
     table = work.groupby("category").agg(time_ns=("dur_ns", "sum"), count=("dur_ns", "size")).reset_index()
-    g = gaps(df, phase, launch_gap_max_ns)
+    g = gaps(df, phase, launch_gap_max_ns) if gap_rows is None else gap_rows
     if not g.empty:
         gt = g.groupby("gap").agg(time_ns=("dur_ns", "sum"), count=("dur_ns", "size")).reset_index()
         table = pd.concat([table, gt.rename(columns={"gap": "category"})], ignore_index=True)
     table["share"] = table["time_ns"] / span
     return table[cols].sort_values("time_ns", ascending=False).reset_index(drop=True)
+
+
+def overlap_ns(df: pd.DataFrame, phase: str | None = None) -> int:
+    """How much the work's summed durations exceed the time it kept the GPU busy (0 when nothing overlaps)."""
+    win = window(df, phase)
+    if win is None:
+        return 0
+    work = _clip(work_rows(df), *win)
+    busy = sum(e - s for s, e in _merged(work["start_ns"].to_numpy(), work["end_ns"].to_numpy()))
+    return max(int(work["dur_ns"].sum()) - busy, 0)
 
 
 def window_ns(df: pd.DataFrame, phase: str | None = None) -> int:
@@ -165,8 +192,12 @@ def _op_meta(df: pd.DataFrame, phase: str | None) -> pd.DataFrame:
     return ops.drop_duplicates("name").set_index("name")[["family", "qtype"]]
 
 
-def by_range(df: pd.DataFrame, phase: str | None = None, merge_layers: bool = True) -> pd.DataFrame:
-    """Work time per launching op range (merged across layers by default: 'attn_q', not 'blk.3.attn_q')."""
+def by_range(df: pd.DataFrame, phase: str | None = None, merge_layers: bool = True,
+             op_meta: dict[str, tuple[str | None, str | None]] | None = None) -> pd.DataFrame:
+    """Work time per launching op range (merged across layers by default: 'attn_q', not 'blk.3.attn_q').
+
+    An op's family and quant type come from its range (or `op_meta`, op name -> (family, qtype), for
+    ops whose ranges are not in the table: the nodes of a replayed graph), else from its work."""
     cols = ["op", "family", "qtype", "calls", "time_ns", "mean_ns", "share"]
     work = work_rows(df)
     if phase is not None:
@@ -174,9 +205,13 @@ def by_range(df: pd.DataFrame, phase: str | None = None, merge_layers: bool = Tr
     if work.empty:
         return pd.DataFrame(columns=cols)
     meta = _op_meta(df, phase)
+    if op_meta:
+        extra = pd.DataFrame.from_dict(op_meta, orient="index", columns=["family", "qtype"])
+        meta = pd.concat([meta, extra[~extra.index.isin(meta.index)]])
     key = work["nvtx_range"].map(op_type) if merge_layers else work["nvtx_range"].fillna("(outside ops)")
-    fam = work["nvtx_range"].map(meta["family"]) if not meta.empty else pd.Series(None, index=work.index)
-    qt = work["nvtx_range"].map(meta["qtype"]) if not meta.empty else pd.Series(None, index=work.index)
+    none = pd.Series(None, index=work.index, dtype=object)
+    fam = work["nvtx_range"].map(meta["family"]).astype(object) if not meta.empty else none
+    qt = work["nvtx_range"].map(meta["qtype"]).astype(object) if not meta.empty else none
     # an op call is one instance of its range: count distinct paths, not kernels
     calls_key = work["nvtx_path"].fillna(work["nvtx_range"]).fillna("")
     frame = pd.DataFrame({"op": key, "family": fam.fillna(work["family"]), "qtype": qt.where(qt.notna(), work["qtype"]),
@@ -259,15 +294,15 @@ def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float | None = None,
 
 
 def syncs(df: pd.DataFrame, phase: str | None = None) -> pd.DataFrame:
-    """Sync points grouped by the op range that issued them: count and host time blocked."""
+    """Sync points grouped by the op range that issued them (by the API call, where no range did): count and host time."""
     cols = ["op", "count", "time_ns"]
     s = df[df["kind"] == "sync"]
     if phase is not None:
         s = s[s["phase"] == phase]
     if s.empty:
         return pd.DataFrame(columns=cols)
-    out = s.assign(op=s["nvtx_range"].map(op_type)).groupby("op").agg(count=("dur_ns", "size"),
-                                                                       time_ns=("dur_ns", "sum"))
+    op = s["nvtx_range"].map(op_type).where(s["nvtx_range"].notna(), s["name"].map(api_name))
+    out = s.assign(op=op).groupby("op").agg(count=("dur_ns", "size"), time_ns=("dur_ns", "sum"))
     return out.reset_index()[cols].sort_values("count", ascending=False).reset_index(drop=True)
 
 

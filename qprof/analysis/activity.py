@@ -20,6 +20,12 @@ One row is one thing that took time:
     level     range rows: run|phase|token|layer|op
     tid       host thread of api / range rows
     grid, block                              kernel launch shape "x,y,z" where the source records it
+    graph_node                               the CUDA graph node a device row ran as (nsys node tracing);
+                                             every node of one graph launch shares the launch's correlation id
+    engine                                   who wrote a kernel (llama.cpp, cuBLAS, PyTorch, ...) where the family
+                                             table knows its name
+
+Kernel families come from qprof.analysis.families (a table of name patterns per engine).
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ import numpy as np
 import pandas as pd
 
 from qprof.errors import QprofError
-from qprof.quant.traits import ALL_TYPES
 
 KINDS = ("kernel", "memcpy", "memset", "sync", "api", "op", "range", "cpu_op")
 DEVICE_KINDS = ("kernel", "memcpy", "memset")
@@ -60,50 +65,11 @@ SCHEMA: dict[str, str] = {
     "tid": "Int64",
     "grid": "object",
     "block": "object",
+    "graph_node": "Int64",
+    "engine": "object",
 }
 COLUMNS: tuple[str, ...] = tuple(SCHEMA)
 REQUIRED = ("kind", "name", "start_ns", "end_ns")
-
-_QTYPES = sorted((t.lower() for t in ALL_TYPES), key=len, reverse=True)
-_OURS = re.compile(r"^(?P<family>[a-z][a-z0-9_]*?)_(?P<qtype>" + "|".join(_QTYPES) + r")(?:_(?P<rest>[a-z0-9_]+))?$")
-_SPECIALIZED = re.compile(r"^(?P<family>[a-z][a-z0-9_]*?)_d\d+$")  # e.g. attn_decode_d64 (head-dim template)
-_PLAIN = re.compile(r"^[a-z][a-z0-9_]*$")
-# Vendor / torch kernels: substrings of their (demangled) names, most specific first.
-_VENDOR = (
-    (("gemv",), "cublas_gemv"),
-    (("gemm", "cublas", "cutlass", "xmma", "sm90_", "sm80_", "ampere_", "hopper_", "nvjet"), "cublas_gemm"),
-    (("flash", "fmha"), "flash_attention"),
-    (("at::native", "at_cuda_detail", "elementwise", "reduce_kernel", "at::", "cub::", "triton"), "torch"),
-)
-# names that are certainly not ours (C++ signatures, vendor prefixes) skip the `<family>_<qtype>` rule
-_FOREIGN = re.compile(r"[^a-z0-9_]|^(sm\d+_|ampere_|hopper_|volta_|turing_|cutlass|cublas|nvjet|xmma)")
-
-
-def _vendor_family(low: str) -> str | None:
-    for needles, family in _VENDOR:
-        if any(n in low for n in needles):
-            return family
-    return None
-
-
-def classify_kernel(name: str) -> tuple[str, str | None]:
-    """(family, qtype) of a kernel name.
-
-    Our kernels are `<family>_<qtype>` (matvec_q4_k -> ("matvec", "Q4_K"), rmsnorm_f32 ->
-    ("rmsnorm", "F32")) or plain identifiers (attn_combine, attn_decode_d64 -> "attn_decode");
-    cuBLAS / torch kernels get a vendor family ("cublas_gemm", "torch"), anything else "other".
-    """
-    low = name.strip().lower()
-    if _FOREIGN.search(low):
-        return _vendor_family(low) or "other", None
-    m = _OURS.match(low)
-    if m:
-        return m.group("family"), m.group("qtype").upper()
-    m = _SPECIALIZED.match(low)
-    if m:
-        return m.group("family"), None
-    return _vendor_family(low) or (low if _PLAIN.match(low) else "other"), None
-
 
 def copy_kind_from_label(label: str) -> str | None:
     """HtoD/DtoH/DtoD/HtoH from 'Memcpy HtoD (Pageable -> Device)', 'CUDA_MEMCPY_OPER_HTOD', 'Host-to-Device'."""

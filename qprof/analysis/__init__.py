@@ -1,0 +1,1 @@
+"""The analysis half: any trace -> one activity table -> attribution -> diagnosis -> report (no runtime, no capture)."""
