@@ -63,10 +63,11 @@ def test_capture_records_every_node_with_its_op():
     assert run.result.decode_graph, run.result.graph_note
     nodes = device_nodes(run.result.graph_ops)
     n_layer = _model().config.n_layer
-    assert len(nodes) >= 10 * n_layer
+    assert len(nodes) >= 4 * n_layer  # the fused step launches a handful of kernels a layer, the unfused one a dozen
     assert all(n["kind"] == "kernel" and n["path"] for n in nodes), "a node was added outside every op range"
     assert all(n["kernel"] and classify(n["kernel"]).family != OTHER for n in nodes)
-    assert sum(1 for n in nodes if n["path"][-1] == "blk.0.attn_q") >= 1
+    layers = {n["path"][0] for n in nodes if n["path"][0].startswith("blk.")}
+    assert layers == {f"blk.{i}" for i in range(n_layer)}
 
 
 @pytest.mark.parametrize("timing", ["torch", "nsys"])
@@ -81,7 +82,10 @@ def test_graph_decode_reads_like_eager_decode(timing):
     from qprof.profile.modes import REPLAY_OP
 
     assert REPLAY_OP not in g or g[REPLAY_OP]["time_ns"] == 0
-    for op in ("attn_q", "attn_k", "attn_v", "attention", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "output"):
+    step_ops = [op for op in e if op != "step_input"]  # whatever ops the decode step has (fused or not)
+    assert len(step_ops) >= 4
+    for op in step_ops:
+        assert op in g, f"{op} ran eagerly but has no work in the graph"
         assert g[op]["calls"] == e[op]["calls"], op
         assert (g[op]["family"], g[op]["qtype"]) == (e[op]["family"], e[op]["qtype"]), op
     dec = graph.table[(graph.table["kind"] == "kernel") & (graph.table["phase"] == "decode")]
