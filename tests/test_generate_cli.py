@@ -236,3 +236,12 @@ def test_generate_on_cuda_answers_like_cpu():
     assert STATS.search(gpu.output)
     assert gpu.stdout.splitlines()[:-1] == cpu.stdout.splitlines()[:-1]  # all but the rates line
     assert "decode captured as a CUDA graph" in gpu.stderr
+
+
+def test_kv_type_is_a_choice_and_reaches_the_options():
+    from qprof.commands.generate import build_options
+
+    opts, _ = build_options("cuda", "skip", None, None, "f16")
+    assert opts.kv_type == "f16" and opts.cuda_graphs
+    res = CliRunner().invoke(main, ["generate", "--kv-type", "f8", "-p", "hi"])
+    assert res.exit_code == 2 and "qprof: error:" in res.output and "f8" in res.output

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from qprof.errors import QprofError
-from qprof.runtime.options import INJECT_FAULTS, MASK_MODES
+from qprof.runtime.options import INJECT_FAULTS, KV_TYPES, MASK_MODES
 
 
 def resolve_model_path(spec: str | None) -> Path:
@@ -36,13 +36,13 @@ def say(msg: str) -> None:
     click.echo(f"qprof generate: {msg}", err=True)
 
 
-def build_options(device: str, mask: str, inject: str | None, graphs: bool | None):
+def build_options(device: str, mask: str, inject: str | None, graphs: bool | None, kv_type: str = "f32"):
     """RuntimeOptions for generate: decode is a CUDA graph on a GPU unless --no-graphs, or a switch forbids it
     (as `qprof bench` does), and (options, why) says which."""
     from qprof.runtime.cuda.graphs import graph_blocker
     from qprof.runtime.options import RuntimeOptions
 
-    base = RuntimeOptions(mask=mask, inject=inject)
+    base = RuntimeOptions(mask=mask, inject=inject, kv_type=kv_type)
     if device != "cuda":
         return base, "eager (the CPU runtime has no graphs)"
     if graphs is False:
@@ -99,8 +99,10 @@ class PrefillProgress:
 @click.option("-t", "--threads", type=int, default=None, metavar="N",
               help="CPU threads for torch (default: half the CPUs qprof may use; see qprof bench -h)")
 @click.option("--no-eos", is_flag=True, help="Keep generating past the end-of-generation token.")
+@click.option("--kv-type", "kv_type", type=click.Choice(KV_TYPES), default="f32", show_default=True,
+              help="KV cache element type on the GPU (f16 halves the bytes decode attention reads)")
 def generate(model_spec, device, prompt, n_predict, temp, top_p, seed, no_chat, mask, inject, graphs, ctx, threads,
-             no_eos):
+             no_eos, kv_type):
     """Generate an answer to PROMPT, printing it as it is made, then prompt and decode tokens/s."""
     import warnings
 
@@ -127,7 +129,7 @@ def generate(model_spec, device, prompt, n_predict, temp, top_p, seed, no_chat, 
     sampling = SamplingParams(temperature=temp, top_p=top_p, seed=seed)
     check_params(sampling)
     dev, why = pick_device(device)
-    options, decode_how = build_options(dev, mask, inject, graphs)
+    options, decode_how = build_options(dev, mask, inject, graphs, kv_type)
     path = resolve_model_path(model_spec)
     declared, source = declared_context(str(path))
     if ctx is not None and declared and ctx > declared:
