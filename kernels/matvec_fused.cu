@@ -25,7 +25,6 @@ struct QkvSegment {
 struct QkvArgs {
     QkvSegment seg[3];  // q, k, v
     const qb_u8* xq;    // QVec of x * attn_norm, with partials
-    const float* unused_;
     float* q_out;    // [rows_q]
     void* k_cache;   // [n_ctx, kv_dim], float32 or float16
     void* v_cache;

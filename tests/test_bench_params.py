@@ -149,7 +149,7 @@ def test_kv_type_and_fused_multiply_the_option_sets():
     sets = p.option_sets()
     assert sorted((o.kv_type, o.fused) for o in sets) == [("f16", False), ("f16", True), ("f32", False), ("f32", True)]
     assert {"kv_type", "fused"} <= set(p.varying())
-    with pytest.raises(QprofError, match="--kv-type: f8 is not a KV cache type; choose from f32, f16"):
+    with pytest.raises(QprofError, match="--kv-type: unknown value 'f8'; choose from f32, f16"):
         parse_kv_types("f32,f8")
 
 

@@ -93,12 +93,7 @@ def parse_pg(values: Iterable[str]) -> list[tuple[int, int]]:
 def parse_kv_types(text: str, option: str = "--kv-type") -> list[str]:
     from qprof.runtime.options import KV_TYPES
 
-    values = split_list(text)
-    bad = [v for v in values if v not in KV_TYPES]
-    if bad or not values:
-        raise QprofError(f"{option}: {', '.join(bad) or repr(text)} is not a KV cache type; choose from "
-                         f"{', '.join(KV_TYPES)}")
-    return values
+    return parse_choice_list(text, option, KV_TYPES)
 
 
 def parse_mask(text: str, option: str = "--mask") -> list[str]:

@@ -54,10 +54,6 @@ def _inputs(cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, w
 
 
-def _poisoned(*shape: int) -> torch.Tensor:
-    return torch.full(shape, float("nan"), device="cuda")
-
-
 def _quantized(x: torch.Tensor, norm: torch.Tensor | None):
     """x (times the norm weight) as the QVec a fused kernel reads, made by the quantize kernel."""
     from qprof.runtime.cuda.quant_ops import QVec, quantize
@@ -75,7 +71,8 @@ def _qkv(ctx: CheckContext, types: tuple[str, str, str], rows_q: int, rows_kv: i
                                     enumerate(zip(types, (rows_q, rows_kv, rows_kv))))
     x, nw = _inputs(cols, rows_q + cols)
     pos, n_ctx = 37, 40
-    q_out, k_cache, v_cache = _poisoned(1, rows_q), _poisoned(n_ctx, rows_kv), _poisoned(n_ctx, rows_kv)
+    q_out = CheckContext.poisoned((1, rows_q))
+    k_cache, v_cache = CheckContext.poisoned((n_ctx, rows_kv)), CheckContext.poisoned((n_ctx, rows_kv))
     launch = QkvLaunch(wq, wk, wv, _quantized(x, nw), EPS, q_out, k_cache, v_cache, RopeSpec(HEAD_DIM, HEAD_DIM, THETA),
                        generic=generic)
     launch(torch.tensor([pos], dtype=torch.int32, device="cuda"))
@@ -98,7 +95,7 @@ def _gate_up(ctx: CheckContext, qtype: str, rows: int, cols: int) -> Measurement
 
     (wg, rg), (wu, ru) = _weight(ctx, qtype, rows, cols, 0), _weight(ctx, qtype, rows, cols, 1)
     x, nw = _inputs(cols, rows + cols)
-    act = _poisoned(1, rows)
+    act = CheckContext.poisoned((1, rows))
     act_q = QVec.allocate(rows)
     act_q.data.fill_(0xFF)
     gate_up(wg, wu, _quantized(x, nw), EPS, act, act_q=act_q)
@@ -113,7 +110,7 @@ def _norm_matvec(ctx: CheckContext, qtype: str, rows: int, cols: int) -> Measure
 
     w, ref_w = _weight(ctx, qtype, rows, cols, 0)
     x, nw = _inputs(cols, rows * 3 + cols)
-    out = _poisoned(1, rows)
+    out = CheckContext.poisoned((1, rows))
     matvec_q(w, _quantized(x, nw), out, norm_eps=EPS)
     return measure(out.double().cpu(), (ref_rmsnorm(x, nw, EPS).cuda() @ ref_w.t()).cpu(), MATMUL_NMSE)
 

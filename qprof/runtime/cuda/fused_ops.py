@@ -24,7 +24,7 @@ class _Segment(ctypes.Structure):
 
 
 class _QkvArgs(ctypes.Structure):  # QkvArgs in kernels/matvec_fused.cu, field for field
-    _fields_ = [("seg", _Segment * 3), ("xq", ctypes.c_void_p), ("unused_", ctypes.c_void_p),
+    _fields_ = [("seg", _Segment * 3), ("xq", ctypes.c_void_p),
                 ("q_out", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
                 ("pos", ctypes.c_void_p), ("eps", ctypes.c_float), ("cols", ctypes.c_int),
                 ("head_dim", ctypes.c_int), ("rope_dim", ctypes.c_int), ("theta", ctypes.c_float),
@@ -88,7 +88,7 @@ class QkvLaunch:
         if rope.rope_dim % 2 or rope.rope_dim > rope.head_dim or wq.rows % rope.head_dim or wk.rows % rope.head_dim:
             raise QprofError(f"{wq.name}: rope dimension {rope.rope_dim} / head size {rope.head_dim} do not fit")
         self.weights, self.tensors = (wq, wk, wv), (xq, q_out, k_cache, v_cache)
-        self.args = _QkvArgs((_Segment * 3)(*(_segment(w) for w in (wq, wk, wv))), xq.data.data_ptr(), 0,
+        self.args = _QkvArgs((_Segment * 3)(*(_segment(w) for w in (wq, wk, wv))), xq.data.data_ptr(),
                              q_out.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0, float(eps), cols,
                              rope.head_dim, rope.rope_dim, float(rope.theta), int(k_cache.shape[0]),
                              int(k_cache.dtype == torch.float16), 0)
