@@ -82,7 +82,7 @@ static __device__ __forceinline__ void get_rows_kernel(const qb_u8* __restrict__
     dequant_block<T, TPB>(w + (long long)id * row_bytes + (long long)blk * Block<T>::BYTES, dst, threadIdx.x);
 }
 
-#define QPROF_DEQUANT_ENTRIES(NAME, name, ID, QK, BYTES, DT, MT, MR)                                       \
+#define QPROF_DEQUANT_ENTRIES(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                       \
     extern "C" __global__ void dequant_##name##_f32(const qb_u8* __restrict__ w, float* __restrict__ out,   \
                                                     int n_blocks) {                                        \
         dequant_kernel<ID, DT>(w, out, n_blocks);                                                          \

@@ -120,7 +120,8 @@ static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w,
     for (int r = 0; r < 2; ++r)
 #pragma unroll
         for (int c = 0; c < NB; ++c) acc[r][c] = 0.0f;
-    qp_rows_dot2<T, NB>(w + (long long)ra * row_bytes, w + (long long)rb * row_bytes, cols, xq, acc);
+    QpRing ring = qp_ring_make();
+    qp_rows_dot2<T, NB>(ring, w + (long long)ra * row_bytes, w + (long long)rb * row_bytes, cols, xq, acc);
     qp_warp_reduce2<NB>(acc);
     float scale[NB];
 #pragma unroll
@@ -182,10 +183,19 @@ extern "C" __global__ void __launch_bounds__(256) quantize_q8(const float* x, co
 }
 
 // The launch shape the host derives from the traits table must be the one these kernels assume.
-#define QP_MV_CHECK_SHAPE(NAME, name, ID, QK, BYTES, DT, MT, MR)                                     \
+template <int T>
+constexpr int qp_stage_blocks() {
+    if constexpr (Block<T>::IS_FLOAT) {
+        return 0;
+    } else {
+        return Stage<T>::BLOCKS;
+    }
+}
+#define QP_MV_CHECK_SHAPE(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                  \
     static_assert(Block<ID>::IS_FLOAT ? (MT == QP_MV_FLOAT_THREADS && MR == QP_MV_FLOAT_ROWS)         \
                                       : (MT == 32 * QP_MV_WARPS && MR == QP_MV_ROWS_PER_CTA),         \
-                  #NAME ": matvec launch shape in the traits table differs from the kernel's");
+                  #NAME ": matvec launch shape in the traits table differs from the kernel's");       \
+    static_assert(qp_stage_blocks<ID>() == SB, #NAME ": matvec stage blocks in the traits table differ");
 QPROF_QUANT_TYPES(QP_MV_CHECK_SHAPE)
 #undef QP_MV_CHECK_SHAPE
 
@@ -201,7 +211,7 @@ QPROF_QUANT_TYPES(QP_MV_CHECK_SHAPE)
         matvec_entry<ID, NB>(w, x, y, rows, cols, row_bytes, use_norm, eps, residual, yq, next_norm);       \
     }
 
-#define QPROF_MATVEC_ENTRIES(NAME, name, ID, QK, BYTES, DT, MT, MR) \
+#define QPROF_MATVEC_ENTRIES(NAME, name, ID, QK, BYTES, DT, MT, MR, SB) \
     QPROF_MATVEC_ENTRY(name, ID, MT, 1)                             \
     QPROF_MATVEC_ENTRY(name, ID, MT, 2)                             \
     QPROF_MATVEC_ENTRY(name, ID, MT, 3)                             \

@@ -20,17 +20,7 @@
 #include "common.cuh"
 #include "quant_codes.cuh"
 
-// Tunables (bench_matvec --variant compiles others): a second register stage of weights in flight,
-// and resident CTAs per SM asked of the register allocator at one column (2: at most 64 registers).
-#ifndef QP_MV_DOUBLE_BUFFER
-#define QP_MV_DOUBLE_BUFFER 0
-#endif
-// Stages of weights asked of L2 ahead of their loads. On the H200 0, 2 and 4 measured within noise
-// of each other (bench_matvec --variant, 2026-12-01); 2 is kept, the setting the fused kernels
-// compile without spills at.
-#ifndef QP_MV_PREFETCH_STAGES
-#define QP_MV_PREFETCH_STAGES 2
-#endif
+// Resident CTAs per SM asked of the register allocator at one column (2: at most 64 registers).
 #ifndef QP_MV_MIN_CTAS_B1
 #define QP_MV_MIN_CTAS_B1 2
 #endif
@@ -130,40 +120,113 @@ static __device__ __forceinline__ float qp_rms_scale(const qb_u8* xq, int cols, 
     return rsqrtf(qp_warp_sum(ss) / (float)cols + eps);
 }
 
-// Lane tasks per pipeline stage (Codes<T>::UNROLL): two stages of raw block bytes for the two rows
-// stay within about 64 registers, tuned so that the hot kernels do not spill (ptxas report).
-// Ask L2 for the bytes of the stage of S tasks from `base` of both rows (lanes 0..15: row a, 16..31:
-// row b, one 128-byte line each), so that its loads, issued stages later, wait on L2 rather than
-// on DRAM while the registers hold only the stage at hand.
-template <int T>
-static __device__ __forceinline__ void qp_stage_prefetch(const qb_u8* ra, const qb_u8* rb, int base, int S,
-                                                         int n_tasks) {
-#ifndef QB_HOST_EMULATION
-    if (base >= n_tasks) return;
-    using C = Codes<T>;
-    const long lo = (long)(base / C::TASKS) * Block<T>::BYTES;
-    const long hi = (long)((min(base + S, n_tasks) - 1) / C::TASKS + 1) * Block<T>::BYTES;
-    const int lane = threadIdx.x & 31;
-    const long at = (lo & ~127L) + 128L * (lane & 15);
-    if (at < hi) asm volatile("prefetch.global.L2 [%0];" ::"l"((lane < 16 ? ra : rb) + at));
+// ------------------------------------------------------------------ the weight stream
+// Each warp streams its two rows through a ring of stages in shared memory: lane 0 asks the copy
+// engine (cp.async.bulk, sm_90) for a stage of both rows' blocks, up to `stages` ahead, and the lanes
+// decode the stage at hand from shared memory when its mbarrier says the bytes have landed. So the
+// bytes in flight per SM no longer depend on registers or on how long the decode of a stage takes
+// (the register-pipelined kernel before this reached 29-46% of the H200's bandwidth, latency-bound).
+// A stage is one lane task per lane and row: Codes<T>::TASKS tasks a block, so 32 / TASKS blocks
+// (QuantTraits.matvec_stage_blocks). The copy engine wants 16-byte aligned, 16-byte multiple spans;
+// blocks are only 2-aligned, so a stage copies the 16-byte aligned span around its blocks and the
+// lanes read at the same address mod 16 as in global memory (every load's alignment unchanged).
+// That span reaches at most 15 bytes past a row's end: DeviceWeight pads its allocation for it.
+// The warps' rings share the kernel's dynamic shared memory in equal regions; the number of stages is
+// what a region holds (the host sizes it: kernels.py matvec_shared_bytes), at most QP_MV_MAX_STAGES.
+#ifndef QP_MV_MAX_STAGES
+#define QP_MV_MAX_STAGES 8
 #endif
+// try_wait polls before a lost copy is called a fault (a trap fails the launch instead of a hang).
+#define QP_MV_WAIT_POLLS (1 << 22)
+
+template <int T>
+struct Stage {
+    static constexpr int BLOCKS = 32 / Codes<T>::TASKS;  // QuantTraits.matvec_stage_blocks
+    static constexpr int ROW_BYTES = (BLOCKS * Block<T>::BYTES + 15) / 16 * 16 + 16;  // aligned span's room
+    static constexpr int BYTES = 2 * ROW_BYTES;  // both rows; kernels.py matvec_stage_bytes mirrors it
+    static_assert(32 % Codes<T>::TASKS == 0, "a stage is a whole number of blocks");
+};
+
+struct QpRing {
+    qb_u8* region;  // this warp's share of the dynamic shared memory
+    int region_bytes;
+    qb_u32 bars;  // shared address of this warp's QP_MV_MAX_STAGES mbarriers (8 bytes each)
+    int used;     // stages streamed through the ring so far: the slot and phase of the next
+};
+
+#ifndef QB_HOST_EMULATION
+extern __shared__ __align__(128) qb_u8 qp_dynamic_smem[];
+
+static __device__ __forceinline__ qb_u32 qp_smem_addr(const void* p) {
+    return static_cast<qb_u32>(__cvta_generic_to_shared(p));
 }
 
-// One pipeline stage of a warp: U lane tasks per lane, 32 U tasks from `base`. Tasks past the end
-// load a valid task (the last) and are weighted 0 by the compute.
-template <int T, int U>
-static __device__ __forceinline__ void qp_stage_load(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
-                                                     int base, int n_tasks, typename Codes<T>::Raw (&raw)[U][2],
-                                                     int (&task)[U]) {
-    using C = Codes<T>;
-    const int lane = threadIdx.x & 31;
+// Every warp's ring, its mbarriers initialised by its lane 0 (warp-local: no CTA barrier needed).
+static __device__ __forceinline__ QpRing qp_ring_make() {
+    __shared__ __align__(8) qb_u64 bars[QP_MV_WARPS][QP_MV_MAX_STAGES];
+    qb_u32 dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    const int warp = threadIdx.x >> 5, per_warp = (int)(dyn / QP_MV_WARPS) & ~127;
+    QpRing ring{qp_dynamic_smem + warp * per_warp, per_warp, qp_smem_addr(&bars[warp][0]), 0};
+    if ((threadIdx.x & 31) == 0) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-        task[u] = min(base + 32 * u + lane, n_tasks - 1);
-        const long off = (long)(task[u] / C::TASKS) * Block<T>::BYTES;
-        C::load(ra + off, task[u] % C::TASKS, raw[u][0]);
-        C::load(rb + off, task[u] % C::TASKS, raw[u][1]);
+        for (int s = 0; s < QP_MV_MAX_STAGES; ++s)
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(ring.bars + 8 * s) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
+    __syncwarp();
+    return ring;
+}
+
+static __device__ __forceinline__ void qp_mbar_wait(qb_u32 bar, qb_u32 parity) {
+    qb_u32 done = 0;
+    for (int polls = 0; !done; ++polls) {
+        asm volatile(
+            "{\n\t.reg .pred p;\n\t"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+            "selp.u32 %0, 1, 0, p;\n\t}"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (polls > QP_MV_WAIT_POLLS) __trap();
+    }
+}
+
+// Lane 0: stage j (blocks j * BLOCKS ..) of rows ra and rb into ring slot `slot`.
+template <int T>
+static __device__ __forceinline__ void qp_stage_issue(const QpRing& ring, int slot, const qb_u8* ra, const qb_u8* rb,
+                                                      int j, int blocks_per_row) {
+    using S = Stage<T>;
+    const long first = (long)j * S::BLOCKS * Block<T>::BYTES;
+    const long len = (long)min(S::BLOCKS, blocks_per_row - j * S::BLOCKS) * Block<T>::BYTES;
+    const qb_u32 bar = ring.bars + 8 * slot;
+    const qb_u64 src[2] = {reinterpret_cast<qb_u64>(ra + first), reinterpret_cast<qb_u64>(rb + first)};
+    qb_u32 bytes[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) bytes[r] = (qb_u32)(((src[r] + len + 15) & ~15ull) - (src[r] & ~15ull));
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes[0] + bytes[1])
+                 : "memory");
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const qb_u32 dst = qp_smem_addr(ring.region + slot * S::BYTES + r * S::ROW_BYTES);
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                     "l"(src[r] & ~15ull), "r"(bytes[r]), "r"(bar)
+                     : "memory");
+    }
+}
+#endif
+
+// One stage of a warp: one lane task per lane and row, task `base` + lane of the row (tasks past
+// the end load the last task and are weighted 0 by the compute). sa / sb: where block `block0` of
+// each row sits in the stage's shared memory.
+template <int T>
+static __device__ __forceinline__ void qp_stage_load(const qb_u8* sa, const qb_u8* sb, int block0, int base, int n_tasks,
+                                                     typename Codes<T>::Raw (&raw)[1][2], int (&task)[1]) {
+    using C = Codes<T>;
+    task[0] = min(base + (int)(threadIdx.x & 31), n_tasks - 1);
+    const long off = (long)(task[0] / C::TASKS - block0) * Block<T>::BYTES;
+    C::load(sa + off, task[0] % C::TASKS, raw[0][0]);
+    C::load(sb + off, task[0] % C::TASKS, raw[0][1]);
 }
 
 template <int T, int NB, int U>
@@ -215,47 +278,39 @@ static __device__ __forceinline__ void qp_stage_compute(const typename Codes<T>:
     }
 }
 
+#ifndef QB_HOST_EMULATION
 // acc[r][c] += row r (ra or rb) . x column c of the QVec xq over all cols, this lane's share; not yet
-// warp-reduced. Two register buffers of raw block bytes: the next stage's loads are in flight while
-// this stage computes (every branch is warp-uniform).
+// warp-reduced. The rows stream through the warp's ring (every branch is warp-uniform).
 template <int T, int NB>
-static __device__ __forceinline__ void qp_rows_dot2(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
-                                                    int cols, const qb_u8* xs, float (&acc)[2][NB]) {
-    using C = Codes<T>;
-    // more columns hold more x and sums in registers: fewer tasks in flight
-#ifdef QP_MV_UNROLL
-    constexpr int U = NB <= 2 ? QP_MV_UNROLL : 1;  // an experiment's override (bench_matvec --variant)
-#else
-    constexpr int U = NB <= 2 ? C::UNROLL : 1;
-#endif
-    constexpr int S = 32 * U;
-    const int n_tasks = cols / Block<T>::QK * C::TASKS;
-#if QP_MV_DOUBLE_BUFFER
-    typename C::Raw a[U][2], b[U][2];
-    int ta[U], tb[U];
-    qp_stage_load<T, U>(ra, rb, 0, n_tasks, a, ta);
-    for (int base = 0; base < n_tasks; base += 2 * S) {
-        const bool has_b = base + S < n_tasks;
-        if (has_b) qp_stage_load<T, U>(ra, rb, base + S, n_tasks, b, tb);
-        qp_stage_compute<T, NB, U>(a, ta, base, n_tasks, xs, cols, acc);
-        if (has_b) {
-            if (base + 2 * S < n_tasks) qp_stage_load<T, U>(ra, rb, base + 2 * S, n_tasks, a, ta);
-            qp_stage_compute<T, NB, U>(b, tb, base + S, n_tasks, xs, cols, acc);
-        }
-    }
-#else
+static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* __restrict__ ra,
+                                                    const qb_u8* __restrict__ rb, int cols, const qb_u8* xs,
+                                                    float (&acc)[2][NB]) {
+    using S = Stage<T>;
+    const int lane = threadIdx.x & 31;
+    const int blocks_per_row = cols / Block<T>::QK, n_tasks = blocks_per_row * Codes<T>::TASKS;
+    const int n_stages = (blocks_per_row + S::BLOCKS - 1) / S::BLOCKS;
+    const int slots = min(QP_MV_MAX_STAGES, ring.region_bytes / S::BYTES);
+    if (slots < 1) __trap();  // the host gave less shared memory than one stage: kernels.py is out of step
+    if (lane == 0)
+        for (int j = 0; j < min(slots, n_stages); ++j) qp_stage_issue<T>(ring, (ring.used + j) % slots, ra, rb, j, blocks_per_row);
 #pragma unroll 1
-    for (int d = 0; d < QP_MV_PREFETCH_STAGES; ++d) qp_stage_prefetch<T>(ra, rb, d * S, S, n_tasks);
-    for (int base = 0; base < n_tasks; base += S) {
-        typename C::Raw a[U][2];
-        int ta[U];
-        qp_stage_prefetch<T>(ra, rb, base + QP_MV_PREFETCH_STAGES * S, S, n_tasks);
-        qp_stage_load<T, U>(ra, rb, base, n_tasks, a, ta);
-        qp_stage_compute<T, NB, U>(a, ta, base, n_tasks, xs, cols, acc);
+    for (int j = 0; j < n_stages; ++j) {
+        const int k = ring.used + j, slot = k % slots;
+        qp_mbar_wait(ring.bars + 8 * slot, (qb_u32)((k / slots) & 1));
+        const long first = (long)j * S::BLOCKS * Block<T>::BYTES;
+        const qb_u8* sa = ring.region + slot * S::BYTES + (reinterpret_cast<qb_u64>(ra + first) & 15u);
+        const qb_u8* sb = ring.region + slot * S::BYTES + S::ROW_BYTES + (reinterpret_cast<qb_u64>(rb + first) & 15u);
+        typename Codes<T>::Raw raw[1][2];
+        int task[1];
+        const int base = j * S::BLOCKS * Codes<T>::TASKS;
+        qp_stage_load<T>(sa, sb, j * S::BLOCKS, base, n_tasks, raw, task);
+        __syncwarp();  // every lane holds its stage's bytes in registers: the slot may be refilled
+        if (lane == 0 && j + slots < n_stages) qp_stage_issue<T>(ring, slot, ra, rb, j + slots, blocks_per_row);
+        qp_stage_compute<T, NB, 1>(raw, task, base, n_tasks, xs, cols, acc);
     }
-#endif
+    ring.used += n_stages;
 }
-
+#endif
 template <int NB>
 static __device__ __forceinline__ void qp_warp_reduce2(float (&acc)[2][NB]) {
 #pragma unroll

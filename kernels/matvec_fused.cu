@@ -76,14 +76,15 @@ static __device__ __forceinline__ void qkv(const QkvArgs& a) {
     const qb_u8* wa = seg.w + (long long)row * seg.row_bytes;
     const qb_u8* wb = wa + seg.row_bytes;
     float acc[2][1] = {{0.0f}, {0.0f}};
+    QpRing ring = qp_ring_make();
     if constexpr (TQK == 0) {
-#define QP_QKV_DOT(T) qp_rows_dot2<T, 1>(wa, wb, a.cols, a.xq, acc)
+#define QP_QKV_DOT(T) qp_rows_dot2<T, 1>(ring, wa, wb, a.cols, a.xq, acc)
         QP_FOR_QUANT_TYPE(seg.type, QP_QKV_DOT)
 #undef QP_QKV_DOT
     } else if (s < 2) {
-        qp_rows_dot2<TQK, 1>(wa, wb, a.cols, a.xq, acc);
+        qp_rows_dot2<TQK, 1>(ring, wa, wb, a.cols, a.xq, acc);
     } else {
-        qp_rows_dot2<TV, 1>(wa, wb, a.cols, a.xq, acc);
+        qp_rows_dot2<TV, 1>(ring, wa, wb, a.cols, a.xq, acc);
     }
     qp_warp_reduce2<1>(acc);
     const float scale = qp_rms_scale<1>(a.xq, a.cols, 0, 1, a.eps);
@@ -123,15 +124,13 @@ static __device__ __forceinline__ void qkv_entry(const QkvArgs& a) {
     }
 }
 
-// The QKV epilogue (RoPE in double) costs registers: the heavier decoders stay at one CTA per SM.
+// The QKV epilogue (RoPE in double) costs registers: the heavier decoders, and a Q/K + V pair (two
+// decoders in one kernel: 4 bytes of spill at 64 registers), stay at one CTA per SM.
 #define QP_QKV_MIN_CTAS(A, B)                                                                  \
-    (((A) == QB_Q2_K || (A) == QB_Q3_K || (A) == QB_Q5_K || (B) == QB_Q2_K || (B) == QB_Q3_K || \
-      (B) == QB_Q5_K)                                                                          \
-         ? 1                                                                                   \
-         : QP_MV_MIN_CTAS_B1)
+    (((A) != (B) || (A) == QB_Q2_K || (A) == QB_Q3_K || (A) == QB_Q5_K) ? 1 : QP_MV_MIN_CTAS_B1)
 
 // One type for Q, K and V: matvec_qkv_<type>.
-#define QP_QKV_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR)                                          \
+#define QP_QKV_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                          \
     extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, QP_QKV_MIN_CTAS(ID, ID))          \
         matvec_qkv_##name(const QkvArgs a) {                                                          \
         qkv_entry<ID, ID>(a);                                                                         \
@@ -160,12 +159,13 @@ static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, con
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float scale = qp_rms_scale<1>(xq, cols, 0, 1, eps);
     const int row0 = blockIdx.x * 2 * QP_MV_WARPS;
+    QpRing ring = qp_ring_make();  // both halves stream through it: one type, phases carry on
 #pragma unroll 1
     for (int half = 0; half < 2; ++half) {
         const int row = row0 + QP_MV_WARPS * half + warp;
         const long long off = (long long)min(row, rows - 1) * row_bytes;
         float acc[2][1] = {{0.0f}, {0.0f}};
-        qp_rows_dot2<T, 1>(wg + off, wu + off, cols, xq, acc);
+        qp_rows_dot2<T, 1>(ring, wg + off, wu + off, cols, xq, acc);
         qp_warp_reduce2<1>(acc);
         if (lane == 0) {
             const float g = acc[0][0] * scale, u = acc[1][0] * scale;
@@ -190,7 +190,7 @@ static __device__ __forceinline__ void gate_up_entry(const qb_u8* wg, const qb_u
     }
 }
 
-#define QP_GATE_UP_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR)                                                 \
+#define QP_GATE_UP_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                                 \
     extern "C" __global__ void __launch_bounds__(32 * QP_MV_WARPS, QP_MV_MIN_CTAS(ID))                                          \
         matvec_gate_up_##name(const qb_u8* wg, const qb_u8* wu, const qb_u8* xq, float* act, qb_u8* actq,       \
                               int rows, int cols, int row_bytes, float eps) {                                    \

@@ -19,7 +19,53 @@
 static __device__ __forceinline__ qb_u32 qc_funnel(qb_u32 lo, qb_u32 hi, int shift) {
     return __funnelshift_r(lo, hi, shift);
 }
+
+// The matvec streams weights into shared memory (matvec_core.cuh) and decodes them there, so these
+// loads are plain generic loads: the compiler makes them shared-memory loads where the pointer
+// comes from shared memory, and global ones elsewhere. (The host emulation checks alignment.)
+template <class V>
+static __device__ __forceinline__ V qc_ld(const qb_u8* p) {
+    return *reinterpret_cast<const V*>(p);
+}
+#else
+template <class V>
+static V qc_ld(const qb_u8* p) {
+    return __ldg(reinterpret_cast<const V*>(p));
+}
 #endif
+
+static __device__ __forceinline__ qb_u32 qc_ld32(const qb_u8* p) { return qc_ld<qb_u32>(p); }
+static __device__ __forceinline__ float qc_half(const qb_u8* p) { return qb_half_to_float(qc_ld<qb_u16>(p)); }
+
+// A 32-bit word at a 2-aligned address (whether it is 4-aligned is the same for a warp's lanes).
+static __device__ __forceinline__ qb_u32 qc_ld32_a2(const qb_u8* p) {
+    if ((reinterpret_cast<qb_u64>(p) & 3u) == 0) return qc_ld32(p);
+    return (qb_u32)qc_ld<qb_u16>(p) | ((qb_u32)qc_ld<qb_u16>(p + 2) << 16);
+}
+
+// NW words at p, in the widest loads the compile-time alignment A allows.
+template <int NW, int A>
+static __device__ __forceinline__ void qc_words(const qb_u8* p, qb_u32 (&w)[NW]) {
+    if constexpr (A >= 16 && NW % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < NW / 4; ++i) {
+            const uint4 v = qc_ld<uint4>(p + 16 * i);
+            w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
+        }
+    } else if constexpr (A >= 8 && NW % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < NW / 2; ++i) {
+            const uint2 v = qc_ld<uint2>(p + 8 * i);
+            w[2 * i] = v.x, w[2 * i + 1] = v.y;
+        }
+    } else if constexpr (A >= 4) {
+#pragma unroll
+        for (int i = 0; i < NW; ++i) w[i] = qc_ld32(p + 4 * i);
+    } else {
+#pragma unroll
+        for (int i = 0; i < NW; ++i) w[i] = qc_ld32_a2(p + 4 * i);
+    }
+}
 
 // 16 bytes at a 2-aligned address as 4 words: aligned 32-bit loads and a funnel shift, branch free
 // (lanes of one warp may see either parity). At an address 2 mod 4 the fifth word is loaded too
@@ -31,8 +77,8 @@ static __device__ __forceinline__ void qc_load16_a2(const qb_u8* p, qb_u32 (&w)[
     const int shift = static_cast<int>(addr & 3u) * 8;
     qb_u32 a[5];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) a[i] = qb_ld32(base + 4 * i);
-    a[4] = shift ? qb_ld32(base + 16) : 0u;
+    for (int i = 0; i < 4; ++i) a[i] = qc_ld32(base + 4 * i);
+    a[4] = shift ? qc_ld32(base + 16) : 0u;
 #pragma unroll
     for (int i = 0; i < 4; ++i) w[i] = qc_funnel(a[i], a[i + 1], shift);
 }
@@ -41,7 +87,7 @@ static __device__ __forceinline__ void qc_load16_a2(const qb_u8* p, qb_u32 (&w)[
 template <int A>
 static __device__ __forceinline__ void qc_load16(const qb_u8* p, qb_u32 (&w)[4]) {
     if constexpr (A >= 4) {
-        qb_load_words<4, A>(p, w);
+        qc_words<4, A>(p, w);
     } else {
         qc_load16_a2(p, w);
     }
@@ -74,7 +120,7 @@ struct Codes;
 
 template <bool HAS_M, bool FIVE>
 struct LegacyCodes {
-    static constexpr int TASKS = 1, RUNS = 2, UNROLL = 1;
+    static constexpr int TASKS = 1, RUNS = 2;
     // d @0, [m @2], [qh u32], qs[16]: the Q4_0/Q4_1/Q5_0/Q5_1 layouts of quant_blocks.cuh.
     static constexpr int QH = HAS_M ? 4 : 2, QS = (FIVE ? QH + 4 : QH);
     static constexpr int BYTES = FIVE ? (HAS_M ? 24 : 22) : (HAS_M ? 20 : 18);
@@ -85,10 +131,10 @@ struct LegacyCodes {
         float d, m;
     };
     static __device__ __forceinline__ void load(const qb_u8* b, int, Raw& r) {
-        r.d = qb_half_to_float(qb_ld16(b));
-        r.m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : (FIVE ? -16.0f : -8.0f) * r.d;
+        r.d = qc_half(b);
+        r.m = HAS_M ? qc_half(b + 2) : (FIVE ? -16.0f : -8.0f) * r.d;
         qc_load16<qb_align(16, ALIGN)>(b + QS, r.qs);  // QS is a multiple of ALIGN's alignment
-        r.qh = FIVE ? (ALIGN >= 4 ? qb_ld32(b + QH) : qb_ld32_a2(b + QH)) : 0u;
+        r.qh = FIVE ? (ALIGN >= 4 ? qc_ld32(b + QH) : qc_ld32_a2(b + QH)) : 0u;
     }
     static __device__ __forceinline__ void decode(const Raw& r, int, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -111,13 +157,13 @@ template <> struct Codes<QB_Q5_1> : LegacyCodes<true, true> {};
 // Q8_0: d @0, int8 qs[32] @2; two tasks of one run each. code = q + 128, m = -128 d.
 template <>
 struct Codes<QB_Q8_0> {
-    static constexpr int TASKS = 2, RUNS = 1, UNROLL = 1;
+    static constexpr int TASKS = 2, RUNS = 1;
     struct Raw {
         qb_u32 qs[4];
         float d;
     };
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
-        r.d = qb_half_to_float(qb_ld16(b));
+        r.d = qc_half(b);
         qc_load16_a2(b + 2 + 16 * t, r.qs);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int, qb_u32 (&c)[4], float& d, float& m,
@@ -137,7 +183,7 @@ struct Codes<QB_Q8_0> {
 // sub-block 8h + 2j + k, value = d * (sc & 15) * q - dmin * (sc >> 4).
 template <>
 struct Codes<QB_Q2_K> {
-    static constexpr int TASKS = 4, RUNS = 4, UNROLL = 1;
+    static constexpr int TASKS = 4, RUNS = 4;
     struct Raw {
         qb_u32 qs[4];
         qb_u32 sc0, sc1;  // scales[8h .. 8h + 7]
@@ -145,10 +191,10 @@ struct Codes<QB_Q2_K> {
     };
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
         const int h = t >> 1, k = t & 1;
-        qb_load_words<4, 4>(b + 16 + 32 * h + 16 * k, r.qs);
-        r.sc0 = qb_ld32(b + 8 * h);
-        r.sc1 = qb_ld32(b + 8 * h + 4);
-        r.dd = qb_ld32(b + 80);
+        qc_words<4, 4>(b + 16 + 32 * h + 16 * k, r.qs);
+        r.sc0 = qc_ld32(b + 8 * h);
+        r.sc1 = qc_ld32(b + 8 * h + 4);
+        r.dd = qc_ld32(b + 80);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -168,7 +214,7 @@ struct Codes<QB_Q2_K> {
 // bits at shift 2j, bit 2 = bit 4h + j of hmask, sub-block 8h + 2j + k; value = d * sc * (q - 4).
 template <>
 struct Codes<QB_Q3_K> {
-    static constexpr int TASKS = 4, RUNS = 4, UNROLL = 1;
+    static constexpr int TASKS = 4, RUNS = 4;
     struct Raw {
         qb_u32 qs[4], hm[4];
         qb_u32 sc;  // the task's four 6-bit signed scales, one per byte
@@ -182,11 +228,11 @@ struct Codes<QB_Q3_K> {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int si = 8 * h + 2 * j + k;
-            const int lo = si < 8 ? __ldg(b + 96 + si) & 0xF : __ldg(b + 96 + si - 8) >> 4;
-            const int hi = (__ldg(b + 104 + (si & 3)) >> (2 * (si >> 2))) & 3;
+            const int lo = si < 8 ? qc_ld<qb_u8>(b + 96 + si) & 0xF : qc_ld<qb_u8>(b + 96 + si - 8) >> 4;
+            const int hi = (qc_ld<qb_u8>(b + 104 + (si & 3)) >> (2 * (si >> 2))) & 3;
             r.sc |= (qb_u32)(lo | (hi << 4)) << (8 * j);
         }
-        r.d = qb_half_to_float(qb_ld16(b + 108));
+        r.d = qc_half(b + 108);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -207,16 +253,16 @@ struct Codes<QB_Q3_K> {
 // sub-block 2g + 1). Q5_K: bit 2g + k of qh[l0 + l] is bit 4 of run k's value.
 template <bool Q5>
 struct KQuant45Codes {
-    static constexpr int TASKS = 8, RUNS = 2, QS = Q5 ? 48 : 16, UNROLL = 1;
+    static constexpr int TASKS = 8, RUNS = 2, QS = Q5 ? 48 : 16;
     struct Raw {
         qb_u32 head[4];  // d | dmin << 16, scales[0..11]
         qb_u32 qs[4];
         qb_u32 qh[Q5 ? 4 : 1];
     };
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
-        qb_load_words<4, 16>(b, r.head);
-        qb_load_words<4, 16>(b + QS + 16 * t, r.qs);
-        if constexpr (Q5) qb_load_words<4, 16>(b + 16 + 16 * (t & 1), r.qh);
+        qc_words<4, 16>(b, r.head);
+        qc_words<4, 16>(b + QS + 16 * t, r.qs);
+        if constexpr (Q5) qc_words<4, 16>(b + 16 + 16 * (t & 1), r.qh);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -243,7 +289,7 @@ template <> struct Codes<QB_Q5_K> : KQuant45Codes<true> {};
 // bits 4..5 at shift 2k of qh, scale index 8h + 2k + l0 / 16; value = d * sc * (q - 32).
 template <>
 struct Codes<QB_Q6_K> {
-    static constexpr int TASKS = 8, RUNS = 2, UNROLL = 1;
+    static constexpr int TASKS = 8, RUNS = 2;
     struct Raw {
         qb_u32 ql[4], qh[4];
         int sc[2];
@@ -253,9 +299,9 @@ struct Codes<QB_Q6_K> {
         const int h = t >> 2, kk = (t >> 1) & 1, l0 = 16 * (t & 1);
         qc_load16_a2(b + 64 * h + 32 * kk + l0, r.ql);
         qc_load16_a2(b + 128 + 32 * h + l0, r.qh);
-        r.sc[0] = static_cast<qb_i8>(__ldg(b + 192 + 8 * h + 2 * kk + (l0 >> 4)));
-        r.sc[1] = static_cast<qb_i8>(__ldg(b + 192 + 8 * h + 2 * (kk + 2) + (l0 >> 4)));
-        r.d = qb_half_to_float(qb_ld16(b + 208));
+        r.sc[0] = static_cast<qb_i8>(qc_ld<qb_u8>(b + 192 + 8 * h + 2 * kk + (l0 >> 4)));
+        r.sc[1] = static_cast<qb_i8>(qc_ld<qb_u8>(b + 192 + 8 * h + 2 * (kk + 2) + (l0 >> 4)));
+        r.d = qc_half(b + 208);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {

@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
     float* out = static_cast<float*>(calloc((size_t)rows * cols, sizeof(float)));
     const long row_bytes = size / rows;
     bool known = false;
-#define QB_WALK(NAME, name, ID, QK, BYTES, DT, MT, MR)                                   \
+#define QB_WALK(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                   \
     if (id == ID) {                                                                     \
         known = true;                                                                   \
         if (!strcmp(mode, "matvec16")) matvec_walk<ID, 16>(raw, rows, cols, row_bytes, out); \

@@ -22,7 +22,7 @@ import torch
 from qprof.check.quant_cases import MISTRAL_SHAPES
 from qprof.quant.dequant import FP16_FIELDS
 from qprof.quant.traits import ALL_TYPES, traits
-from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, matvec, matvec_q, quantize
+from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, device_bytes, matvec, matvec_q, quantize
 
 WORKING_SET_L2_MULTIPLE = 8
 
@@ -31,7 +31,8 @@ def device_weight(qtype: str, rows: int, cols: int, seed: int) -> DeviceWeight:
     """Random block bytes made on the device (fast); float16 scale fields set to 2^-6 so values stay finite."""
     t = traits(qtype)
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    raw = torch.randint(0, 256, (rows * t.row_bytes(cols),), dtype=torch.uint8, device="cuda", generator=gen)
+    raw = device_bytes(rows * t.row_bytes(cols))
+    raw.random_(0, 256, generator=gen)
     if t.family == "float":
         raw.zero_()
     else:
@@ -108,7 +109,7 @@ def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int, v
             def one_pass(lib=lib, kern=kern):
                 for w in weights:
                     lib.launch(kern, cfg.grid, cfg.block, w.raw, xq.data, y, rows, cols, w.row_bytes, 0, 0.0, None,
-                               None, None)
+                               None, None, shared_bytes=cfg.shared_bytes)
 
             row[f"v{i}_GBps"] = (first.n_bytes + x.nbytes + y.nbytes) / (graph_us(one_pass) / copies * 1e-6) / 1e9
     weights.clear()

@@ -31,6 +31,15 @@ if [ "$STAGE" = kernels ]; then
   step bench_7b 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --results $OUT/bench.jsonl
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi
+if [ "$STAGE" = stream ]; then  # the shared-memory weight stream: correctness first, then bandwidth and tg128
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  step check_mv 240 $Q check --ops matvec,fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec --failures-only
+  step matvec_bw 200 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0,Q5_K,Q3_K --batches 1,8 ${MV_VARIANTS:-}
+  wait
+  step bench_7b 200 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --results $OUT/bench.jsonl
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+fi
 if [ "$STAGE" = fused ]; then
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build

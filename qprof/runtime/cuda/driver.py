@@ -261,6 +261,8 @@ class KernelLibrary:
         block = tuple(block) + (1,) * (3 - len(block))
         if min(grid) <= 0 or min(block) <= 0:
             raise CudaError(f"{kernel.name}: empty launch grid={grid} block={block} args=({_describe(args)})")
+        if shared_bytes > DEFAULT_DYNAMIC_SHARED:
+            self.allow_shared(kernel, shared_bytes)
         drv = _driver()
         holders, array = _pack(args, kernel.name)
         stream_handle = torch.cuda.current_stream().cuda_stream if stream is None else stream

@@ -92,7 +92,7 @@ class QkvLaunch:
                              q_out.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0, float(eps), cols,
                              rope.head_dim, rope.rope_dim, float(rope.theta), int(k_cache.shape[0]),
                              int(k_cache.dtype == torch.float16), 0)
-        self.cfg = K.matvec_launch(wq.traits, wq.rows + wk.rows + wv.rows)
+        self.cfg = K.qkv_launch((wq.traits, wk.traits, wv.traits), wq.rows + wk.rows + wv.rows)
         # generic: the run-time-dispatch kernel whatever the types (a check covers it on uniform weights too)
         self.kernel_name = K.QKV_KERNEL if generic else K.qkv_kernel_name(wq.qtype, wk.qtype, wv.qtype)
 
@@ -104,7 +104,8 @@ class QkvLaunch:
             raise QprofError("fused QKV: the position must be a device int32 tensor")
         self.args.pos = pos.data_ptr()
         lib = KernelLibrary.get()
-        lib.launch(lib.kernel(K.FUSED_FILE, self.kernel_name), self.cfg.grid, self.cfg.block, self.args)
+        lib.launch(lib.kernel(K.FUSED_FILE, self.kernel_name), self.cfg.grid, self.cfg.block, self.args,
+                   shared_bytes=self.cfg.shared_bytes)
 
 
 def gate_up(wg: DeviceWeight, wu: DeviceWeight, xq: QVec, eps: float, act: torch.Tensor,

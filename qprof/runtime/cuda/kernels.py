@@ -55,6 +55,7 @@ INJECT_BLOCK_DIM = 32
 class LaunchConfig:
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
+    shared_bytes: int = 0  # dynamic shared memory
 
     @property
     def threads_per_cta(self) -> int:
@@ -116,13 +117,46 @@ def get_rows_launch(t: QuantTraits, blocks_per_row: int, n_ids: int) -> LaunchCo
     return LaunchConfig((_ceil_div(blocks_per_row, by), n_ids, 1), (t.dequant_threads, by, 1))
 
 
+# The quantized matvecs' weight stream (kernels/matvec_core.cuh): each warp's ring of stages in
+# dynamic shared memory. MATVEC_STAGES stages (three in flight while one decodes) where they fit in
+# MATVEC_SHARED_BUDGET, which leaves room for two resident CTAs per SM on the H100/H200 (228 KiB
+# per SM, 1 KiB reserved per CTA, ~1.2 KiB of static shared memory); fewer stages otherwise, one
+# at the least. The kernel counts the stages from the size it is given, so this sets depth only.
+MATVEC_STAGES = 4
+MATVEC_SHARED_BUDGET = 110 * 1024
+
+
+def matvec_stage_bytes(t: QuantTraits) -> int:
+    """Shared memory of one stage of two rows (Stage<T>::BYTES): each row's blocks, rounded to 16
+    bytes, plus 16 for the aligned span's slack."""
+    return 2 * (_ceil_div(t.matvec_stage_blocks * t.block_bytes, 16) * 16 + 16)
+
+
+def matvec_shared_bytes(types: tuple[QuantTraits, ...], threads: int) -> int:
+    """Dynamic shared memory of a quantized matvec CTA whose warps stream rows of any of `types`."""
+    stage = max(matvec_stage_bytes(t) for t in types)
+    warps = threads // 32
+    stages = max(1, min(MATVEC_STAGES, MATVEC_SHARED_BUDGET // (warps * stage)))
+    return warps * stages * stage
+
+
+def _matvec_cfg(t: QuantTraits, rows: int, types: tuple[QuantTraits, ...] | None = None) -> LaunchConfig:
+    shared = 0 if t.family == "float" else matvec_shared_bytes(types or (t,), t.matvec_threads)
+    return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta), 1, 1), (t.matvec_threads, 1, 1), shared)
+
+
 def matvec_launch(t: QuantTraits, rows: int) -> LaunchConfig:
-    return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta), 1, 1), (t.matvec_threads, 1, 1))
+    return _matvec_cfg(t, rows)
 
 
 def gate_up_launch(t: QuantTraits, rows: int) -> LaunchConfig:
     """Fused gate+up: each warp computes two rows of each matrix in turn, so a CTA covers as many rows as a matvec CTA."""
-    return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta), 1, 1), (t.matvec_threads, 1, 1))
+    return _matvec_cfg(t, rows)
+
+
+def qkv_launch(types: tuple[QuantTraits, ...], rows: int) -> LaunchConfig:
+    """Fused QKV over segments of these types: matvec CTAs whose ring fits the widest type's stage."""
+    return _matvec_cfg(types[0], rows, types)
 
 
 def xq_planes(batch: int) -> int:
@@ -147,8 +181,8 @@ def kernel(family: str, qtype: str, variant: str | None = None):
 # ------------------------------------------------------------------ the compile-time mirror
 
 _MIRROR_FIELDS = ("name", "ggml_type", "block_values", "block_bytes", "dequant_threads",
-                  "matvec_threads", "matvec_rows_per_cta")
-_MIRROR_ROW = re.compile(r"X\((\w+),\s*(\w+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\)")
+                  "matvec_threads", "matvec_rows_per_cta", "matvec_stage_blocks")
+_MIRROR_ROW = re.compile(r"X\((\w+),\s*(\w+)" + r",\s*(\d+)" * 7 + r"\)")
 
 
 def kernel_traits_mirror(header: Path = TRAITS_HEADER) -> dict[str, dict[str, int | str]]:

@@ -203,7 +203,6 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     lib = _lib()
     kernel = lib.kernel("attention", f"attn_decode_d{shape.head_dim}{suffix}")
     shared = 4 * scratch.chunk * shape.n_gqa
-    lib.allow_shared(kernel, shared)
     lib.launch(kernel, (shape.n_head_kv, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
                scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, _ptr(pos), int(pos0), scratch.chunk,
                shape.window, *_mask_args(mask), shape.scale, shared_bytes=shared)

@@ -38,6 +38,10 @@ class DeviceWeight:
             raise QprofError(f"{self.name}: raw bytes must be a contiguous uint8 CUDA tensor")
         if self.raw.numel() != want:
             raise QprofError(f"{self.name}: {self.qtype} {rows}x{cols} needs {want} bytes, got {self.raw.numel()}")
+        room = self.raw.untyped_storage().nbytes() - self.raw.storage_offset()
+        if self.raw.data_ptr() % 16 or room < -(-want // 16) * 16:
+            raise QprofError(f"{self.name}: raw bytes must start 16-byte aligned with room to a 16-byte multiple "
+                             "(the matvec copies 16-byte spans); make them with device_bytes()")
 
     @property
     def rows(self) -> int:
@@ -67,13 +71,21 @@ class DeviceWeight:
             with warnings.catch_warnings():  # a read-only memmap is fine: it is only copied to the device
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 raw = torch.from_numpy(np.ascontiguousarray(raw))
-        data = raw.reshape(-1).to(device="cuda", dtype=torch.uint8).contiguous()
+        flat = raw.reshape(-1)
+        data = device_bytes(flat.numel())
+        data.copy_(flat.to(dtype=torch.uint8))
         return cls(name, t.name, (int(shape[0]), int(shape[1])), data, t)
 
     @classmethod
     def from_tensor_info(cls, info) -> DeviceWeight:
         """Upload a qprof.model.gguf_file.TensorInfo's raw bytes once."""
         return cls.from_bytes(info.name, info.qtype, tuple(info.shape), info.raw)
+
+
+def device_bytes(n: int) -> torch.Tensor:
+    """An uninitialised uint8 CUDA tensor of n bytes whose storage runs to a 16-byte multiple: the
+    matvec's copy engine moves 16-byte aligned spans, up to 15 bytes past the last row's end."""
+    return torch.empty(-(-n // 16) * 16, dtype=torch.uint8, device="cuda")[:n]
 
 
 # ------------------------------------------------------------------ argument checks
@@ -106,7 +118,7 @@ def _launch(w: DeviceWeight, family: str, variant: str | None, key, make_cfg, *a
     if plan is None:
         plan = w._plans[(family, variant, key)] = (K.kernel(family, w.qtype, variant), make_cfg())
     kern, cfg = plan
-    KernelLibrary.get().launch(kern, cfg.grid, cfg.block, *args)
+    KernelLibrary.get().launch(kern, cfg.grid, cfg.block, *args, shared_bytes=cfg.shared_bytes)
 
 
 # ------------------------------------------------------------------ ops
