@@ -184,7 +184,7 @@ extern "C" __global__ void __launch_bounds__(256) quantize_q8(const float* x, co
 
 // The launch shape the host derives from the traits table must be the one these kernels assume.
 template <int T>
-constexpr int qp_stage_blocks() {
+static __host__ __device__ constexpr int qp_stage_blocks() {
     if constexpr (Block<T>::IS_FLOAT) {
         return 0;
     } else {

@@ -192,87 +192,72 @@ static __device__ __forceinline__ void qp_mbar_wait(qb_u32 bar, qb_u32 parity) {
     }
 }
 
-// Lane 0: stage j (blocks j * BLOCKS ..) of rows ra and rb into ring slot `slot`.
+// Lanes 0 and 1: stage j (blocks j * BLOCKS ..) of row `lane` (lane 0: ra, lane 1: rb) into ring
+// slot `slot`, the 16-byte aligned span around its blocks. Lane 0 arms the barrier with both rows'
+// bytes before either copy is issued (it runs that instruction first; lane 1 is masked off then).
 template <int T>
-static __device__ __forceinline__ void qp_stage_issue(const QpRing& ring, int slot, const qb_u8* ra, const qb_u8* rb,
+static __device__ __forceinline__ void qp_stage_issue(const QpRing& ring, int slot, qb_u64 row, qb_u64 other,
                                                       int j, int blocks_per_row) {
     using S = Stage<T>;
-    const long first = (long)j * S::BLOCKS * Block<T>::BYTES;
-    const long len = (long)min(S::BLOCKS, blocks_per_row - j * S::BLOCKS) * Block<T>::BYTES;
+    constexpr int SPAN = S::BLOCKS * Block<T>::BYTES;
+    const int lane = threadIdx.x & 31;
+    const qb_u32 len = (qb_u32)min(S::BLOCKS, blocks_per_row - j * S::BLOCKS) * Block<T>::BYTES;
+    const qb_u64 src = row + (qb_u64)j * SPAN;
+    const qb_u32 bytes = (qb_u32)(((src + len + 15) & ~15ull) - (src & ~15ull));
     const qb_u32 bar = ring.bars + 8 * slot;
-    const qb_u64 src[2] = {reinterpret_cast<qb_u64>(ra + first), reinterpret_cast<qb_u64>(rb + first)};
-    qb_u32 bytes[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) bytes[r] = (qb_u32)(((src[r] + len + 15) & ~15ull) - (src[r] & ~15ull));
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes[0] + bytes[1])
-                 : "memory");
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const qb_u32 dst = qp_smem_addr(ring.region + slot * S::BYTES + r * S::ROW_BYTES);
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-                     "l"(src[r] & ~15ull), "r"(bytes[r]), "r"(bar)
+    if (lane == 0) {
+        const qb_u64 src_b = other + (qb_u64)j * SPAN;
+        const qb_u32 bytes_b = (qb_u32)(((src_b + len + 15) & ~15ull) - (src_b & ~15ull));
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes + bytes_b)
                      : "memory");
     }
+    const qb_u32 dst = qp_smem_addr(ring.region + slot * S::BYTES + lane * S::ROW_BYTES);
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src & ~15ull), "r"(bytes), "r"(bar)
+                 : "memory");
 }
 #endif
 
-// One stage of a warp: one lane task per lane and row, task `base` + lane of the row (tasks past
-// the end load the last task and are weighted 0 by the compute). sa / sb: where block `block0` of
-// each row sits in the stage's shared memory.
-template <int T>
-static __device__ __forceinline__ void qp_stage_load(const qb_u8* sa, const qb_u8* sb, int block0, int base, int n_tasks,
-                                                     typename Codes<T>::Raw (&raw)[1][2], int (&task)[1]) {
-    using C = Codes<T>;
-    task[0] = min(base + (int)(threadIdx.x & 31), n_tasks - 1);
-    const long off = (long)(task[0] / C::TASKS - block0) * Block<T>::BYTES;
-    C::load(sa + off, task[0] % C::TASKS, raw[0][0]);
-    C::load(sb + off, task[0] % C::TASKS, raw[0][1]);
-}
-
-template <int T, int NB, int U>
-static __device__ __forceinline__ void qp_stage_compute(const typename Codes<T>::Raw (&raw)[U][2], const int (&task)[U],
-                                                        int base, int n_tasks, const qb_u8* xs, int cols,
-                                                        float (&acc)[2][NB]) {
+// One lane task of both rows against x: task t of block `blk` (raw: its loaded bytes); a task that is
+// not live (past the row's end: it loaded a valid block) is weighted 0.
+template <int T, int NB>
+static __device__ __forceinline__ void qp_task_dot(const typename Codes<T>::Raw (&raw)[2], int t, int blk, bool live,
+                                                   const qb_u8* xs, int cols, float (&acc)[2][NB]) {
     using C = Codes<T>;
     constexpr int P = XPlanes<NB>::N;
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const bool live = base + 32 * u + lane < n_tasks;
-        const int t = task[u] % C::TASKS, v0 = task[u] / C::TASKS * Block<T>::QK;
+    const int v0 = blk * Block<T>::QK;
 #pragma unroll(NB > 2 ? 1 : C::RUNS)  // many columns: one run's codes live at a time
-        for (int run = 0; run < C::RUNS; ++run) {
-            qb_u32 code[2][4];
-            float d[2], m[2];
-            int v = 0;
+    for (int run = 0; run < C::RUNS; ++run) {
+        qb_u32 code[2][4];
+        float d[2], m[2];
+        int v = 0;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            C::decode(raw[r], t, run, code[r], d[r], m[r], v);
+            if (!live) d[r] = 0.0f, m[r] = 0.0f;
+        }
+        const int vi = v0 + v;
+#pragma unroll
+        for (int c = 0; c < NB; ++c) {
+            const XColumn xc = qp_x_column<NB>(xs, cols, c);
+            const uint4 h = __ldg(reinterpret_cast<const uint4*>(xc.planes + vi));
+            const float dx = __ldg(xc.dx + (vi >> 5)), sx = __ldg(xc.sx + (vi >> 4));
+            const qb_u32 hw[4] = {h.x, h.y, h.z, h.w};
+            qb_u32 lw[4] = {0, 0, 0, 0};
+            if constexpr (P == 2) {
+                const uint4 l = __ldg(reinterpret_cast<const uint4*>(xc.planes + cols + vi));
+                lw[0] = l.x, lw[1] = l.y, lw[2] = l.z, lw[3] = l.w;
+            }
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                C::decode(raw[u][r], t, run, code[r], d[r], m[r], v);
-                if (!live) d[r] = 0.0f, m[r] = 0.0f;
-            }
-            const int vi = v0 + v;
+                int ih = 0, il = 0;
 #pragma unroll
-            for (int c = 0; c < NB; ++c) {
-                const XColumn xc = qp_x_column<NB>(xs, cols, c);
-                const uint4 h = __ldg(reinterpret_cast<const uint4*>(xc.planes + vi));
-                const float dx = __ldg(xc.dx + (vi >> 5)), sx = __ldg(xc.sx + (vi >> 4));
-                const qb_u32 hw[4] = {h.x, h.y, h.z, h.w};
-                qb_u32 lw[4] = {0, 0, 0, 0};
-                if constexpr (P == 2) {
-                    const uint4 l = __ldg(reinterpret_cast<const uint4*>(xc.planes + cols + vi));
-                    lw[0] = l.x, lw[1] = l.y, lw[2] = l.z, lw[3] = l.w;
+                for (int i = 0; i < 4; ++i) {
+                    ih = qp_dp4a_us(code[r][i], hw[i], ih);
+                    if constexpr (P == 2) il = qp_dp4a_uu(code[r][i], lw[i], il);
                 }
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    int ih = 0, il = 0;
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        ih = qp_dp4a_us(code[r][i], hw[i], ih);
-                        if constexpr (P == 2) il = qp_dp4a_uu(code[r][i], lw[i], il);
-                    }
-                    const int dot = P == 2 ? ih * 256 + il : ih;
-                    acc[r][c] = fmaf(d[r] * dx, (float)dot, fmaf(m[r], sx, acc[r][c]));
-                }
+                const int dot = P == 2 ? ih * 256 + il : ih;
+                acc[r][c] = fmaf(d[r] * dx, (float)dot, fmaf(m[r], sx, acc[r][c]));
             }
         }
     }
@@ -280,37 +265,50 @@ static __device__ __forceinline__ void qp_stage_compute(const typename Codes<T>:
 
 #ifndef QB_HOST_EMULATION
 // acc[r][c] += row r (ra or rb) . x column c of the QVec xq over all cols, this lane's share; not yet
-// warp-reduced. The rows stream through the warp's ring (every branch is warp-uniform).
+// warp-reduced. The rows stream through the warp's ring, a stage a lane task per lane and row: lane
+// l takes task l % TASKS of the stage's block l / TASKS, the same every stage, so the per-stage work
+// is the wait, two shared-memory addresses, the decode and the refill (warp-uniform branches).
+// A ring carries on across calls with rows of the same type (gate+up streams two pairs through one).
 template <int T, int NB>
 static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* __restrict__ ra,
                                                     const qb_u8* __restrict__ rb, int cols, const qb_u8* xs,
                                                     float (&acc)[2][NB]) {
     using S = Stage<T>;
+    using C = Codes<T>;
+    constexpr int SPAN = S::BLOCKS * Block<T>::BYTES;
     const int lane = threadIdx.x & 31;
-    const int blocks_per_row = cols / Block<T>::QK, n_tasks = blocks_per_row * Codes<T>::TASKS;
+    const int blocks_per_row = cols / Block<T>::QK;
     const int n_stages = (blocks_per_row + S::BLOCKS - 1) / S::BLOCKS;
     const int slots = min(QP_MV_MAX_STAGES, ring.region_bytes / S::BYTES);
     if (slots < 1) __trap();  // the host gave less shared memory than one stage: kernels.py is out of step
-    if (lane == 0)
-        for (int j = 0; j < min(slots, n_stages); ++j) qp_stage_issue<T>(ring, (ring.used + j) % slots, ra, rb, j, blocks_per_row);
+    const qb_u64 row_a = reinterpret_cast<qb_u64>(ra), row_b = reinterpret_cast<qb_u64>(rb);
+    const qb_u64 mine = lane == 0 ? row_a : row_b, other = lane == 0 ? row_b : row_a;
+    if (lane < 2)
+        for (int j = 0; j < min(slots, n_stages); ++j)
+            qp_stage_issue<T>(ring, (ring.used + j) % slots, mine, other, j, blocks_per_row);
+    const int in_block = lane / C::TASKS, t = lane % C::TASKS;
+    const int mod_a = (int)(row_a & 15u), mod_b = (int)(row_b & 15u);
+    const qb_u8* slot0 = ring.region + in_block * Block<T>::BYTES;
 #pragma unroll 1
     for (int j = 0; j < n_stages; ++j) {
         const int k = ring.used + j, slot = k % slots;
         qp_mbar_wait(ring.bars + 8 * slot, (qb_u32)((k / slots) & 1));
-        const long first = (long)j * S::BLOCKS * Block<T>::BYTES;
-        const qb_u8* sa = ring.region + slot * S::BYTES + (reinterpret_cast<qb_u64>(ra + first) & 15u);
-        const qb_u8* sb = ring.region + slot * S::BYTES + S::ROW_BYTES + (reinterpret_cast<qb_u64>(rb + first) & 15u);
-        typename Codes<T>::Raw raw[1][2];
-        int task[1];
-        const int base = j * S::BLOCKS * Codes<T>::TASKS;
-        qp_stage_load<T>(sa, sb, j * S::BLOCKS, base, n_tasks, raw, task);
+        const int blk = j * S::BLOCKS + in_block;
+        const bool live = blk < blocks_per_row;  // a short last stage: the lanes past it read its block 0
+        const int at = slot * S::BYTES - (live ? 0 : in_block * Block<T>::BYTES);
+        // the stage's blocks sit at their global address mod 16 (the copy moved aligned spans)
+        const int da = (mod_a + j * SPAN) & 15, db = (mod_b + j * SPAN) & 15;
+        typename C::Raw raw[2];
+        C::load(slot0 + at + da, t, raw[0]);
+        C::load(slot0 + at + S::ROW_BYTES + db, t, raw[1]);
         __syncwarp();  // every lane holds its stage's bytes in registers: the slot may be refilled
-        if (lane == 0 && j + slots < n_stages) qp_stage_issue<T>(ring, slot, ra, rb, j + slots, blocks_per_row);
-        qp_stage_compute<T, NB, 1>(raw, task, base, n_tasks, xs, cols, acc);
+        if (lane < 2 && j + slots < n_stages) qp_stage_issue<T>(ring, slot, mine, other, j + slots, blocks_per_row);
+        qp_task_dot<T, NB>(raw, t, live ? blk : j * S::BLOCKS, live, xs, cols, acc);
     }
     ring.used += n_stages;
 }
 #endif
+
 template <int NB>
 static __device__ __forceinline__ void qp_warp_reduce2(float (&acc)[2][NB]) {
 #pragma unroll

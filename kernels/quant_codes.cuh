@@ -93,25 +93,6 @@ static __device__ __forceinline__ void qc_load16(const qb_u8* p, qb_u32 (&w)[4])
     }
 }
 
-// Byte k (0..11) of a 12-byte field held in three words; k is a run-time value but the selects
-// keep the words in registers.
-static __device__ __forceinline__ int qc_byte12(qb_u32 w0, qb_u32 w1, qb_u32 w2, int k) {
-    const qb_u32 w = k < 4 ? w0 : (k < 8 ? w1 : w2);
-    return static_cast<int>((w >> (8 * (k & 3))) & 0xFFu);
-}
-
-// Q4_K/Q5_K scale and min of sub-block j (0..7) from the 12 scale bytes in three words.
-static __device__ __forceinline__ void qc_scale_min_k4(qb_u32 s0, qb_u32 s1, qb_u32 s2, int j, int& sc, int& mn) {
-    if (j < 4) {
-        sc = qc_byte12(s0, s1, s2, j) & 63;
-        mn = qc_byte12(s0, s1, s2, j + 4) & 63;
-    } else {
-        const int hi = qc_byte12(s0, s1, s2, j + 4);
-        sc = (hi & 0xF) | ((qc_byte12(s0, s1, s2, j - 4) >> 6) << 4);
-        mn = (hi >> 4) | ((qc_byte12(s0, s1, s2, j) >> 6) << 4);
-    }
-}
-
 template <int T>
 struct Codes;
 
@@ -255,23 +236,30 @@ template <bool Q5>
 struct KQuant45Codes {
     static constexpr int TASKS = 8, RUNS = 2, QS = Q5 ? 48 : 16;
     struct Raw {
-        qb_u32 head[4];  // d | dmin << 16, scales[0..11]
+        qb_u32 dd;      // d | dmin << 16
+        qb_u32 sc, mn;  // the 6-bit scales and mins of sub-blocks 4 (t / 4) .. +3, one per byte
         qb_u32 qs[4];
         qb_u32 qh[Q5 ? 4 : 1];
     };
+    // The 12 scale bytes unpacked four sub-blocks at a time, branch free: sub-blocks 0..3 are the low
+    // six bits of bytes 0..3 (scales) and 4..7 (mins); 4..7 take their low four bits from bytes 8..11
+    // and their top two from the high bits of bytes 0..3 / 4..7 (quant_blocks.cuh qb_scale_min_k4, bytewise).
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
-        qc_words<4, 16>(b, r.head);
+        qb_u32 head[4];
+        qc_words<4, 16>(b, head);
+        r.dd = head[0];
+        const bool hi = t >= 4;
+        r.sc = hi ? (head[3] & 0x0F0F0F0Fu) | ((head[1] >> 2) & 0x30303030u) : head[1] & 0x3F3F3F3Fu;
+        r.mn = hi ? ((head[3] >> 4) & 0x0F0F0F0Fu) | ((head[2] >> 2) & 0x30303030u) : head[2] & 0x3F3F3F3Fu;
         qc_words<4, 16>(b + QS + 16 * t, r.qs);
         if constexpr (Q5) qc_words<4, 16>(b + 16 + 16 * (t & 1), r.qh);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
-        const int g = t >> 1, sub = 2 * g + run;
+        const int g = t >> 1, sub = 2 * g + run, shift = 8 * (sub & 3);
         v = 64 * g + 32 * run + 16 * (t & 1);
-        int sc, mn;
-        qc_scale_min_k4(r.head[1], r.head[2], r.head[3], sub, sc, mn);
-        d = qb_half_to_float(static_cast<qb_u16>(r.head[0] & 0xFFFFu)) * static_cast<float>(sc);
-        m = -qb_half_to_float(static_cast<qb_u16>(r.head[0] >> 16)) * static_cast<float>(mn);
+        d = qb_half_to_float(static_cast<qb_u16>(r.dd & 0xFFFFu)) * static_cast<float>((r.sc >> shift) & 0xFFu);
+        m = -qb_half_to_float(static_cast<qb_u16>(r.dd >> 16)) * static_cast<float>((r.mn >> shift) & 0xFFu);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             qb_u32 q = (r.qs[i] >> (4 * run)) & 0x0F0F0F0Fu;
