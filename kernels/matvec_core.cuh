@@ -136,6 +136,12 @@ static __device__ __forceinline__ float qp_rms_scale(const qb_u8* xq, int cols, 
 #ifndef QP_MV_MAX_STAGES
 #define QP_MV_MAX_STAGES 8
 #endif
+// Experiments for bench_matvec --variant (0 in every shipped kernel): 1 streams the weights through
+// the ring without decoding them (the ring's own ceiling), 2 decodes against constant activations
+// (no x loads).
+#ifndef QP_MV_EXPERIMENT
+#define QP_MV_EXPERIMENT 0
+#endif
 // try_wait polls before a lost copy is called a fault (a trap fails the launch instead of a hang).
 #define QP_MV_WAIT_POLLS (1 << 22)
 
@@ -192,29 +198,28 @@ static __device__ __forceinline__ void qp_mbar_wait(qb_u32 bar, qb_u32 parity) {
     }
 }
 
-// Lanes 0 and 1: stage j (blocks j * BLOCKS ..) of row `lane` (lane 0: ra, lane 1: rb) into ring
-// slot `slot`, the 16-byte aligned span around its blocks. Lane 0 arms the barrier with both rows'
-// bytes before either copy is issued (it runs that instruction first; lane 1 is masked off then).
+// Lane 0: stage j (blocks j * BLOCKS ..) of both rows into ring slot `slot`, the 16-byte aligned span
+// around each row's blocks, the barrier armed with both spans' bytes first.
 template <int T>
-static __device__ __forceinline__ void qp_stage_issue(const QpRing& ring, int slot, qb_u64 row, qb_u64 other,
-                                                      int j, int blocks_per_row) {
+static __device__ __forceinline__ void qp_stage_issue(const QpRing& ring, int slot, qb_u64 row_a, qb_u64 row_b, int j,
+                                                      int blocks_per_row) {
     using S = Stage<T>;
     constexpr int SPAN = S::BLOCKS * Block<T>::BYTES;
-    const int lane = threadIdx.x & 31;
     const qb_u32 len = (qb_u32)min(S::BLOCKS, blocks_per_row - j * S::BLOCKS) * Block<T>::BYTES;
-    const qb_u64 src = row + (qb_u64)j * SPAN;
-    const qb_u32 bytes = (qb_u32)(((src + len + 15) & ~15ull) - (src & ~15ull));
+    const qb_u64 src[2] = {row_a + (qb_u64)j * SPAN, row_b + (qb_u64)j * SPAN};
+    qb_u32 bytes[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) bytes[r] = (qb_u32)(((src[r] + len + 15) & ~15ull) - (src[r] & ~15ull));
     const qb_u32 bar = ring.bars + 8 * slot;
-    if (lane == 0) {
-        const qb_u64 src_b = other + (qb_u64)j * SPAN;
-        const qb_u32 bytes_b = (qb_u32)(((src_b + len + 15) & ~15ull) - (src_b & ~15ull));
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes + bytes_b)
-                     : "memory");
-    }
-    const qb_u32 dst = qp_smem_addr(ring.region + slot * S::BYTES + lane * S::ROW_BYTES);
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-                 "l"(src & ~15ull), "r"(bytes), "r"(bar)
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes[0] + bytes[1])
                  : "memory");
+    const qb_u32 dst = qp_smem_addr(ring.region + slot * S::BYTES);
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                         dst + r * S::ROW_BYTES),
+                     "l"(src[r] & ~15ull), "r"(bytes[r]), "r"(bar)
+                     : "memory");
 }
 #endif
 
@@ -240,12 +245,21 @@ static __device__ __forceinline__ void qp_task_dot(const typename Codes<T>::Raw 
 #pragma unroll
         for (int c = 0; c < NB; ++c) {
             const XColumn xc = qp_x_column<NB>(xs, cols, c);
+#if QP_MV_EXPERIMENT == 2
+            const uint4 h = make_uint4(vi, vi + 1, vi + 2, vi + 3);
+            const float dx = 1.0f, sx = 0.5f;
+#else
             const uint4 h = __ldg(reinterpret_cast<const uint4*>(xc.planes + vi));
             const float dx = __ldg(xc.dx + (vi >> 5)), sx = __ldg(xc.sx + (vi >> 4));
+#endif
             const qb_u32 hw[4] = {h.x, h.y, h.z, h.w};
             qb_u32 lw[4] = {0, 0, 0, 0};
             if constexpr (P == 2) {
+#if QP_MV_EXPERIMENT == 2
+                const uint4 l = h;
+#else
                 const uint4 l = __ldg(reinterpret_cast<const uint4*>(xc.planes + cols + vi));
+#endif
                 lw[0] = l.x, lw[1] = l.y, lw[2] = l.z, lw[3] = l.w;
             }
 #pragma unroll
@@ -282,28 +296,35 @@ static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* _
     const int slots = min(QP_MV_MAX_STAGES, ring.region_bytes / S::BYTES);
     if (slots < 1) __trap();  // the host gave less shared memory than one stage: kernels.py is out of step
     const qb_u64 row_a = reinterpret_cast<qb_u64>(ra), row_b = reinterpret_cast<qb_u64>(rb);
-    const qb_u64 mine = lane == 0 ? row_a : row_b, other = lane == 0 ? row_b : row_a;
-    if (lane < 2)
-        for (int j = 0; j < min(slots, n_stages); ++j)
-            qp_stage_issue<T>(ring, (ring.used + j) % slots, mine, other, j, blocks_per_row);
+    // the ring's next slot and the parity of its phase, counted on (no divisions in the loop)
+    int slot = ring.used % slots;
+    qb_u32 parity = (qb_u32)(ring.used / slots) & 1u;
+    if (lane == 0)
+        for (int j = 0, s = slot; j < min(slots, n_stages); ++j, s = s + 1 == slots ? 0 : s + 1)
+            qp_stage_issue<T>(ring, s, row_a, row_b, j, blocks_per_row);
     const int in_block = lane / C::TASKS, t = lane % C::TASKS;
     const int mod_a = (int)(row_a & 15u), mod_b = (int)(row_b & 15u);
-    const qb_u8* slot0 = ring.region + in_block * Block<T>::BYTES;
+    const qb_u8* lane_at = ring.region + in_block * Block<T>::BYTES;
 #pragma unroll 1
     for (int j = 0; j < n_stages; ++j) {
-        const int k = ring.used + j, slot = k % slots;
-        qp_mbar_wait(ring.bars + 8 * slot, (qb_u32)((k / slots) & 1));
+        qp_mbar_wait(ring.bars + 8 * slot, parity);
         const int blk = j * S::BLOCKS + in_block;
         const bool live = blk < blocks_per_row;  // a short last stage: the lanes past it read its block 0
-        const int at = slot * S::BYTES - (live ? 0 : in_block * Block<T>::BYTES);
+        const qb_u8* at = lane_at + slot * S::BYTES - (live ? 0 : in_block * Block<T>::BYTES);
         // the stage's blocks sit at their global address mod 16 (the copy moved aligned spans)
         const int da = (mod_a + j * SPAN) & 15, db = (mod_b + j * SPAN) & 15;
         typename C::Raw raw[2];
-        C::load(slot0 + at + da, t, raw[0]);
-        C::load(slot0 + at + S::ROW_BYTES + db, t, raw[1]);
+        C::load(at + da, t, raw[0]);
+        C::load(at + S::ROW_BYTES + db, t, raw[1]);
         __syncwarp();  // every lane holds its stage's bytes in registers: the slot may be refilled
-        if (lane < 2 && j + slots < n_stages) qp_stage_issue<T>(ring, slot, mine, other, j + slots, blocks_per_row);
-        qp_task_dot<T, NB>(raw, t, live ? blk : j * S::BLOCKS, live, xs, cols, acc);
+        if (lane == 0 && j + slots < n_stages) qp_stage_issue<T>(ring, slot, row_a, row_b, j + slots, blocks_per_row);
+        if (++slot == slots) slot = 0, parity ^= 1u;
+        if constexpr (QP_MV_EXPERIMENT == 1) {
+            acc[0][0] += __uint_as_float(reinterpret_cast<const qb_u32*>(&raw[0])[1] & 0x3FFFFFu);
+            acc[1][0] += __uint_as_float(reinterpret_cast<const qb_u32*>(&raw[1])[1] & 0x3FFFFFu);
+        } else {
+            qp_task_dot<T, NB>(raw, t, live ? blk : j * S::BLOCKS, live, xs, cols, acc);
+        }
     }
     ring.used += n_stages;
 }

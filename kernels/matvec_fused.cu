@@ -125,9 +125,10 @@ static __device__ __forceinline__ void qkv_entry(const QkvArgs& a) {
 }
 
 // The QKV epilogue (RoPE in double) costs registers: the heavier decoders, and a Q/K + V pair (two
-// decoders in one kernel: 4 bytes of spill at 64 registers), stay at one CTA per SM.
-#define QP_QKV_MIN_CTAS(A, B)                                                                  \
-    (((A) != (B) || (A) == QB_Q2_K || (A) == QB_Q3_K || (A) == QB_Q5_K) ? 1 : QP_MV_MIN_CTAS_B1)
+// decoders in one kernel), stay at one CTA per SM; at 64 registers they spill (ptxas report).
+#define QP_QKV_MIN_CTAS(A, B)                                                                       \
+    (((A) != (B) || (A) == QB_Q2_K || (A) == QB_Q3_K || (A) == QB_Q5_K || (A) == QB_Q6_K) ? 1 \
+                                                                                           : QP_MV_MIN_CTAS_B1)
 
 // One type for Q, K and V: matvec_qkv_<type>.
 #define QP_QKV_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                          \

@@ -35,7 +35,11 @@ if [ "$STAGE" = stream ]; then  # the shared-memory weight stream: correctness f
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build
   step check_mv 240 $Q check --ops matvec,fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec --failures-only
-  step matvec_bw 200 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0,Q5_K,Q3_K --batches 1,8 ${MV_VARIANTS:-}
+  step matvec_bw 200 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q4_0,Q8_0,Q5_K,Q3_K --batches 1,8
+  CUOBJ=$(ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
+  [ -n "$CUOBJ" ] && ls $QPROF_CACHE/*.ptx > /dev/null 2>&1 && for f in $QPROF_CACHE/matvec-sm90-*.ptx; do
+    ptxas -arch=sm_90 $f -o /root/mv.cubin 2>/dev/null || /usr/local/cuda/bin/ptxas -arch=sm_90 $f -o /root/mv.cubin
+    $CUOBJ -sass -fun matvec_q4_k_b1 /root/mv.cubin > $W/sass_q4k_b1.txt 2>&1; done
   wait
   step bench_7b 200 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 3 --results $OUT/bench.jsonl
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
