@@ -158,6 +158,7 @@ struct QpRing {
     int region_bytes;
     qb_u32 bars;  // shared address of this warp's QP_MV_MAX_STAGES mbarriers (8 bytes each)
     int used;     // stages streamed through the ring so far: the slot and phase of the next
+    int ahead;    // stages of the next pair already issued by the call before (it knew the rows)
 };
 
 #ifndef QB_HOST_EMULATION
@@ -173,7 +174,7 @@ static __device__ __forceinline__ QpRing qp_ring_make() {
     qb_u32 dyn;
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
     const int warp = threadIdx.x >> 5, per_warp = (int)(dyn / QP_MV_WARPS) & ~127;
-    QpRing ring{qp_dynamic_smem + warp * per_warp, per_warp, qp_smem_addr(&bars[warp][0]), 0};
+    QpRing ring{qp_dynamic_smem + warp * per_warp, per_warp, qp_smem_addr(&bars[warp][0]), 0, 0};
     if ((threadIdx.x & 31) == 0) {
 #pragma unroll
         for (int s = 0; s < QP_MV_MAX_STAGES; ++s)
@@ -282,11 +283,13 @@ static __device__ __forceinline__ void qp_task_dot(const typename Codes<T>::Raw 
 // warp-reduced. The rows stream through the warp's ring, a stage a lane task per lane and row: lane
 // l takes task l % TASKS of the stage's block l / TASKS, the same every stage, so the per-stage work
 // is the wait, two shared-memory addresses, the decode and the refill (warp-uniform branches).
-// A ring carries on across calls with rows of the same type (gate+up streams two pairs through one).
+// A ring carries on across calls with rows of the same type and length (gate+up streams two pairs
+// through one); given the next call's rows (na, nb), the last stages' refills already fetch its first.
 template <int T, int NB>
 static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* __restrict__ ra,
                                                     const qb_u8* __restrict__ rb, int cols, const qb_u8* xs,
-                                                    float (&acc)[2][NB]) {
+                                                    float (&acc)[2][NB], const qb_u8* na = nullptr,
+                                                    const qb_u8* nb = nullptr) {
     using S = Stage<T>;
     using C = Codes<T>;
     constexpr int SPAN = S::BLOCKS * Block<T>::BYTES;
@@ -300,8 +303,10 @@ static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* _
     int slot = ring.used % slots;
     qb_u32 parity = (qb_u32)(ring.used / slots) & 1u;
     if (lane == 0)
-        for (int j = 0, s = slot; j < min(slots, n_stages); ++j, s = s + 1 == slots ? 0 : s + 1)
-            qp_stage_issue<T>(ring, s, row_a, row_b, j, blocks_per_row);
+        for (int j = ring.ahead; j < min(slots, n_stages); ++j)
+            qp_stage_issue<T>(ring, (slot + j) % slots, row_a, row_b, j, blocks_per_row);
+    int ahead = 0;  // the next pair's stages issued here, 0 .. ahead - 1
+    const qb_u64 next_a = reinterpret_cast<qb_u64>(na), next_b = reinterpret_cast<qb_u64>(nb);
     const int in_block = lane / C::TASKS, t = lane % C::TASKS;
     const int mod_a = (int)(row_a & 15u), mod_b = (int)(row_b & 15u);
     const qb_u8* lane_at = ring.region + in_block * Block<T>::BYTES;
@@ -317,7 +322,12 @@ static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* _
         C::load(at + da, t, raw[0]);
         C::load(at + S::ROW_BYTES + db, t, raw[1]);
         __syncwarp();  // every lane holds its stage's bytes in registers: the slot may be refilled
-        if (lane == 0 && j + slots < n_stages) qp_stage_issue<T>(ring, slot, row_a, row_b, j + slots, blocks_per_row);
+        if (j + slots < n_stages) {
+            if (lane == 0) qp_stage_issue<T>(ring, slot, row_a, row_b, j + slots, blocks_per_row);
+        } else if (na != nullptr && j + slots - n_stages == ahead && ahead < n_stages) {
+            if (lane == 0) qp_stage_issue<T>(ring, slot, next_a, next_b, ahead, blocks_per_row);
+            ++ahead;
+        }
         if (++slot == slots) slot = 0, parity ^= 1u;
         if constexpr (QP_MV_EXPERIMENT == 1) {
             acc[0][0] += __uint_as_float(reinterpret_cast<const qb_u32*>(&raw[0])[1] & 0x3FFFFFu);
@@ -327,6 +337,7 @@ static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* _
         }
     }
     ring.used += n_stages;
+    ring.ahead = ahead;
 }
 #endif
 

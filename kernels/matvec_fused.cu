@@ -165,8 +165,10 @@ static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, con
     for (int half = 0; half < 2; ++half) {
         const int row = row0 + QP_MV_WARPS * half + warp;
         const long long off = (long long)min(row, rows - 1) * row_bytes;
+        const long long next = (long long)min(row + QP_MV_WARPS, rows - 1) * row_bytes;  // the second half's
         float acc[2][1] = {{0.0f}, {0.0f}};
-        qp_rows_dot2<T, 1>(ring, wg + off, wu + off, cols, xq, acc);
+        qp_rows_dot2<T, 1>(ring, wg + off, wu + off, cols, xq, acc, half == 0 ? wg + next : nullptr,
+                           half == 0 ? wu + next : nullptr);
         qp_warp_reduce2<1>(acc);
         if (lane == 0) {
             const float g = acc[0][0] * scale, u = acc[1][0] * scale;
