@@ -131,7 +131,7 @@ fi
 if [ "$STAGE" = final2 ]; then
   for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
   step build 240 $Q kernels build
-  step check_all 240 $Q check --failures-only
+  step check_all 300 $Q check --failures-only
   wait
   step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
     --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
@@ -139,7 +139,6 @@ if [ "$STAGE" = final2 ]; then
     step bench_$v 90 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl
   done
   step matvec_bw 120 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json
-  step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
 fi
 if [ "$STAGE" = final2e2e ]; then
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
@@ -148,6 +147,7 @@ if [ "$STAGE" = final2e2e ]; then
   wait
   step gpu_tests_e2e 330 python3 -m pytest -q -rfs tests/gpu/test_generate_gpu.py tests/gpu/test_profile_gpu.py \
     tests/gpu/test_profile_graphs_gpu.py
+  step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
   step check_inject 100 $Q check --inject block-dim --failures-only
 fi
 if [ "$STAGE" = finalA ]; then  # carries .smol/smollm2.whl.part-aa
