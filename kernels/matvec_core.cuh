@@ -145,13 +145,6 @@ static __device__ __forceinline__ float qp_rms_scale(const qb_u8* xq, int cols, 
 // try_wait polls before a lost copy is called a fault (a trap fails the launch instead of a hang).
 #define QP_MV_WAIT_POLLS (1 << 22)
 
-template <int T>
-struct Stage {
-    static constexpr int BLOCKS = 32 / Codes<T>::TASKS;  // QuantTraits.matvec_stage_blocks
-    static constexpr int ROW_BYTES = (BLOCKS * Block<T>::BYTES + 15) / 16 * 16 + 16;  // aligned span's room
-    static constexpr int BYTES = 2 * ROW_BYTES;  // both rows; kernels.py matvec_stage_bytes mirrors it
-    static_assert(32 % Codes<T>::TASKS == 0, "a stage is a whole number of blocks");
-};
 
 struct QpRing {
     qb_u8* region;  // this warp's share of the dynamic shared memory

@@ -302,3 +302,16 @@ struct Codes<QB_Q6_K> {
             c[i] = ((r.ql[i] >> (4 * run)) & 0x0F0F0F0Fu) | (((r.qh[i] >> (2 * k)) & 0x03030303u) << 4);
     }
 };
+
+// The matvec's stage of two rows in shared memory (matvec_core.cuh): one lane task per lane and row,
+// so 32 / TASKS blocks a row (QuantTraits.matvec_stage_blocks), each row's span rounded to 16 bytes
+// plus 16 of slack for the aligned copy; kernels.py matvec_stage_bytes mirrors BYTES (a CPU test
+// compares the two through the host emulation).
+template <int T>
+struct Stage {
+    static constexpr int BLOCKS = 32 / Codes<T>::TASKS;  // QuantTraits.matvec_stage_blocks
+    static constexpr int ROW_BYTES = (BLOCKS * Block<T>::BYTES + 15) / 16 * 16 + 16;  // aligned span's room
+    static constexpr int BYTES = 2 * ROW_BYTES;  // both rows
+    static_assert(32 % Codes<T>::TASKS == 0, "a stage is a whole number of blocks");
+};
+

@@ -38,6 +38,10 @@ ptxas info    : Compiling entry function 'dequant_q2_k_f32' for 'sm_90'
 ptxas info    : Function properties for dequant_q2_k_f32
     24 bytes stack frame, 12 bytes spill stores, 16 bytes spill loads
 ptxas info    : Used 255 registers
+ptxas info    : Compiling entry function 'matvec_q6_k_b3' for 'sm_90'
+ptxas info    : Function properties for matvec_q6_k_b3
+    88 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 79 registers, used 0 barriers, 88 bytes cumulative stack size, 1024 bytes smem
 """
 
 
@@ -58,12 +62,13 @@ def built(tmp_path_factory):
 
 def test_parse_ptxas_verbose():
     rows = parse_ptxas_verbose(PTXAS_SAMPLE, "x.cu")
-    assert [r.name for r in rows] == ["matvec_q4_k_b1", "dequant_q2_k_f32"]
-    a, b = rows
+    assert [r.name for r in rows] == ["matvec_q4_k_b1", "dequant_q2_k_f32", "matvec_q6_k_b3"]
+    a, b, c = rows
+    assert (c.registers, c.smem_bytes, c.stack_bytes, c.spills) == (79, 1024, 88, False)
     assert (a.registers, a.smem_bytes, a.barriers, a.stack_bytes, a.spills, a.arch) == (62, 64, 1, 0, False, "90")
     assert (b.registers, b.smem_bytes, b.stack_bytes, b.spill_stores, b.spill_loads, b.spills) == (255, 0, 24, 12, 16, True)
     text = format_report(rows)
-    assert "SPILLS" in text.splitlines()[2] and text.splitlines()[-1].startswith("2 kernels for sm_90, 1 with spills")
+    assert "SPILLS" in text.splitlines()[2] and text.splitlines()[-1].startswith("3 kernels for sm_90, 1 with spills")
 
 
 @needs_toolkit
@@ -217,6 +222,12 @@ static void codes_walk(const qb_u8* raw, int rows, int cols, long row_bytes, flo
     }
 }
 
+// The matvec's shared-memory stage of the type: blocks a row and bytes (quant_codes.cuh Stage<T>).
+template <int T>
+static void stage_print() {
+    if constexpr (!Block<T>::IS_FLOAT) printf("%d %d\n", Stage<T>::BLOCKS, Stage<T>::BYTES);
+}
+
 int main(int argc, char** argv) {
     const int id = atoi(argv[1]), rows = atoi(argv[2]), cols = atoi(argv[3]);
     const char* mode = argv[4];
@@ -238,6 +249,7 @@ int main(int argc, char** argv) {
         if (!strcmp(mode, "matvec8")) matvec_walk<ID, 8>(raw, rows, cols, row_bytes, out);   \
         if (!strcmp(mode, "dequant")) dequant_walk<ID, DT>(raw, size / BYTES, out);          \
         if (!strcmp(mode, "codes")) codes_walk<ID>(raw, rows, cols, row_bytes, out);         \
+        if (!strcmp(mode, "stage")) return stage_print<ID>(), 0;                              \
     }
     QPROF_QUANT_TYPES(QB_WALK)
     if (!known) return 5;
@@ -275,3 +287,20 @@ def test_host_compiled_decoders_match_the_reference_with_aligned_loads(qtype, ho
         got = np.frombuffer(proc.stdout, dtype=np.float32).reshape(rows, cols)
         # the kernels fuse d*q + m into one rounding; the reference rounds twice
         np.testing.assert_allclose(got, ref, rtol=2e-7, atol=1e-9, err_msg=f"{qtype} {mode}")
+
+
+@pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if traits(t).family != "float"])
+def test_matvec_stage_mirror_matches_the_kernels(qtype, host_decoder):
+    """kernels.py sizes the matvec's shared memory from the traits' stage blocks: the kernels' Stage<T>."""
+    t = traits(qtype)
+    (host_decoder / "raw.bin").write_bytes(bytes(t.block_bytes))
+    proc = subprocess.run([str(host_decoder / "decode"), str(t.ggml_type), "1", str(t.block_values), "stage",
+                           str(host_decoder / "raw.bin")], check=False, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    blocks, stage_bytes = map(int, proc.stdout.split())
+    assert (blocks, stage_bytes) == (t.matvec_stage_blocks, K.matvec_stage_bytes(t))
+    shared = K.matvec_shared_bytes((t,), t.matvec_threads)
+    assert shared % (t.matvec_threads // 32 * stage_bytes) == 0  # whole stages for every warp
+    assert shared // (t.matvec_threads // 32) % 128 == 0  # the kernel rounds each warp's share down to 128
+    assert t.matvec_threads // 32 * stage_bytes <= shared <= K.MATVEC_SHARED_BUDGET
+

@@ -72,7 +72,9 @@ def check_arch(arch: str) -> str:
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for 'sm_(\w+)'")
 _PROPS = re.compile(r"Function properties for (\S+)")
 _STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
-_USED = re.compile(r"Used (\d+) registers(?:, used (\d+) barriers)?(?:, (\d+) bytes smem)?")
+# ptxas puts "N bytes cumulative stack size" between the barriers and smem where a kernel has a stack
+_USED = re.compile(r"Used (\d+) registers(?:, used (\d+) barriers)?(?:, \d+ bytes cumulative stack size)?"
+                   r"(?:, (\d+) bytes smem)?")
 
 
 def parse_ptxas_verbose(text: str, source: str = "") -> list[KernelResources]:
