@@ -188,14 +188,20 @@ static __host__ __device__ constexpr int qp_stage_blocks() {
     if constexpr (Block<T>::IS_FLOAT) {
         return 0;
     } else {
-        return Stage<T>::BLOCKS;
+        return qc_streams<T>() ? Stage<T>::BLOCKS : 0;
     }
 }
+#ifdef QP_MV_FORCE_REGISTERS  // an experiment: the host's stage sizes are unused then
+#define QP_MV_CHECK_STAGE(NAME, ID, SB)
+#else
+#define QP_MV_CHECK_STAGE(NAME, ID, SB) \
+    static_assert(qp_stage_blocks<ID>() == SB, #NAME ": matvec stage blocks in the traits table differ");
+#endif
 #define QP_MV_CHECK_SHAPE(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                  \
     static_assert(Block<ID>::IS_FLOAT ? (MT == QP_MV_FLOAT_THREADS && MR == QP_MV_FLOAT_ROWS)         \
                                       : (MT == 32 * QP_MV_WARPS && MR == QP_MV_ROWS_PER_CTA),         \
                   #NAME ": matvec launch shape in the traits table differs from the kernel's");       \
-    static_assert(qp_stage_blocks<ID>() == SB, #NAME ": matvec stage blocks in the traits table differ");
+    QP_MV_CHECK_STAGE(NAME, ID, SB)
 QPROF_QUANT_TYPES(QP_MV_CHECK_SHAPE)
 #undef QP_MV_CHECK_SHAPE
 

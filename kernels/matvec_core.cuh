@@ -20,6 +20,11 @@
 #include "common.cuh"
 #include "quant_codes.cuh"
 
+// Stages of weights the register path asks of L2 ahead of its loads (on the H200 0, 2 and 4 measured
+// within noise of each other, bench_matvec --variant, 2026-12-01).
+#ifndef QP_MV_PREFETCH_STAGES
+#define QP_MV_PREFETCH_STAGES 2
+#endif
 // Resident CTAs per SM asked of the register allocator at one column (2: at most 64 registers).
 #ifndef QP_MV_MIN_CTAS_B1
 #define QP_MV_MIN_CTAS_B1 2
@@ -279,10 +284,9 @@ static __device__ __forceinline__ void qp_task_dot(const typename Codes<T>::Raw 
 // A ring carries on across calls with rows of the same type and length (gate+up streams two pairs
 // through one); given the next call's rows (na, nb), the last stages' refills already fetch its first.
 template <int T, int NB>
-static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* __restrict__ ra,
-                                                    const qb_u8* __restrict__ rb, int cols, const qb_u8* xs,
-                                                    float (&acc)[2][NB], const qb_u8* na = nullptr,
-                                                    const qb_u8* nb = nullptr) {
+static __device__ __forceinline__ void qp_rows_dot2_stream(QpRing& ring, const qb_u8* __restrict__ ra,
+                                                           const qb_u8* __restrict__ rb, int cols, const qb_u8* xs,
+                                                           float (&acc)[2][NB], const qb_u8* na, const qb_u8* nb) {
     using S = Stage<T>;
     using C = Codes<T>;
     constexpr int SPAN = S::BLOCKS * Block<T>::BYTES;
@@ -331,6 +335,53 @@ static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* _
     }
     ring.used += n_stages;
     ring.ahead = ahead;
+}
+
+// The register path (types with qc_streams false): each lane loads its task of both rows straight from
+// global memory, QP_MV_PREFETCH_STAGES stages of the pair asked of L2 ahead (lanes 0..15: row a, 16..31:
+// row b, one 128-byte line each) so that the loads wait on L2 rather than DRAM.
+template <int T>
+static __device__ __forceinline__ void qp_stage_prefetch(const qb_u8* ra, const qb_u8* rb, int base, int n_tasks) {
+    if (base >= n_tasks) return;
+    using C = Codes<T>;
+    const long lo = (long)(base / C::TASKS) * Block<T>::BYTES;
+    const long hi = (long)((min(base + 32, n_tasks) - 1) / C::TASKS + 1) * Block<T>::BYTES;
+    const int lane = threadIdx.x & 31;
+    const long at = (lo & ~127L) + 128L * (lane & 15);
+    if (at < hi) asm volatile("prefetch.global.L2 [%0];" ::"l"((lane < 16 ? ra : rb) + at));
+}
+
+template <int T, int NB>
+static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
+                                                              int cols, const qb_u8* xs, float (&acc)[2][NB]) {
+    using C = Codes<T>;
+    const int lane = threadIdx.x & 31;
+    const int n_tasks = cols / Block<T>::QK * C::TASKS;
+#pragma unroll 1
+    for (int d = 0; d < QP_MV_PREFETCH_STAGES; ++d) qp_stage_prefetch<T>(ra, rb, 32 * d, n_tasks);
+    for (int base = 0; base < n_tasks; base += 32) {
+        qp_stage_prefetch<T>(ra, rb, base + 32 * QP_MV_PREFETCH_STAGES, n_tasks);
+        const int task = min(base + lane, n_tasks - 1);  // past the end: a valid task, weighted 0
+        const long off = (long)(task / C::TASKS) * Block<T>::BYTES;
+        typename C::Raw raw[2];
+        C::load(ra + off, task % C::TASKS, raw[0]);
+        C::load(rb + off, task % C::TASKS, raw[1]);
+        qp_task_dot<T, NB>(raw, task % C::TASKS, task / C::TASKS, base + lane < n_tasks, xs, cols, acc);
+    }
+}
+
+// acc[r][c] += row r (ra or rb) . x column c over all cols (this lane's share), by the type's path.
+// na / nb: the rows of the warp's next call, which a stream starts fetching early (may be null).
+template <int T, int NB>
+static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* __restrict__ ra,
+                                                    const qb_u8* __restrict__ rb, int cols, const qb_u8* xs,
+                                                    float (&acc)[2][NB], const qb_u8* na = nullptr,
+                                                    const qb_u8* nb = nullptr) {
+    if constexpr (qc_streams<T>()) {
+        qp_rows_dot2_stream<T, NB>(ring, ra, rb, cols, xs, acc, na, nb);
+    } else {
+        qp_rows_dot2_registers<T, NB>(ra, rb, cols, xs, acc);
+    }
 }
 #endif
 

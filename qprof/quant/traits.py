@@ -27,9 +27,10 @@ class QuantTraits:
     # 4 rows per 128 threads, each thread reusing its x values across the rows.
     matvec_threads: int = 512
     matvec_rows_per_cta: int = 32
-    # Quantized matvecs stream each warp's two rows through shared memory in stages of this many
-    # blocks per row (one lane task per lane: 32 / the type's lane tasks per block, kernels/
-    # quant_codes.cuh); kernels.py sizes the dynamic shared memory from it. 0 for float types.
+    # Matvecs of the streaming types pass each warp's two rows through shared memory in stages of this
+    # many blocks per row (one lane task per lane: 32 / the type's lane tasks per block, kernels/
+    # quant_codes.cuh qc_streams); kernels.py sizes the dynamic shared memory from it. 0: the type
+    # reads its weights straight from global memory (float types, legacy types, Q6_K).
     matvec_stage_blocks: int = 0
 
     @property
@@ -54,18 +55,18 @@ _TABLE: tuple[QuantTraits, ...] = (
     QuantTraits("F16", 1, 1, 2, "float", dequant_threads=1, matvec_threads=128, matvec_rows_per_cta=4),
     QuantTraits("BF16", 30, 1, 2, "float", dequant_threads=1, matvec_threads=128, matvec_rows_per_cta=4),
     # Legacy: each dequant thread decodes one run of 4 contiguous values -> 8 threads per block.
-    QuantTraits("Q4_0", 2, 32, 18, "legacy", dequant_threads=8, matvec_stage_blocks=32),
-    QuantTraits("Q4_1", 3, 32, 20, "legacy", dequant_threads=8, matvec_stage_blocks=32),
-    QuantTraits("Q5_0", 6, 32, 22, "legacy", dequant_threads=8, matvec_stage_blocks=32),
-    QuantTraits("Q5_1", 7, 32, 24, "legacy", dequant_threads=8, matvec_stage_blocks=32),
-    QuantTraits("Q8_0", 8, 32, 34, "legacy", dequant_threads=8, matvec_stage_blocks=16),
+    QuantTraits("Q4_0", 2, 32, 18, "legacy", dequant_threads=8),
+    QuantTraits("Q4_1", 3, 32, 20, "legacy", dequant_threads=8),
+    QuantTraits("Q5_0", 6, 32, 22, "legacy", dequant_threads=8),
+    QuantTraits("Q5_1", 7, 32, 24, "legacy", dequant_threads=8),
+    QuantTraits("Q8_0", 8, 32, 34, "legacy", dequant_threads=8),
     # K-quants: one superblock of 256 values; 8 values (Q4_K) or 4 values (the rest) per dequant thread.
     # The kernels mirror these numbers at compile time (kernels/quant_blocks.cuh, checked by a test).
     QuantTraits("Q2_K", 10, 256, 84, "kquant", dequant_threads=64, matvec_stage_blocks=8),
     QuantTraits("Q3_K", 11, 256, 110, "kquant", dequant_threads=64, matvec_stage_blocks=8),
     QuantTraits("Q4_K", 12, 256, 144, "kquant", dequant_threads=32, matvec_stage_blocks=4),
     QuantTraits("Q5_K", 13, 256, 176, "kquant", dequant_threads=64, matvec_stage_blocks=4),
-    QuantTraits("Q6_K", 14, 256, 210, "kquant", dequant_threads=64, matvec_stage_blocks=4),
+    QuantTraits("Q6_K", 14, 256, 210, "kquant", dequant_threads=64),
 )
 
 QUANT_TRAITS: dict[str, QuantTraits] = {t.name: t for t in _TABLE}

@@ -133,8 +133,12 @@ def matvec_stage_bytes(t: QuantTraits) -> int:
 
 
 def matvec_shared_bytes(types: tuple[QuantTraits, ...], threads: int) -> int:
-    """Dynamic shared memory of a quantized matvec CTA whose warps stream rows of any of `types`."""
-    stage = max(matvec_stage_bytes(t) for t in types)
+    """Dynamic shared memory of a quantized matvec CTA whose warps read rows of any of `types`: the
+    ring of the widest streaming type's stages; 0 where none of them streams (matvec_stage_blocks 0)."""
+    streaming = [t for t in types if t.matvec_stage_blocks]
+    if not streaming:
+        return 0
+    stage = max(matvec_stage_bytes(t) for t in streaming)
     warps = threads // 32
     stages = max(1, min(MATVEC_STAGES, MATVEC_SHARED_BUDGET // (warps * stage)))
     return warps * stages * stage
