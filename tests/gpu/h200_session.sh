@@ -140,6 +140,19 @@ if [ "$STAGE" = final2 ]; then
   done
   step matvec_bw 120 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json
 fi
+if [ "$STAGE" = hybrid ]; then  # the per-type choice of stream / register path, re-measured
+  for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
+  step build 240 $Q kernels build
+  step check_mv 240 $Q check --ops matvec,fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec --failures-only
+  wait
+  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
+    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
+  for v in q4_0 q8_0 q6_k; do
+    step bench_$v 90 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl
+  done
+  step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json \
+    --variant="-DQP_MV_FORCE_REGISTERS=1"
+fi
 if [ "$STAGE" = final2e2e ]; then
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
     (python3 -m qprof.cli workloads make smollm2-$v > /dev/null 2>&1) &
