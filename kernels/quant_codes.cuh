@@ -307,17 +307,16 @@ struct Codes<QB_Q6_K> {
 // so 32 / TASKS blocks a row (QuantTraits.matvec_stage_blocks), each row's span rounded to 16 bytes
 // plus 16 of slack for the aligned copy; kernels.py matvec_stage_bytes mirrors BYTES (a CPU test
 // compares the two through the host emulation).
-// Which types stream through shared memory: measured on the H200 (results/h200/matvec_h200*.txt, the
-// default build against -DQP_MV_FORCE_REGISTERS), only Q3_K, the heaviest decode, gained; every other
-// type reads faster straight from global memory with the L2 prefetch of the register path.
-// QuantTraits.matvec_stage_blocks is 0 for the register-path types. (-DQP_MV_FORCE_REGISTERS: every
-// type on the register path, the experiment.)
+// Which types stream through shared memory: measured on the H200 (results/h200/matvec_h200*.txt), the
+// K-quants whose decode is heavy gained; the legacy types, Q8_0 and Q6_K read faster straight from
+// global memory with the L2 prefetch of the register path. QuantTraits.matvec_stage_blocks is 0 for
+// the register-path types. (-DQP_MV_FORCE_REGISTERS: every type on the register path, an experiment.)
 template <int T>
 static __host__ __device__ constexpr bool qc_streams() {
 #ifdef QP_MV_FORCE_REGISTERS
     return false;
 #else
-    return T == QB_Q3_K;
+    return T == QB_Q2_K || T == QB_Q3_K || T == QB_Q4_K || T == QB_Q5_K;
 #endif
 }
 
