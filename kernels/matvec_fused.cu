@@ -14,30 +14,7 @@
 // RoPE's angle follows rope.cu exactly (float32 frequency and angle, sin/cos in double).
 #include "matvec_core.cuh"
 
-struct QkvSegment {
-    const qb_u8* w;
-    int type;  // GGML type id
-    int rows;  // even: rows pair up inside a segment
-    int row_bytes;
-    int pad_;
-};
-
-struct QkvArgs {
-    QkvSegment seg[3];  // q, k, v
-    const qb_u8* xq;    // QVec of x * attn_norm, with partials
-    float* q_out;    // [rows_q]
-    void* k_cache;   // [n_ctx, kv_dim], float32 or float16
-    void* v_cache;
-    const int* pos;  // the step's position, on the device
-    float eps;
-    int cols;
-    int head_dim;
-    int rope_dim;
-    float theta;
-    int n_ctx;
-    int kv_f16;
-    int pad_;
-};
+#include "qkv_args.cuh"
 
 // Every quantized type, dispatched at run time (the value is warp-uniform).
 #define QP_FOR_QUANT_TYPE(TYPE, CALL)              \

@@ -23,7 +23,7 @@ class _Segment(ctypes.Structure):
                 ("row_bytes", ctypes.c_int), ("pad_", ctypes.c_int)]
 
 
-class _QkvArgs(ctypes.Structure):  # QkvArgs in kernels/matvec_fused.cu, field for field
+class _QkvArgs(ctypes.Structure):  # QkvArgs in kernels/qkv_args.cuh, field for field (tests/test_fused_args.py)
     _fields_ = [("seg", _Segment * 3), ("xq", ctypes.c_void_p),
                 ("q_out", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
                 ("pos", ctypes.c_void_p), ("eps", ctypes.c_float), ("cols", ctypes.c_int),
