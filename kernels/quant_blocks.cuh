@@ -74,36 +74,46 @@ static __device__ __forceinline__ qb_u32 qb_ld32(const qb_u8* p) {  // p is 4-by
     return __ldg(reinterpret_cast<const unsigned int*>(p));
 }
 
+// How a load reaches memory: weights are read-only for a kernel's lifetime, so by default through the
+// non-coherent (read-only) cache path; quant_codes.cuh passes plain loads, which also read shared memory.
+struct QbReadOnly {
+    template <class V>
+    static __device__ __forceinline__ V ld(const qb_u8* p) {
+        return __ldg(reinterpret_cast<const V*>(p));
+    }
+};
+
 // Blocks of 18, 22, 34, 110 and 210 bytes are only 2-byte aligned. Whether a given word is
 // 4-aligned depends only on its block's parity, which all lanes of a warp share, so the
 // branch does not diverge in practice.
+template <class L = QbReadOnly>
 static __device__ __forceinline__ qb_u32 qb_ld32_a2(const qb_u8* p) {
-    if ((reinterpret_cast<qb_u64>(p) & 3u) == 0) return qb_ld32(p);
-    return (qb_u32)qb_ld16(p) | ((qb_u32)qb_ld16(p + 2) << 16);
+    if ((reinterpret_cast<qb_u64>(p) & 3u) == 0) return L::template ld<qb_u32>(p);
+    return (qb_u32)L::template ld<qb_u16>(p) | ((qb_u32)L::template ld<qb_u16>(p + 2) << 16);
 }
 
 // NW consecutive 32-bit words at p, in the widest loads the guaranteed alignment A allows
 // (A is a compile-time fact of the layout: block size and in-block offset).
-template <int NW, int A>
+template <int NW, int A, class L = QbReadOnly>
 static __device__ __forceinline__ void qb_load_words(const qb_u8* p, qb_u32 (&w)[NW]) {
     if constexpr (A >= 16 && NW % 4 == 0) {
 #pragma unroll
         for (int i = 0; i < NW / 4; ++i) {
-            const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+            const uint4 v = L::template ld<uint4>(p + 16 * i);
             w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
         }
     } else if constexpr (A >= 8 && NW % 2 == 0) {
 #pragma unroll
         for (int i = 0; i < NW / 2; ++i) {
-            const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + i);
+            const uint2 v = L::template ld<uint2>(p + 8 * i);
             w[2 * i] = v.x, w[2 * i + 1] = v.y;
         }
     } else if constexpr (A >= 4) {
 #pragma unroll
-        for (int i = 0; i < NW; ++i) w[i] = qb_ld32(p + 4 * i);
+        for (int i = 0; i < NW; ++i) w[i] = L::template ld<qb_u32>(p + 4 * i);
     } else {
 #pragma unroll
-        for (int i = 0; i < NW; ++i) w[i] = qb_ld32_a2(p + 4 * i);
+        for (int i = 0; i < NW; ++i) w[i] = qb_ld32_a2<L>(p + 4 * i);
     }
 }
 

@@ -19,52 +19,31 @@
 static __device__ __forceinline__ qb_u32 qc_funnel(qb_u32 lo, qb_u32 hi, int shift) {
     return __funnelshift_r(lo, hi, shift);
 }
-
-// The matvec streams weights into shared memory (matvec_core.cuh) and decodes them there, so these
-// loads are plain generic loads: the compiler makes them shared-memory loads where the pointer
-// comes from shared memory, and global ones elsewhere. (The host emulation checks alignment.)
-template <class V>
-static __device__ __forceinline__ V qc_ld(const qb_u8* p) {
-    return *reinterpret_cast<const V*>(p);
-}
-#else
-template <class V>
-static V qc_ld(const qb_u8* p) {
-    return __ldg(reinterpret_cast<const V*>(p));
-}
 #endif
 
+// The matvec streams some types' weights into shared memory (matvec_core.cuh) and decodes them there,
+// so these loads are plain generic loads: the compiler makes them shared-memory loads where the
+// pointer comes from shared memory, and global ones elsewhere. (The host emulation checks alignment.)
+struct QcPlain {
+    template <class V>
+    static __device__ __forceinline__ V ld(const qb_u8* p) {
+#ifndef QB_HOST_EMULATION
+        return *reinterpret_cast<const V*>(p);
+#else
+        return __ldg(reinterpret_cast<const V*>(p));
+#endif
+    }
+};
+
+template <class V>
+static __device__ __forceinline__ V qc_ld(const qb_u8* p) { return QcPlain::ld<V>(p); }
 static __device__ __forceinline__ qb_u32 qc_ld32(const qb_u8* p) { return qc_ld<qb_u32>(p); }
 static __device__ __forceinline__ float qc_half(const qb_u8* p) { return qb_half_to_float(qc_ld<qb_u16>(p)); }
+static __device__ __forceinline__ qb_u32 qc_ld32_a2(const qb_u8* p) { return qb_ld32_a2<QcPlain>(p); }
 
-// A 32-bit word at a 2-aligned address (whether it is 4-aligned is the same for a warp's lanes).
-static __device__ __forceinline__ qb_u32 qc_ld32_a2(const qb_u8* p) {
-    if ((reinterpret_cast<qb_u64>(p) & 3u) == 0) return qc_ld32(p);
-    return (qb_u32)qc_ld<qb_u16>(p) | ((qb_u32)qc_ld<qb_u16>(p + 2) << 16);
-}
-
-// NW words at p, in the widest loads the compile-time alignment A allows.
 template <int NW, int A>
 static __device__ __forceinline__ void qc_words(const qb_u8* p, qb_u32 (&w)[NW]) {
-    if constexpr (A >= 16 && NW % 4 == 0) {
-#pragma unroll
-        for (int i = 0; i < NW / 4; ++i) {
-            const uint4 v = qc_ld<uint4>(p + 16 * i);
-            w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
-        }
-    } else if constexpr (A >= 8 && NW % 2 == 0) {
-#pragma unroll
-        for (int i = 0; i < NW / 2; ++i) {
-            const uint2 v = qc_ld<uint2>(p + 8 * i);
-            w[2 * i] = v.x, w[2 * i + 1] = v.y;
-        }
-    } else if constexpr (A >= 4) {
-#pragma unroll
-        for (int i = 0; i < NW; ++i) w[i] = qc_ld32(p + 4 * i);
-    } else {
-#pragma unroll
-        for (int i = 0; i < NW; ++i) w[i] = qc_ld32_a2(p + 4 * i);
-    }
+    qb_load_words<NW, A, QcPlain>(p, w);
 }
 
 // 16 bytes at a 2-aligned address as 4 words: aligned 32-bit loads and a funnel shift, branch free
