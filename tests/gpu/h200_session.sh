@@ -20,6 +20,21 @@ step() {  # step NAME SECONDS CMD... : bounded, logged to $W/NAME.log
   echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a $W/steps.txt
   tar czf $OUT/logs.tgz -C $W .
 }
+# the four synthetic 7B files, made in the background (wait before benching them)
+make_7b_set() { for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done; }
+bench_7b_set() {  # bench_7b_set SECONDS: -p 512 -n 128 -r 5 on each, llama.cpp's rows beside Q4_K_M
+  step bench_q4_k_m $1 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
+    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
+  for v in q4_0 q8_0 q6_k; do step bench_$v $1 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl; done
+}
+smollm2_e2e() {  # every SmolLM2 variant made, then the end-to-end GPU tests (greedy equality, profiles)
+  for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
+    (python3 -m qprof.cli workloads make smollm2-$v > /dev/null 2>&1) &
+  done
+  wait
+  step gpu_tests_e2e 330 python3 -m pytest -q -rfs tests/gpu/test_generate_gpu.py tests/gpu/test_profile_gpu.py \
+    tests/gpu/test_profile_graphs_gpu.py
+}
 W=/root/logs/$STAGE; mkdir -p $W
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; git log --oneline -1; } > $OUT/card.txt 2>&1
 if [ "$STAGE" = kernels ]; then
@@ -112,54 +127,37 @@ fi
 # The closing measurements (issue 9): two calls in a row, the first carrying .smol/smollm2.whl.part-aa, the
 # second .smol/smollm2.whl.part-ab (64 MiB a call); files under /root survive between them while warm.
 if [ "$STAGE" = final1 ]; then
-  for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
+  make_7b_set
   step build 240 $Q kernels build
   step doctor_measure 120 $Q doctor --measure
   cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
   step check_all 330 $Q check --failures-only
   wait
-  step bench_q4_k_m 200 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
-    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
-  for v in q4_0 q8_0 q6_k; do
-    step bench_$v 150 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl
-  done
+  bench_7b_set 200
   step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json
   step gpu_tests_spread_ceilings 120 python3 -m pytest -q -rfs tests/gpu/test_bench_spread_gpu.py tests/gpu/test_ceilings_gpu.py
 fi
 # The closing run of the shared-memory stream (issue 9), two calls: final2 (carries .smol/smollm2.whl.part-aa)
 # then final2e2e (carries .smol/smollm2.whl.part-ab) while the machine is warm.
 if [ "$STAGE" = final2 ]; then
-  for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
+  make_7b_set
   step build 240 $Q kernels build
   step check_all 300 $Q check --failures-only
   wait
-  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
-    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
-  for v in q4_0 q8_0 q6_k; do
-    step bench_$v 90 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl
-  done
+  bench_7b_set 120
   step matvec_bw 120 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json
 fi
 if [ "$STAGE" = hybrid ]; then  # the per-type choice of stream / register path, re-measured
-  for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
+  make_7b_set
   step build 240 $Q kernels build
   step check_mv 240 $Q check --ops matvec,fused_qkv,fused_gate_up,fused_norm_matvec,fused_residual_matvec --failures-only
   wait
-  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
-    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
-  for v in q4_0 q8_0 q6_k; do
-    step bench_$v 90 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl
-  done
+  bench_7b_set 120
   step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json \
     --variant="-DQP_MV_FORCE_REGISTERS=1"
 fi
 if [ "$STAGE" = final2e2e ]; then
-  for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
-    (python3 -m qprof.cli workloads make smollm2-$v > /dev/null 2>&1) &
-  done
-  wait
-  step gpu_tests_e2e 330 python3 -m pytest -q -rfs tests/gpu/test_generate_gpu.py tests/gpu/test_profile_gpu.py \
-    tests/gpu/test_profile_graphs_gpu.py
+  smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
   step check_inject 100 $Q check --inject block-dim --failures-only
 fi
@@ -174,12 +172,7 @@ if [ "$STAGE" = finalA ]; then  # carries .smol/smollm2.whl.part-aa
   step gpu_tests_kernels 150 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
 fi
 if [ "$STAGE" = finalB ]; then  # carries .smol/smollm2.whl.part-ab, issued while finalA's machine is warm
-  for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
-    (python3 -m qprof.cli workloads make smollm2-$v > /dev/null 2>&1) &
-  done
-  wait
-  step gpu_tests_e2e 330 python3 -m pytest -q -rfs tests/gpu/test_generate_gpu.py tests/gpu/test_profile_gpu.py \
-    tests/gpu/test_profile_graphs_gpu.py
+  smollm2_e2e
   step generate_graphs 60 $Q generate -n 128
   for t in nsys torch events; do
     step profile_graphs_$t 100 $Q profile -m mistral-7b-q4_k_m --graphs --timing $t -p 128 -n 32
