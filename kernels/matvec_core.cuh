@@ -11,8 +11,10 @@
 //    A fused RMSNorm: the producer quantizes x * norm_w and keeps sum(x^2) per 32 values; the
 //    consumer sums those partials, and 1/rms scales its finished dot products.
 // 2. Weights. A warp computes two rows at once (a pair: two rows of one matrix, or gate and up),
-//    lane by lane over the blocks' lane tasks of quant_codes.cuh, UNROLL tasks' loads in flight
-//    before any is used. Each 16-value run is an exact int32 dot of codes against xi: __dp4a.
+//    lane by lane over the blocks' lane tasks of quant_codes.cuh, one task per lane and row a
+//    stage, read either straight from global memory (the register path) or from the warp's ring
+//    of shared-memory stages (the stream; which, per type: qc_streams). Each 16-value run is an
+//    exact int32 dot of codes against xi: __dp4a.
 // 3. The pair's sums meet through warp shuffles; lane 0 runs the caller's epilogue.
 // NVRTC-safe like the headers it includes.
 #pragma once
