@@ -130,9 +130,10 @@ static __device__ __forceinline__ float qp_rms_scale(const qb_u8* xq, int cols, 
 // ------------------------------------------------------------------ the weight stream
 // Each warp streams its two rows through a ring of stages in shared memory: lane 0 asks the copy
 // engine (cp.async.bulk, sm_90) for a stage of both rows' blocks, up to `stages` ahead, and the lanes
-// decode the stage at hand from shared memory when its mbarrier says the bytes have landed. So the
-// bytes in flight per SM no longer depend on registers or on how long the decode of a stage takes
-// (the register-pipelined kernel before this reached 29-46% of the H200's bandwidth, latency-bound).
+// decode the stage at hand from shared memory when its mbarrier says the bytes have landed, so the
+// bytes in flight per SM do not depend on registers or on how long the decode of a stage takes.
+// Measured on the H200 it pays only where the decode is heavy: qc_streams (quant_codes.cuh) picks
+// the types, results/h200/matvec_h200.txt has both paths.
 // A stage is one lane task per lane and row: Codes<T>::TASKS tasks a block, so 32 / TASKS blocks
 // (QuantTraits.matvec_stage_blocks). The copy engine wants 16-byte aligned, 16-byte multiple spans;
 // blocks are only 2-aligned, so a stage copies the 16-byte aligned span around its blocks and the
@@ -151,7 +152,6 @@ static __device__ __forceinline__ float qp_rms_scale(const qb_u8* xq, int cols, 
 #endif
 // try_wait polls before a lost copy is called a fault (a trap fails the launch instead of a hang).
 #define QP_MV_WAIT_POLLS (1 << 22)
-
 
 struct QpRing {
     qb_u8* region;  // this warp's share of the dynamic shared memory

@@ -22,19 +22,19 @@ typedef unsigned long long qb_u64;
 // come from: a kernel whose assumption differs from its launch silently writes garbage.
 // X(NAME, lowercase name, ggml type id, block values, block bytes, dequant threads,
 //   matvec threads, matvec rows per CTA, matvec stage blocks)
-#define QPROF_QUANT_TYPES(X)                  \
-    X(F32, f32, 0, 1, 4, 1, 128, 4, 0)        \
-    X(F16, f16, 1, 1, 2, 1, 128, 4, 0)        \
-    X(BF16, bf16, 30, 1, 2, 1, 128, 4, 0)     \
-    X(Q4_0, q4_0, 2, 32, 18, 8, 512, 32, 0)   \
-    X(Q4_1, q4_1, 3, 32, 20, 8, 512, 32, 0)   \
-    X(Q5_0, q5_0, 6, 32, 22, 8, 512, 32, 0)   \
-    X(Q5_1, q5_1, 7, 32, 24, 8, 512, 32, 0)   \
-    X(Q8_0, q8_0, 8, 32, 34, 8, 512, 32, 0)   \
-    X(Q2_K, q2_k, 10, 256, 84, 64, 512, 32, 8)\
-    X(Q3_K, q3_k, 11, 256, 110, 64, 512, 32, 8)\
-    X(Q4_K, q4_k, 12, 256, 144, 32, 512, 32, 4)\
-    X(Q5_K, q5_k, 13, 256, 176, 64, 512, 32, 4)\
+#define QPROF_QUANT_TYPES(X)                    \
+    X(F32, f32, 0, 1, 4, 1, 128, 4, 0)          \
+    X(F16, f16, 1, 1, 2, 1, 128, 4, 0)          \
+    X(BF16, bf16, 30, 1, 2, 1, 128, 4, 0)       \
+    X(Q4_0, q4_0, 2, 32, 18, 8, 512, 32, 0)     \
+    X(Q4_1, q4_1, 3, 32, 20, 8, 512, 32, 0)     \
+    X(Q5_0, q5_0, 6, 32, 22, 8, 512, 32, 0)     \
+    X(Q5_1, q5_1, 7, 32, 24, 8, 512, 32, 0)     \
+    X(Q8_0, q8_0, 8, 32, 34, 8, 512, 32, 0)     \
+    X(Q2_K, q2_k, 10, 256, 84, 64, 512, 32, 8)  \
+    X(Q3_K, q3_k, 11, 256, 110, 64, 512, 32, 8) \
+    X(Q4_K, q4_k, 12, 256, 144, 32, 512, 32, 4) \
+    X(Q5_K, q5_k, 13, 256, 176, 64, 512, 32, 4) \
     X(Q6_K, q6_k, 14, 256, 210, 64, 512, 32, 0)
 
 // Template ids are the GGML type ids.

@@ -145,7 +145,7 @@ def matvec_shared_bytes(types: tuple[QuantTraits, ...], threads: int) -> int:
 
 
 def _matvec_cfg(t: QuantTraits, rows: int, types: tuple[QuantTraits, ...] | None = None) -> LaunchConfig:
-    shared = 0 if t.family == "float" else matvec_shared_bytes(types or (t,), t.matvec_threads)
+    shared = matvec_shared_bytes(types or (t,), t.matvec_threads)  # 0 for types that do not stream (floats too)
     return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta), 1, 1), (t.matvec_threads, 1, 1), shared)
 
 
