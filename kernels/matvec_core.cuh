@@ -144,8 +144,8 @@ static __device__ __forceinline__ float qp_rms_scale(const qb_u8* xq, int cols, 
 #ifndef QP_MV_MAX_STAGES
 #define QP_MV_MAX_STAGES 8
 #endif
-// Experiments for bench_matvec --variant (0 in every shipped kernel): 1 streams the weights through
-// the ring without decoding them (the ring's own ceiling), 2 decodes against constant activations
+// Experiments for bench_matvec --variant (0 in every shipped kernel), on either weight path: 1 loads
+// the weights without decoding them (the path's own ceiling), 2 decodes against constant activations
 // (no x loads).
 #ifndef QP_MV_EXPERIMENT
 #define QP_MV_EXPERIMENT 0
@@ -278,6 +278,19 @@ static __device__ __forceinline__ void qp_task_dot(const typename Codes<T>::Raw 
     }
 }
 
+// qp_task_dot, or under QP_MV_EXPERIMENT 1 (either path) a use of the loaded bytes that keeps the
+// loads alive without decoding them.
+template <int T, int NB>
+static __device__ __forceinline__ void qp_task_dot_or_skip(const typename Codes<T>::Raw (&raw)[2], int t, int blk,
+                                                           bool live, const qb_u8* xs, int cols, float (&acc)[2][NB]) {
+    if constexpr (QP_MV_EXPERIMENT == 1) {
+        acc[0][0] += __uint_as_float(reinterpret_cast<const qb_u32*>(&raw[0])[1] & 0x3FFFFFu);
+        acc[1][0] += __uint_as_float(reinterpret_cast<const qb_u32*>(&raw[1])[1] & 0x3FFFFFu);
+    } else {
+        qp_task_dot<T, NB>(raw, t, blk, live, xs, cols, acc);
+    }
+}
+
 #ifndef QB_HOST_EMULATION
 // acc[r][c] += row r (ra or rb) . x column c of the QVec xq over all cols, this lane's share; not yet
 // warp-reduced. The rows stream through the warp's ring, a stage a lane task per lane and row: lane
@@ -328,12 +341,7 @@ static __device__ __forceinline__ void qp_rows_dot2_stream(QpRing& ring, const q
             ++ahead;
         }
         if (++slot == slots) slot = 0, parity ^= 1u;
-        if constexpr (QP_MV_EXPERIMENT == 1) {
-            acc[0][0] += __uint_as_float(reinterpret_cast<const qb_u32*>(&raw[0])[1] & 0x3FFFFFu);
-            acc[1][0] += __uint_as_float(reinterpret_cast<const qb_u32*>(&raw[1])[1] & 0x3FFFFFu);
-        } else {
-            qp_task_dot<T, NB>(raw, t, live ? blk : j * S::BLOCKS, live, xs, cols, acc);
-        }
+        qp_task_dot_or_skip<T, NB>(raw, t, live ? blk : j * S::BLOCKS, live, xs, cols, acc);
     }
     ring.used += n_stages;
     ring.ahead = ahead;
@@ -368,7 +376,7 @@ static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __res
         typename C::Raw raw[2];
         C::load(ra + off, task % C::TASKS, raw[0]);
         C::load(rb + off, task % C::TASKS, raw[1]);
-        qp_task_dot<T, NB>(raw, task % C::TASKS, task / C::TASKS, base + lane < n_tasks, xs, cols, acc);
+        qp_task_dot_or_skip<T, NB>(raw, task % C::TASKS, task / C::TASKS, base + lane < n_tasks, xs, cols, acc);
     }
 }
 
