@@ -175,7 +175,7 @@ static __device__ __forceinline__ QpRing qp_ring_make() {
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
     const int warp = threadIdx.x >> 5, per_warp = (int)(dyn / QP_MV_WARPS) & ~127;
     QpRing ring{qp_dynamic_smem + warp * per_warp, per_warp, qp_smem_addr(&bars[warp][0]), 0, 0};
-    if ((threadIdx.x & 31) == 0) {
+    if ((threadIdx.x & 31) == 0 && dyn > 0) {  // no ring for a kernel whose types all take the register path
 #pragma unroll
         for (int s = 0; s < QP_MV_MAX_STAGES; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(ring.bars + 8 * s) : "memory");
@@ -374,8 +374,8 @@ static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __res
         const int task = min(base + lane, n_tasks - 1);  // past the end: a valid task, weighted 0
         const long off = (long)(task / C::TASKS) * Block<T>::BYTES;
         typename C::Raw raw[2];
-        C::load(ra + off, task % C::TASKS, raw[0]);
-        C::load(rb + off, task % C::TASKS, raw[1]);
+        C::template load<QbReadOnly>(ra + off, task % C::TASKS, raw[0]);  // ld.global.nc: read-only weights
+        C::template load<QbReadOnly>(rb + off, task % C::TASKS, raw[1]);
         qp_task_dot_or_skip<T, NB>(raw, task % C::TASKS, task / C::TASKS, base + lane < n_tasks, xs, cols, acc);
     }
 }

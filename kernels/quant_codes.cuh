@@ -35,40 +35,46 @@ struct QcPlain {
     }
 };
 
-template <class V>
-static __device__ __forceinline__ V qc_ld(const qb_u8* p) { return QcPlain::ld<V>(p); }
-static __device__ __forceinline__ qb_u32 qc_ld32(const qb_u8* p) { return qc_ld<qb_u32>(p); }
-static __device__ __forceinline__ float qc_half(const qb_u8* p) { return qb_half_to_float(qc_ld<qb_u16>(p)); }
-static __device__ __forceinline__ qb_u32 qc_ld32_a2(const qb_u8* p) { return qb_ld32_a2<QcPlain>(p); }
+// Every load below takes the policy L: QcPlain where the bytes may sit in shared memory (the stream),
+// QbReadOnly (ld.global.nc) on the register path, which reads global memory only.
+template <class V, class L = QcPlain>
+static __device__ __forceinline__ V qc_ld(const qb_u8* p) { return L::template ld<V>(p); }
+template <class L = QcPlain>
+static __device__ __forceinline__ qb_u32 qc_ld32(const qb_u8* p) { return qc_ld<qb_u32, L>(p); }
+template <class L = QcPlain>
+static __device__ __forceinline__ float qc_half(const qb_u8* p) { return qb_half_to_float(qc_ld<qb_u16, L>(p)); }
+template <class L = QcPlain>
+static __device__ __forceinline__ qb_u32 qc_ld32_a2(const qb_u8* p) { return qb_ld32_a2<L>(p); }
 
-template <int NW, int A>
+template <int NW, int A, class L = QcPlain>
 static __device__ __forceinline__ void qc_words(const qb_u8* p, qb_u32 (&w)[NW]) {
-    qb_load_words<NW, A, QcPlain>(p, w);
+    qb_load_words<NW, A, L>(p, w);
 }
 
 // 16 bytes at a 2-aligned address as 4 words: aligned 32-bit loads and a funnel shift, branch free
 // (lanes of one warp may see either parity). At an address 2 mod 4 the fifth word is loaded too
 // (predicated): it holds the run's last two bytes and two more, which lie in the same aligned word
 // as a byte of the run and so inside the allocation.
+template <class L = QcPlain>
 static __device__ __forceinline__ void qc_load16_a2(const qb_u8* p, qb_u32 (&w)[4]) {
     const qb_u64 addr = reinterpret_cast<qb_u64>(p);
     const qb_u8* base = reinterpret_cast<const qb_u8*>(addr & ~static_cast<qb_u64>(3));
     const int shift = static_cast<int>(addr & 3u) * 8;
     qb_u32 a[5];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) a[i] = qc_ld32(base + 4 * i);
-    a[4] = shift ? qc_ld32(base + 16) : 0u;
+    for (int i = 0; i < 4; ++i) a[i] = qc_ld32<L>(base + 4 * i);
+    a[4] = shift ? qc_ld32<L>(base + 16) : 0u;
 #pragma unroll
     for (int i = 0; i < 4; ++i) w[i] = qc_funnel(a[i], a[i + 1], shift);
 }
 
 // 16 bytes at an address aligned to A (a compile-time fact of the layout).
-template <int A>
+template <int A, class L = QcPlain>
 static __device__ __forceinline__ void qc_load16(const qb_u8* p, qb_u32 (&w)[4]) {
     if constexpr (A >= 4) {
-        qc_words<4, A>(p, w);
+        qc_words<4, A, L>(p, w);
     } else {
-        qc_load16_a2(p, w);
+        qc_load16_a2<L>(p, w);
     }
 }
 
@@ -90,11 +96,12 @@ struct LegacyCodes {
         qb_u32 qh;
         float d, m;
     };
+    template <class L = QcPlain>
     static __device__ __forceinline__ void load(const qb_u8* b, int, Raw& r) {
-        r.d = qc_half(b);
-        r.m = HAS_M ? qc_half(b + 2) : (FIVE ? -16.0f : -8.0f) * r.d;
-        qc_load16<qb_align(16, ALIGN)>(b + QS, r.qs);  // QS is a multiple of ALIGN's alignment
-        r.qh = FIVE ? (ALIGN >= 4 ? qc_ld32(b + QH) : qc_ld32_a2(b + QH)) : 0u;
+        r.d = qc_half<L>(b);
+        r.m = HAS_M ? qc_half<L>(b + 2) : (FIVE ? -16.0f : -8.0f) * r.d;
+        qc_load16<qb_align(16, ALIGN), L>(b + QS, r.qs);  // QS is a multiple of ALIGN's alignment
+        r.qh = FIVE ? (ALIGN >= 4 ? qc_ld32<L>(b + QH) : qc_ld32_a2<L>(b + QH)) : 0u;
     }
     static __device__ __forceinline__ void decode(const Raw& r, int, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -122,9 +129,10 @@ struct Codes<QB_Q8_0> {
         qb_u32 qs[4];
         float d;
     };
+    template <class L = QcPlain>
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
-        r.d = qc_half(b);
-        qc_load16_a2(b + 2 + 16 * t, r.qs);
+        r.d = qc_half<L>(b);
+        qc_load16_a2<L>(b + 2 + 16 * t, r.qs);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -149,12 +157,13 @@ struct Codes<QB_Q2_K> {
         qb_u32 sc0, sc1;  // scales[8h .. 8h + 7]
         qb_u32 dd;        // d | dmin << 16
     };
+    template <class L = QcPlain>
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
         const int h = t >> 1, k = t & 1;
-        qc_words<4, 4>(b + 16 + 32 * h + 16 * k, r.qs);
-        r.sc0 = qc_ld32(b + 8 * h);
-        r.sc1 = qc_ld32(b + 8 * h + 4);
-        r.dd = qc_ld32(b + 80);
+        qc_words<4, 4, L>(b + 16 + 32 * h + 16 * k, r.qs);
+        r.sc0 = qc_ld32<L>(b + 8 * h);
+        r.sc1 = qc_ld32<L>(b + 8 * h + 4);
+        r.dd = qc_ld32<L>(b + 80);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -180,19 +189,20 @@ struct Codes<QB_Q3_K> {
         qb_u32 sc;  // the task's four 6-bit signed scales, one per byte
         float d;
     };
+    template <class L = QcPlain>
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
         const int h = t >> 1, k = t & 1;
-        qc_load16_a2(b + 32 + 32 * h + 16 * k, r.qs);
-        qc_load16_a2(b + 16 * k, r.hm);
+        qc_load16_a2<L>(b + 32 + 32 * h + 16 * k, r.qs);
+        qc_load16_a2<L>(b + 16 * k, r.hm);
         r.sc = 0;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int si = 8 * h + 2 * j + k;
-            const int lo = si < 8 ? qc_ld<qb_u8>(b + 96 + si) & 0xF : qc_ld<qb_u8>(b + 96 + si - 8) >> 4;
-            const int hi = (qc_ld<qb_u8>(b + 104 + (si & 3)) >> (2 * (si >> 2))) & 3;
+            const int lo = si < 8 ? qc_ld<qb_u8, L>(b + 96 + si) & 0xF : qc_ld<qb_u8, L>(b + 96 + si - 8) >> 4;
+            const int hi = (qc_ld<qb_u8, L>(b + 104 + (si & 3)) >> (2 * (si >> 2))) & 3;
             r.sc |= (qb_u32)(lo | (hi << 4)) << (8 * j);
         }
-        r.d = qc_half(b + 108);
+        r.d = qc_half<L>(b + 108);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -223,15 +233,16 @@ struct KQuant45Codes {
     // The 12 scale bytes unpacked four sub-blocks at a time, branch free: sub-blocks 0..3 are the low
     // six bits of bytes 0..3 (scales) and 4..7 (mins); 4..7 take their low four bits from bytes 8..11
     // and their top two from the high bits of bytes 0..3 / 4..7 (quant_blocks.cuh qb_scale_min_k4, bytewise).
+    template <class L = QcPlain>
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
         qb_u32 head[4];
-        qc_words<4, 16>(b, head);
+        qc_words<4, 16, L>(b, head);
         r.dd = head[0];
         const bool hi = t >= 4;
         r.sc = hi ? (head[3] & 0x0F0F0F0Fu) | ((head[1] >> 2) & 0x30303030u) : head[1] & 0x3F3F3F3Fu;
         r.mn = hi ? ((head[3] >> 4) & 0x0F0F0F0Fu) | ((head[2] >> 2) & 0x30303030u) : head[2] & 0x3F3F3F3Fu;
-        qc_words<4, 16>(b + QS + 16 * t, r.qs);
-        if constexpr (Q5) qc_words<4, 16>(b + 16 + 16 * (t & 1), r.qh);
+        qc_words<4, 16, L>(b + QS + 16 * t, r.qs);
+        if constexpr (Q5) qc_words<4, 16, L>(b + 16 + 16 * (t & 1), r.qh);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -262,13 +273,14 @@ struct Codes<QB_Q6_K> {
         int sc[2];
         float d;
     };
+    template <class L = QcPlain>
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
         const int h = t >> 2, kk = (t >> 1) & 1, l0 = 16 * (t & 1);
-        qc_load16_a2(b + 64 * h + 32 * kk + l0, r.ql);
-        qc_load16_a2(b + 128 + 32 * h + l0, r.qh);
-        r.sc[0] = static_cast<qb_i8>(qc_ld<qb_u8>(b + 192 + 8 * h + 2 * kk + (l0 >> 4)));
-        r.sc[1] = static_cast<qb_i8>(qc_ld<qb_u8>(b + 192 + 8 * h + 2 * (kk + 2) + (l0 >> 4)));
-        r.d = qc_half(b + 208);
+        qc_load16_a2<L>(b + 64 * h + 32 * kk + l0, r.ql);
+        qc_load16_a2<L>(b + 128 + 32 * h + l0, r.qh);
+        r.sc[0] = static_cast<qb_i8>(qc_ld<qb_u8, L>(b + 192 + 8 * h + 2 * kk + (l0 >> 4)));
+        r.sc[1] = static_cast<qb_i8>(qc_ld<qb_u8, L>(b + 192 + 8 * h + 2 * (kk + 2) + (l0 >> 4)));
+        r.d = qc_half<L>(b + 208);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -286,16 +298,17 @@ struct Codes<QB_Q6_K> {
 // so 32 / TASKS blocks a row (QuantTraits.matvec_stage_blocks), each row's span rounded to 16 bytes
 // plus 16 of slack for the aligned copy; kernels.py matvec_stage_bytes mirrors BYTES (a CPU test
 // compares the two through the host emulation).
-// Which types stream through shared memory: measured on the H200 (results/h200/matvec_h200*.txt), the
-// K-quants whose decode is heavy gained; the legacy types, Q8_0 and Q6_K read faster straight from
-// global memory with the L2 prefetch of the register path. QuantTraits.matvec_stage_blocks is 0 for
-// the register-path types. (-DQP_MV_FORCE_REGISTERS: every type on the register path, an experiment.)
+// Which types stream through shared memory: measured on the H200 (results/h200/matvec_h200.txt, the
+// streaming build against -DQP_MV_FORCE_REGISTERS), only Q3_K, the heaviest decode, gained; every
+// other type reads faster straight from global memory with the L2 prefetch of the register path.
+// QuantTraits.matvec_stage_blocks is 0 for the register-path types. (-DQP_MV_FORCE_REGISTERS: every
+// type on the register path, the experiment.)
 template <int T>
 static __host__ __device__ constexpr bool qc_streams() {
 #ifdef QP_MV_FORCE_REGISTERS
     return false;
 #else
-    return T == QB_Q2_K || T == QB_Q3_K || T == QB_Q4_K || T == QB_Q5_K;
+    return T == QB_Q3_K;
 #endif
 }
 

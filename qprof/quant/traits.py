@@ -30,7 +30,7 @@ class QuantTraits:
     # Matvecs of the streaming types pass each warp's two rows through shared memory in stages of this
     # many blocks per row (one lane task per lane: 32 / the type's lane tasks per block, kernels/
     # quant_codes.cuh qc_streams); kernels.py sizes the dynamic shared memory from it. 0: the type
-    # reads its weights straight from global memory (float types, legacy types, Q6_K).
+    # reads its weights straight from global memory (every type but Q3_K).
     matvec_stage_blocks: int = 0
 
     @property
@@ -62,10 +62,10 @@ _TABLE: tuple[QuantTraits, ...] = (
     QuantTraits("Q8_0", 8, 32, 34, "legacy", dequant_threads=8),
     # K-quants: one superblock of 256 values; 8 values (Q4_K) or 4 values (the rest) per dequant thread.
     # The kernels mirror these numbers at compile time (kernels/quant_blocks.cuh, checked by a test).
-    QuantTraits("Q2_K", 10, 256, 84, "kquant", dequant_threads=64, matvec_stage_blocks=8),
+    QuantTraits("Q2_K", 10, 256, 84, "kquant", dequant_threads=64),
     QuantTraits("Q3_K", 11, 256, 110, "kquant", dequant_threads=64, matvec_stage_blocks=8),
-    QuantTraits("Q4_K", 12, 256, 144, "kquant", dequant_threads=32, matvec_stage_blocks=4),
-    QuantTraits("Q5_K", 13, 256, 176, "kquant", dequant_threads=64, matvec_stage_blocks=4),
+    QuantTraits("Q4_K", 12, 256, 144, "kquant", dequant_threads=32),
+    QuantTraits("Q5_K", 13, 256, 176, "kquant", dequant_threads=64),
     QuantTraits("Q6_K", 14, 256, 210, "kquant", dequant_threads=64),
 )
 

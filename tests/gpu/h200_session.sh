@@ -156,6 +156,15 @@ if [ "$STAGE" = hybrid ]; then  # the per-type choice of stream / register path,
   step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json \
     --variant="-DQP_MV_FORCE_REGISTERS=1"
 fi
+if [ "$STAGE" = next ]; then  # issue-9-next: Q2_K/Q4_K/Q5_K on the register path, ld.global.nc loads there
+  make_7b_set
+  step build 240 $Q kernels build
+  step check_all 300 $Q check --failures-only
+  wait
+  bench_7b_set 120
+  step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json \
+    --variant="-DQP_MV_FORCE_REGISTERS=1"
+fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
