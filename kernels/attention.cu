@@ -72,6 +72,9 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     __shared__ float s_acc[G > 1 ? QP_MAX_GQA * NT : 1];
     const int kvh = blockIdx.x, split = blockIdx.y, n_split = gridDim.y;
     const int lane = threadIdx.x % QP_WARP, warp = threadIdx.x / QP_WARP;
+    qp_grid_release();
+    // the position is the step's (written before the decode graph or the eager step began), so the
+    // prologue below may read it before qp_grid_wait
     const int pos = qp_position(pos_ptr, pos0, 0);
     const int lo = (mask.ptr == nullptr && window > 0) ? max(0, pos - window + 1) : 0;
     const int per = (pos - lo + n_split) / n_split;  // ceil((pos - lo + 1) / n_split)
@@ -85,6 +88,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
             asm volatile("prefetch.global.L2 [%0];" ::"l"(v_cache + at));
         }
     }
+    qp_grid_wait();  // q and this position's K and V row come from the QKV kernel
 
     float qr[QP_MAX_GQA][4];
 #pragma unroll
@@ -161,6 +165,8 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
 // per warp) for the attn_output projection.
 extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
                                         float* __restrict__ out, int n_split, int D, qb_u8* out_q, int n_head) {
+    qp_grid_release();
+    qp_grid_wait();
     const int h = blockIdx.x;
     const float* ml = part_ml + (long)h * n_split * 2;
     float M = QP_NEG_INF;

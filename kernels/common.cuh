@@ -2,6 +2,8 @@
 // NVRTC-safe: no host headers; math comes from the CUDA builtins NVRTC provides.
 #pragma once
 
+#include "pdl.cuh"
+
 #define QP_WARP 32
 #define QP_FULL_MASK 0xffffffffu
 // -INFINITY without <cmath>: the bit pattern of float -inf.

@@ -6,6 +6,7 @@
 // blockDim.y = quant blocks per CTA. The kernel assumes blockDim.x == TPB: threads past TPB
 // idle, and a launch with fewer threads leaves the tail of every block unwritten (the seed's
 // bug, reproduced on purpose by `--inject block-dim`).
+#include "pdl.cuh"
 #include "quant_blocks.cuh"
 
 template <int N>
@@ -69,6 +70,8 @@ template <int T, int TPB>
 static __device__ __forceinline__ void get_rows_kernel(const qb_u8* __restrict__ w, const int* __restrict__ ids,
                                                        float* __restrict__ out, int rows, int blocks_per_row,
                                                        int row_bytes) {
+    qp_grid_release();
+    qp_grid_wait();  // ids: the step's token, written before the decode graph
     if (threadIdx.x >= TPB) return;
     const int blk = blockIdx.x * blockDim.y + threadIdx.y;
     if (blk >= blocks_per_row) return;

@@ -39,6 +39,8 @@ static __device__ __forceinline__ void matvec_float(const qb_u8* __restrict__ w,
     constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES, RUN = MATVEC_RUN(NB);
     static_assert(NT % 32 == 0, "matvec threads must be whole warps");
     static_assert(RUN % 4 == 0 && (Block<T>::IS_FLOAT || QK % RUN == 0), "a run stays inside one block");
+    qp_grid_release();
+    qp_grid_wait();
     const int row0 = blockIdx.x * R;
     const int n_runs = cols / RUN;
 
@@ -112,9 +114,12 @@ static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w,
                                                     float eps, const float* residual, qb_u8* yq,
                                                     const float* __restrict__ next_norm) {
     __shared__ float staged[QP_MV_ROWS_PER_CTA];
+    qp_grid_release();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = blockIdx.x * QP_MV_ROWS_PER_CTA + 2 * warp;
     const int ra = min(row0, rows - 1), rb = min(row0 + 1, rows - 1);  // past the end: a valid row, never stored
+    qp_rows_warm(w + (long long)ra * row_bytes, w + (long long)rb * row_bytes, row_bytes);
+    qp_grid_wait();  // x, residual and y belong to the kernels before
     float acc[2][NB];
 #pragma unroll
     for (int r = 0; r < 2; ++r)
@@ -165,6 +170,8 @@ static __device__ __forceinline__ void matvec_entry(const qb_u8* w, const void* 
 template <int NB>
 static __device__ __forceinline__ void quantize_f32(const float* __restrict__ x, const float* __restrict__ norm_w,
                                                     qb_u8* xq, int cols) {
+    qp_grid_release();
+    qp_grid_wait();
     const int blk = blockIdx.x * 8 + (threadIdx.x >> 5), c = blockIdx.y;
     if (blk >= cols / 32) return;  // whole warps leave together
     const int i = 32 * blk + (threadIdx.x & 31);

@@ -28,6 +28,10 @@
 #define QP_MV_PREFETCH_STAGES 2
 #endif
 // Resident CTAs per SM asked of the register allocator at one column (2: at most 64 registers).
+// Bytes of each of its rows a matvec warp asks of L2 before it waits on the previous kernel (pdl.cuh).
+#ifndef QP_MV_WARM_BYTES
+#define QP_MV_WARM_BYTES 2048
+#endif
 #ifndef QP_MV_MIN_CTAS_B1
 #define QP_MV_MIN_CTAS_B1 2
 #endif
@@ -359,6 +363,17 @@ static __device__ __forceinline__ void qp_stage_prefetch(const qb_u8* ra, const 
     const int lane = threadIdx.x & 31;
     const long at = (lo & ~127L) + 128L * (lane & 15);
     if (at < hi) asm volatile("prefetch.global.L2 [%0];" ::"l"((lane < 16 ? ra : rb) + at));
+}
+
+// A kernel's prologue before qp_grid_wait (pdl.cuh): the first QP_MV_WARM_BYTES of the warp's two
+// rows asked of L2 (lanes 0..15: row a, 16..31: row b, one 128-byte line each), since weights depend
+// on no earlier kernel. Launched programmatically, this runs beside the previous kernel's tail.
+static __device__ __forceinline__ void qp_rows_warm(const qb_u8* ra, const qb_u8* rb, int row_bytes) {
+    const int lane = threadIdx.x & 31;
+    const qb_u8* row = lane < 16 ? ra : rb;
+    const int lead = (int)(reinterpret_cast<qb_u64>(row) & 127u);  // the row's offset in its first line
+    const int at = 128 * (lane & 15) - lead;
+    if (at < min(row_bytes, QP_MV_WARM_BYTES)) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + max(at, 0)));
 }
 
 template <int T, int NB>

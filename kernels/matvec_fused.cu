@@ -52,6 +52,9 @@ static __device__ __forceinline__ void qkv(const QkvArgs& a) {
     const int row = 2 * min(pair, seg.rows / 2 - 1);
     const qb_u8* wa = seg.w + (long long)row * seg.row_bytes;
     const qb_u8* wb = wa + seg.row_bytes;
+    qp_grid_release();
+    qp_rows_warm(wa, wb, seg.row_bytes);
+    qp_grid_wait();  // the QVec, the cache rows attention reads and q belong to the kernels before
     float acc[2][1] = {{0.0f}, {0.0f}};
     QpRing ring = qp_ring_make();
     if constexpr (TQK == 0) {
@@ -103,9 +106,10 @@ static __device__ __forceinline__ void qkv_entry(const QkvArgs& a) {
 
 // The QKV epilogue (RoPE in double) costs registers: the heavier decoders, and a Q/K + V pair (two
 // decoders in one kernel), stay at one CTA per SM; at 64 registers they spill (ptxas report).
-#define QP_QKV_MIN_CTAS(A, B)                                                                       \
-    (((A) != (B) || (A) == QB_Q2_K || (A) == QB_Q3_K || (A) == QB_Q5_K || (A) == QB_Q6_K) ? 1 \
-                                                                                           : QP_MV_MIN_CTAS_B1)
+#define QP_QKV_MIN_CTAS(A, B)                                                                            \
+    (((A) != (B) || (A) == QB_Q5_1 || (A) == QB_Q2_K || (A) == QB_Q3_K || (A) == QB_Q5_K || (A) == QB_Q6_K) \
+         ? 1                                                                                             \
+         : QP_MV_MIN_CTAS_B1)
 
 // One type for Q, K and V: matvec_qkv_<type>.
 #define QP_QKV_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                          \
@@ -135,8 +139,12 @@ static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, con
                                                qb_u8* actq, int rows, int cols, int row_bytes, float eps) {
     __shared__ float staged[2 * QP_MV_WARPS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const float scale = qp_rms_scale<1>(xq, cols, 0, 1, eps);
     const int row0 = blockIdx.x * 2 * QP_MV_WARPS;
+    qp_grid_release();
+    const long long first = (long long)min(row0 + warp, rows - 1) * row_bytes;
+    qp_rows_warm(wg + first, wu + first, row_bytes);
+    qp_grid_wait();  // xq, act and actq belong to the kernels before
+    const float scale = qp_rms_scale<1>(xq, cols, 0, 1, eps);
     QpRing ring = qp_ring_make();  // both halves stream through it: one type, phases carry on
 #pragma unroll 1
     for (int half = 0; half < 2; ++half) {

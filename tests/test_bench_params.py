@@ -162,3 +162,23 @@ def test_kv_type_and_fused_reach_the_rows_and_the_label():
     assert fields["options"] == "graphs,kv=f16,unfused"
     with pytest.raises(QprofError, match="unknown KV cache type 'f8'"):
         RuntimeOptions(kv_type="f8")
+
+
+def test_pdl_multiplies_the_option_sets_and_reaches_the_rows():
+    from click.testing import CliRunner
+
+    from qprof.bench.params import BenchParams
+    from qprof.bench.record import options_fields
+    from qprof.cli import main
+    from qprof.commands.bench import build_params
+    from qprof.runtime.options import RuntimeOptions
+
+    p = BenchParams(models=["m"], n_prompt=[0], n_gen=[4], pdl=[True, False])
+    assert sorted(o.pdl for o in p.option_sets()) == [False, True] and "pdl" in p.varying()
+    p = build_params(("m",), "0", "4", (), 1, False, "skip", "0", "0", "none", None, "0", None, "cpu", pdl="0")
+    assert [o.pdl for o in p.option_sets()] == [False]
+    fields = options_fields(RuntimeOptions(pdl=False, nvtx=False))
+    assert fields["pdl"] is False and fields["options"] == "no-pdl"
+    assert options_fields(RuntimeOptions())["pdl"] is True
+    bad = CliRunner().invoke(main, ["bench", "--pdl", "2", "--no-save"])
+    assert bad.exit_code == 2 and "--pdl" in bad.output

@@ -106,6 +106,60 @@ def test_no_kernel_spills_and_every_quant_entry_exists(built, capsys):
     assert table.exit_code == 0 and all(ln.startswith(("dequant_", "get_rows_")) for ln in table.stdout.splitlines()[1:-1])
 
 
+PTX_SAMPLE = b"""
+.visible .entry waits(
+\t.param .u64 waits_param_0
+)
+{
+\tgriddepcontrol.launch_dependents;
+\tgriddepcontrol.wait;
+\tret;
+}
+.func helper()
+{
+\tgriddepcontrol.wait;
+}
+.visible .entry plain(
+\t.param .u64 plain_param_0
+)
+{
+\tret;
+}
+"""
+
+
+def test_ptx_parse_finds_the_kernels_that_wait_upstream():
+    from qprof.runtime.cuda.driver import entries_waiting_upstream
+
+    # a wait in a .func after `plain`'s body is not plain's; only entries count
+    assert entries_waiting_upstream(PTX_SAMPLE) == {"waits"}
+    assert entries_waiting_upstream(b"") == set()
+
+
+@needs_toolkit
+def test_decode_kernels_wait_upstream_and_no_other_kernel_does(built):
+    """Only kernels whose PTX holds griddepcontrol.wait are launched as programmatic dependents: every
+    kernel of the fused decode step must hold it, and the prefill / unfused ones (no wait) must not."""
+    from pathlib import Path
+
+    from qprof.runtime.cuda.driver import entries_waiting_upstream
+
+    *_, env = built
+    ptx_files = sorted((Path(env["QPROF_CACHE"]) / "ptx").glob("*-sm90-*.ptx"))
+    assert ptx_files, "no sm_90 PTX in the cache"
+    waiting = set().union(*(entries_waiting_upstream(f.read_bytes()) for f in ptx_files))
+    quantized = [t for t in ALL_TYPES if traits(t).family != "float"]
+    decode = {"attn_combine", "attn_decode_d128", "attn_decode_d128_f16kv", "quantize_q16", "quantize_q8",
+              "matvec_qkv", "matvec_qkv_q4_k_v_q6_k"}
+    decode |= {K.kernel_name("get_rows", t) for t in ALL_TYPES}
+    decode |= {K.kernel_name("matvec", t, f"b{b}") for t in ALL_TYPES for b in range(1, K.MATVEC_MAX_BATCH + 1)}
+    decode |= {f"matvec_gate_up_{t.lower()}" for t in quantized} | {f"matvec_qkv_{t.lower()}" for t in quantized}
+    assert decode <= waiting, sorted(decode - waiting)
+    plain = {"rmsnorm_f32", "add_f32", "swiglu_f32", "rope_f32", "kv_write_f32", "argmax_f32", "step_set",
+             "attn_prefill_d128"} | {K.kernel_name("dequant", t, "f16") for t in ALL_TYPES}
+    assert not plain & waiting, sorted(plain & waiting)
+
+
 def test_kernels_cli_bad_input_is_one_line(tmp_path):
     env = {"QPROF_CACHE": str(tmp_path)}
     res = CliRunner().invoke(main, ["kernels", "report", "--arch", "hopper"], env=env)

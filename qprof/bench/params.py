@@ -169,6 +169,7 @@ class BenchParams:
     nvtx: list[bool] = field(default_factory=lambda: [False])
     kv_type: list[str] = field(default_factory=lambda: ["f32"])
     fused: list[bool] = field(default_factory=lambda: [True])
+    pdl: list[bool] = field(default_factory=lambda: [True])
     n_ctx: list[int | None] = field(default_factory=lambda: [None])
     n_threads: list[int] = field(default_factory=lambda: [default_threads()])
     # model -> (context it declares, where that is written), from qprof.checks.declared_context
@@ -177,8 +178,8 @@ class BenchParams:
     graphs_auto: bool = False  # --graphs not given on a GPU: graphs on for every option set that can be captured
 
     # llama-bench shows a column only when its parameter differs from the default
-    SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "kv_type", "fused", "n_ctx",
-                "n_threads")
+    SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "kv_type", "fused", "pdl",
+                "n_ctx", "n_threads")
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -213,7 +214,8 @@ class BenchParams:
             sets = [RuntimeOptions(mask=m, scalar_upload=su, sync_every_op=so, inject=inj, cuda_graphs=g, nvtx=nv)
                     for m, su, so, inj, g, nv in combos]
         # the decode-path choices multiply every set (they are not faults: a --faults run keeps them too)
-        sets = [o.with_(kv_type=kv, fused=fu) for o in sets for kv, fu in itertools.product(self.kv_type, self.fused)]
+        sets = [o.with_(kv_type=kv, fused=fu, pdl=pd) for o in sets
+                for kv, fu, pd in itertools.product(self.kv_type, self.fused, self.pdl)]
         if self.graphs_auto:
             from qprof.runtime.cuda.graphs import graph_blocker
 

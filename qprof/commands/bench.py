@@ -35,7 +35,8 @@ def default_model(device: str) -> str:
 
 
 def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op, inject,
-                 graphs, nvtx, ctx, device, faults=False, threads=None, kv_type="f32", fused="1"):
+                 graphs, nvtx, ctx, device, faults=False, threads=None, kv_type="f32", fused="1",
+                 pdl="1"):
     from qprof.bench import params as p
     from qprof.runtime.threads import default_threads
 
@@ -60,6 +61,7 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
         nvtx=p.parse_bool_list(nvtx, "--nvtx"),
         kv_type=p.parse_kv_types(kv_type),
         fused=p.parse_bool_list(fused, "--fused"),
+        pdl=p.parse_bool_list(pdl, "--pdl"),
         n_ctx=p.parse_int_list(ctx, "--ctx", minimum=1) if ctx else [None],
         n_threads=p.parse_int_list(threads, "-t", minimum=1) if threads else [default_threads()],
         faults=faults,
@@ -154,6 +156,9 @@ def ceilings_lines(ceilings) -> list[str]:
                    "decode attention reads); the CPU runtime keeps float32")
 @click.option("--fused", default="1", show_default=True, metavar="0,1",
               help="decode through the fused projections (1) or one kernel per op (0), comma list")
+@click.option("--pdl", default="1", show_default=True, metavar="0,1",
+              help="launch decode kernels as programmatic dependents (1: each starts beside the previous one's "
+                   "tail, sm_90 and newer; elsewhere a plain launch) or plainly (0), comma list")
 @click.option("--nvtx", default="0", show_default=True, help="NVTX ranges on every op (0,1): 1 pushes them when a tool such as nsys is attached, "
               f"or always with QPROF_NVTX=1 (to measure their cost); {SWITCH_HELP}")
 @click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")
@@ -184,8 +189,8 @@ def ceilings_lines(ceilings) -> list[str]:
 @click.option("--fail-fast", is_flag=True,
               help="with --gpus/--ray: stop every worker when a group fails (default: name it and carry on)")
 def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_path, no_save, mask,
-          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, kv_type, fused, ctx, threads, bandwidth, tflops,
-          llama_bench, llama_bench_json, peer_only, gpus, ray_address, fail_fast):
+          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, kv_type, fused, pdl, ctx, threads, bandwidth,
+          tflops, llama_bench, llama_bench_json, peer_only, gpus, ray_address, fail_fast):
     """Benchmark prompt processing (pp) and generation (tg) like llama-bench.
 
     Every parameter takes a comma list; the run is their cartesian product, ordered so each model
@@ -222,11 +227,11 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
         if pool is not None:  # workers pick their device; the plan assumes the GPU unless --device cpu
             params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload,
                                   sync_every_op, inject, graphs, nvtx, ctx, device or "cuda", faults, threads,
-                                  kv_type, fused)
+                                  kv_type, fused, pdl)
             return spread_bench(pool, params, device, fmt, results, bandwidth, tflops, fail_fast, say)
     dev, why = pick_device(device)
     params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
-                          inject, graphs, nvtx, ctx, dev, faults, threads, kv_type, fused)
+                          inject, graphs, nvtx, ctx, dev, faults, threads, kv_type, fused, pdl)
     params.declared_ctx = {spec: declared_context(spec) for spec in params.models}  # each -m exists, fits
     params.groups()  # the context checks: a test past a model's context is refused here, not after the others
     if not spreading:  # else said above

@@ -80,8 +80,12 @@ def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) 
               help="CPU threads for torch (default: half the CPUs qprof may use; see qprof bench -h)")
 @click.option("--kv-type", "kv_type", type=click.Choice(KV_TYPES), default="f32", show_default=True,
               help="KV cache element type on the GPU (f16 halves the bytes decode attention reads)")
+@click.option("--pdl/--no-pdl", default=True, show_default=True,
+              help="launch decode kernels as programmatic dependents (sm_90): each starts beside the previous "
+                   "one's tail, so kernels overlap on the timeline")
 def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_every_op, inject, graphs, no_nvtx,
-            faults, trace, out, as_json, nvtx_overhead, agreement, repeats, bandwidth, tflops, top, threads, kv_type):
+            faults, trace, out, as_json, nvtx_overhead, agreement, repeats, bandwidth, tflops, top, threads, kv_type,
+            pdl):
     """Profile prefill + decode: tok/s, time by category, per op, copies, syncs, and a diagnosis.
 
     Every GPU kernel and copy is charged to the NVTX op range that launched it. --faults runs the
@@ -114,7 +118,7 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         model = DEFAULT_GPU_WORKLOAD if dev == "cuda" else DEFAULT_CPU_WORKLOAD
         say(f"no -m given: using the workload {model!r}")
     options = options_from_flags(mask, scalar_upload, sync_every_op, inject, nvtx=not no_nvtx,
-                                 cuda_graphs=graphs).with_(kv_type=kv_type)
+                                 cuda_graphs=graphs).with_(kv_type=kv_type, pdl=pdl)
     spec = WorkloadSpec(model, dev, n_prompt, n_gen, options, n_threads=n_threads)
     if not nvtx_overhead:  # the same rule and words as `qprof bench`: prompt + decode within the declared context
         check_context(n_prompt + n_gen, f"-p {n_prompt} + -n {n_gen}", model, *declared_context(model))

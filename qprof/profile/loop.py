@@ -90,7 +90,8 @@ def graph_facts(rt) -> dict:
     if replayed and graph.record_error:
         note = f"the capture could not record which op added each node ({graph.record_error})"
     return {"decode_graph": replayed, "graph_note": note,
-            "graph_ops": [node.as_dict() for node in graph.nodes] if replayed else []}
+            "graph_ops": [node.as_dict() for node in graph.nodes] if replayed else [],
+            "graph_pdl_edges": graph.programmatic_edges if replayed else None}
 
 
 def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),

@@ -82,6 +82,7 @@ class WorkloadResult:
     op_bytes: dict[str, int] = field(default_factory=dict)  # op range name -> weight bytes it reads
     decode_graph: bool = False  # decode ran as a replayed CUDA graph
     graph_note: str | None = None  # why decode ran eagerly although graphs were asked for
+    graph_pdl_edges: int | None = None  # the captured step's programmatic (PDL) edges, where the driver says
     graph_ops: list[dict] = field(default_factory=list)  # the captured graph's nodes in order, each with its op
 
     @property

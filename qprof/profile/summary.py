@@ -15,7 +15,8 @@ def decode_mode(run: ProfileRun) -> str:
     r = run.result
     if r.decode_graph:
         nodes = len(device_nodes(r.graph_ops))
-        return (f"CUDA graph (one step captured with {nodes} nodes, replayed every token; "
+        pdl = "" if r.graph_pdl_edges is None else f", {r.graph_pdl_edges} programmatic (PDL) edges"
+        return (f"CUDA graph (one step captured with {nodes} nodes{pdl}, replayed every token; "
                 "each node charged to the op that added it at capture)")
     if run.spec.options.cuda_graphs:
         why = r.graph_note or ("the CPU runtime has no CUDA graphs" if run.spec.device == "cpu" else "not captured")
@@ -57,6 +58,7 @@ def summarize(run: ProfileRun, ceilings: RunCeilings | None = None, top: int = 1
         "n_prompt": r.n_prompt,
         "n_gen": r.n_gen,
         "decode_graph": r.decode_graph,
+        "graph_pdl_edges": r.graph_pdl_edges,
         "decode_mode": decode_mode(run),
         "pp_tok_s": r.pp_tok_s,
         "tg_tok_s": r.tg_tok_s,

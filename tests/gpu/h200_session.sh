@@ -165,6 +165,18 @@ if [ "$STAGE" = next ]; then  # issue-9-next: Q2_K/Q4_K/Q5_K on the register pat
   step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json \
     --variant="-DQP_MV_FORCE_REGISTERS=1"
 fi
+if [ "$STAGE" = pdl ]; then  # programmatic dependent launch: same logits, the graph's edges, then tg128 with and without
+  make_7b_set
+  step build 240 $Q kernels build
+  step gpu_tests_pdl 150 python3 -m pytest -q -rfs -s tests/gpu/test_pdl_gpu.py
+  step check_all 300 $Q check --failures-only
+  wait
+  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 --pdl 1,0 \
+    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
+  for v in q4_0 q8_0 q6_k; do step bench_$v 120 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --pdl 1,0 \
+    --results $OUT/bench_h200.jsonl; done
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py

@@ -11,9 +11,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,11 +175,27 @@ def ensure_context() -> None:
         check(drv.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
 
 
+_PTX_FUNCTION = re.compile(rb"^\s*(?:\.visible\s+|\.weak\s+)?\.(entry|func)\s+(?:\([^)]*\)\s*)?(\w+)", re.MULTILINE)
+
+
+def entries_waiting_upstream(ptx: bytes) -> set[str]:
+    """The kernels (.entry) of a PTX module whose body holds griddepcontrol.wait (kernels/pdl.cuh):
+    those, and only those, may be launched as programmatic dependents of the kernel before them."""
+    found = list(_PTX_FUNCTION.finditer(ptx))
+    waiting = set()
+    for m, nxt in zip(found, found[1:] + [None]):
+        body = ptx[m.end(): nxt.start() if nxt is not None else len(ptx)]
+        if m.group(1) == b"entry" and b"griddepcontrol.wait" in body:
+            waiting.add(m.group(2).decode())
+    return waiting
+
+
 @dataclass
 class Kernel:
     name: str
     module_file: str
     handle: object  # CUfunction
+    waits_upstream: bool = False  # its body waits on the previous kernel (kernels/pdl.cuh)
 
     def __repr__(self) -> str:
         return f"Kernel({self.name} from {self.module_file})"
@@ -230,6 +248,8 @@ class KernelLibrary:
         self.sync_after_launch = os.environ.get("QPROF_SYNC_CHECK") == "1"
         self.launch_count = 0
         self._shared_allowed: dict[str, int] = {}
+        self._waiting: dict[str, set[str]] = {}  # module -> its kernels that wait on the one before
+        self.programmatic = False  # launch waiting kernels as programmatic dependents (see programmatic_launches)
 
     @classmethod
     def get(cls) -> KernelLibrary:
@@ -245,6 +265,7 @@ class KernelLibrary:
             ptx, _ = compile_to_ptx(source, self.arch, self.options)
             drv = _driver()
             self._modules[file_stem] = check(drv.cuModuleLoadData(ptx), f"cuModuleLoadData({source.name})")
+            self._waiting[file_stem] = entries_waiting_upstream(ptx)
         return self._modules[file_stem]
 
     def kernel(self, file_stem: str, name: str) -> Kernel:
@@ -253,8 +274,19 @@ class KernelLibrary:
             drv = _driver()
             handle = check(drv.cuModuleGetFunction(self._module(file_stem), name.encode()),
                            f"cuModuleGetFunction({name} in {file_stem}.cu)")
-            self._kernels[key] = Kernel(name, file_stem + ".cu", handle)
+            self._kernels[key] = Kernel(name, file_stem + ".cu", handle, name in self._waiting[file_stem])
         return self._kernels[key]
+
+    @contextmanager
+    def programmatic_launches(self, enabled: bool = True):
+        """Inside: every kernel that waits on the one before (kernels/pdl.cuh) is launched as its
+        programmatic dependent (sm_90), so it starts beside that kernel's tail; others launch as always.
+        Stream capture keeps the launches' programmatic edges in the graph."""
+        before, self.programmatic = self.programmatic, enabled
+        try:
+            yield
+        finally:
+            self.programmatic = before
 
     def launch(self, kernel: Kernel, grid, block, *args, shared_bytes: int = 0, stream=None) -> None:
         grid = tuple(grid) + (1,) * (3 - len(grid))
@@ -266,8 +298,12 @@ class KernelLibrary:
         drv = _driver()
         holders, array = _pack(args, kernel.name)
         stream_handle = torch.cuda.current_stream().cuda_stream if stream is None else stream
-        err = drv.cuLaunchKernel(kernel.handle, *grid, *block, shared_bytes, drv.CUstream(stream_handle),
-                                 ctypes.addressof(array), 0)[0]
+        if self.programmatic and kernel.waits_upstream:
+            err = drv.cuLaunchKernelEx(_programmatic_config(drv, grid, block, shared_bytes, stream_handle),
+                                       kernel.handle, ctypes.addressof(array), 0)[0]
+        else:
+            err = drv.cuLaunchKernel(kernel.handle, *grid, *block, shared_bytes, drv.CUstream(stream_handle),
+                                     ctypes.addressof(array), 0)[0]
         self.launch_count += 1
         if err == drv.CUresult.CUDA_SUCCESS and self.sync_after_launch:
             err = drv.cuStreamSynchronize(drv.CUstream(stream_handle))[0]
@@ -288,6 +324,21 @@ class KernelLibrary:
         if n_bytes > DEFAULT_DYNAMIC_SHARED and n_bytes > self._shared_allowed.get(kernel.name, 0):
             self.set_max_dynamic_shared(kernel, n_bytes)
             self._shared_allowed[kernel.name] = n_bytes
+
+
+def _programmatic_config(drv, grid, block, shared_bytes: int, stream_handle):
+    """cuLaunchKernelEx's configuration for a launch that may start before the previous kernel ends."""
+    attr = drv.CUlaunchAttribute()
+    attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    cfg = drv.CUlaunchConfig()
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block
+    cfg.sharedMemBytes = shared_bytes
+    cfg.hStream = drv.CUstream(stream_handle)
+    cfg.attrs = [attr]
+    cfg.numAttrs = 1
+    return cfg
 
 
 def synchronize() -> None:

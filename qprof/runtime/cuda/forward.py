@@ -27,7 +27,7 @@ from qprof.errors import QprofError
 from qprof.quant.dequant import dequantize_torch
 from qprof.runtime.base import SamplingParams, TokenChecks
 from qprof.runtime.cuda import ops
-from qprof.runtime.cuda.driver import require_cuda, synchronize
+from qprof.runtime.cuda.driver import KernelLibrary, require_cuda, synchronize
 from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec, gate_up, gate_up_supported, qkv_supported
 from qprof.runtime.cuda.graphs import DecodeGraph, graph_blocker
 from qprof.runtime.cuda.kv_cache import KvCache, MaskPolicy
@@ -282,10 +282,11 @@ class CudaRuntime(TokenChecks):
 
     def _decode_step(self) -> None:
         """One token through the model; reads token and position from self.buf.step only."""
-        if self.fused_blocker is None:
-            self._decode_step_fused()
-        else:
-            self._decode_step_unfused()
+        with KernelLibrary.get().programmatic_launches(self.options.pdl):  # captured with the step
+            if self.fused_blocker is None:
+                self._decode_step_fused()
+            else:
+                self._decode_step_unfused()
 
     def _decode_step_fused(self) -> None:
         """Six launches a layer: norm+QKV+RoPE+KV write, attention and its combine (which quantizes its

@@ -111,6 +111,37 @@ def _kernel_name(drv, node) -> str | None:
     return None
 
 
+def _capturing_graph(drv):
+    """The graph torch's current stream is capturing into (None when it is not capturing)."""
+    from qprof.runtime.cuda.driver import check
+
+    stream = drv.CUstream(torch.cuda.current_stream().cuda_stream)
+    info = check(drv.cuStreamGetCaptureInfo(stream), "cuStreamGetCaptureInfo(decode graph)")
+    return next((v for v in (info if isinstance(info, tuple) else (info,)) if isinstance(v, drv.CUgraph)), None)
+
+
+def programmatic_edges(graph=None) -> int | None:
+    """How many of the graph's edges are programmatic (a kernel that may start before the one it depends
+    on has ended: PDL); the capturing graph when none is given. None where the driver cannot say."""
+    from qprof.runtime.cuda.driver import _driver
+
+    drv = _driver()
+    try:
+        graph = _capturing_graph(drv) if graph is None else graph
+        if graph is None:
+            return None
+        err, _, _, _, n = drv.cuGraphGetEdges(graph)
+        if err != drv.CUresult.CUDA_SUCCESS:
+            return None
+        err, _, _, data, n = drv.cuGraphGetEdges(graph, n)
+        if err != drv.CUresult.CUDA_SUCCESS or data is None:
+            return None
+    except Exception:  # noqa: BLE001 - a fact for the report; a driver without edge data must not fail the capture
+        return None
+    programmatic = drv.CUgraphDependencyType.CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC
+    return sum(1 for d in list(data)[:n] if d is not None and d.type == programmatic)
+
+
 class CaptureNodes:
     """The nodes of the graph that torch's current stream is capturing into, described once each, in node order."""
 
@@ -124,9 +155,7 @@ class CaptureNodes:
         from qprof.runtime.cuda.driver import check
 
         drv = self._drv
-        stream = drv.CUstream(torch.cuda.current_stream().cuda_stream)
-        info = check(drv.cuStreamGetCaptureInfo(stream), "cuStreamGetCaptureInfo(decode graph)")
-        graph = next((v for v in (info if isinstance(info, tuple) else (info,)) if isinstance(v, drv.CUgraph)), None)
+        graph = _capturing_graph(drv)
         if graph is None:
             return self._described
         _, count = check(drv.cuGraphGetNodes(graph), "cuGraphGetNodes(decode graph)")
@@ -147,6 +176,7 @@ class DecodeGraph:
         self.replays = 0
         self.nodes: list[NodeOp] = []  # the captured step's nodes and their ops, once captured
         self.record_error: str | None = None  # why no node's op was recorded, if so
+        self.programmatic_edges: int | None = None  # of the captured step (PDL), counted at capture
         self._new_lister = list_nodes
         self._recorder: NodeRecorder | None = None
 
@@ -169,6 +199,7 @@ class DecodeGraph:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # a side stream: torch's current stream, which every launch uses
             step()
+            self.programmatic_edges = programmatic_edges()
             if self._recorder is not None:  # nodes after the last range boundary, while the capture is open
                 self.nodes = self._recorder.finish()
                 self.record_error = self._recorder.error

@@ -1,0 +1,19 @@
+// Programmatic dependent launch (sm_90): a decode kernel lets the next one be launched as soon as all
+// of its own CTAs run (qp_grid_release), so the next kernel's CTAs start beside its tail, ask L2 for
+// their weights, and only then wait (qp_grid_wait) until this grid has finished and its writes are
+// visible. The host launches a kernel that way only when its PTX holds the wait (driver.py), and a
+// kernel so launched must read nothing the previous kernels write, and write nothing they read,
+// before qp_grid_wait. Without the launch attribute both are no-ops.
+#pragma once
+
+static __device__ __forceinline__ void qp_grid_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void qp_grid_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
