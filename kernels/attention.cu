@@ -72,7 +72,6 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     __shared__ float s_acc[G > 1 ? QP_MAX_GQA * NT : 1];
     const int kvh = blockIdx.x, split = blockIdx.y, n_split = gridDim.y;
     const int lane = threadIdx.x % QP_WARP, warp = threadIdx.x / QP_WARP;
-    qp_grid_release();
     // the position is the step's (written before the decode graph or the eager step began), so the
     // prologue below may read it before qp_grid_wait
     const int pos = qp_position(pos_ptr, pos0, 0);
@@ -143,6 +142,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
                 if (g < n_gqa) acc[g] = fmaf(s_scores[g * chunk + j], v, acc[g]);
         }
     }
+    qp_grid_release();  // only the partials' stores are left
     if (G > 1) {
 #pragma unroll
         for (int g = 0; g < QP_MAX_GQA; ++g)

@@ -39,7 +39,6 @@ static __device__ __forceinline__ void matvec_float(const qb_u8* __restrict__ w,
     constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES, RUN = MATVEC_RUN(NB);
     static_assert(NT % 32 == 0, "matvec threads must be whole warps");
     static_assert(RUN % 4 == 0 && (Block<T>::IS_FLOAT || QK % RUN == 0), "a run stays inside one block");
-    qp_grid_release();
     qp_grid_wait();
     const int row0 = blockIdx.x * R;
     const int n_runs = cols / RUN;
@@ -85,6 +84,7 @@ static __device__ __forceinline__ void matvec_float(const qb_u8* __restrict__ w,
         }
     }
 
+    qp_grid_release();  // the weights are read: the epilogue is left
     __shared__ float partial[NT / 32][R * NB];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -114,7 +114,6 @@ static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w,
                                                     float eps, const float* residual, qb_u8* yq,
                                                     const float* __restrict__ next_norm) {
     __shared__ float staged[QP_MV_ROWS_PER_CTA];
-    qp_grid_release();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = blockIdx.x * QP_MV_ROWS_PER_CTA + 2 * warp;
     const int ra = min(row0, rows - 1), rb = min(row0 + 1, rows - 1);  // past the end: a valid row, never stored
@@ -127,6 +126,7 @@ static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w,
         for (int c = 0; c < NB; ++c) acc[r][c] = 0.0f;
     QpRing ring = qp_ring_make();
     qp_rows_dot2<T, NB>(ring, w + (long long)ra * row_bytes, w + (long long)rb * row_bytes, cols, xq, acc);
+    qp_grid_release();  // the weights are read: the epilogue is left
     qp_warp_reduce2<NB>(acc);
     float scale[NB];
 #pragma unroll

@@ -52,7 +52,6 @@ static __device__ __forceinline__ void qkv(const QkvArgs& a) {
     const int row = 2 * min(pair, seg.rows / 2 - 1);
     const qb_u8* wa = seg.w + (long long)row * seg.row_bytes;
     const qb_u8* wb = wa + seg.row_bytes;
-    qp_grid_release();
     qp_rows_warm(wa, wb, seg.row_bytes);
     qp_grid_wait();  // the QVec, the cache rows attention reads and q belong to the kernels before
     float acc[2][1] = {{0.0f}, {0.0f}};
@@ -66,6 +65,7 @@ static __device__ __forceinline__ void qkv(const QkvArgs& a) {
     } else {
         qp_rows_dot2<TV, 1>(ring, wa, wb, a.cols, a.xq, acc);
     }
+    qp_grid_release();  // the weights are read: the epilogue is left
     qp_warp_reduce2<1>(acc);
     const float scale = qp_rms_scale<1>(a.xq, a.cols, 0, 1, a.eps);
     if (lane != 0 || !live) return;
@@ -140,7 +140,6 @@ static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, con
     __shared__ float staged[2 * QP_MV_WARPS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = blockIdx.x * 2 * QP_MV_WARPS;
-    qp_grid_release();
     const long long first = (long long)min(row0 + warp, rows - 1) * row_bytes;
     qp_rows_warm(wg + first, wu + first, row_bytes);
     qp_grid_wait();  // xq, act and actq belong to the kernels before
@@ -162,6 +161,7 @@ static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, con
             if (row < rows) act[row] = v;
         }
     }
+    qp_grid_release();  // the weights are read: the epilogue is left
     if (actq != nullptr) {  // the host asks for it when rows % 32 == 0
         __syncthreads();
         qp_quantize_staged32(staged, actq, rows, row0, nullptr);

@@ -362,3 +362,16 @@ def test_matvec_stage_mirror_matches_the_kernels(qtype, host_decoder):
     assert shared // (t.matvec_threads // 32) % 128 == 0  # the kernel rounds each warp's share down to 128
     assert t.matvec_threads // 32 * stage_bytes <= shared <= K.MATVEC_SHARED_BUDGET
 
+
+
+def test_kernel_defines_extend_the_build_options_and_bad_words_are_one_line(monkeypatch):
+    from qprof.errors import QprofError
+    from qprof.runtime.cuda.driver import DEFAULT_OPTIONS, kernel_options
+
+    monkeypatch.delenv("QPROF_KERNEL_DEFINES", raising=False)
+    assert kernel_options() == DEFAULT_OPTIONS
+    monkeypatch.setenv("QPROF_KERNEL_DEFINES", "-DQP_MV_WARM_BYTES=0  -DQP_X")
+    assert kernel_options() == (*DEFAULT_OPTIONS, "-DQP_MV_WARM_BYTES=0", "-DQP_X")
+    monkeypatch.setenv("QPROF_KERNEL_DEFINES", "-DQP_X -O0")
+    with pytest.raises(QprofError, match="QPROF_KERNEL_DEFINES: '-O0' is not a -DNAME"):
+        kernel_options()

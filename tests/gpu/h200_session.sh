@@ -177,6 +177,20 @@ if [ "$STAGE" = pdl ]; then  # programmatic dependent launch: same logits, the g
     --results $OUT/bench_h200.jsonl; done
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi
+if [ "$STAGE" = pdl2 ]; then  # PDL with the matvecs releasing after their weight loop; warm-byte variants
+  make_7b_set
+  step build 240 $Q kernels build
+  step gpu_tests_pdl 150 python3 -m pytest -q -rfs -s tests/gpu/test_pdl_gpu.py
+  step check_all 300 $Q check --failures-only
+  wait
+  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 --pdl 1,0 \
+    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
+  for v in q4_0 q8_0 q6_k; do step bench_$v 120 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --pdl 1,0 \
+    --results $OUT/bench_h200.jsonl; done
+  for wb in 0 8192; do QPROF_KERNEL_DEFINES="-DQP_MV_WARM_BYTES=$wb" step bench_warm$wb 120 $Q bench \
+    -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $OUT/bench_variants.jsonl; done
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py

@@ -26,6 +26,7 @@ from qprof.errors import QprofError
 KERNEL_DIR = Path(__file__).resolve().parents[3] / "kernels"
 DEFAULT_OPTIONS = ("--std=c++17", "-lineinfo", "--use_fast_math")
 DEFAULT_DYNAMIC_SHARED = 48 * 1024  # what a launch may ask for without cuFuncSetAttribute
+KERNEL_DEFINES_ENV = "QPROF_KERNEL_DEFINES"  # extra -DNAME[=VALUE] words: an experiment's kernel build
 
 
 class CudaError(QprofError):
@@ -234,15 +235,25 @@ def _pack(args, kernel_name: str):
     return holders, array
 
 
+def kernel_options() -> tuple[str, ...]:
+    """The runtime's compile options: DEFAULT_OPTIONS plus $QPROF_KERNEL_DEFINES (an experiment, e.g.
+    -DQP_MV_WARM_BYTES=0: the kernels' tuning macros without editing them; the PTX cache keys on them)."""
+    extra = tuple(os.environ.get(KERNEL_DEFINES_ENV, "").split())
+    bad = next((w for w in extra if not w.startswith("-D") or len(w) < 3), None)
+    if bad is not None:
+        raise QprofError(f"{KERNEL_DEFINES_ENV}: {bad!r} is not a -DNAME[=VALUE] option")
+    return DEFAULT_OPTIONS + extra
+
+
 class KernelLibrary:
     """Loads every kernels/*.cu module once per process and hands out checked launches."""
 
     _instance: KernelLibrary | None = None
 
-    def __init__(self, options: tuple[str, ...] = DEFAULT_OPTIONS):
+    def __init__(self, options: tuple[str, ...] | None = None):
         ensure_context()
         self.arch = device_arch()
-        self.options = options
+        self.options = kernel_options() if options is None else options
         self._modules: dict[str, object] = {}
         self._kernels: dict[str, Kernel] = {}
         self.sync_after_launch = os.environ.get("QPROF_SYNC_CHECK") == "1"

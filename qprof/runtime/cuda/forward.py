@@ -27,7 +27,13 @@ from qprof.errors import QprofError
 from qprof.quant.dequant import dequantize_torch
 from qprof.runtime.base import SamplingParams, TokenChecks
 from qprof.runtime.cuda import ops
-from qprof.runtime.cuda.driver import KernelLibrary, require_cuda, synchronize
+from qprof.runtime.cuda.driver import (
+    DEFAULT_OPTIONS,
+    KERNEL_DEFINES_ENV,
+    KernelLibrary,
+    require_cuda,
+    synchronize,
+)
 from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec, gate_up, gate_up_supported, qkv_supported
 from qprof.runtime.cuda.graphs import DecodeGraph, graph_blocker
 from qprof.runtime.cuda.kv_cache import KvCache, MaskPolicy
@@ -110,6 +116,9 @@ class CudaRuntime(TokenChecks):
             raise QprofError(f"context size must be positive, got {self.n_ctx}")
         self.options, self.annotator = options or RuntimeOptions(), annotator or NULL_ANNOTATOR
         self.shape = ops.AttentionShape(cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.sliding_window or 0)
+        extra = KernelLibrary.get().options[len(DEFAULT_OPTIONS):]
+        if extra:  # said, and kept in every bench row's notes: these are not the shipped kernels
+            warnings.warn(f"kernels built with {KERNEL_DEFINES_ENV}={' '.join(extra)} (an experiment)", stacklevel=2)
         self._check_memory()
         try:
             self._load()
