@@ -1,9 +1,9 @@
 // Programmatic dependent launch (sm_90): a decode kernel lets the next one be launched once all of
 // its CTAs have passed qp_grid_release, so the next kernel's CTAs start beside its tail, ask L2 for
 // their weights, and only then wait (qp_grid_wait) until this grid has finished and its writes are
-// visible. The matvecs release after their weight loop, not at their start: released at the start
-// (measured on the H200, 2026-12-01) the next kernel's CTAs took SM slots early and decode lost 9%,
-// most likely because they land unevenly across the SMs before this grid's CTAs leave. The host launches a kernel that way only when its PTX holds the wait (driver.py), and a
+// visible. The matvecs release after their weight loop. On the H200 (2026-12-01) decode is slower
+// launched so than plainly (--pdl, off by default; README): released at the kernels' start or after
+// the loop alike, with or without warming (QP_MV_WARM_BYTES). The host launches a kernel that way only when its PTX holds the wait (driver.py), and a
 // kernel so launched must read nothing the previous kernels write, and write nothing they read,
 // before qp_grid_wait. Without the launch attribute both are no-ops.
 #pragma once

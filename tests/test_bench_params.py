@@ -175,10 +175,10 @@ def test_pdl_multiplies_the_option_sets_and_reaches_the_rows():
 
     p = BenchParams(models=["m"], n_prompt=[0], n_gen=[4], pdl=[True, False])
     assert sorted(o.pdl for o in p.option_sets()) == [False, True] and "pdl" in p.varying()
-    p = build_params(("m",), "0", "4", (), 1, False, "skip", "0", "0", "none", None, "0", None, "cpu", pdl="0")
-    assert [o.pdl for o in p.option_sets()] == [False]
-    fields = options_fields(RuntimeOptions(pdl=False, nvtx=False))
-    assert fields["pdl"] is False and fields["options"] == "no-pdl"
-    assert options_fields(RuntimeOptions())["pdl"] is True
+    p = build_params(("m",), "0", "4", (), 1, False, "skip", "0", "0", "none", None, "0", None, "cpu", pdl="1")
+    assert [o.pdl for o in p.option_sets()] == [True]
+    fields = options_fields(RuntimeOptions(pdl=True, nvtx=False))
+    assert fields["pdl"] is True and fields["options"] == "pdl"
+    assert options_fields(RuntimeOptions())["pdl"] is False
     bad = CliRunner().invoke(main, ["bench", "--pdl", "2", "--no-save"])
     assert bad.exit_code == 2 and "--pdl" in bad.output

@@ -169,7 +169,7 @@ class BenchParams:
     nvtx: list[bool] = field(default_factory=lambda: [False])
     kv_type: list[str] = field(default_factory=lambda: ["f32"])
     fused: list[bool] = field(default_factory=lambda: [True])
-    pdl: list[bool] = field(default_factory=lambda: [True])
+    pdl: list[bool] = field(default_factory=lambda: [False])
     n_ctx: list[int | None] = field(default_factory=lambda: [None])
     n_threads: list[int] = field(default_factory=lambda: [default_threads()])
     # model -> (context it declares, where that is written), from qprof.checks.declared_context

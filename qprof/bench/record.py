@@ -202,8 +202,8 @@ def options_fields(options) -> dict:
         labels.append(f"kv={options.kv_type}")
     if not options.fused:
         labels.append("unfused")
-    if not options.pdl:
-        labels.append("no-pdl")
+    if options.pdl:
+        labels.append("pdl")
     label = ",".join(x for x in labels if x != "clean" or len(labels) == 1)
     return {"mask": options.mask, "scalar_upload": options.scalar_upload, "sync_every_op": options.sync_every_op,
             "inject": options.inject or "none", "cuda_graphs": options.cuda_graphs, "nvtx": options.nvtx,

@@ -36,7 +36,7 @@ def default_model(device: str) -> str:
 
 def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op, inject,
                  graphs, nvtx, ctx, device, faults=False, threads=None, kv_type="f32", fused="1",
-                 pdl="1"):
+                 pdl="0"):
     from qprof.bench import params as p
     from qprof.runtime.threads import default_threads
 
@@ -156,9 +156,10 @@ def ceilings_lines(ceilings) -> list[str]:
                    "decode attention reads); the CPU runtime keeps float32")
 @click.option("--fused", default="1", show_default=True, metavar="0,1",
               help="decode through the fused projections (1) or one kernel per op (0), comma list")
-@click.option("--pdl", default="1", show_default=True, metavar="0,1",
+@click.option("--pdl", default="0", show_default=True, metavar="0,1",
               help="launch decode kernels as programmatic dependents (1: each starts beside the previous one's "
-                   "tail, sm_90 and newer; elsewhere a plain launch) or plainly (0), comma list")
+                   "tail, sm_90 and newer; elsewhere a plain launch) or plainly (0), comma list. Off by default: "
+                   "slower on the H200 (README)")
 @click.option("--nvtx", default="0", show_default=True, help="NVTX ranges on every op (0,1): 1 pushes them when a tool such as nsys is attached, "
               f"or always with QPROF_NVTX=1 (to measure their cost); {SWITCH_HELP}")
 @click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")

@@ -80,7 +80,7 @@ def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) 
               help="CPU threads for torch (default: half the CPUs qprof may use; see qprof bench -h)")
 @click.option("--kv-type", "kv_type", type=click.Choice(KV_TYPES), default="f32", show_default=True,
               help="KV cache element type on the GPU (f16 halves the bytes decode attention reads)")
-@click.option("--pdl/--no-pdl", default=True, show_default=True,
+@click.option("--pdl/--no-pdl", default=False, show_default=True,
               help="launch decode kernels as programmatic dependents (sm_90): each starts beside the previous "
                    "one's tail, so kernels overlap on the timeline")
 def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_every_op, inject, graphs, no_nvtx,

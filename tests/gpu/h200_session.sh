@@ -191,6 +191,18 @@ if [ "$STAGE" = pdl2 ]; then  # PDL with the matvecs releasing after their weigh
     -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $OUT/bench_variants.jsonl; done
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi
+if [ "$STAGE" = final3A ]; then  # carries .smol/smollm2.whl.part-aa: the shipped build's bench rows and kernel suites
+  make_7b_set
+  step build 240 $Q kernels build
+  step gpu_tests_kernels 150 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py \
+    tests/gpu/test_pdl_gpu.py
+  step check_inject 100 $Q check --inject block-dim --failures-only
+  wait
+  bench_7b_set 120
+fi
+if [ "$STAGE" = final3B ]; then  # carries .smol/smollm2.whl.part-ab, issued while final3A's machine is warm
+  smollm2_e2e
+fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py

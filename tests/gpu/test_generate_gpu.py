@@ -105,7 +105,7 @@ def test_gpu_greedy_equals_cpu(variant):
 
 @pytest.mark.parametrize("options", [
     {"mask": "upload"}, {"mask": "device"}, {"scalar_upload": True}, {"sync_every_op": True},
-    {"cuda_graphs": True}, {"cuda_graphs": True, "mask": "device"}, {"cuda_graphs": True, "pdl": False},
+    {"cuda_graphs": True}, {"cuda_graphs": True, "mask": "device"}, {"cuda_graphs": True, "pdl": True},
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_switches_keep_greedy_tokens(options):
     tok = tokenizer("smollm2")
