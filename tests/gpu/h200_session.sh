@@ -207,13 +207,13 @@ fi
 # rayA's machine is warm: Ray installs, a local head starts, and the same plan runs plain, --ray auto, --gpus all
 if [ "$STAGE" = rayB ]; then
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step gpu_tests_spread 120 python3 -m pytest -q -rfs tests/gpu/test_bench_spread_gpu.py  # its own ray.init: before the head
   step ray_start 60 ray start --head --num-gpus=1 --num-cpus=4 --include-dashboard=false --disable-usage-stats
   wait
   for how in plain ray gpus; do
     case $how in plain) extra=();; ray) extra=(--ray auto);; gpus) extra=(--gpus all);; esac
     step bench_$how 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 "${extra[@]}" --results $OUT/bench_spread_$how.jsonl
   done
-  step gpu_tests_spread 120 python3 -m pytest -q -rfs tests/gpu/test_bench_spread_gpu.py
   ray stop > /dev/null 2>&1
 fi
 if [ "$STAGE" = final2e2e ]; then
