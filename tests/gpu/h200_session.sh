@@ -205,16 +205,18 @@ if [ "$STAGE" = final3B ]; then  # carries .smol/smollm2.whl.part-ab, issued whi
 fi
 # issue 13 on one GPU: rayA carries .ray/a (the prelude keeps it in /root/ray), rayB carries .ray/b while
 # rayA's machine is warm: Ray installs, a local head starts, and the same plan runs plain, --ray auto, --gpus all
+# (the `ray` script: pip --target leaves out bin/ where an earlier wheel made it)
+RAY_CLI='import sys; from ray.scripts.scripts import main; sys.argv[0] = "ray"; sys.exit(main())'
 if [ "$STAGE" = rayB ]; then
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step gpu_tests_spread 120 python3 -m pytest -q -rfs tests/gpu/test_bench_spread_gpu.py  # its own ray.init: before the head
-  step ray_start 60 ray start --head --num-gpus=1 --num-cpus=4 --include-dashboard=false --disable-usage-stats
+  step ray_start 60 python3 -c "$RAY_CLI" start --head --num-gpus=1 --num-cpus=4 --include-dashboard=false --disable-usage-stats
   wait
   for how in plain ray gpus; do
     case $how in plain) extra=();; ray) extra=(--ray auto);; gpus) extra=(--gpus all);; esac
     step bench_$how 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 "${extra[@]}" --results $OUT/bench_spread_$how.jsonl
   done
-  ray stop > /dev/null 2>&1
+  python3 -c "$RAY_CLI" stop > /dev/null 2>&1
 fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
