@@ -22,10 +22,13 @@ step() {  # step NAME SECONDS CMD... : bounded, logged to $W/NAME.log
 }
 # the four synthetic 7B files, made in the background (wait before benching them)
 make_7b_set() { for v in q4_k_m q4_0 q8_0 q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done; }
-bench_7b_set() {  # bench_7b_set SECONDS: -p 512 -n 128 -r 5 on each, llama.cpp's rows beside Q4_K_M
-  step bench_q4_k_m $1 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 \
+bench_7b_set() {  # bench_7b_set SECONDS [BENCH ARGS]: -p 512 -n 128 -r 5 on each, llama.cpp's rows beside Q4_K_M
+  local secs=$1; shift
+  step bench_q4_k_m $secs $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 "$@" \
     --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
-  for v in q4_0 q8_0 q6_k; do step bench_$v $1 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl; done
+  for v in q4_0 q8_0 q6_k; do
+    step bench_$v $secs $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 "$@" --results $OUT/bench_h200.jsonl
+  done
 }
 smollm2_e2e() {  # every SmolLM2 variant made, then the end-to-end GPU tests (greedy equality, profiles)
   for v in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k f16; do
@@ -165,31 +168,18 @@ if [ "$STAGE" = next ]; then  # issue-9-next: Q2_K/Q4_K/Q5_K on the register pat
   step matvec_bw 200 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $OUT/matvec_h200.json \
     --variant="-DQP_MV_FORCE_REGISTERS=1"
 fi
-if [ "$STAGE" = pdl ]; then  # programmatic dependent launch: same logits, the graph's edges, then tg128 with and without
+# programmatic dependent launch: the same logits and the graph's edges, then every file with and without,
+# and the L2 warm's byte count as variants (results/h200: stages pdl at 8e34911e, pdl2 at d8498dfe)
+if [ "$STAGE" = pdl ]; then
   make_7b_set
   step build 240 $Q kernels build
   step gpu_tests_pdl 150 python3 -m pytest -q -rfs -s tests/gpu/test_pdl_gpu.py
   step check_all 300 $Q check --failures-only
   wait
-  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 --pdl 1,0 \
-    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
-  for v in q4_0 q8_0 q6_k; do step bench_$v 120 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --pdl 1,0 \
-    --results $OUT/bench_h200.jsonl; done
-  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
-fi
-if [ "$STAGE" = pdl2 ]; then  # PDL with the matvecs releasing after their weight loop; warm-byte variants
-  make_7b_set
-  step build 240 $Q kernels build
-  step gpu_tests_pdl 150 python3 -m pytest -q -rfs -s tests/gpu/test_pdl_gpu.py
-  step check_all 300 $Q check --failures-only
-  wait
-  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 --pdl 1,0 \
-    --llama-bench-json tests/fixtures/llama_bench_h200_synth7b.json --results $OUT/bench_h200.jsonl
-  for v in q4_0 q8_0 q6_k; do step bench_$v 120 $Q bench -m mistral-7b-$v -p 512 -n 128 -r 5 --pdl 1,0 \
-    --results $OUT/bench_h200.jsonl; done
+  bench_7b_set 120 --pdl 1,0
   for wb in 0 8192; do QPROF_KERNEL_DEFINES="-DQP_MV_WARM_BYTES=$wb" step bench_warm$wb 120 $Q bench \
-    -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $OUT/bench_variants.jsonl; done
-  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+    -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --pdl 1 --results $OUT/bench_variants.jsonl; done
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8 --pdl
 fi
 if [ "$STAGE" = final3A ]; then  # carries .smol/smollm2.whl.part-aa: the shipped build's bench rows and kernel suites
   make_7b_set
