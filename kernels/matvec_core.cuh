@@ -27,13 +27,14 @@
 #ifndef QP_MV_PREFETCH_STAGES
 #define QP_MV_PREFETCH_STAGES 2
 #endif
-// Resident CTAs per SM asked of the register allocator at one column (2: at most 64 registers).
-// Bytes of each of its rows a matvec warp asks of L2 before it waits on the previous kernel (pdl.cuh).
+// Bytes of each of its rows a matvec warp asks of L2 before it waits on the previous kernel (pdl.cuh;
+// at 0 a row that does not start on a 128-byte line still gets its first line asked for, qp_rows_warm).
 // 0: on the H200 with --pdl 1, tg128 Q4_K_M read 396.8 tok/s at 0, 379.3 at 2048, 378.8 at 8192
 // (QPROF_KERNEL_DEFINES, 2026-12-01): warming the next kernel's rows slows the kernel still running.
 #ifndef QP_MV_WARM_BYTES
 #define QP_MV_WARM_BYTES 0
 #endif
+// Resident CTAs per SM asked of the register allocator at one column (2: at most 64 registers).
 #ifndef QP_MV_MIN_CTAS_B1
 #define QP_MV_MIN_CTAS_B1 2
 #endif
