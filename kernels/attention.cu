@@ -14,7 +14,9 @@
 //   shared memory n_gqa * chunk floats. Each CTA reads its KV head's rows once for all n_gqa query
 //   heads of the group; the live keys are split evenly over the n_split CTAs of a head at run time
 //   (chunk >= ceil(n_ctx / n_split) bounds a split), so the grid depends on n_ctx only. Each split
-//   writes an unnormalized partial (max, sum, sum p*V) per query head; attn_combine merges them.
+//   writes an unnormalized partial (max, sum, sum p*V) per query head; the last split of a KV head
+//   to finish (a per-head counter, which that split sets back to 0) merges the group's partials
+//   into out (and out_q), so decode attention is one launch.
 // KV caches are float32 or (the _f16kv instances) float16; scores and sums are float32 either way.
 // Prefill: attn_prefill_d<D>[_f16kv] grid (ceil(n_q / 8), n_head), 8 warps, one query per warp; K/V tiles of
 //   32 keys in shared memory, lane = key for scores, lane = dims for the output, online softmax.
@@ -53,6 +55,37 @@ static __device__ __forceinline__ float qp_kv1(const qb_u16* p, long i) { return
 
 #define QP_MAX_GQA 8
 
+// The merge of a KV head's n_split partials, out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s
+// (M the largest m_s), run by the split that finished last: thread t takes
+// dim t % D of query head t / D of the group (whole warps: D is a multiple of 32), and with out_q
+// also writes out as a QVec (one 32-block per warp) for the attn_output projection. The partials
+// are read through L2 (__ldcg): other CTAs wrote them.
+template <int D>
+static __device__ __forceinline__ void attn_merge_group(const float* part_o, const float* part_ml, float* out,
+                                                        qb_u8* out_q, int kvh, int n_gqa, int n_split,
+                                                        int n_head) {
+    constexpr int AT_ONCE = QP_DECODE_THREADS / D;
+    const int d = threadIdx.x % D, slot = threadIdx.x / D;
+    if (slot >= AT_ONCE) return;  // whole warps
+    for (int g = slot; g < n_gqa; g += AT_ONCE) {
+        const int h = kvh * n_gqa + g;
+        const float* ml = part_ml + (long)h * n_split * 2;
+        float M = QP_NEG_INF;
+        for (int s = 0; s < n_split; ++s) M = fmaxf(M, __ldcg(ml + 2 * s));
+        float L = 0.0f, acc = 0.0f;
+        for (int s = 0; s < n_split; ++s) {
+            const float m = __ldcg(ml + 2 * s);
+            if (m == QP_NEG_INF) continue;
+            const float w = __expf(m - M);
+            L += w * __ldcg(ml + 2 * s + 1);
+            acc += w * __ldcg(part_o + ((long)h * n_split + s) * D + d);
+        }
+        const float o = acc / L;
+        out[(long)h * D + d] = o;
+        if (out_q != nullptr) qp_quantize_block32<1>(o, o, out_q, n_head * D, 0, (h * D + d) / 32);
+    }
+}
+
 // Decode: one CTA per (KV head, split) reads each K/V row once for the whole GQA group. The live
 // keys [lo, pos] are divided evenly over the n_split splits at run time (the grid depends on n_ctx
 // only, so the step stays graph-capturable, yet short contexts still spread over every split).
@@ -63,7 +96,8 @@ template <int D, typename KvT>
 __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restrict__ k_cache,
                                 const KvT* __restrict__ v_cache, float* __restrict__ part_o,
                                 float* __restrict__ part_ml, int n_gqa, int kv_dim, const int* pos_ptr,
-                                int pos0, int chunk, int window, QpMask mask, float scale) {
+                                int pos0, int chunk, int window, QpMask mask, float scale, unsigned* done,
+                                float* __restrict__ out, qb_u8* out_q, int n_head) {
     extern __shared__ float s_scores[];  // [n_gqa][chunk]
     constexpr int NT = QP_DECODE_THREADS, NW = NT / QP_WARP;
     constexpr int LANES = D / 4;  // lanes holding a key row, 4 dims each
@@ -158,30 +192,19 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
             part_o[((long)(kvh * n_gqa + g) * n_split + split) * D + d] = sum;
         }
     }
-}
-
-// Merge the decode partials of each head: out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
-// grid (n_head), blockDim.x = D (whole warps). With out_q, also write out as a QVec (one 32-block
-// per warp) for the attn_output projection.
-extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                        float* __restrict__ out, int n_split, int D, qb_u8* out_q, int n_head) {
-    qp_grid_release();
-    qp_grid_wait();
-    const int h = blockIdx.x;
-    const float* ml = part_ml + (long)h * n_split * 2;
-    float M = QP_NEG_INF;
-    for (int s = 0; s < n_split; ++s) M = fmaxf(M, ml[2 * s]);
-    float L = 0.0f;
-    for (int s = 0; s < n_split; ++s)
-        if (ml[2 * s] != QP_NEG_INF) L += __expf(ml[2 * s] - M) * ml[2 * s + 1];
-    const float inv_l = 1.0f / L;
-    const int d = threadIdx.x;
-    float acc = 0.0f;
-    for (int s = 0; s < n_split; ++s)
-        if (ml[2 * s] != QP_NEG_INF) acc += __expf(ml[2 * s] - M) * part_o[((long)h * n_split + s) * D + d];
-    const float o = acc * inv_l;
-    out[(long)h * D + d] = o;
-    if (out_q != nullptr) qp_quantize_block32<1>(o, o, out_q, n_head * D, 0, (h * D + d) / 32);
+    // the last split of this KV head merges the group: every split's partials are visible device-wide
+    // before it counts itself (the fence), and the last one sets the counter back for the next launch
+    __shared__ int s_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        s_last = atomicAdd(done + kvh, 1u) == (unsigned)(n_split - 1);
+        if (s_last) done[kvh] = 0u;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    attn_merge_group<D>(part_o, part_ml, out, out_q, kvh, n_gqa, n_split, n_head);
 }
 
 template <int D, typename KvT>
@@ -262,16 +285,20 @@ __device__ void attn_prefill(const float* __restrict__ q, const KvT* __restrict_
     extern "C" __global__ void attn_decode_d##D(                                                          \
         const float* q, const float* k_cache, const float* v_cache, float* part_o, float* part_ml,        \
         int n_gqa, int kv_dim, const int* pos_ptr, int pos0, int chunk, int window, const float* mask,    \
-        int mask_stride, int mask_row_by_pos, float scale) {                                              \
+        int mask_stride, int mask_row_by_pos, float scale, unsigned* done, float* out, qb_u8* out_q,      \
+        int n_head) {                                                                                     \
         attn_decode_gqa<D, float>(q, k_cache, v_cache, part_o, part_ml, n_gqa, kv_dim, pos_ptr, pos0,     \
-                                  chunk, window, QpMask{mask, mask_stride, mask_row_by_pos}, scale);      \
+                                  chunk, window, QpMask{mask, mask_stride, mask_row_by_pos}, scale, done, \
+                                  out, out_q, n_head);                                                    \
     }                                                                                                     \
     extern "C" __global__ void attn_decode_d##D##_f16kv(                                                  \
         const float* q, const qb_u16* k_cache, const qb_u16* v_cache, float* part_o, float* part_ml,      \
         int n_gqa, int kv_dim, const int* pos_ptr, int pos0, int chunk, int window, const float* mask,    \
-        int mask_stride, int mask_row_by_pos, float scale) {                                              \
+        int mask_stride, int mask_row_by_pos, float scale, unsigned* done, float* out, qb_u8* out_q,      \
+        int n_head) {                                                                                     \
         attn_decode_gqa<D, qb_u16>(q, k_cache, v_cache, part_o, part_ml, n_gqa, kv_dim, pos_ptr, pos0,    \
-                                   chunk, window, QpMask{mask, mask_stride, mask_row_by_pos}, scale);     \
+                                   chunk, window, QpMask{mask, mask_stride, mask_row_by_pos}, scale,      \
+                                   done, out, out_q, n_head);                                             \
     }                                                                                                     \
     extern "C" __global__ void attn_prefill_d##D(                                                         \
         const float* q, const float* k_cache, const float* v_cache, float* out, int n_q, int n_head,      \

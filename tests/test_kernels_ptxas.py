@@ -149,7 +149,7 @@ def test_decode_kernels_wait_upstream_and_no_other_kernel_does(built):
     assert ptx_files, "no sm_90 PTX in the cache"
     waiting = set().union(*(entries_waiting_upstream(f.read_bytes()) for f in ptx_files))
     quantized = [t for t in ALL_TYPES if traits(t).family != "float"]
-    decode = {"attn_combine", "attn_decode_d128", "attn_decode_d128_f16kv", "quantize_q16", "quantize_q8",
+    decode = {"attn_decode_d128", "attn_decode_d128_f16kv", "quantize_q16", "quantize_q8",
               "matvec_qkv", "matvec_qkv_q4_k_v_q6_k"}
     decode |= {K.kernel_name("get_rows", t) for t in ALL_TYPES}
     decode |= {K.kernel_name("matvec", t, f"b{b}") for t in ALL_TYPES for b in range(1, K.MATVEC_MAX_BATCH + 1)}

@@ -196,12 +196,18 @@ def _attention_case(phase: str, n_q: int, pos0: int, n_head: int, n_head_kv: int
         scratch.part_ml.fill_(float("nan"))
         pos = torch.tensor([pos0], dtype=torch.int32, device="cuda")
         out_q = QVec.allocate(n_head * d)
-        out_q.data.fill_(0xFF)  # a NaN scale wherever the combine fails to write
-        ops.attention_decode(q_d[0], kc, vc, out[0], shape, scratch, pos=pos, mask=mask, out_q=out_q.data)
         ref = ref_attention(q, k, v, q_pos, window)
-        m = _result(out, ref, ATTENTION_NMSE)
-        # the quantized copy the attn_output projection reads: 16-bit, so held to the matvec threshold
-        mq = measure(dequantize_qvec(out_q), ref.reshape(-1), MATMUL_NMSE)
+        # twice with one scratch: the last split of each KV head must have set its counter back, or
+        # the second launch merges nothing and leaves the poison
+        for _ in range(2):
+            out.fill_(float("nan"))
+            out_q.data.fill_(0xFF)  # a NaN scale wherever the merge fails to write
+            ops.attention_decode(q_d[0], kc, vc, out[0], shape, scratch, pos=pos, mask=mask, out_q=out_q.data)
+            m = _result(out, ref, ATTENTION_NMSE)
+            # the quantized copy the attn_output projection reads: 16-bit, so held to the matvec threshold
+            mq = measure(dequantize_qvec(out_q), ref.reshape(-1), MATMUL_NMSE)
+            if not (m.passed and mq.passed):
+                break
         return m if mq.passed else mq
     else:
         ops.attention_prefill(q_d, kc, vc, out, n_q, shape, pos0, mask=mask)

@@ -208,6 +208,13 @@ if [ "$STAGE" = rayB ]; then
   done
   python3 -c "$RAY_CLI" stop > /dev/null 2>&1
 fi
+if [ "$STAGE" = attn1 ]; then  # decode attention in one launch (the last split merges): check, CPU agreement, tg128
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step check_attn 90 $Q check --ops attention --failures-only
+  step gpu_tests_tiny 90 python3 -m pytest -q -rfs -s tests/gpu/test_decode_tiny_gpu.py tests/gpu/test_pdl_gpu.py
+  wait
+  step bench_q4_k_m 90 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $OUT/bench_h200.jsonl
+fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py

@@ -182,13 +182,16 @@ class DecodeScratch:
     n_split: int
     part_o: torch.Tensor  # [n_head, n_split, head_dim]
     part_ml: torch.Tensor  # [n_head, n_split, 2]
+    # [n_head_kv] int32: splits of each KV head finished; the last one merges them and sets it back to 0
+    done: torch.Tensor
 
     @classmethod
     def allocate(cls, shape: AttentionShape, n_ctx: int, device="cuda") -> DecodeScratch:
         chunk, n_split = decode_splits(n_ctx, shape.n_head_kv)
         return cls(chunk, n_split,
                    torch.empty(shape.n_head, n_split, shape.head_dim, device=device),
-                   torch.empty(shape.n_head, n_split, 2, device=device))
+                   torch.empty(shape.n_head, n_split, 2, device=device),
+                   torch.zeros(shape.n_head_kv, dtype=torch.int32, device=device))
 
 
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
@@ -205,9 +208,8 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     shared = 4 * scratch.chunk * shape.n_gqa
     lib.launch(kernel, (shape.n_head_kv, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
                scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, _ptr(pos), int(pos0), scratch.chunk,
-               shape.window, *_mask_args(mask), shape.scale, shared_bytes=shared)
-    lib.launch(lib.kernel("attention", "attn_combine"), (shape.n_head,), (shape.head_dim,), scratch.part_o,
-               scratch.part_ml, out, scratch.n_split, shape.head_dim, _ptr(out_q), shape.n_head)
+               shape.window, *_mask_args(mask), shape.scale, scratch.done, out, _ptr(out_q), shape.n_head,
+               shared_bytes=shared)
     return out
 
 
