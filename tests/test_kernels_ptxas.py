@@ -103,6 +103,10 @@ def test_no_kernel_spills_and_every_quant_entry_exists(built, capsys):
             f"{r['name']} {r['registers']}/{r['smem_bytes']}" for r in hot))
         print(f"{len(rows)} kernels for sm_90, {len(spilled)} with spills, max {max(r['registers'] for r in rows)} registers")
     assert not spilled, "spills to local memory: " + ", ".join(spilled)
+    # decode attention keeps its per-lane arrays (the scores' reduce, the accumulators) in registers: a
+    # stack frame there means an array went to local memory, a round trip on its critical path
+    stacked = [r["name"] for r in rows if r["name"].startswith("attn_decode") and r["stack_bytes"]]
+    assert not stacked and any(r["name"] == "attn_decode_d128" for r in rows), stacked
     assert table.exit_code == 0 and all(ln.startswith(("dequant_", "get_rows_")) for ln in table.stdout.splitlines()[1:-1])
 
 

@@ -208,12 +208,15 @@ if [ "$STAGE" = rayB ]; then
   done
   python3 -c "$RAY_CLI" stop > /dev/null 2>&1
 fi
-if [ "$STAGE" = attn1 ]; then  # decode attention in one launch (the last split merges): check, CPU agreement, tg128
+if [ "$STAGE" = attn2 ]; then  # one-launch decode attention: checks, CPU agreement, tg128, where a token's time goes
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
-  step check_attn 90 $Q check --ops attention --failures-only
-  step gpu_tests_tiny 90 python3 -m pytest -q -rfs -s tests/gpu/test_decode_tiny_gpu.py tests/gpu/test_pdl_gpu.py
+  step build 240 $Q kernels build
+  step check_attn 150 $Q check --ops attention --failures-only
+  step gpu_tests_attn 200 python3 -m pytest -q -rfs -s tests/gpu/test_decode_tiny_gpu.py tests/gpu/test_pdl_gpu.py \
+    tests/gpu/test_forward_ops.py
   wait
-  step bench_q4_k_m 90 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $OUT/bench_h200.jsonl
+  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e

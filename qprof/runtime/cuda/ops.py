@@ -22,13 +22,14 @@ ELEMENTWISE_THREADS = 256
 ROPE_THREADS = 128
 KV_THREADS = 256
 ARGMAX_THREADS = 1024  # power of two: the kernel's tree reduction halves it
-DECODE_THREADS = 128  # QP_DECODE_THREADS in attention.cu
+DECODE_THREADS = 128  # QP_DECODE_THREADS in attention_decode.cu
+DECODE_MIN_KEYS = 16  # QP_DECODE_MIN_KEYS in attention_decode.cu: the fewest keys a split in use takes
 PREFILL_WARPS = 8  # QP_PREFILL_WARPS in attention.cu: queries per CTA
 DECODE_TARGET_CTAS = 256  # decode attention CTAs (KV heads x splits) asked for: about two per SM
 DECODE_MAX_CHUNK = 1024  # keys one split may hold at most (its scores sit in shared memory per query head)
-MAX_DECODE_SPLITS = 256
-MAX_GQA = 8  # QP_MAX_GQA in attention.cu: query heads per KV head
-ATTENTION_HEAD_DIMS = (32, 64, 96, 128)  # instantiated in attention.cu
+MAX_DECODE_SPLITS = 256  # QP_MAX_DECODE_SPLITS in attention_decode.cu (its merge weights' room)
+MAX_GQA = 8  # QP_MAX_GQA in attention_common.cuh: query heads per KV head
+ATTENTION_HEAD_DIMS = (32, 64, 96, 128)  # instantiated in attention.cu and attention_decode.cu
 
 NULL = ctypes.c_void_p(0)
 
@@ -166,10 +167,11 @@ def decode_splits(n_ctx: int, n_head_kv: int) -> tuple[int, int]:
     """(chunk, n_split) for decode attention: a grid that depends on n_ctx only (graph-capturable).
 
     About DECODE_TARGET_CTAS CTAs over the KV heads, more splits where a split would pass
-    DECODE_MAX_CHUNK keys, never a split of fewer than 32 keys of the context; chunk bounds a split.
+    DECODE_MAX_CHUNK keys, never more splits than DECODE_MIN_KEYS-key slices of the context; chunk bounds a
+    split. The kernel uses only as many splits as the live keys fill with DECODE_MIN_KEYS each.
     """
     n_split = max(math.ceil(DECODE_TARGET_CTAS / n_head_kv), math.ceil(n_ctx / DECODE_MAX_CHUNK))
-    n_split = max(1, min(n_split, MAX_DECODE_SPLITS, math.ceil(n_ctx / 32)))
+    n_split = max(1, min(n_split, MAX_DECODE_SPLITS, math.ceil(n_ctx / DECODE_MIN_KEYS)))
     chunk = 32 * math.ceil(n_ctx / n_split / 32)
     return chunk, n_split
 
@@ -183,6 +185,7 @@ class DecodeScratch:
     part_o: torch.Tensor  # [n_head, n_split, head_dim]
     part_ml: torch.Tensor  # [n_head, n_split, 2]
     # [n_head_kv] int32: splits of each KV head finished; the last one merges them and sets it back to 0
+    # (zero between launches, so one scratch serves every layer and step)
     done: torch.Tensor
 
     @classmethod
@@ -204,7 +207,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _require_f32("attention_decode", q, out)
     suffix = _require_cache("attention_decode", k_cache, v_cache)
     lib = _lib()
-    kernel = lib.kernel("attention", f"attn_decode_d{shape.head_dim}{suffix}")
+    kernel = lib.kernel("attention_decode", f"attn_decode_d{shape.head_dim}{suffix}")
     shared = 4 * scratch.chunk * shape.n_gqa
     lib.launch(kernel, (shape.n_head_kv, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
                scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, _ptr(pos), int(pos0), scratch.chunk,
