@@ -22,9 +22,17 @@
 #define QP_DECODE_THREADS 128   // ops.py DECODE_THREADS
 #define QP_DECODE_KEYS_PER_WARP 4  // keys a warp scores at once: with QP_MAX_GQA heads, one dot per lane
 // keys a split takes before another split is worth its partial and the merge: one pass of the warps
+#ifndef QP_DECODE_MIN_KEYS
 #define QP_DECODE_MIN_KEYS (QP_DECODE_THREADS / QP_WARP * QP_DECODE_KEYS_PER_WARP)  // ops.py DECODE_MIN_KEYS
+#endif
 #define QP_DECODE_V_AHEAD 16  // V values a thread loads before the scores
 #define QP_MAX_DECODE_SPLITS 256  // ops.py MAX_DECODE_SPLITS
+// Experiments for tests/gpu/bench_attention.py --variant (0 in every shipped kernel): the kernel stops
+// early, its output unwritten, to time what comes before: 1 after the position read, 2 after the
+// scores, 3 after the partials' stores (no count, no merge), 4 before the merge.
+#ifndef QP_DECODE_EXPERIMENT
+#define QP_DECODE_EXPERIMENT 0
+#endif
 
 // 32 partial sums per lane summed over the warp, lane l left holding sum l: each halving step keeps the
 // half of the values its lane bit selects and adds the partner lane's copy of that half. The choice is
@@ -117,8 +125,12 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     const int pos = qp_position(pos_ptr, pos0, 0);
     const int lo = (mask.ptr == nullptr && window > 0) ? max(0, pos - window + 1) : 0;
     const int n_live = pos - lo + 1;
-    const int used = min(stride, (n_live + QP_DECODE_MIN_KEYS - 1) / QP_DECODE_MIN_KEYS);
-    if (split >= used) return;
+    // QP_DECODE_MIN_KEYS or more keys a split, and never more than chunk (its scores' room)
+    const int used = min(stride, max((n_live + QP_DECODE_MIN_KEYS - 1) / QP_DECODE_MIN_KEYS, (n_live + chunk - 1) / chunk));
+#ifdef QP_DECODE_WAIT_BEFORE_EXIT
+    if (split >= used) qp_grid_wait();
+#endif
+    if (split >= used || QP_DECODE_EXPERIMENT == 1) return;
     const int per = (n_live + used - 1) / used;
     const int start = lo + split * per, end = min(pos + 1, start + per);
     const int n = max(0, end - start);
@@ -167,6 +179,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
             s_scores[g * chunk + (key - start)] = mask.ptr != nullptr ? s + mask.at(0, pos, key) : s;
     }
     __syncthreads();
+    if (QP_DECODE_EXPERIMENT == 2) return;
     for (int g = warp; g < n_gqa; g += NW) {  // softmax numerators of head g, in place
         float* sg = s_scores + g * chunk;
         float m = QP_NEG_INF;
@@ -228,6 +241,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
 #pragma unroll
         for (int g = 0; g < QP_MAX_GQA; ++g)
             if (g < n_gqa) part_o[((long)(kvh * n_gqa + g) * stride + split) * D + d] = acc[g];
+    if (QP_DECODE_EXPERIMENT == 3) return;
     // every split's partials are visible device-wide before it counts itself (the fence); the last one
     // to count merges and sets the counter back for the next launch
     __threadfence();
@@ -237,7 +251,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
         if (s_last) done[kvh] = 0u;
     }
     __syncthreads();
-    if (!s_last) return;
+    if (!s_last || QP_DECODE_EXPERIMENT == 4) return;
     __threadfence();
     attn_merge_group<D>(part_o, part_ml, out, out_q, kvh, n_gqa, used, stride, n_head);
 }

@@ -208,6 +208,20 @@ if [ "$STAGE" = rayB ]; then
   done
   python3 -c "$RAY_CLI" stop > /dev/null 2>&1
 fi
+if [ "$STAGE" = attn3 ]; then  # decode attention: where its time goes (bench_attention variants), PDL equality by variant
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  step attn_breakdown 200 python3 tests/gpu/bench_attention.py --positions 8,64,128,512 \
+    --variant=-DQP_DECODE_EXPERIMENT=1 --variant=-DQP_DECODE_EXPERIMENT=2 --variant=-DQP_DECODE_EXPERIMENT=3 \
+    --variant=-DQP_DECODE_EXPERIMENT=4 --variant=-DQP_DECODE_MIN_KEYS=32 --variant=-DQP_DECODE_MIN_KEYS=64 \
+    --variant=-DQP_DECODE_MIN_KEYS=1024
+  for v in "" "-DQP_DECODE_WAIT_BEFORE_EXIT=1" "-DQP_DECODE_MIN_KEYS=1"; do
+    QPROF_KERNEL_DEFINES="$v" step "pdl_${v//[^A-Z0-9]/}" 150 python3 -m pytest -q -rfs tests/gpu/test_pdl_gpu.py \
+      -k "graphs and (q4_k- or q6_k or swa or q2_k)"
+  done
+  wait
+  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 3 --results $OUT/bench_h200.jsonl
+fi
 if [ "$STAGE" = attn2 ]; then  # one-launch decode attention: checks, CPU agreement, tg128, where a token's time goes
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build

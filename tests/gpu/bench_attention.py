@@ -1,0 +1,89 @@
+"""What one decode-attention launch costs inside a decode step, at Mistral-7B's shape (a benchmark, not a test).
+
+A CUDA graph holds LAYERS rounds of (an L2 flush, then attention_decode on that layer's own KV cache), as a
+decode step reads each layer's cache once after the weights have pushed it out of L2. The same graph without
+the attention launches is timed too; the difference per round is what attention adds to a step, its launch
+gap included. --variant "-DNAME=V ..." (repeatable) times the kernel built with those options beside the
+default build (the experiments and tunables of kernels/attention_decode.cu).
+Run: python3 tests/gpu/bench_attention.py [--positions 8,64,128,512] [--n-ctx 512] [--kv f32] [--variant OPTS]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from qprof.runtime.cuda import ops
+from qprof.runtime.cuda.driver import DEFAULT_OPTIONS, KernelLibrary
+from qprof.runtime.cuda.quant_ops import QVec
+
+LAYERS = 32
+FLUSH_BYTES = 128 << 20  # more than the H200's 60 MB L2
+
+
+def step_us(fn, replays: int = 20) -> float:
+    """Device time of one call of fn, captured once in a CUDA graph, averaged over replays."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / replays
+
+
+def attention_cost_us(pos: int, n_ctx: int, kv: torch.dtype, shape: ops.AttentionShape) -> tuple[float, float]:
+    """(µs attention adds per layer, µs of the flush alone per layer) at position pos."""
+    gen = torch.Generator(device="cuda").manual_seed(pos)
+    caches = [(torch.randn(n_ctx, shape.kv_dim, device="cuda", generator=gen).to(kv),
+               torch.randn(n_ctx, shape.kv_dim, device="cuda", generator=gen).to(kv)) for _ in range(LAYERS)]
+    q = torch.randn(shape.n_head * shape.head_dim, device="cuda", generator=gen)
+    out = torch.empty_like(q)
+    out_q = QVec.allocate(q.numel())
+    scratch = ops.DecodeScratch.allocate(shape, n_ctx)
+    pos_t = torch.tensor([pos], dtype=torch.int32, device="cuda")
+    flush = torch.empty(FLUSH_BYTES // 4, device="cuda")
+
+    def rounds(with_attention: bool):
+        for kc, vc in caches:
+            flush.fill_(1.0)
+            if with_attention:
+                ops.attention_decode(q, kc, vc, out, shape, scratch, pos=pos_t, out_q=out_q.data)
+
+    both, alone = step_us(lambda: rounds(True)), step_us(lambda: rounds(False))
+    return (both - alone) / LAYERS, alone / LAYERS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--positions", default="8,64,128,512")
+    ap.add_argument("--n-ctx", type=int, default=512)
+    ap.add_argument("--kv", choices=("f32", "f16"), default="f32")
+    ap.add_argument("--variant", action="append", default=[], help="compile options of a variant build")
+    args = ap.parse_args()
+    shape = ops.AttentionShape(32, 8, 128, 0)  # Mistral-7B
+    kv = torch.float32 if args.kv == "f32" else torch.float16
+    positions = [int(p) for p in args.positions.split(",")]
+    builds = [("default", None)] + [(v, DEFAULT_OPTIONS + tuple(v.split())) for v in args.variant]
+    chunk, n_split = ops.decode_splits(args.n_ctx, shape.n_head_kv)
+    print(f"{torch.cuda.get_device_name()}: decode attention 32/8x128, {args.kv} KV, n_ctx {args.n_ctx} "
+          f"(grid 8 x {n_split}); µs it adds per layer after a {FLUSH_BYTES >> 20} MB L2 flush")
+    print("build".ljust(40) + "".join(f"pos {p}".rjust(10) for p in positions))
+    for name, options in builds:
+        KernelLibrary._instance = KernelLibrary(options)
+        costs = [attention_cost_us(p, args.n_ctx, kv, shape)[0] for p in positions]
+        print(name[:40].ljust(40) + "".join(f"{c:10.2f}" for c in costs))
+    KernelLibrary._instance = None
+    flush_alone = attention_cost_us(positions[0], args.n_ctx, kv, shape)[1]
+    print(f"(the flush alone: {flush_alone:.2f} µs a layer)")
+
+
+if __name__ == "__main__":
+    main()
