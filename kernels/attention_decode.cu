@@ -26,6 +26,12 @@
 #define QP_DECODE_MIN_KEYS (QP_DECODE_THREADS / QP_WARP * QP_DECODE_KEYS_PER_WARP)  // ops.py DECODE_MIN_KEYS
 #endif
 #define QP_DECODE_V_AHEAD 16  // V values a thread loads before the scores
+#define QP_DECODE_MERGE_AHEAD 8  // splits' partials a thread of the merge asks for at once
+// 1: the first pass's K and V loads are issued before the position is known (at the keys a split takes
+// without a window at short contexts), 0: after (an experiment)
+#ifndef QP_DECODE_SPECULATE
+#define QP_DECODE_SPECULATE 1
+#endif
 #define QP_MAX_DECODE_SPLITS 256  // ops.py MAX_DECODE_SPLITS
 // Experiments for tests/gpu/bench_attention.py --variant (0 in every shipped kernel): the kernel stops
 // early, its output unwritten, to time what comes before: 1 after the position read, 2 after the
@@ -67,52 +73,82 @@ static __device__ __forceinline__ void qp_decode_out(float o, float* out, qb_u8*
 }
 
 // The last split's merge: out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s (M the largest m_s)
-// over the `used` splits, the weights per head by one warp each into s_w, then every thread a value
-// of the group at a time. The partials are read through L2 (__ldcg): other CTAs wrote them.
+// over the `used` splits. Each thread takes values i = t, t + 128, .. of the group (D is a multiple of
+// 32, so a warp's values lie in one head) and asks L2 for their first QP_DECODE_MERGE_AHEAD partials
+// before the (max, sum) pairs land in shared memory (the spent scores' room, s_ml), so the merge is one
+// round trip; a split past those is read in turn (long contexts). __ldcg: other CTAs wrote the partials.
 template <int D>
-static __device__ __forceinline__ void attn_merge_group(const float* part_o, const float* part_ml, float* out,
+static __device__ __forceinline__ void attn_merge_group(const float* __restrict__ part_o,
+                                                        const float* __restrict__ part_ml, float* s_ml, float* out,
                                                         qb_u8* out_q, int kvh, int n_gqa, int used, int stride,
                                                         int n_head) {
-    __shared__ float s_w[QP_MAX_GQA][QP_MAX_DECODE_SPLITS];
-    const int lane = threadIdx.x % QP_WARP, warp = threadIdx.x / QP_WARP;
-    for (int g = warp; g < n_gqa; g += QP_DECODE_THREADS / QP_WARP) {
-        const float* ml = part_ml + (long)(kvh * n_gqa + g) * stride * 2;
-        float M = QP_NEG_INF;
-        for (int s = lane; s < used; s += QP_WARP) M = fmaxf(M, __ldcg(ml + 2 * s));
-        M = qp_warp_max(M);
-        float L = 0.0f;
-        for (int s = lane; s < used; s += QP_WARP) {
-            const float m = __ldcg(ml + 2 * s);
-            const float w = m == QP_NEG_INF ? 0.0f : __expf(m - M);
-            s_w[g][s] = w;
-            L += w * __ldcg(ml + 2 * s + 1);
-        }
-        const float inv_l = 1.0f / qp_warp_sum(L);
-        for (int s = lane; s < used; s += QP_WARP) s_w[g][s] *= inv_l;  // this lane's own entries
+    constexpr int NT = QP_DECODE_THREADS, OUTS = (QP_MAX_GQA * D + NT - 1) / NT, PRE = QP_DECODE_MERGE_AHEAD;
+    const int n_vals = n_gqa * D;
+    float po[OUTS][PRE];
+#pragma unroll
+    for (int r = 0; r < OUTS; ++r) {
+        const int i = threadIdx.x + NT * r;
+        const float* at = part_o + ((long)(kvh * n_gqa + i / D) * stride) * D + i % D;
+#pragma unroll
+        for (int s = 0; s < PRE; ++s) po[r][s] = (i < n_vals && s < used) ? __ldcg(at + (long)s * D) : 0.0f;
+    }
+    for (int i = threadIdx.x; i < n_gqa * used; i += NT) {  // [g][s] (max, sum)
+        const long part = (long)(kvh * n_gqa + i / used) * stride + i % used;
+        s_ml[2 * i] = __ldcg(part_ml + 2 * part);
+        s_ml[2 * i + 1] = __ldcg(part_ml + 2 * part + 1);
     }
     __syncthreads();
-    // n_gqa * D values, QP_DECODE_THREADS at a time; D is a multiple of 32, so each warp's values lie in one head
-    for (int i = threadIdx.x; i < n_gqa * D; i += QP_DECODE_THREADS) {
+#pragma unroll
+    for (int r = 0; r < OUTS; ++r) {
+        const int i = threadIdx.x + NT * r;
+        if (i >= n_vals) continue;  // warp-uniform
         const int g = i / D, d = i % D, h = kvh * n_gqa + g;
-        const float* po = part_o + (long)h * stride * D + d;
-        float o = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < used; ++s) o = fmaf(s_w[g][s], __ldcg(po + (long)s * D), o);
-        qp_decode_out(o, out, out_q, h, d, D, n_head);
+        const float* ml = s_ml + 2 * g * used;
+        float M = QP_NEG_INF;
+        for (int s = 0; s < used; ++s) M = fmaxf(M, ml[2 * s]);
+        float L = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int s = 0; s < PRE; ++s) {
+            if (s >= used || ml[2 * s] == QP_NEG_INF) continue;  // an empty split: weight 0
+            const float w = __expf(ml[2 * s] - M);
+            L = fmaf(w, ml[2 * s + 1], L);
+            o = fmaf(w, po[r][s], o);
+        }
+        const float* at = part_o + ((long)h * stride) * D + d;
+        for (int s = PRE; s < used; ++s) {
+            if (ml[2 * s] == QP_NEG_INF) continue;
+            const float w = __expf(ml[2 * s] - M);
+            L = fmaf(w, ml[2 * s + 1], L);
+            o = fmaf(w, __ldcg(at + (long)s * D), o);
+        }
+        qp_decode_out(o / L, out, out_q, h, d, D, n_head);
     }
+}
+
+// A K/V value asked for at once: volatile, so the compiler keeps the load where it is written (ahead of
+// the scores) instead of sinking it to its use after the barriers.
+static __device__ __forceinline__ float qp_kv1_now(const float* p, long i) {
+    float v;
+    asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(p + i));
+    return v;
+}
+static __device__ __forceinline__ float qp_kv1_now(const qb_u16* p, long i) {
+    unsigned short h;
+    asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(h) : "l"(p + i));
+    return qb_half_to_float(h);
 }
 
 template <int D, typename KvT>
 __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restrict__ k_cache,
                                 const KvT* __restrict__ v_cache, float* __restrict__ part_o,
-                                float* __restrict__ part_ml, int n_gqa, int kv_dim, const int* pos_ptr,
+                                float* __restrict__ part_ml, int n_gqa, int kv_dim, int n_ctx, const int* pos_ptr,
                                 int pos0, int chunk, int window, QpMask mask, float scale, unsigned* done,
                                 float* __restrict__ out, qb_u8* out_q, int n_head) {
-    extern __shared__ float s_scores[];  // [n_gqa][chunk]
+    extern __shared__ float s_scores[];  // [n_gqa][chunk]; then the merge's [n_gqa][used][2]
     constexpr int NT = QP_DECODE_THREADS, NW = NT / QP_WARP, KW = QP_DECODE_KEYS_PER_WARP;
     constexpr int LANES = D / 4;  // lanes holding a key row, 4 dims each
     constexpr int G = NT / D > 0 ? NT / D : 1;  // key groups of the P.V stage
-    constexpr int VA = QP_DECODE_V_AHEAD;
+    constexpr int VA = QP_DECODE_V_AHEAD, MIN_KEYS = QP_DECODE_MIN_KEYS;
     static_assert(D % 32 == 0 && LANES <= QP_WARP && D <= NT, "head size");
     static_assert(KW * QP_MAX_GQA == QP_WARP, "the scores' reduce leaves one dot per lane");
     __shared__ float s_acc[G > 1 ? QP_MAX_GQA * NT : 1];
@@ -120,38 +156,50 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     __shared__ int s_last;
     const int kvh = blockIdx.x, split = blockIdx.y, stride = gridDim.y;
     const int lane = threadIdx.x % QP_WARP, warp = threadIdx.x / QP_WARP;
-    // the position is the step's (written before the decode graph or the eager step began), so the
-    // prologue may read it before qp_grid_wait
+    const int d = threadIdx.x % D, kg = threadIdx.x / D;
+    const long kv_off = (long)kvh * D;
+    // the position is the step's (written before the decode graph or the eager step began), so it may be
+    // read before qp_grid_wait
     const int pos = qp_position(pos_ptr, pos0, 0);
+#ifndef QP_DECODE_NO_PDL  // an experiment: without the wait in its PTX the host launches it plainly
+    qp_grid_wait();  // q and this position's K and V row come from the QKV kernel
+#endif
+    // The first pass's K rows and the V values ahead, for the split's keys as they are without a window
+    // while the context is short (MIN_KEYS from MIN_KEYS * split), asked for before the position lands;
+    // loaded again below where the split's keys turn out otherwise.
+    int from = MIN_KEYS * split;
+    float4 kr0[KW];
+    float v_ahead[VA];
+    const auto load_first = [&](int at) {
+#pragma unroll
+        for (int k = 0; k < KW; ++k) {
+            const long row = min(at + KW * warp + k, n_ctx - 1);
+            kr0[k] = lane < LANES ? qp_kv4(k_cache, row * kv_dim + kv_off + 4 * lane) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int i = 0; i < VA; ++i) {
+            const long row = min(at + kg + G * i, n_ctx - 1);
+            v_ahead[i] = kg < G ? qp_kv1_now(v_cache, row * kv_dim + kv_off + d) : 0.0f;
+        }
+    };
+    if (QP_DECODE_SPECULATE) load_first(from);
     const int lo = (mask.ptr == nullptr && window > 0) ? max(0, pos - window + 1) : 0;
     const int n_live = pos - lo + 1;
-    // QP_DECODE_MIN_KEYS or more keys a split, and never more than chunk (its scores' room)
-    const int used = min(stride, max((n_live + QP_DECODE_MIN_KEYS - 1) / QP_DECODE_MIN_KEYS, (n_live + chunk - 1) / chunk));
-#ifdef QP_DECODE_WAIT_BEFORE_EXIT
-    if (split >= used) qp_grid_wait();
-#endif
+    // MIN_KEYS or more keys a split, and never more than chunk (its scores' room)
+    const int used = min(stride, max((n_live + MIN_KEYS - 1) / MIN_KEYS, (n_live + chunk - 1) / chunk));
     if (split >= used || QP_DECODE_EXPERIMENT == 1) return;
-    const int per = (n_live + used - 1) / used;
+    const int per = max(MIN_KEYS, (n_live + used - 1) / used);
     const int start = lo + split * per, end = min(pos + 1, start + per);
     const int n = max(0, end - start);
-    const long kv_off = (long)kvh * D;
-    const int d = threadIdx.x % D, kg = threadIdx.x / D;
-    {  // rows past what the first pass loads itself, asked of L2 at once
+    if (!QP_DECODE_SPECULATE || start != from) load_first(start);  // CTA-uniform
+    from = start + min(KW * NW, G * VA);
+    {  // rows past what the first pass loads, asked of L2 at once
         constexpr int LINES = (D * (int)sizeof(KvT) + 127) / 128;
-        const int from = start + min(KW * NW, G * VA);
         for (int i = threadIdx.x; i < (end - from) * LINES; i += NT) {
             const long at = (long)(from + i / LINES) * kv_dim + kv_off + (i % LINES) * (128 / (int)sizeof(KvT));
             asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + at));
             asm volatile("prefetch.global.L2 [%0];" ::"l"(v_cache + at));
         }
-    }
-    qp_grid_wait();  // q and this position's K and V row come from the QKV kernel
-
-    float v_ahead[VA];
-#pragma unroll
-    for (int i = 0; i < VA; ++i) {
-        const int j = kg + G * i;
-        v_ahead[i] = (kg < G && j < n) ? qp_kv1(v_cache, (long)(start + j) * kv_dim + kv_off + d) : 0.0f;
     }
     float qr[QP_MAX_GQA][4];
 #pragma unroll
@@ -164,7 +212,8 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
         float4 kr[KW];
 #pragma unroll
         for (int k = 0; k < KW; ++k)
-            kr[k] = (lane < LANES && j0 + k < end) ? qp_kv4(k_cache, (long)(j0 + k) * kv_dim + kv_off + 4 * lane)
+            kr[k] = j0 < start + KW * NW ? kr0[k]
+                  : (lane < LANES && j0 + k < end) ? qp_kv4(k_cache, (long)(j0 + k) * kv_dim + kv_off + 4 * lane)
                                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         float dots[KW * QP_MAX_GQA];  // dot k * QP_MAX_GQA + g: key j0 + k, head g
 #pragma unroll
@@ -211,7 +260,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
 #pragma unroll
             for (int g = 0; g < QP_MAX_GQA; ++g)
                 if (g < n_gqa && kg + G * i < n) acc[g] = fmaf(s_scores[g * chunk + kg + G * i], v_ahead[i], acc[g]);
-#pragma unroll 4
+#pragma unroll 8
         for (int j = kg + G * VA; j < n; j += G) {
             const float v = qp_kv1(v_cache, (long)(start + j) * kv_dim + kv_off + d);
 #pragma unroll
@@ -219,7 +268,9 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
                 if (g < n_gqa) acc[g] = fmaf(s_scores[g * chunk + j], v, acc[g]);
         }
     }
+#ifndef QP_DECODE_NO_PDL
     qp_grid_release();  // only the outputs' stores and the merge are left
+#endif
     if (G > 1) {
 #pragma unroll
         for (int g = 0; g < QP_MAX_GQA; ++g)
@@ -253,16 +304,16 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     __syncthreads();
     if (!s_last || QP_DECODE_EXPERIMENT == 4) return;
     __threadfence();
-    attn_merge_group<D>(part_o, part_ml, out, out_q, kvh, n_gqa, used, stride, n_head);
+    attn_merge_group<D>(part_o, part_ml, s_scores, out, out_q, kvh, n_gqa, used, stride, n_head);
 }
 
 #define QP_ATTN_DECODE_INSTANCE(NAME, D, KvT)                                                                 \
     extern "C" __global__ void NAME(const float* q, const KvT* k_cache, const KvT* v_cache, float* part_o,      \
-                                    float* part_ml, int n_gqa, int kv_dim, const int* pos_ptr, int pos0,       \
-                                    int chunk, int window, const float* mask, int mask_stride,                 \
+                                    float* part_ml, int n_gqa, int kv_dim, int n_ctx, const int* pos_ptr,      \
+                                    int pos0, int chunk, int window, const float* mask, int mask_stride,       \
                                     int mask_row_by_pos, float scale, unsigned* done, float* out, qb_u8* out_q, \
                                     int n_head) {                                                               \
-        attn_decode_gqa<D, KvT>(q, k_cache, v_cache, part_o, part_ml, n_gqa, kv_dim, pos_ptr, pos0, chunk,      \
+        attn_decode_gqa<D, KvT>(q, k_cache, v_cache, part_o, part_ml, n_gqa, kv_dim, n_ctx, pos_ptr, pos0, chunk, \
                                 window, QpMask{mask, mask_stride, mask_row_by_pos}, scale, done, out, out_q,    \
                                 n_head);                                                                        \
     }

@@ -208,6 +208,22 @@ if [ "$STAGE" = rayB ]; then
   done
   python3 -c "$RAY_CLI" stop > /dev/null 2>&1
 fi
+if [ "$STAGE" = attn4 ]; then  # decode attention, merge in one round trip and loads before the position lands
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  step check_attn 150 $Q check --ops attention --failures-only
+  step attn_breakdown 200 python3 tests/gpu/bench_attention.py --positions 8,64,128,512 \
+    --variant=-DQP_DECODE_SPECULATE=0 --variant=-DQP_DECODE_EXPERIMENT=2 --variant=-DQP_DECODE_EXPERIMENT=3 \
+    --variant=-DQP_DECODE_EXPERIMENT=4
+  PDLK="graphs and (q6_k or swa or q2_k)"
+  step pdl_new 150 python3 -m pytest -q -rfs tests/gpu/test_pdl_gpu.py -k "$PDLK"
+  QPROF_KERNEL_DEFINES=-DQP_DECODE_NO_PDL=1 step pdl_attn_plain 150 python3 -m pytest -q -rfs tests/gpu/test_pdl_gpu.py -k "$PDLK"
+  [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD QPROF_CACHE=/root/qc_old timeout 200 python3 -m pytest -q -rfs \
+    tests/gpu/test_pdl_gpu.py -k "$PDLK" > $W/pdl_old_ca8af84.log 2>&1; echo "pdl_old rc=$?" >> $W/steps.txt)
+  step gpu_tests_attn 200 python3 -m pytest -q -rfs -s tests/gpu/test_decode_tiny_gpu.py tests/gpu/test_forward_ops.py
+  wait
+  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 3 --results $OUT/bench_h200.jsonl
+fi
 if [ "$STAGE" = attn3 ]; then  # decode attention: where its time goes (bench_attention variants), PDL equality by variant
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build
