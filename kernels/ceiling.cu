@@ -37,3 +37,39 @@ extern "C" __global__ void stream_read_sum(const uint4* __restrict__ src, long l
         if (lane == 0) block_sums[blockIdx.x] = s;
     }
 }
+
+// Instruction fetch (tests/gpu/bench_attention.py --fetch): CEIL_FETCH_FMAS multiply-adds per thread
+// in 8 independent chains, as straight-line code (about 64 KB of SASS) or as a loop of 64 of them
+// (under 2 KB), so that the two differ only in how much code the SMs fetch. The sum is stored only when
+// it is exactly `never`, which the host never passes, so no store happens yet nothing can be dropped.
+#define CEIL_FETCH_FMAS 4096
+
+template <int N>
+__device__ __forceinline__ void ceil_fma_chains(float (&a)[8]) {
+#pragma unroll
+    for (int i = 0; i < N / 8; ++i)
+#pragma unroll
+        for (int k = 0; k < 8; ++k) a[k] = fmaf(a[k], 1.0001f, 0.25f);
+}
+
+__device__ __forceinline__ void ceil_fetch_keep(const float (&a)[8], float* out, float never) {
+    const float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    if (s == never) out[threadIdx.x] = s;
+}
+
+extern "C" __global__ void fetch_straight(float* out, float seed, float never) {
+    float a[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a[k] = seed + k;
+    ceil_fma_chains<CEIL_FETCH_FMAS>(a);
+    ceil_fetch_keep(a, out, never);
+}
+
+extern "C" __global__ void fetch_loop(float* out, float seed, float never) {
+    float a[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a[k] = seed + k;
+#pragma unroll 1
+    for (int i = 0; i < CEIL_FETCH_FMAS / 64; ++i) ceil_fma_chains<64>(a);
+    ceil_fetch_keep(a, out, never);
+}

@@ -5,7 +5,10 @@ decode step reads each layer's cache once after the weights have pushed it out o
 the attention launches is timed too; the difference per round is what attention adds to a step, its launch
 gap included. --variant "-DNAME=V ..." (repeatable) times the kernel built with those options beside the
 default build (the experiments and tunables of kernels/attention_decode.cu).
+--fetch also times kernels/ceiling.cu's fetch probes (the same multiply-adds as 64 KB of straight-line code
+or as a 2 KB loop, one warp per SM) with and without the flush before each: what fetching code costs.
 Run: python3 tests/gpu/bench_attention.py [--positions 8,64,128,512] [--n-ctx 512] [--kv f32] [--variant OPTS]
+     [--fetch]
 """
 
 from __future__ import annotations
@@ -61,12 +64,33 @@ def attention_cost_us(pos: int, n_ctx: int, kv: torch.dtype, shape: ops.Attentio
     return (both - alone) / LAYERS, alone / LAYERS
 
 
+def fetch_probe_us(flushed: bool) -> dict[str, float]:
+    """µs per launch of each fetch probe (grid: one warp per SM), after an L2 flush each time or back to back."""
+    lib = KernelLibrary.get()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    out, flush = torch.empty(32, device="cuda"), torch.empty(FLUSH_BYTES // 4, device="cuda")
+    res = {}
+    for name in ("fetch_straight", "fetch_loop"):
+        kernel = lib.kernel("ceiling", name)
+
+        def rounds(with_probe: bool):
+            for _ in range(LAYERS):
+                if flushed:
+                    flush.fill_(1.0)
+                if with_probe:
+                    lib.launch(kernel, (sms,), (32,), out, 1.0, -1.0)  # never: the sum stays positive
+
+        res[name] = (step_us(lambda: rounds(True)) - (step_us(lambda: rounds(False)) if flushed else 0.0)) / LAYERS
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--positions", default="8,64,128,512")
     ap.add_argument("--n-ctx", type=int, default=512)
     ap.add_argument("--kv", choices=("f32", "f16"), default="f32")
     ap.add_argument("--variant", action="append", default=[], help="compile options of a variant build")
+    ap.add_argument("--fetch", action="store_true", help="also time the instruction-fetch probes")
     args = ap.parse_args()
     shape = ops.AttentionShape(32, 8, 128, 0)  # Mistral-7B
     kv = torch.float32 if args.kv == "f32" else torch.float16
@@ -83,6 +107,11 @@ def main() -> None:
     KernelLibrary._instance = None
     flush_alone = attention_cost_us(positions[0], args.n_ctx, kv, shape)[1]
     print(f"(the flush alone: {flush_alone:.2f} µs a layer)")
+    if args.fetch:
+        for flushed in (True, False):
+            probe = fetch_probe_us(flushed)
+            print(f"fetch probes, {'after the flush' if flushed else 'back to back'}: " +
+                  ", ".join(f"{k} {v:.2f} µs" for k, v in probe.items()))
 
 
 if __name__ == "__main__":

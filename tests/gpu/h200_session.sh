@@ -208,6 +208,16 @@ if [ "$STAGE" = rayB ]; then
   done
   python3 -c "$RAY_CLI" stop > /dev/null 2>&1
 fi
+if [ "$STAGE" = attn5 ]; then  # instruction fetch probes, decode attention's compact build: breakdown, checks, tg128
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step attn_breakdown 200 python3 tests/gpu/bench_attention.py --positions 8,64,128,512 --fetch \
+    --variant=-DQP_DECODE_EXPERIMENT=2 --variant=-DQP_DECODE_EXPERIMENT=3 --variant=-DQP_DECODE_EXPERIMENT=4
+  step build 240 $Q kernels build
+  step check_attn 150 $Q check --ops attention --failures-only
+  step gpu_tests_attn 200 python3 -m pytest -q -rfs tests/gpu/test_decode_tiny_gpu.py tests/gpu/test_pdl_gpu.py -k "tiny"
+  wait
+  step bench_q4_k_m 120 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 3 --results $OUT/bench_h200.jsonl
+fi
 if [ "$STAGE" = attn4 ]; then  # decode attention, merge in one round trip and loads before the position lands
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build

@@ -208,11 +208,10 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     suffix = _require_cache("attention_decode", k_cache, v_cache)
     lib = _lib()
     kernel = lib.kernel("attention_decode", f"attn_decode_d{shape.head_dim}{suffix}")
-    # the scores of a split, and after them the merge's (max, sum) per query head and split
-    shared = 4 * shape.n_gqa * max(scratch.chunk, 2 * scratch.n_split)
+    # the scores of a split, and after them the merge's (max, sum) and weight per query head and split
+    shared = 4 * shape.n_gqa * max(scratch.chunk, 3 * scratch.n_split)
     lib.launch(kernel, (shape.n_head_kv, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
-               scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, k_cache.shape[0], _ptr(pos), int(pos0),
-               scratch.chunk,
+               scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, _ptr(pos), int(pos0), scratch.chunk,
                shape.window, *_mask_args(mask), shape.scale, scratch.done, out, _ptr(out_q), shape.n_head,
                shared_bytes=shared)
     return out
