@@ -31,8 +31,7 @@
 #define QP_DECODE_MIN_KEYS (QP_DECODE_THREADS / QP_WARP * QP_DECODE_KEYS_PER_WARP)  // ops.py DECODE_MIN_KEYS
 #endif
 #define QP_DECODE_V_AHEAD 16  // V values a thread loads before the scores
-#define QP_DECODE_MERGE_AHEAD 8  // partials per value the merge asks for at once (splits past it: in turn)
-#define QP_DECODE_MERGE_VALUES 4  // values per thread the merge's first round trip covers (n_gqa * D <= 512)
+#define QP_DECODE_MERGE_AHEAD 8  // partials per 4 dims the merge asks for at once
 #define QP_MAX_DECODE_SPLITS 256  // ops.py MAX_DECODE_SPLITS
 // Experiments for tests/gpu/bench_attention.py --variant (0 in every shipped kernel): the kernel stops
 // early, its output unwritten, to time what comes before: 1 after the position read, 2 after the
@@ -80,23 +79,23 @@ static __device__ __forceinline__ void qp_decode_write(const float* s_val, float
 }
 
 // The last split's merge into s_val: value (g, d) = sum_s w_gs o_s, w_gs = e^(m_s - M) / sum_s e^(m_s - M) l_s
-// (M the largest m_s). Each thread asks L2 for the first QP_DECODE_MERGE_AHEAD partials of its first
-// QP_DECODE_MERGE_VALUES values before the (max, sum) pairs land in s_ml, so at short contexts the merge
-// is one round trip. __ldcg: other CTAs wrote the partials.
+// (M the largest m_s). Thread t takes 4 dims of a head at a time (float4 over the partials' rows) and
+// asks L2 for the first QP_DECODE_MERGE_AHEAD partials of its first 4 dims before the (max, sum) pairs land
+// in s_ml, so at short contexts the merge is one round trip; the rest go QP_DECODE_MERGE_AHEAD at a time.
+// __ldcg: other CTAs wrote the partials.
 template <int D>
 static __device__ __forceinline__ void attn_merge_group(const float* __restrict__ part_o,
                                                         const float* __restrict__ part_ml, float* s_ml, float* s_val,
                                                         int kvh, int n_gqa, int used, int stride) {
-    constexpr int NT = QP_DECODE_THREADS, R = QP_DECODE_MERGE_VALUES, PRE = QP_DECODE_MERGE_AHEAD;
-    const int n_vals = n_gqa * D, lane = threadIdx.x % QP_WARP;
-    const float* group_o = part_o + (long)kvh * n_gqa * stride * D;  // [g][s][d]
-    float po[R][PRE];
+    constexpr int NT = QP_DECODE_THREADS, Q = D / 4, PRE = QP_DECODE_MERGE_AHEAD;
+    const int n_quads = n_gqa * Q, lane = threadIdx.x % QP_WARP;
+    const float4* group_o = reinterpret_cast<const float4*>(part_o + (long)kvh * n_gqa * stride * D);  // [g][s][q]
+    float4 ahead[PRE];
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const int i = threadIdx.x + NT * r;
-#pragma unroll
-        for (int s = 0; s < PRE; ++s)
-            po[r][s] = (i < n_vals && s < used) ? __ldcg(group_o + ((long)(i / D) * stride + s) * D + i % D) : 0.0f;
+    for (int s = 0; s < PRE; ++s) {
+        const int i = threadIdx.x;
+        ahead[s] = (i < n_quads && s < used) ? __ldcg(group_o + ((long)(i / Q) * stride + s) * Q + i % Q)
+                                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
     float* s_w = s_ml + 2 * n_gqa * used;  // [g][s] the weights
 #pragma unroll 1
@@ -125,25 +124,31 @@ static __device__ __forceinline__ void attn_merge_group(const float* __restrict_
         for (int s = lane; s < used; s += QP_WARP) s_w[g * used + s] *= inv_l;  // this lane's own entries
     }
     __syncthreads();
+#pragma unroll 1
+    for (int i = threadIdx.x; i < n_quads; i += NT) {
+        const float* w = s_w + (i / Q) * used;
+        const float4* po = group_o + (long)(i / Q) * stride * Q + i % Q;
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const auto add = [&](float ws, float4 p) {
+            o.x = fmaf(ws, p.x, o.x), o.y = fmaf(ws, p.y, o.y), o.z = fmaf(ws, p.z, o.z), o.w = fmaf(ws, p.w, o.w);
+        };
+        int s = 0;
+        if (i == threadIdx.x) {  // the first 4 dims: their partials are here already
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const int i = threadIdx.x + NT * r;
-        if (i >= n_vals) break;
-        const float* w = s_w + (i / D) * used;
-        float o = 0.0f;
+            for (int k = 0; k < PRE; ++k)
+                if (k < used) add(w[k], ahead[k]);
+            s = PRE;
+        }
+#pragma unroll 1
+        for (; s < used; s += PRE) {
+            float4 p[PRE];
 #pragma unroll
-        for (int s = 0; s < PRE; ++s) o = s < used ? fmaf(w[s], po[r][s], o) : o;
-#pragma unroll 1
-        for (int s = PRE; s < used; ++s) o = fmaf(w[s], __ldcg(group_o + ((long)(i / D) * stride + s) * D + i % D), o);
-        s_val[i] = o;
-    }
-#pragma unroll 1
-    for (int i = threadIdx.x + NT * R; i < n_vals; i += NT) {  // more query heads than the first trip covers
-        const float* w = s_w + (i / D) * used;
-        float o = 0.0f;
-#pragma unroll 1
-        for (int s = 0; s < used; ++s) o = fmaf(w[s], __ldcg(group_o + ((long)(i / D) * stride + s) * D + i % D), o);
-        s_val[i] = o;
+            for (int k = 0; k < PRE; ++k) p[k] = s + k < used ? __ldcg(po + (long)(s + k) * Q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int k = 0; k < PRE; ++k)
+                if (s + k < used) add(w[s + k], p[k]);
+        }
+        reinterpret_cast<float4*>(s_val)[i] = o;  // [g][d]: quad i is dims 4 (i % Q) .. of head i / Q
     }
     __syncthreads();
 }
@@ -221,7 +226,8 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     }
 
 #pragma unroll 1
-    for (int j0 = start + KW * warp; j0 < end; j0 += KW * NW) {
+    for (int pass = start; pass < end; pass += KW * NW) {  // a bound the whole CTA shares: the shuffles stay convergent
+        const int j0 = pass + KW * warp;
         float4 kr[KW];
 #pragma unroll
         for (int k = 0; k < KW; ++k)
@@ -241,7 +247,10 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     __syncthreads();
     if (QP_DECODE_EXPERIMENT == 2) return;
 #pragma unroll 1
-    for (int g = warp; g < n_gqa; g += NW) {  // softmax numerators of head g, in place
+    for (int g0 = 0; g0 < n_gqa; g0 += NW) {  // softmax numerators of head g, in place
+        // a surplus warp runs the last head's reductions too (its values discarded) and stores nothing
+        const bool mine = g0 + warp < n_gqa;
+        const int g = min(g0 + warp, n_gqa - 1);
         float* sg = s_dyn + g * chunk;
         float m = QP_NEG_INF;
 #pragma unroll 1
@@ -251,11 +260,11 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
 #pragma unroll 1
         for (int j = lane; j < n; j += QP_WARP) {
             const float p = m == QP_NEG_INF ? 0.0f : __expf(sg[j] - m);
-            sg[j] = p;
+            if (mine) sg[j] = p;
             l += p;
         }
         l = qp_warp_sum(l);
-        if (lane == 0) {
+        if (lane == 0 && mine) {
             s_l[g] = l;
             if (used > 1) {
                 const long part = (long)(kvh * n_gqa + g) * stride + split;

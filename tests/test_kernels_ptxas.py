@@ -107,7 +107,45 @@ def test_no_kernel_spills_and_every_quant_entry_exists(built, capsys):
     # stack frame there means an array went to local memory, a round trip on its critical path
     stacked = [r["name"] for r in rows if r["name"].startswith("attn_decode") and r["stack_bytes"]]
     assert not stacked and any(r["name"] == "attn_decode_d128" for r in rows), stacked
+    # every entry's code size comes from the cubin; decode attention's stays compact (its instructions are
+    # fetched again at every launch: 149 KB of it once cost 13.9 us a layer on the H200, 32 KB about 8)
+    assert all(r["code_bytes"] > 0 for r in rows), [r["name"] for r in rows if not r["code_bytes"]]
+    big = [f"{r['name']} {r['code_bytes']} B" for r in rows if r["name"].startswith("attn_decode")
+           and r["code_bytes"] > ATTN_DECODE_MAX_CODE]
+    assert not big, big
     assert table.exit_code == 0 and all(ln.startswith(("dequant_", "get_rows_")) for ln in table.stdout.splitlines()[1:-1])
+
+
+ATTN_DECODE_MAX_CODE = 40 * 1024
+
+
+def test_cubin_text_sizes_reads_sections_and_refuses_junk():
+    from qprof.runtime.cuda.ptxas import cubin_text_sizes
+
+    assert cubin_text_sizes(b"") == {} and cubin_text_sizes(b"\x7fELF" + b"\0" * 100) == {}
+    assert cubin_text_sizes(_elf_with_sections({".text.k1": 4096, ".nv.info": 12, ".text.k2": 16})) == {
+        "k1": 4096, "k2": 16}
+
+
+def _elf_with_sections(sizes: dict[str, int]) -> bytes:
+    """A minimal ELF64 little-endian image: a null section, the named ones (no contents), then .shstrtab."""
+    import struct
+
+    names = b"\0" + b"".join(n.encode() + b"\0" for n in sizes) + b".shstrtab\0"
+    shoff = 64 + len(names)
+    sections = [(0, 0)]
+    at = 1
+    for n, size in sizes.items():
+        sections.append((at, size))
+        at += len(n) + 1
+    sections.append((at, len(names)))
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", header, 0x28, shoff)
+    struct.pack_into("<HHH", header, 0x3A, 64, len(sections), len(sections) - 1)
+    table = b"".join(struct.pack("<IIQQQQ", name, 0, 0, 0, 64 if i == len(sections) - 1 else 0, size) + b"\0" * 24
+                     for i, (name, size) in enumerate(sections))
+    return bytes(header) + names + table
 
 
 PTX_SAMPLE = b"""

@@ -210,7 +210,7 @@ if [ "$STAGE" = rayB ]; then
 fi
 if [ "$STAGE" = attn5 ]; then  # instruction fetch probes, decode attention's compact build: breakdown, checks, tg128
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
-  step attn_breakdown 200 python3 tests/gpu/bench_attention.py --positions 8,64,128,512 --fetch \
+  step attn_breakdown 200 python3 tests/gpu/bench_attention.py --positions 8,64,128,512,4095 --n-ctx 4096 \
     --variant=-DQP_DECODE_EXPERIMENT=2 --variant=-DQP_DECODE_EXPERIMENT=3 --variant=-DQP_DECODE_EXPERIMENT=4
   step build 240 $Q kernels build
   step check_attn 150 $Q check --ops attention --failures-only

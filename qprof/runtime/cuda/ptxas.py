@@ -1,9 +1,12 @@
-"""Per-kernel resources from ptxas: registers, shared memory, stack and spills, for every kernels/*.cu.
+"""Per-kernel resources from ptxas: registers, shared memory, stack, spills and code size, for every kernels/*.cu.
 
 The PTX is the same the runtime loads (the disk cache of driver.compile_to_ptx, filled by nvcc when
 missing); `ptxas -v` assembles it for the target arch and reports each entry function. A spill
 (local-memory stores/loads the register allocator had to add) in a per-token kernel is a
-performance bug that no correctness test sees, so CI fails on any.
+performance bug that no correctness test sees, so CI fails on any. The code size (the entry's
+.text section in the cubin ptxas writes) matters too: a decode kernel's instructions are fetched
+again at every launch, and on the H200 64 KB of straight-line code cost 3.3 us more than the same
+work as a loop (tests/gpu/bench_attention.py --fetch, 2026-12-01).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Callable
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +39,7 @@ class KernelResources:
     spill_stores: int
     spill_loads: int
     barriers: int
+    code_bytes: int = 0  # the entry's SASS (.text.<name> in the cubin); 0 where unknown
 
     @property
     def spills(self) -> bool:
@@ -98,18 +104,40 @@ def parse_ptxas_verbose(text: str, source: str = "") -> list[KernelResources]:
     return out
 
 
+def cubin_text_sizes(elf: bytes) -> dict[str, int]:
+    """Bytes of each function's code in a cubin (ELF64, little-endian): its .text.<name> section's size.
+    Anything that is not such an ELF gives {}."""
+    if len(elf) < 64 or elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        return {}
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+    if shentsize < 64 or shstrndx >= shnum or shoff + shnum * shentsize > len(elf):
+        return {}
+    headers = [struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize) for i in range(shnum)]
+    names_at = headers[shstrndx][4]
+    out = {}
+    for name_off, *_, size in headers:
+        start = names_at + name_off
+        name = elf[start:elf.find(b"\0", start)].decode("ascii", "replace")
+        if name.startswith(".text."):
+            out[name.removeprefix(".text.")] = size
+    return out
+
+
 def run_ptxas(ptx: bytes, arch: str = DEFAULT_ARCH, source: str = "") -> list[KernelResources]:
     ptxas = require_tool("ptxas")
     arch = check_arch(arch)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernels.ptx"
+        path, cubin = Path(tmp) / "kernels.ptx", Path(tmp) / "kernels.cubin"
         path.write_bytes(ptx.rstrip(b"\0"))
-        proc = subprocess.run([ptxas, f"-arch=sm_{arch}", "-v", "-o", os.devnull, str(path)],
+        proc = subprocess.run([ptxas, f"-arch=sm_{arch}", "-v", "-o", str(cubin), str(path)],
                               check=False, capture_output=True, text=True)
+        sizes = cubin_text_sizes(cubin.read_bytes()) if proc.returncode == 0 and cubin.exists() else {}
     if proc.returncode != 0:
         first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:200])
         raise QprofError(f"ptxas failed on {source or 'PTX'} for sm_{arch}: {first.strip()}")
-    return parse_ptxas_verbose(proc.stderr + proc.stdout, source)
+    rows = parse_ptxas_verbose(proc.stderr + proc.stdout, source)
+    return [dataclasses.replace(r, code_bytes=sizes.get(r.name, 0)) for r in rows]
 
 
 def build_ptx(source: Path, arch: str = DEFAULT_ARCH, force: bool = False) -> tuple[Path, bool]:
@@ -155,9 +183,9 @@ def report(arch: str = DEFAULT_ARCH, only: str | None = None,
 
 
 def format_report(rows: list[KernelResources]) -> str:
-    header = ("kernel", "file", "regs", "smem B", "stack B", "spill st B", "spill ld B", "")
+    header = ("kernel", "file", "regs", "smem B", "stack B", "spill st B", "spill ld B", "code B", "")
     body = [(r.name, r.source, str(r.registers), str(r.smem_bytes), str(r.stack_bytes), str(r.spill_stores),
-             str(r.spill_loads), "SPILLS" if r.spills else "") for r in rows]
+             str(r.spill_loads), str(r.code_bytes), "SPILLS" if r.spills else "") for r in rows]
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(header)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
