@@ -66,10 +66,14 @@ static __device__ __forceinline__ float qp_warp_reduce_scatter32(float (&v)[32])
 
 // The group's n_gqa * D finished values (s_val, shared) into out, and into the QVec out_q when given;
 // one copy of the quantizing code, called by whole warps (D is a multiple of 32).
+#ifndef QP_DECODE_WRITE_UNROLL
+#define QP_DECODE_WRITE_UNROLL 1  // 32-blocks a warp quantizes at once
+#endif
 template <int D>
 static __device__ __forceinline__ void qp_decode_write(const float* s_val, float* out, qb_u8* out_q, int kvh,
                                                        int n_gqa, int n_head) {
-#pragma unroll 1
+    constexpr int UNROLL = QP_DECODE_WRITE_UNROLL;
+#pragma unroll UNROLL
     for (int i = threadIdx.x; i < n_gqa * D; i += QP_DECODE_THREADS) {
         const float o = s_val[i];
         const long at = (long)kvh * n_gqa * D + i;  // query head kvh * n_gqa + i / D, dim i % D

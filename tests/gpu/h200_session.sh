@@ -208,6 +208,30 @@ if [ "$STAGE" = rayB ]; then
   done
   python3 -c "$RAY_CLI" stop > /dev/null 2>&1
 fi
+# The closing run of the one-launch decode attention (issue 9): final4A carries .smol/smollm2.whl.part-aa,
+# final4B (issued while final4A's machine is warm) .smol/smollm2.whl.part-ab and .oldtree, the tree of an
+# earlier commit (git archive), so that its tg128 and this build's are measured in one lease.
+if [ "$STAGE" = final4A ]; then
+  make_7b_set
+  step build 240 $Q kernels build
+  step check_all 300 $Q check --failures-only
+  step gpu_tests_kernels 200 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py \
+    tests/gpu/test_pdl_gpu.py tests/gpu/test_decode_tiny_gpu.py
+  step check_inject 100 $Q check --inject block-dim --failures-only
+  wait
+  bench_7b_set 120
+fi
+if [ "$STAGE" = final4B ]; then
+  smollm2_e2e
+  OLD=$(cat .oldtree/.qprof_build 2>/dev/null || echo old)
+  for rep in 1 2; do  # old and new alternately, tg128 only, the same file
+    (cd .oldtree && QPROF_BUILD_COMMIT=$OLD PYTHONPATH=/tmp/site:$PWD step ab_old_$rep 120 python3 -m qprof.cli bench -m mistral-7b-q4_k_m -p 0 -n 128 \
+      -r 5 --results $OUT/bench_ab.jsonl)
+    step ab_new_$rep 120 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $OUT/bench_ab.jsonl
+  done
+  step attn_breakdown 120 python3 tests/gpu/bench_attention.py --positions 8,64,128,512
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+fi
 if [ "$STAGE" = attn5 ]; then  # instruction fetch probes, decode attention's compact build: breakdown, checks, tg128
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step attn_breakdown 200 python3 tests/gpu/bench_attention.py --positions 8,64,128,512,4095 --n-ctx 4096 \

@@ -11,6 +11,7 @@ work as a loop (tests/gpu/bench_attention.py --fetch, 2026-12-01).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -18,7 +19,6 @@ import struct
 import subprocess
 import tempfile
 from collections.abc import Callable
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
