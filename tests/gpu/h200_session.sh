@@ -208,6 +208,11 @@ if [ "$STAGE" = rayB ]; then
   done
   python3 -c "$RAY_CLI" stop > /dev/null 2>&1
 fi
+if [ "$STAGE" = attnv ]; then  # decode attention tunables, by bench_attention
+  step attn_variants 200 python3 tests/gpu/bench_attention.py --positions 8,64,128,512 \
+    --variant=-DQP_DECODE_WRITE_UNROLL=2 --variant=-DQP_DECODE_WRITE_UNROLL=4 --variant=-DQP_DECODE_MIN_KEYS=32 \
+    --variant="-DQP_DECODE_MIN_KEYS=32 -DQP_DECODE_WRITE_UNROLL=4"
+fi
 # The closing run of the one-launch decode attention (issue 9): final4A carries .smol/smollm2.whl.part-aa,
 # final4B (issued while final4A's machine is warm) .smol/smollm2.whl.part-ab and .oldtree, the tree of an
 # earlier commit (git archive), so that its tg128 and this build's are measured in one lease.
