@@ -1,12 +1,188 @@
-// Causal grouped-query attention over the KV cache for prefill (conventions: attention_common.cuh;
-// decode attention is attention_decode.cu).
+// Causal grouped-query attention over the KV cache, for decode (one query row) and prefill.
 //
-// attn_prefill_d<D>[_f16kv]: grid (ceil(n_q / 8), n_head), 8 warps, one query per warp; K/V tiles of
-// 32 keys in shared memory, lane = key for scores, lane = dims for the output, online softmax.
-#include "attention_common.cuh"
+// Shared conventions
+//   q / out: [n_q, n_head * D] float32; K and V caches of one layer: [n_ctx, n_head_kv * D] float32.
+//   Query head h reads KV head h / n_gqa. Query row i sits at position pos0 + i (prefill) or at
+//   *pos_ptr (decode, read on the device so the step can be captured in a CUDA graph).
+//   Key j is visible to a query at position p when j <= p and, with a sliding window W > 0, p - j < W.
+//   mask (optional, float, 0 or -inf, added to the score): when given, causality and the window
+//   come from it alone and every cached key up to the forward's last position is scored. The
+//   mask row of a query is its position (mask_row_by_pos = 1: the device-resident [n_ctx, n_ctx]
+//   mask) or its row index in the batch (mask_row_by_pos = 0: a mask uploaded for this forward).
+//
+// Decode (flash-decoding): attn_decode_d<D>[_f16kv] grid (n_head_kv, n_split), 128 threads, dynamic
+//   shared memory n_gqa * chunk floats. Each CTA reads its KV head's rows once for all n_gqa query
+//   heads of the group; the live keys are split evenly over the n_split CTAs of a head at run time
+//   (chunk >= ceil(n_ctx / n_split) bounds a split), so the grid depends on n_ctx only. Each split
+//   writes an unnormalized partial (max, sum, sum p*V) per query head; attn_combine merges them.
+// KV caches are float32 or (the _f16kv instances) float16; scores and sums are float32 either way.
+// Prefill: attn_prefill_d<D>[_f16kv] grid (ceil(n_q / 8), n_head), 8 warps, one query per warp; K/V tiles of
+//   32 keys in shared memory, lane = key for scores, lane = dims for the output, online softmax.
+#include "common.cuh"
+#include "matvec_core.cuh"  // the combine writes a QVec
 
+#define QP_DECODE_THREADS 128
 #define QP_PREFILL_WARPS 8
 #define QP_KEY_TILE 32
+
+struct QpMask {
+    const float* ptr;
+    int stride;
+    int row_by_pos;
+    __device__ __forceinline__ float at(int row_index, int pos, int key) const {
+        const long row = row_by_pos ? pos : row_index;
+        return ptr[row * (long)stride + key];
+    }
+};
+
+static __device__ __forceinline__ bool qp_visible(int key, int pos, int window) {
+    return key <= pos && (window <= 0 || pos - key < window);
+}
+
+// K/V element loads for a float32 or float16 cache (4 consecutive values at a 4-aligned index).
+static __device__ __forceinline__ float4 qp_kv4(const float* p, long i) {
+    return __ldg(reinterpret_cast<const float4*>(p + i));
+}
+static __device__ __forceinline__ float4 qp_kv4(const qb_u16* p, long i) {
+    const uint2 w = __ldg(reinterpret_cast<const uint2*>(p + i));
+    return make_float4(qb_half_to_float(w.x & 0xFFFF), qb_half_to_float(w.x >> 16), qb_half_to_float(w.y & 0xFFFF),
+                       qb_half_to_float(w.y >> 16));
+}
+static __device__ __forceinline__ float qp_kv1(const float* p, long i) { return __ldg(p + i); }
+static __device__ __forceinline__ float qp_kv1(const qb_u16* p, long i) { return qb_half_to_float(__ldg(p + i)); }
+
+#define QP_MAX_GQA 8
+
+// Decode: one CTA per (KV head, split) reads each K/V row once for the whole GQA group. The live
+// keys [lo, pos] are divided evenly over the n_split splits at run time (the grid depends on n_ctx
+// only, so the step stays graph-capturable, yet short contexts still spread over every split).
+// Scores: one warp per key, lane l holding dims 4l..4l+3, all heads of the group at once. Softmax
+// per head by one warp each. Output: thread t owns dim t % D of every head of the group, over keys
+// t / D, t / D + NT / D, ...
+template <int D, typename KvT>
+__device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restrict__ k_cache,
+                                const KvT* __restrict__ v_cache, float* __restrict__ part_o,
+                                float* __restrict__ part_ml, int n_gqa, int kv_dim, const int* pos_ptr,
+                                int pos0, int chunk, int window, QpMask mask, float scale) {
+    extern __shared__ float s_scores[];  // [n_gqa][chunk]
+    constexpr int NT = QP_DECODE_THREADS, NW = NT / QP_WARP;
+    constexpr int LANES = D / 4;  // lanes holding a key row, 4 dims each
+    constexpr int G = NT / D > 0 ? NT / D : 1;  // key groups of the output stage
+    static_assert(D % 4 == 0 && LANES <= QP_WARP && D <= NT, "head size");
+    __shared__ float s_acc[G > 1 ? QP_MAX_GQA * NT : 1];
+    const int kvh = blockIdx.x, split = blockIdx.y, n_split = gridDim.y;
+    const int lane = threadIdx.x % QP_WARP, warp = threadIdx.x / QP_WARP;
+    // the position is the step's (written before the decode graph or the eager step began), so the
+    // prologue below may read it before qp_grid_wait
+    const int pos = qp_position(pos_ptr, pos0, 0);
+    const int lo = (mask.ptr == nullptr && window > 0) ? max(0, pos - window + 1) : 0;
+    const int per = (pos - lo + n_split) / n_split;  // ceil((pos - lo + 1) / n_split)
+    const int start = lo + split * per, end = min(pos + 1, start + per);
+    const long kv_off = (long)kvh * D;
+    {  // pull the split's K and V rows towards L2 at once: the stages below each wait on them in turn
+        constexpr int LINES = (D * (int)sizeof(KvT) + 127) / 128;
+        for (int i = threadIdx.x; i < (end - start) * LINES; i += NT) {
+            const long at = (long)(start + i / LINES) * kv_dim + kv_off + (i % LINES) * (128 / (int)sizeof(KvT));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + at));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(v_cache + at));
+        }
+    }
+    qp_grid_wait();  // q and this position's K and V row come from the QKV kernel
+
+    float qr[QP_MAX_GQA][4];
+#pragma unroll
+    for (int g = 0; g < QP_MAX_GQA; ++g)
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+            qr[g][c] = (g < n_gqa && lane < LANES) ? q[(long)(kvh * n_gqa + g) * D + 4 * lane + c] * scale : 0.0f;
+
+    for (int j = start + warp; j < end; j += NW) {
+        float4 kr = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (lane < LANES) kr = qp_kv4(k_cache, (long)j * kv_dim + kv_off + 4 * lane);
+#pragma unroll
+        for (int g = 0; g < QP_MAX_GQA; ++g) {
+            if (g >= n_gqa) break;
+            float dot = qr[g][0] * kr.x + qr[g][1] * kr.y + qr[g][2] * kr.z + qr[g][3] * kr.w;
+            dot = qp_warp_sum(dot);
+            if (mask.ptr != nullptr) dot += mask.at(0, pos, j);
+            if (lane == 0) s_scores[g * chunk + (j - start)] = dot;
+        }
+    }
+    __syncthreads();
+    const int n = max(0, end - start);
+    for (int g = warp; g < n_gqa; g += NW) {  // softmax numerators of head g, in place
+        float* sg = s_scores + g * chunk;
+        float m = QP_NEG_INF;
+        for (int j = lane; j < n; j += QP_WARP) m = fmaxf(m, sg[j]);
+        m = qp_warp_max(m);
+        float l = 0.0f;
+        for (int j = lane; j < n; j += QP_WARP) {
+            const float p = m == QP_NEG_INF ? 0.0f : __expf(sg[j] - m);
+            sg[j] = p;
+            l += p;
+        }
+        l = qp_warp_sum(l);
+        if (lane == 0) {
+            const long part = (long)(kvh * n_gqa + g) * n_split + split;
+            part_ml[2 * part] = m;
+            part_ml[2 * part + 1] = l;
+        }
+    }
+    __syncthreads();
+    const int d = threadIdx.x % D, kg = threadIdx.x / D;
+    float acc[QP_MAX_GQA];
+#pragma unroll
+    for (int g = 0; g < QP_MAX_GQA; ++g) acc[g] = 0.0f;
+    if (kg < G) {
+#pragma unroll 4
+        for (int j = kg; j < n; j += G) {
+            const float v = qp_kv1(v_cache, (long)(start + j) * kv_dim + kv_off + d);
+#pragma unroll
+            for (int g = 0; g < QP_MAX_GQA; ++g)
+                if (g < n_gqa) acc[g] = fmaf(s_scores[g * chunk + j], v, acc[g]);
+        }
+    }
+    qp_grid_release();  // only the partials' stores are left
+    if (G > 1) {
+#pragma unroll
+        for (int g = 0; g < QP_MAX_GQA; ++g)
+            if (g < n_gqa) s_acc[g * NT + threadIdx.x] = acc[g];
+        __syncthreads();
+    }
+    if (kg == 0) {
+#pragma unroll
+        for (int g = 0; g < QP_MAX_GQA; ++g) {
+            if (g >= n_gqa) break;
+            float sum = acc[g];
+            for (int k2 = 1; k2 < G; ++k2) sum += s_acc[g * NT + k2 * D + d];
+            part_o[((long)(kvh * n_gqa + g) * n_split + split) * D + d] = sum;
+        }
+    }
+}
+
+// Merge the decode partials of each head: out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
+// grid (n_head), blockDim.x = D (whole warps). With out_q, also write out as a QVec (one 32-block
+// per warp) for the attn_output projection.
+extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
+                                        float* __restrict__ out, int n_split, int D, qb_u8* out_q, int n_head) {
+    qp_grid_release();
+    qp_grid_wait();
+    const int h = blockIdx.x;
+    const float* ml = part_ml + (long)h * n_split * 2;
+    float M = QP_NEG_INF;
+    for (int s = 0; s < n_split; ++s) M = fmaxf(M, ml[2 * s]);
+    float L = 0.0f;
+    for (int s = 0; s < n_split; ++s)
+        if (ml[2 * s] != QP_NEG_INF) L += __expf(ml[2 * s] - M) * ml[2 * s + 1];
+    const float inv_l = 1.0f / L;
+    const int d = threadIdx.x;
+    float acc = 0.0f;
+    for (int s = 0; s < n_split; ++s)
+        if (ml[2 * s] != QP_NEG_INF) acc += __expf(ml[2 * s] - M) * part_o[((long)h * n_split + s) * D + d];
+    const float o = acc * inv_l;
+    out[(long)h * D + d] = o;
+    if (out_q != nullptr) qp_quantize_block32<1>(o, o, out_q, n_head * D, 0, (h * D + d) / 32);
+}
 
 template <int D, typename KvT>
 __device__ void attn_prefill(const float* __restrict__ q, const KvT* __restrict__ k_cache,
@@ -82,16 +258,35 @@ __device__ void attn_prefill(const float* __restrict__ q, const KvT* __restrict_
     }
 }
 
-#define QP_ATTN_PREFILL_INSTANCE(NAME, D, KvT)                                                                \
-    extern "C" __global__ void NAME(const float* q, const KvT* k_cache, const KvT* v_cache, float* out, int n_q,  \
-                                    int n_head, int n_gqa, int kv_dim, int pos0, int window, const float* mask,  \
-                                    int mask_stride, int mask_row_by_pos, float scale) {                         \
-        attn_prefill<D, KvT>(q, k_cache, v_cache, out, n_q, n_head, n_gqa, kv_dim, pos0, window,                 \
-                             QpMask{mask, mask_stride, mask_row_by_pos}, scale);                                 \
+#define QP_ATTN_INSTANCES(D)                                                                              \
+    extern "C" __global__ void attn_decode_d##D(                                                          \
+        const float* q, const float* k_cache, const float* v_cache, float* part_o, float* part_ml,        \
+        int n_gqa, int kv_dim, const int* pos_ptr, int pos0, int chunk, int window, const float* mask,    \
+        int mask_stride, int mask_row_by_pos, float scale) {                                              \
+        attn_decode_gqa<D, float>(q, k_cache, v_cache, part_o, part_ml, n_gqa, kv_dim, pos_ptr, pos0,     \
+                                  chunk, window, QpMask{mask, mask_stride, mask_row_by_pos}, scale);      \
+    }                                                                                                     \
+    extern "C" __global__ void attn_decode_d##D##_f16kv(                                                  \
+        const float* q, const qb_u16* k_cache, const qb_u16* v_cache, float* part_o, float* part_ml,      \
+        int n_gqa, int kv_dim, const int* pos_ptr, int pos0, int chunk, int window, const float* mask,    \
+        int mask_stride, int mask_row_by_pos, float scale) {                                              \
+        attn_decode_gqa<D, qb_u16>(q, k_cache, v_cache, part_o, part_ml, n_gqa, kv_dim, pos_ptr, pos0,    \
+                                   chunk, window, QpMask{mask, mask_stride, mask_row_by_pos}, scale);     \
+    }                                                                                                     \
+    extern "C" __global__ void attn_prefill_d##D(                                                         \
+        const float* q, const float* k_cache, const float* v_cache, float* out, int n_q, int n_head,      \
+        int n_gqa, int kv_dim, int pos0, int window, const float* mask, int mask_stride,                  \
+        int mask_row_by_pos, float scale) {                                                               \
+        attn_prefill<D, float>(q, k_cache, v_cache, out, n_q, n_head, n_gqa, kv_dim, pos0, window,        \
+                               QpMask{mask, mask_stride, mask_row_by_pos}, scale);                        \
+    }                                                                                                     \
+    extern "C" __global__ void attn_prefill_d##D##_f16kv(                                                 \
+        const float* q, const qb_u16* k_cache, const qb_u16* v_cache, float* out, int n_q, int n_head,    \
+        int n_gqa, int kv_dim, int pos0, int window, const float* mask, int mask_stride,                  \
+        int mask_row_by_pos, float scale) {                                                               \
+        attn_prefill<D, qb_u16>(q, k_cache, v_cache, out, n_q, n_head, n_gqa, kv_dim, pos0, window,       \
+                                QpMask{mask, mask_stride, mask_row_by_pos}, scale);                       \
     }
-#define QP_ATTN_INSTANCES(D)                              \
-    QP_ATTN_PREFILL_INSTANCE(attn_prefill_d##D, D, float) \
-    QP_ATTN_PREFILL_INSTANCE(attn_prefill_d##D##_f16kv, D, qb_u16)
 
 QP_ATTN_INSTANCES(32)
 QP_ATTN_INSTANCES(64)

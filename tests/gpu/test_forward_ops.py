@@ -64,7 +64,7 @@ def test_heads_must_divide_into_kv_heads():
 def test_decode_splits_cover_the_context(n_ctx, n_head_kv):
     chunk, n_split = ops.decode_splits(n_ctx, n_head_kv)
     assert chunk * n_split >= n_ctx  # every position fits in some split, however the keys are divided
-    assert n_split <= ops.MAX_DECODE_SPLITS and chunk % 32 == 0 and n_split <= max(1, -(-n_ctx // ops.DECODE_MIN_KEYS))
+    assert n_split <= ops.MAX_DECODE_SPLITS and chunk % 32 == 0 and n_split <= max(1, -(-n_ctx // 32))
     assert chunk <= ops.DECODE_MAX_CHUNK or n_split == ops.MAX_DECODE_SPLITS
     if n_ctx >= 32 * ops.DECODE_TARGET_CTAS:  # long contexts fill the card: about the target CTAs or more
         assert n_split * n_head_kv >= ops.DECODE_TARGET_CTAS

@@ -298,8 +298,8 @@ class CudaRuntime(TokenChecks):
                 self._decode_step_unfused()
 
     def _decode_step_fused(self) -> None:
-        """Five launches a layer: norm+QKV+RoPE+KV write, attention (its last split per KV head merges the
-        splits and quantizes the output), attn_output+add, norm+gate+up+SwiGLU, ffn_down+add. Each projection's epilogue
+        """Six launches a layer: norm+QKV+RoPE+KV write, attention and its combine (which quantizes its
+        output), attn_output+add, norm+gate+up+SwiGLU, ffn_down+add. Each projection's epilogue
         quantizes what the next one reads; the output norm rides in the output matvec."""
         b, op, sh, eps = self.buf, self._op, self.shape, self.config.rms_eps
         pos = b.step[1:2]

@@ -22,14 +22,13 @@ ELEMENTWISE_THREADS = 256
 ROPE_THREADS = 128
 KV_THREADS = 256
 ARGMAX_THREADS = 1024  # power of two: the kernel's tree reduction halves it
-DECODE_THREADS = 128  # QP_DECODE_THREADS in attention_decode.cu
-DECODE_MIN_KEYS = 16  # QP_DECODE_MIN_KEYS in attention_decode.cu: the fewest keys a split in use takes
+DECODE_THREADS = 128  # QP_DECODE_THREADS in attention.cu
 PREFILL_WARPS = 8  # QP_PREFILL_WARPS in attention.cu: queries per CTA
 DECODE_TARGET_CTAS = 256  # decode attention CTAs (KV heads x splits) asked for: about two per SM
 DECODE_MAX_CHUNK = 1024  # keys one split may hold at most (its scores sit in shared memory per query head)
-MAX_DECODE_SPLITS = 256  # QP_MAX_DECODE_SPLITS in attention_decode.cu (its merge weights' room)
-MAX_GQA = 8  # QP_MAX_GQA in attention_common.cuh: query heads per KV head
-ATTENTION_HEAD_DIMS = (32, 64, 96, 128)  # instantiated in attention.cu and attention_decode.cu
+MAX_DECODE_SPLITS = 256
+MAX_GQA = 8  # QP_MAX_GQA in attention.cu: query heads per KV head
+ATTENTION_HEAD_DIMS = (32, 64, 96, 128)  # instantiated in attention.cu
 
 NULL = ctypes.c_void_p(0)
 
@@ -167,11 +166,10 @@ def decode_splits(n_ctx: int, n_head_kv: int) -> tuple[int, int]:
     """(chunk, n_split) for decode attention: a grid that depends on n_ctx only (graph-capturable).
 
     About DECODE_TARGET_CTAS CTAs over the KV heads, more splits where a split would pass
-    DECODE_MAX_CHUNK keys, never more splits than DECODE_MIN_KEYS-key slices of the context; chunk bounds a
-    split. The kernel uses only as many splits as the live keys fill with DECODE_MIN_KEYS each.
+    DECODE_MAX_CHUNK keys, never a split of fewer than 32 keys of the context; chunk bounds a split.
     """
     n_split = max(math.ceil(DECODE_TARGET_CTAS / n_head_kv), math.ceil(n_ctx / DECODE_MAX_CHUNK))
-    n_split = max(1, min(n_split, MAX_DECODE_SPLITS, math.ceil(n_ctx / DECODE_MIN_KEYS)))
+    n_split = max(1, min(n_split, MAX_DECODE_SPLITS, math.ceil(n_ctx / 32)))
     chunk = 32 * math.ceil(n_ctx / n_split / 32)
     return chunk, n_split
 
@@ -184,17 +182,13 @@ class DecodeScratch:
     n_split: int
     part_o: torch.Tensor  # [n_head, n_split, head_dim]
     part_ml: torch.Tensor  # [n_head, n_split, 2]
-    # [n_head_kv] int32: splits of each KV head finished; the last one merges them and sets it back to 0
-    # (zero between launches, so one scratch serves every layer and step)
-    done: torch.Tensor
 
     @classmethod
     def allocate(cls, shape: AttentionShape, n_ctx: int, device="cuda") -> DecodeScratch:
         chunk, n_split = decode_splits(n_ctx, shape.n_head_kv)
         return cls(chunk, n_split,
                    torch.empty(shape.n_head, n_split, shape.head_dim, device=device),
-                   torch.empty(shape.n_head, n_split, 2, device=device),
-                   torch.zeros(shape.n_head_kv, dtype=torch.int32, device=device))
+                   torch.empty(shape.n_head, n_split, 2, device=device))
 
 
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
@@ -207,13 +201,13 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _require_f32("attention_decode", q, out)
     suffix = _require_cache("attention_decode", k_cache, v_cache)
     lib = _lib()
-    kernel = lib.kernel("attention_decode", f"attn_decode_d{shape.head_dim}{suffix}")
-    # the scores of a split, and after them the merge's (max, sum) and weight per query head and split
-    shared = 4 * shape.n_gqa * max(scratch.chunk, 3 * scratch.n_split)
+    kernel = lib.kernel("attention", f"attn_decode_d{shape.head_dim}{suffix}")
+    shared = 4 * scratch.chunk * shape.n_gqa
     lib.launch(kernel, (shape.n_head_kv, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
                scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, _ptr(pos), int(pos0), scratch.chunk,
-               shape.window, *_mask_args(mask), shape.scale, scratch.done, out, _ptr(out_q), shape.n_head,
-               shared_bytes=shared)
+               shape.window, *_mask_args(mask), shape.scale, shared_bytes=shared)
+    lib.launch(lib.kernel("attention", "attn_combine"), (shape.n_head,), (shape.head_dim,), scratch.part_o,
+               scratch.part_ml, out, scratch.n_split, shape.head_dim, _ptr(out_q), shape.n_head)
     return out
 
 
