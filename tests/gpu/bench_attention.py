@@ -14,6 +14,8 @@ Run: python3 tests/gpu/bench_attention.py [--positions 8,64,128,512] [--n-ctx 51
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
@@ -21,25 +23,11 @@ from qprof.runtime.cuda import ops
 from qprof.runtime.cuda.driver import DEFAULT_OPTIONS, KernelLibrary
 from qprof.runtime.cuda.quant_ops import QVec
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repo root, for tests.gpu
+from tests.gpu.bench_matvec import graph_us
+
 LAYERS = 32
 FLUSH_BYTES = 128 << 20  # more than the H200's 60 MB L2
-
-
-def step_us(fn, replays: int = 20) -> float:
-    """Device time of one call of fn, captured once in a CUDA graph, averaged over replays."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / replays
 
 
 def attention_cost_us(pos: int, n_ctx: int, kv: torch.dtype, shape: ops.AttentionShape) -> tuple[float, float]:
@@ -60,7 +48,7 @@ def attention_cost_us(pos: int, n_ctx: int, kv: torch.dtype, shape: ops.Attentio
             if with_attention:
                 ops.attention_decode(q, kc, vc, out, shape, scratch, pos=pos_t, out_q=out_q.data)
 
-    both, alone = step_us(lambda: rounds(True)), step_us(lambda: rounds(False))
+    both, alone = graph_us(lambda: rounds(True), 20), graph_us(lambda: rounds(False), 20)
     return (both - alone) / LAYERS, alone / LAYERS
 
 
@@ -80,7 +68,7 @@ def fetch_probe_us(flushed: bool) -> dict[str, float]:
                 if with_probe:
                     lib.launch(kernel, (sms,), (32,), out, 1.0, -1.0)  # never: the sum stays positive
 
-        res[name] = (step_us(lambda: rounds(True)) - (step_us(lambda: rounds(False)) if flushed else 0.0)) / LAYERS
+        res[name] = (graph_us(lambda: rounds(True), 20) - (graph_us(lambda: rounds(False), 20) if flushed else 0.0)) / LAYERS
     return res
 
 
