@@ -208,6 +208,13 @@ if [ "$STAGE" = rayB ]; then
   done
   python3 -c "$RAY_CLI" stop > /dev/null 2>&1
 fi
+# Decode attention like for like: what this tree's launches add to a step at short and long positions, and
+# the same for the tree in .oldtree (`git archive issue-9-attn2 | tar x -C .oldtree`, carried), one lease
+if [ "$STAGE" = attncmp ]; then
+  step attn_here 150 python3 tests/gpu/bench_attention.py --positions 8,64,128,512 --fetch
+  [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step attn_oldtree 150 python3 tests/gpu/bench_attention.py \
+    --positions 8,64,128,512)
+fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
