@@ -3,8 +3,8 @@
 A CUDA graph holds LAYERS rounds of (an L2 flush, then attention_decode on that layer's own KV cache), as a
 decode step reads each layer's cache once after the weights have pushed it out of L2. The same graph without
 the attention launches is timed too; the difference per round is what attention adds to a step, its launch
-gap included. --variant "-DNAME=V ..." (repeatable) times the kernel built with those options beside the
-default build (the experiments and tunables of kernels/attention_decode.cu).
+gap included. --variant "-DNAME=V ..." (repeatable) times the kernels built with those options (their tuning
+macros) beside the default build.
 --fetch also times kernels/ceiling.cu's fetch probes (the same multiply-adds as 64 KB of straight-line code
 or as a 2 KB loop, one warp per SM) with and without the flush before each: what fetching code costs.
 Run: python3 tests/gpu/bench_attention.py [--positions 8,64,128,512] [--n-ctx 512] [--kv f32] [--variant OPTS]
@@ -90,11 +90,10 @@ def main() -> None:
     print("build".ljust(40) + "".join(f"pos {p}".rjust(10) for p in positions))
     for name, options in builds:
         KernelLibrary._instance = KernelLibrary(options)
-        costs = [attention_cost_us(p, args.n_ctx, kv, shape)[0] for p in positions]
-        print(name[:40].ljust(40) + "".join(f"{c:10.2f}" for c in costs))
-    KernelLibrary._instance = None
-    flush_alone = attention_cost_us(positions[0], args.n_ctx, kv, shape)[1]
-    print(f"(the flush alone: {flush_alone:.2f} µs a layer)")
+        costs = [attention_cost_us(p, args.n_ctx, kv, shape) for p in positions]
+        print(name[:40].ljust(40) + "".join(f"{c:10.2f}" for c, _ in costs))
+    KernelLibrary._instance = None  # the fetch probes below: the default build
+    print(f"(the flush alone: {costs[0][1]:.2f} µs a layer)")
     if args.fetch:
         for flushed in (True, False):
             probe = fetch_probe_us(flushed)
