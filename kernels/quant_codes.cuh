@@ -154,23 +154,22 @@ struct Codes<QB_Q2_K> {
     static constexpr int TASKS = 4, RUNS = 4;
     struct Raw {
         qb_u32 qs[4];
-        qb_u32 sc0, sc1;  // scales[8h .. 8h + 7]
-        qb_u32 dd;        // d | dmin << 16
+        qb_u32 sc;  // the task's four scale bytes, scales[8h + 2j + k] for runs j = 0..3
+        qb_u32 dd;  // d | dmin << 16
     };
     template <class L = QcPlain>
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
         const int h = t >> 1, k = t & 1;
         qc_words<4, 4, L>(b + 16 + 32 * h + 16 * k, r.qs);
-        r.sc0 = qc_ld32<L>(b + 8 * h);
-        r.sc1 = qc_ld32<L>(b + 8 * h + 4);
+        // bytes k, 2 + k, 4 + k, 6 + k of scales[8h ..]: one register instead of two (the matvec is at 64)
+        r.sc = __byte_perm(qc_ld32<L>(b + 8 * h), qc_ld32<L>(b + 8 * h + 4), k ? 0x7531u : 0x6420u);
         r.dd = qc_ld32<L>(b + 80);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
         const int h = t >> 1, k = t & 1, j = run;
         v = 128 * h + 32 * j + 16 * k;
-        const int si = 2 * j + k;  // within scales[8h ..]
-        const int sc = static_cast<int>(((si < 4 ? r.sc0 : r.sc1) >> (8 * (si & 3))) & 0xFFu);
+        const int sc = static_cast<int>((r.sc >> (8 * j)) & 0xFFu);
         d = qb_half_to_float(static_cast<qb_u16>(r.dd & 0xFFFFu)) * static_cast<float>(sc & 0xF);
         m = -qb_half_to_float(static_cast<qb_u16>(r.dd >> 16)) * static_cast<float>(sc >> 4);
 #pragma unroll
