@@ -224,7 +224,7 @@ if [ "$STAGE" = split ]; then  # the matvec column split: correctness, bandwidth
   for i in 1 2; do
     step ab_new_$i 90 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $W/bench_ab.jsonl
     [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD QPROF_BUILD_COMMIT=$(cat .qprof_build 2>/dev/null) \
-      step ab_old_$i 120 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $W/bench_ab.jsonl)
+      step ab_old_$i 200 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $W/bench_ab.jsonl)
   done
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
   cp $W/bench_ab.jsonl $OUT/ 2>/dev/null
