@@ -1,7 +1,7 @@
 // Matrix x vector for decode: y[c, row] = sum_k W[row, k] * x[c, k] for NB = 1..8 input columns
 // (batched tokens), fp32 accumulation, weights read once for all NB columns. Every entry point
 // has one signature: matvec_<type>_b<NB>(w, x, y, rows, cols, row_bytes, use_norm, eps, residual,
-// yq, next_norm, split_sums, split_counts).
+// yq, next_norm).
 //   x: a QVec (matvec_core.cuh) for quantized types, made by quantize_q16 / quantize_q8 below or by
 //      the epilogue of the op before; float32 [NB, cols] for float types.
 //   use_norm (quantized types): x holds x * norm_w and its sum(x^2) partials; the result is scaled
@@ -9,12 +9,9 @@
 //   residual (may alias y): y = residual + W x, the residual add fused into the epilogue.
 //   yq (one column, rows % 32 == 0): also write y (times next_norm when given) as a QVec for the
 //      next projection.
-//   split_sums / split_counts (quantized types, gridDim.y > 1): the column split's scratch
-//      (matvec_core.cuh); unused with one slice.
 //
 // Quantized types: the dp4a path of matvec_core.cuh. Launch shape from qprof/quant/traits.py:
-// matvec_threads (512) threads, matvec_rows_per_cta (32) rows per CTA, grid.x = ceil(rows / 32),
-// grid.y = the column split's slices (kernels.py col_split).
+// matvec_threads (512) threads, matvec_rows_per_cta (32) rows per CTA, grid.x = ceil(rows / 32).
 //
 // Float types (F32/F16/BF16): values decoded to float (quant_blocks.cuh) against float x, 128
 // threads and 4 rows per CTA. The CTA's threads stride over the row in runs of RUN values (16 for
@@ -115,8 +112,7 @@ template <int T, int NB>
 static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w, const qb_u8* __restrict__ xq,
                                                     float* y, int rows, int cols, int row_bytes, int use_norm,
                                                     float eps, const float* residual, qb_u8* yq,
-                                                    const float* __restrict__ next_norm, float* split_sums,
-                                                    unsigned* split_counts) {
+                                                    const float* __restrict__ next_norm) {
     __shared__ float staged[QP_MV_ROWS_PER_CTA];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = blockIdx.x * QP_MV_ROWS_PER_CTA + 2 * warp;
@@ -129,13 +125,9 @@ static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w,
 #pragma unroll
         for (int c = 0; c < NB; ++c) acc[r][c] = 0.0f;
     QpRing ring = qp_ring_make();
-    int blk0, blk1;
-    qp_split_range(cols / Block<T>::QK, blk0, blk1);
-    qp_rows_dot2<T, NB>(ring, w + (long long)ra * row_bytes, w + (long long)rb * row_bytes, cols, blk0, blk1, xq,
-                        acc);
+    qp_rows_dot2<T, NB>(ring, w + (long long)ra * row_bytes, w + (long long)rb * row_bytes, cols, xq, acc);
     qp_grid_release();  // the weights are read: the epilogue is left
     qp_warp_reduce2<NB>(acc);
-    if (!qp_split_gather<NB>(acc, split_sums, split_counts)) return;  // another slice's CTA finishes these rows
     float scale[NB];
 #pragma unroll
     for (int c = 0; c < NB; ++c) scale[c] = qp_rms_scale<NB>(xq, cols, c, use_norm, eps);
@@ -162,16 +154,14 @@ static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w,
 template <int T, int NB>
 static __device__ __forceinline__ void matvec_entry(const qb_u8* w, const void* x, float* y, int rows, int cols,
                                                     int row_bytes, int use_norm, float eps, const float* residual,
-                                                    qb_u8* yq, const float* next_norm, float* split_sums,
-                                                    unsigned* split_counts) {
+                                                    qb_u8* yq, const float* next_norm) {
     if constexpr (Block<T>::IS_FLOAT) {
-        // the host never fuses a norm or a quantized output here, nor splits the columns
-        if (use_norm || yq != nullptr || gridDim.y != 1) __trap();
+        if (use_norm || yq != nullptr) __trap();  // the host never fuses a norm or a quantized output here
         matvec_float<T, NB, QP_MV_FLOAT_THREADS, QP_MV_FLOAT_ROWS>(w, static_cast<const float*>(x), y, rows, cols,
                                                                    row_bytes, residual);
     } else {
         matvec_quant<T, NB>(w, static_cast<const qb_u8*>(x), y, rows, cols, row_bytes, use_norm, eps, residual, yq,
-                            next_norm, split_sums, split_counts);
+                            next_norm);
     }
 }
 
@@ -230,9 +220,8 @@ QPROF_QUANT_TYPES(QP_MV_CHECK_SHAPE)
     extern "C" __global__ void __launch_bounds__(MT, MATVEC_BOUNDS(Block<ID>::IS_FLOAT, ID, NB))                \
         matvec_##name##_b##NB(const qb_u8* __restrict__ w, const void* __restrict__ x, float* y, int rows,  \
                               int cols, int row_bytes, int use_norm, float eps, const float* residual,       \
-                              qb_u8* yq, const float* next_norm, float* split_sums, unsigned* split_counts) { \
-        matvec_entry<ID, NB>(w, x, y, rows, cols, row_bytes, use_norm, eps, residual, yq, next_norm, split_sums,  \
-                             split_counts);                                                                    \
+                              qb_u8* yq, const float* next_norm) {                                           \
+        matvec_entry<ID, NB>(w, x, y, rows, cols, row_bytes, use_norm, eps, residual, yq, next_norm);       \
     }
 
 #define QPROF_MATVEC_ENTRIES(NAME, name, ID, QK, BYTES, DT, MT, MR, SB) \

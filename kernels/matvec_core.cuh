@@ -307,19 +307,17 @@ static __device__ __forceinline__ void qp_task_dot_or_skip(const typename Codes<
 // through one); given the next call's rows (na, nb), the last stages' refills already fetch its first.
 template <int T, int NB>
 static __device__ __forceinline__ void qp_rows_dot2_stream(QpRing& ring, const qb_u8* __restrict__ ra,
-                                                           const qb_u8* __restrict__ rb, int cols, int blk0, int blk1,
-                                                           const qb_u8* xs, float (&acc)[2][NB], const qb_u8* na,
-                                                           const qb_u8* nb) {
+                                                           const qb_u8* __restrict__ rb, int cols, const qb_u8* xs,
+                                                           float (&acc)[2][NB], const qb_u8* na, const qb_u8* nb) {
     using S = Stage<T>;
     using C = Codes<T>;
     constexpr int SPAN = S::BLOCKS * Block<T>::BYTES;
     const int lane = threadIdx.x & 31;
-    const int blocks_per_row = blk1 - blk0;  // the slice's blocks: the stream runs over them as over a row
+    const int blocks_per_row = cols / Block<T>::QK;
     const int n_stages = (blocks_per_row + S::BLOCKS - 1) / S::BLOCKS;
     const int slots = min(QP_MV_MAX_STAGES, ring.region_bytes / S::BYTES);
     if (slots < 1) __trap();  // the host gave less shared memory than one stage: kernels.py is out of step
-    const qb_u64 row_a = reinterpret_cast<qb_u64>(ra + (long)blk0 * Block<T>::BYTES);
-    const qb_u64 row_b = reinterpret_cast<qb_u64>(rb + (long)blk0 * Block<T>::BYTES);
+    const qb_u64 row_a = reinterpret_cast<qb_u64>(ra), row_b = reinterpret_cast<qb_u64>(rb);
     // the ring's next slot and the parity of its phase, counted on (no divisions in the loop)
     int slot = ring.used % slots;
     qb_u32 parity = (qb_u32)(ring.used / slots) & 1u;
@@ -327,8 +325,7 @@ static __device__ __forceinline__ void qp_rows_dot2_stream(QpRing& ring, const q
         for (int j = ring.ahead; j < min(slots, n_stages); ++j)
             qp_stage_issue<T>(ring, (slot + j) % slots, row_a, row_b, j, blocks_per_row);
     int ahead = 0;  // the next pair's stages issued here, 0 .. ahead - 1
-    const qb_u64 next_a = reinterpret_cast<qb_u64>(na + (long)blk0 * Block<T>::BYTES);
-    const qb_u64 next_b = reinterpret_cast<qb_u64>(nb + (long)blk0 * Block<T>::BYTES);
+    const qb_u64 next_a = reinterpret_cast<qb_u64>(na), next_b = reinterpret_cast<qb_u64>(nb);
     const int in_block = lane / C::TASKS, t = lane % C::TASKS;
     const int mod_a = (int)(row_a & 15u), mod_b = (int)(row_b & 15u);
     const qb_u8* lane_at = ring.region + in_block * Block<T>::BYTES;
@@ -351,7 +348,7 @@ static __device__ __forceinline__ void qp_rows_dot2_stream(QpRing& ring, const q
             ++ahead;
         }
         if (++slot == slots) slot = 0, parity ^= 1u;
-        qp_task_dot_or_skip<T, NB>(raw, t, blk0 + (live ? blk : j * S::BLOCKS), live, xs, cols, acc);
+        qp_task_dot_or_skip<T, NB>(raw, t, live ? blk : j * S::BLOCKS, live, xs, cols, acc);
     }
     ring.used += n_stages;
     ring.ahead = ahead;
@@ -384,15 +381,13 @@ static __device__ __forceinline__ void qp_rows_warm(const qb_u8* ra, const qb_u8
 
 template <int T, int NB>
 static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
-                                                              int cols, int blk0, int blk1, const qb_u8* xs,
-                                                              float (&acc)[2][NB]) {
+                                                              int cols, const qb_u8* xs, float (&acc)[2][NB]) {
     using C = Codes<T>;
     const int lane = threadIdx.x & 31;
-    const int n_tasks = blk1 * C::TASKS;  // task indices count from the row's start: the slice is [blk0, blk1)
-    const int first = blk0 * C::TASKS;
+    const int n_tasks = cols / Block<T>::QK * C::TASKS;
 #pragma unroll 1
-    for (int d = 0; d < QP_MV_PREFETCH_STAGES; ++d) qp_stage_prefetch<T>(ra, rb, first + 32 * d, n_tasks);
-    for (int base = first; base < n_tasks; base += 32) {
+    for (int d = 0; d < QP_MV_PREFETCH_STAGES; ++d) qp_stage_prefetch<T>(ra, rb, 32 * d, n_tasks);
+    for (int base = 0; base < n_tasks; base += 32) {
         qp_stage_prefetch<T>(ra, rb, base + 32 * QP_MV_PREFETCH_STAGES, n_tasks);
         const int task = min(base + lane, n_tasks - 1);  // past the end: a valid task, weighted 0
         const long off = (long)(task / C::TASKS) * Block<T>::BYTES;
@@ -403,72 +398,18 @@ static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __res
     }
 }
 
-// acc[r][c] += row r (ra or rb) . x column c over blocks [blk0, blk1) of the rows (this lane's share),
-// by the type's path. na / nb: the rows of the warp's next call, which a stream starts fetching early
-// (may be null).
+// acc[r][c] += row r (ra or rb) . x column c over all cols (this lane's share), by the type's path.
+// na / nb: the rows of the warp's next call, which a stream starts fetching early (may be null).
 template <int T, int NB>
 static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* __restrict__ ra,
-                                                    const qb_u8* __restrict__ rb, int cols, int blk0, int blk1,
-                                                    const qb_u8* xs, float (&acc)[2][NB], const qb_u8* na = nullptr,
+                                                    const qb_u8* __restrict__ rb, int cols, const qb_u8* xs,
+                                                    float (&acc)[2][NB], const qb_u8* na = nullptr,
                                                     const qb_u8* nb = nullptr) {
     if constexpr (qc_streams<T>()) {
-        qp_rows_dot2_stream<T, NB>(ring, ra, rb, cols, blk0, blk1, xs, acc, na, nb);
+        qp_rows_dot2_stream<T, NB>(ring, ra, rb, cols, xs, acc, na, nb);
     } else {
-        qp_rows_dot2_registers<T, NB>(ra, rb, cols, blk0, blk1, xs, acc);
+        qp_rows_dot2_registers<T, NB>(ra, rb, cols, xs, acc);
     }
-}
-
-// ------------------------------------------------------------------ the column split
-// Where a matrix has too few rows for its CTAs to fill the SMs (decode's 4096-row projections: 128
-// CTAs of 16 warps on 132 SMs that each hold 32), the host cuts every row into gridDim.y slices of
-// whole blocks, one CTA per 32 rows and slice (kernels.py col_split). Each CTA leaves its slice's sums
-// in global scratch; the CTA that arrives last for its 32 rows (a counter it resets for the next launch)
-// adds the slices in slice order, so the result does not depend on which CTA finished first, and runs
-// the epilogue. The scratch: sums [gridDim.y][NB][gridDim.x * 32] floats, counts [gridDim.x] zeroed.
-
-// Blocks [blk0, blk1) of a row of `blocks` blocks that this CTA's slice covers.
-static __device__ __forceinline__ void qp_split_range(int blocks, int& blk0, int& blk1) {
-    blk0 = (int)((long)blocks * blockIdx.y / gridDim.y);
-    blk1 = (int)((long)blocks * (blockIdx.y + 1) / gridDim.y);
-}
-
-// After qp_warp_reduce2, on every thread of the CTA (CTA-uniform result): true where this CTA finishes
-// its rows (acc now holds the sums over all slices, on lane 0), false where it handed its sums on.
-template <int NB>
-static __device__ __forceinline__ bool qp_split_gather(float (&acc)[2][NB], float* sums, unsigned* counts) {
-    const int n_split = gridDim.y;
-    if (n_split == 1) return true;
-    __shared__ int finishes;
-    const int lane = threadIdx.x & 31;
-    const long plane = (long)gridDim.x * QP_MV_ROWS_PER_CTA;  // one slice and column's sums
-    const long slot = (long)blockIdx.x * QP_MV_ROWS_PER_CTA + 2 * (threadIdx.x >> 5);
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-#pragma unroll
-            for (int c = 0; c < NB; ++c) __stcg(sums + (blockIdx.y * NB + c) * plane + slot + r, acc[r][c]);
-    }
-    __threadfence();  // the sums reach L2 before the counter says so
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        finishes = atomicAdd(counts + blockIdx.x, 1u) == (unsigned)(n_split - 1);
-        if (finishes) counts[blockIdx.x] = 0u;  // every slice has arrived: ready for the next launch
-    }
-    __syncthreads();
-    if (!finishes) return false;
-    __threadfence();
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-#pragma unroll
-            for (int c = 0; c < NB; ++c) {
-                float total = 0.0f;
-#pragma unroll 1
-                for (int s = 0; s < n_split; ++s) total += __ldcg(sums + (s * NB + c) * plane + slot + r);
-                acc[r][c] = total;
-            }
-    }
-    return true;
 }
 #endif
 

@@ -5,8 +5,7 @@
 //   Q, K and V may have different quant types (Q4_K_M keeps V in Q6_K on some layers), so each is
 //   a segment with its own descriptor and the type is dispatched per warp at run time. The pairs
 //   of rows a warp computes are RoPE's adjacent pairs (normal mode), so lane 0 rotates them in
-//   registers. Grid: ceil((rows_q + rows_k + rows_v) / 32) x the column split's slices
-//   (matvec_core.cuh) CTAs of 512 threads. Kernels with the
+//   registers. Grid: ceil((rows_q + rows_k + rows_v) / 32) CTAs of 512 threads. Kernels with the
 //   types fixed at compile time (one for all three, or Q/K and V pairs) need fewer registers than
 //   the generic matvec_qkv and run two CTAs per SM; the host picks the most specific one.
 // matvec_gate_up_<type>: (RMSNorm) -> gate and up row i in one warp -> act[i] = silu(g) * u, twice
@@ -57,23 +56,17 @@ static __device__ __forceinline__ void qkv(const QkvArgs& a) {
     qp_grid_wait();  // the QVec, the cache rows attention reads and q belong to the kernels before
     float acc[2][1] = {{0.0f}, {0.0f}};
     QpRing ring = qp_ring_make();
-    int blk0, blk1;  // the column split's slice, in blocks of the segment's type
     if constexpr (TQK == 0) {
-#define QP_QKV_DOT(T)                                           \
-    qp_split_range(a.cols / Block<T>::QK, blk0, blk1);          \
-    qp_rows_dot2<T, 1>(ring, wa, wb, a.cols, blk0, blk1, a.xq, acc)
+#define QP_QKV_DOT(T) qp_rows_dot2<T, 1>(ring, wa, wb, a.cols, a.xq, acc)
         QP_FOR_QUANT_TYPE(seg.type, QP_QKV_DOT)
 #undef QP_QKV_DOT
     } else if (s < 2) {
-        qp_split_range(a.cols / Block<TQK>::QK, blk0, blk1);
-        qp_rows_dot2<TQK, 1>(ring, wa, wb, a.cols, blk0, blk1, a.xq, acc);
+        qp_rows_dot2<TQK, 1>(ring, wa, wb, a.cols, a.xq, acc);
     } else {
-        qp_split_range(a.cols / Block<TV>::QK, blk0, blk1);
-        qp_rows_dot2<TV, 1>(ring, wa, wb, a.cols, blk0, blk1, a.xq, acc);
+        qp_rows_dot2<TV, 1>(ring, wa, wb, a.cols, a.xq, acc);
     }
     qp_grid_release();  // the weights are read: the epilogue is left
     qp_warp_reduce2<1>(acc);
-    if (!qp_split_gather<1>(acc, a.split_sums, a.split_counts)) return;  // another slice's CTA finishes these rows
     const float scale = qp_rms_scale<1>(a.xq, a.cols, 0, 1, a.eps);
     if (lane != 0 || !live) return;
     float y0 = acc[0][0] * scale, y1 = acc[1][0] * scale;
@@ -158,8 +151,8 @@ static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, con
         const long long off = (long long)min(row, rows - 1) * row_bytes;
         const long long next = (long long)min(row + QP_MV_WARPS, rows - 1) * row_bytes;  // the second half's
         float acc[2][1] = {{0.0f}, {0.0f}};
-        qp_rows_dot2<T, 1>(ring, wg + off, wu + off, cols, 0, cols / Block<T>::QK, xq, acc,
-                           half == 0 ? wg + next : nullptr, half == 0 ? wu + next : nullptr);
+        qp_rows_dot2<T, 1>(ring, wg + off, wu + off, cols, xq, acc, half == 0 ? wg + next : nullptr,
+                           half == 0 ? wu + next : nullptr);
         qp_warp_reduce2<1>(acc);
         if (lane == 0) {
             const float g = acc[0][0] * scale, u = acc[1][0] * scale;

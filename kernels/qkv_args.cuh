@@ -19,8 +19,6 @@ struct QkvArgs {
     void* k_cache;   // [n_ctx, kv_dim], float32 or float16
     void* v_cache;
     const int* pos;  // the step's position, on the device
-    float* split_sums;       // the column split's scratch (matvec_core.cuh), with gridDim.y > 1
-    unsigned* split_counts;
     float eps;
     int cols;
     int head_dim;

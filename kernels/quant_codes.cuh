@@ -161,7 +161,7 @@ struct Codes<QB_Q2_K> {
     static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
         const int h = t >> 1, k = t & 1;
         qc_words<4, 4, L>(b + 16 + 32 * h + 16 * k, r.qs);
-        // bytes k, 2 + k, 4 + k, 6 + k of scales[8h ..]: one register instead of two (the matvec is at 64)
+        // bytes k, 2 + k, 4 + k, 6 + k of scales[8h ..]: one register for the four the task uses, not two
         r.sc = __byte_perm(qc_ld32<L>(b + 8 * h), qc_ld32<L>(b + 8 * h + 4), k ? 0x7531u : 0x6420u);
         r.dd = qc_ld32<L>(b + 80);
     }

@@ -7,10 +7,8 @@ L2 (60 MB on an H200) and flatter any kernel. Device time comes from a CUDA grap
 the copies, replayed and timed with CUDA events. GB/s counts weight + x + y bytes; % read is against
 the card's streaming-read bandwidth measured first (a float16 sum over 4 GiB).
 --variant "-DNAME=V ..." (repeatable) also times the batch-1 kernel compiled with those options (the
-tunables of kernels/matvec_core.cuh), beside the default build. --splits 1,2,4 times the batch-1 kernel
-with those column splits forced (column `split`: the one the launch shape picks by itself).
-Run: python3 tests/gpu/bench_matvec.py [--types Q4_K,Q6_K] [--batches 1,2,4,8] [--variant OPTS] [--splits 1,2]
-     [--json FILE]
+tunables of kernels/matvec_core.cuh), beside the default build.
+Run: python3 tests/gpu/bench_matvec.py [--types Q4_K,Q6_K] [--batches 1,2,4,8] [--variant OPTS] [--json FILE]
 """
 
 from __future__ import annotations
@@ -80,7 +78,7 @@ def variant_libraries(variants: list[str]):
     return [(v, KernelLibrary(DEFAULT_OPTIONS + tuple(v.split()))) for v in variants]
 
 
-def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int, variants=(), splits=()) -> dict:
+def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int, variants=()) -> dict:
     first = device_weight(qtype, rows, cols, 0)
     copies = max(2, -(-WORKING_SET_L2_MULTIPLE * l2_bytes // first.n_bytes))
     weights = [first] + [device_weight(qtype, rows, cols, s) for s in range(1, copies)]
@@ -99,17 +97,6 @@ def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int, v
         us = graph_us(one_pass) / copies
         row[f"b{b}_us"] = us
         row[f"b{b}_GBps"] = (first.n_bytes + x.nbytes + y.nbytes) / (us * 1e-6) / 1e9
-        if b == 1 and xq is not None:
-            row["split"] = first._plans[("matvec", "b1", None)][1].grid[1]  # what the launch shape chose
-            for n in splits:  # the batch-1 kernel with a forced column split
-                if n > cols // first.traits.block_values:
-                    continue
-
-                def split_pass(n=n, y=y, xq=xq):
-                    for w in weights:
-                        matvec_q(w, xq, y, col_split=n)
-
-                row[f"s{n}_GBps"] = (first.n_bytes + x.nbytes + y.nbytes) / (graph_us(split_pass) / copies * 1e-6) / 1e9
     if first.traits.family != "float":
         from qprof.runtime.cuda.kernels import kernel_name, matvec_launch
 
@@ -122,7 +109,7 @@ def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int, v
             def one_pass(lib=lib, kern=kern):
                 for w in weights:
                     lib.launch(kern, cfg.grid, cfg.block, w.raw, xq.data, y, rows, cols, w.row_bytes, 0, 0.0, None,
-                               None, None, None, None, shared_bytes=cfg.shared_bytes)  # one slice: no split
+                               None, None, shared_bytes=cfg.shared_bytes)
 
             row[f"v{i}_GBps"] = (first.n_bytes + x.nbytes + y.nbytes) / (graph_us(one_pass) / copies * 1e-6) / 1e9
     weights.clear()
@@ -136,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--variant", action="append", default=[], help="compile options of a batch-1 variant")
-    ap.add_argument("--splits", default="", help="also time the batch-1 kernel with these column splits, e.g. 1,2,4")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_matvec: no CUDA GPU", file=sys.stderr)
@@ -151,23 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     variants = variant_libraries(args.variant)
     for i, (v, _) in enumerate(variants):
         print(f"variant v{i}: {v}")
-    splits = [int(n) for n in args.splits.split(",") if n]
     head = f"{'type':<5} {'shape':<11} {'MB':>6} {'copies':>6}" + "".join(
         f" {f'b{b} us':>8} {f'b{b} GB/s':>8} {'%read':>5}" for b in batches) + "".join(
-        f" {f'v{i} GB/s':>8}" for i in range(len(variants))) + (" split" if 1 in batches else "") + "".join(
-        f" {f's{n} GB/s':>8}" for n in splits)
+        f" {f'v{i} GB/s':>8}" for i in range(len(variants)))
     print(head)
     rows = []
     for t in args.types.split(","):
         for r, c in MISTRAL_SHAPES:
-            row = bench(t, r, c, batches, l2, variants, splits)
+            row = bench(t, r, c, batches, l2, variants)
             rows.append(row)
             print(f"{row['type']:<5} {row['shape']:<11} {row['weight_MB']:6.1f} {row['copies']:6d}" + "".join(
                 f" {row[f'b{b}_us']:8.1f} {row[f'b{b}_GBps']:8.0f} {100 * row[f'b{b}_GBps'] * 1e9 / read_bps:5.0f}"
                 for b in batches) + "".join(f" {row.get(f'v{i}_GBps', float('nan')):8.0f}"
-                                           for i in range(len(variants)))
-                  + (f" {row.get('split', 1):5d}" if 1 in batches else "")
-                  + "".join(f" {row.get(f's{n}_GBps', float('nan')):8.0f}" for n in splits), flush=True)
+                                           for i in range(len(variants))), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": device, "read_Bps": read_bps, "l2_bytes": l2, "rows": rows}, fh, indent=1)

@@ -215,20 +215,6 @@ if [ "$STAGE" = attncmp ]; then
   [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step attn_oldtree 150 python3 tests/gpu/bench_attention.py \
     --positions 8,64,128,512)
 fi
-if [ "$STAGE" = split ]; then  # the matvec column split: correctness, bandwidth by split, tg128 beside .oldtree
-  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
-  step build 240 $Q kernels build
-  step check_mv 200 $Q check --ops matvec,fused_qkv,fused_norm_matvec,fused_residual_matvec --failures-only
-  step matvec_split 150 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K,Q8_0 --batches 1 --splits 1,2,3,4
-  wait
-  for i in 1 2; do
-    step ab_new_$i 90 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $W/bench_ab.jsonl
-    [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD QPROF_BUILD_COMMIT=$(cat .qprof_build 2>/dev/null) \
-      step ab_old_$i 200 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $W/bench_ab.jsonl)
-  done
-  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
-  cp $W/bench_ab.jsonl $OUT/ 2>/dev/null
-fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py

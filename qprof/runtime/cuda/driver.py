@@ -259,7 +259,6 @@ class KernelLibrary:
         self.sync_after_launch = os.environ.get("QPROF_SYNC_CHECK") == "1"
         self.launch_count = 0
         self._shared_allowed: dict[str, int] = {}
-        self._resident: dict[tuple[str, int, int], int] = {}  # resident_slots, per kernel and launch shape
         self._waiting: dict[str, set[str]] = {}  # module -> its kernels that wait on the one before
         self.programmatic = False  # launch waiting kernels as programmatic dependents (see programmatic_launches)
 
@@ -325,19 +324,6 @@ class KernelLibrary:
                 f"smem={shared_bytes} args=({_describe(args)}) failed: {_error_name(err)}"
             )
         del holders
-
-    def resident_slots(self, kernel: Kernel, threads: int, shared_bytes: int = 0) -> int:
-        """CTAs of `threads` threads the whole GPU holds at once for this kernel: SMs x CTAs an SM holds
-        (registers, shared memory and the launch bounds decide the second; the driver computes it)."""
-        key = (kernel.name, threads, shared_bytes)
-        if key not in self._resident:
-            if shared_bytes > DEFAULT_DYNAMIC_SHARED:
-                self.allow_shared(kernel, shared_bytes)
-            per_sm = check(_driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(kernel.handle, threads, shared_bytes),
-                           f"cuOccupancyMaxActiveBlocksPerMultiprocessor({kernel.name})")
-            sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-            self._resident[key] = max(1, int(per_sm)) * int(sms)
-        return self._resident[key]
 
     def set_max_dynamic_shared(self, kernel: Kernel, n_bytes: int) -> None:
         drv = _driver()

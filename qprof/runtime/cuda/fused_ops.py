@@ -15,7 +15,7 @@ import torch
 
 from qprof.errors import QprofError
 from qprof.runtime.cuda import kernels as K
-from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, SplitScratch, _launch, check_vector, split_for
+from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, _launch, check_vector
 
 
 class _Segment(ctypes.Structure):
@@ -26,8 +26,7 @@ class _Segment(ctypes.Structure):
 class _QkvArgs(ctypes.Structure):  # QkvArgs in kernels/qkv_args.cuh, field for field (tests/test_fused_args.py)
     _fields_ = [("seg", _Segment * 3), ("xq", ctypes.c_void_p),
                 ("q_out", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
-                ("pos", ctypes.c_void_p), ("split_sums", ctypes.c_void_p), ("split_counts", ctypes.c_void_p),
-                ("eps", ctypes.c_float), ("cols", ctypes.c_int),
+                ("pos", ctypes.c_void_p), ("eps", ctypes.c_float), ("cols", ctypes.c_int),
                 ("head_dim", ctypes.c_int), ("rope_dim", ctypes.c_int), ("theta", ctypes.c_float),
                 ("n_ctx", ctypes.c_int), ("kv_f16", ctypes.c_int), ("pad_", ctypes.c_int)]
 
@@ -71,9 +70,8 @@ class QkvLaunch:
 
     def __init__(self, wq: DeviceWeight, wk: DeviceWeight, wv: DeviceWeight, xq: QVec, eps: float,
                  q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: RopeSpec,
-                 generic: bool = False, col_split: int | None = None):
-        """xq: x * attn_norm quantized, with its partials (the RMSNorm is applied from them).
-        col_split: the column split's slices (kernels.col_split); None lets the launch shape decide."""
+                 generic: bool = False):
+        """xq: x * attn_norm quantized, with its partials (the RMSNorm is applied from them)."""
         why = qkv_supported(wq, wk, wv)
         if why:
             raise QprofError(f"{wq.name}: fused QKV does not apply: {why}")
@@ -89,25 +87,14 @@ class QkvLaunch:
             raise QprofError(f"{wk.name}: K and V caches must share a dtype")
         if rope.rope_dim % 2 or rope.rope_dim > rope.head_dim or wq.rows % rope.head_dim or wk.rows % rope.head_dim:
             raise QprofError(f"{wq.name}: rope dimension {rope.rope_dim} / head size {rope.head_dim} do not fit")
-        from qprof.runtime.cuda.driver import KernelLibrary
-
+        self.weights, self.tensors = (wq, wk, wv), (xq, q_out, k_cache, v_cache)
+        self.args = _QkvArgs((_Segment * 3)(*(_segment(w) for w in (wq, wk, wv))), xq.data.data_ptr(),
+                             q_out.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0, float(eps), cols,
+                             rope.head_dim, rope.rope_dim, float(rope.theta), int(k_cache.shape[0]),
+                             int(k_cache.dtype == torch.float16), 0)
+        self.cfg = K.qkv_launch((wq.traits, wk.traits, wv.traits), wq.rows + wk.rows + wv.rows)
         # generic: the run-time-dispatch kernel whatever the types (a check covers it on uniform weights too)
         self.kernel_name = K.QKV_KERNEL if generic else K.qkv_kernel_name(wq.qtype, wk.qtype, wv.qtype)
-        lib = KernelLibrary.get()
-        self.kernel = lib.kernel(K.FUSED_FILE, self.kernel_name)
-        types, rows = (wq.traits, wk.traits, wv.traits), wq.rows + wk.rows + wv.rows
-        # slices of whole blocks of every segment's type: the split counts the coarsest type's blocks
-        coarsest = max(types, key=lambda t: t.block_values)
-        split = split_for(self.kernel, coarsest, rows, cols, K.qkv_launch(types, rows).shared_bytes, col_split,
-                          wq.name)
-        self.cfg = K.qkv_launch(types, rows, split)
-        self.scratch = SplitScratch.for_launch(self.cfg, wq.traits, 1)
-        self.weights, self.tensors = (wq, wk, wv), (xq, q_out, k_cache, v_cache)
-        sums, counts = (None if t is None else t.data_ptr() for t in (self.scratch.sums, self.scratch.counts))
-        self.args = _QkvArgs((_Segment * 3)(*(_segment(w) for w in (wq, wk, wv))), xq.data.data_ptr(),
-                             q_out.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0, sums, counts, float(eps),
-                             cols, rope.head_dim, rope.rope_dim, float(rope.theta), int(k_cache.shape[0]),
-                             int(k_cache.dtype == torch.float16), 0)
 
     def __call__(self, pos: torch.Tensor) -> None:
         """Run it for the position in the device int32 `pos` (the step's, or a scalar-upload fault's copy)."""
@@ -116,8 +103,9 @@ class QkvLaunch:
         if pos.dtype != torch.int32 or not pos.is_cuda:
             raise QprofError("fused QKV: the position must be a device int32 tensor")
         self.args.pos = pos.data_ptr()
-        KernelLibrary.get().launch(self.kernel, self.cfg.grid, self.cfg.block, self.args,
-                                   shared_bytes=self.cfg.shared_bytes)
+        lib = KernelLibrary.get()
+        lib.launch(lib.kernel(K.FUSED_FILE, self.kernel_name), self.cfg.grid, self.cfg.block, self.args,
+                   shared_bytes=self.cfg.shared_bytes)
 
 
 def gate_up(wg: DeviceWeight, wu: DeviceWeight, xq: QVec, eps: float, act: torch.Tensor,

@@ -144,49 +144,13 @@ def matvec_shared_bytes(types: tuple[QuantTraits, ...], threads: int) -> int:
     return warps * stages * stage
 
 
-def _matvec_cfg(t: QuantTraits, rows: int, types: tuple[QuantTraits, ...] | None = None,
-                split: int = 1) -> LaunchConfig:
+def _matvec_cfg(t: QuantTraits, rows: int, types: tuple[QuantTraits, ...] | None = None) -> LaunchConfig:
     shared = matvec_shared_bytes(types or (t,), t.matvec_threads)  # 0 for types that do not stream (floats too)
-    return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta), split, 1), (t.matvec_threads, 1, 1), shared)
+    return LaunchConfig((_ceil_div(rows, t.matvec_rows_per_cta), 1, 1), (t.matvec_threads, 1, 1), shared)
 
 
-def matvec_launch(t: QuantTraits, rows: int, split: int = 1) -> LaunchConfig:
-    """split: the column split's slices (grid.y; col_split), quantized types only."""
-    if split > 1 and t.family == "float":
-        raise QprofError(f"{t.name}: the float matvec does not split its columns")
-    return _matvec_cfg(t, rows, split=split)
-
-
-# The column split (kernels/matvec_core.cuh): a matrix whose CTAs are too few to fill the SMs' resident
-# slots is cut into slices of whole blocks along its rows, one CTA per 32 rows and slice, the last CTA
-# of the rows adding the slices. Decode's 4096-row projections are the case: 128 CTAs where an H200
-# holds 264 of them (2 per SM), so half of every SM's warp slots would idle.
-MAX_COL_SPLIT = 4
-COL_SPLIT_MIN_GAIN = 0.9  # a split must cut the estimated time by 10%: it costs scratch traffic and an atomic
-
-
-def col_split(ctas: int, resident_slots: int, blocks_per_row: int) -> int:
-    """Slices (1..MAX_COL_SPLIT) for a grid of `ctas` CTAs on `resident_slots` (SMs x CTAs each holds).
-
-    The estimate: a grid of n CTAs takes ceil(n / slots) waves, and a slice's CTA does 1/split of the
-    work, so time ~ waves(ctas * split) / split; the fewest slices within 1% of the best, and none
-    unless they gain COL_SPLIT_MIN_GAIN. A slice holds at least one block."""
-    if ctas <= 0 or resident_slots <= 0:
-        raise QprofError(f"col_split: needs CTAs and resident slots, got {ctas} and {resident_slots}")
-
-    def cost(split: int) -> float:
-        return _ceil_div(ctas * split, resident_slots) / split
-
-    options = range(1, max(1, min(MAX_COL_SPLIT, blocks_per_row)) + 1)
-    best = min(cost(s) for s in options)
-    if best > COL_SPLIT_MIN_GAIN * cost(1):
-        return 1
-    return next(s for s in options if cost(s) <= best * 1.01)
-
-
-def split_scratch_floats(cfg: LaunchConfig, t: QuantTraits, batch: int) -> int:
-    """Floats of the split's sums scratch: [slices][batch][grid.x * rows per CTA]."""
-    return cfg.grid[1] * batch * cfg.grid[0] * t.matvec_rows_per_cta
+def matvec_launch(t: QuantTraits, rows: int) -> LaunchConfig:
+    return _matvec_cfg(t, rows)
 
 
 def gate_up_launch(t: QuantTraits, rows: int) -> LaunchConfig:
@@ -194,9 +158,9 @@ def gate_up_launch(t: QuantTraits, rows: int) -> LaunchConfig:
     return _matvec_cfg(t, rows)
 
 
-def qkv_launch(types: tuple[QuantTraits, ...], rows: int, split: int = 1) -> LaunchConfig:
+def qkv_launch(types: tuple[QuantTraits, ...], rows: int) -> LaunchConfig:
     """Fused QKV over segments of these types: matvec CTAs whose ring fits the widest type's stage."""
-    return _matvec_cfg(types[0], rows, types, split)
+    return _matvec_cfg(types[0], rows, types)
 
 
 def xq_planes(batch: int) -> int:

@@ -201,13 +201,12 @@ def _scratch_qvec(cols: int, batch: int) -> QVec:
 
 
 def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor, norm: torch.Tensor | None = None,
-           eps: float = 0.0, residual: torch.Tensor | None = None, col_split: int | None = None) -> torch.Tensor:
+           eps: float = 0.0, residual: torch.Tensor | None = None) -> torch.Tensor:
     """out[b, rows] = x[b, cols] @ W.T for 1 <= b <= 8 (decode); a 1-D x and out mean b = 1.
 
     norm (quantized types): x is RMSNorm-ed with this weight and eps first.
     residual (same shape as out, may be out itself): out = residual + W x, fused into the epilogue.
     Quantized types quantize x first (one more launch); matvec_q takes an already quantized QVec.
-    col_split: as matvec_q's (float types take 1 only).
     """
     b = _batch(x)
     if not 1 <= b <= K.MATVEC_MAX_BATCH:
@@ -222,21 +221,20 @@ def matvec(w: DeviceWeight, x: torch.Tensor, out: torch.Tensor, norm: torch.Tens
     if w.traits.family == "float":
         if norm is not None:
             raise QprofError(f"{w.name}: a fused RMSNorm needs a quantized weight, got {w.qtype}")
-        _launch_matvec(w, b, x, out, 0, 0.0, residual, None, None, col_split)
+        _launch_matvec(w, b, x, out, 0, 0.0, residual, None, None)
         return out
     if norm is not None:
         check_vector(w, norm, "matvec norm weight", w.cols)
     xq = quantize(x, _scratch_qvec(w.cols, b), norm)
-    return matvec_q(w, xq, out, eps if norm is not None else None, residual, col_split=col_split)
+    return matvec_q(w, xq, out, eps if norm is not None else None, residual)
 
 
 def matvec_q(w: DeviceWeight, xq: QVec, out: torch.Tensor, norm_eps: float | None = None,
              residual: torch.Tensor | None = None, out_q: QVec | None = None,
-             next_norm: torch.Tensor | None = None, col_split: int | None = None) -> torch.Tensor:
+             next_norm: torch.Tensor | None = None) -> torch.Tensor:
     """out = W x for an already quantized x; norm_eps: x holds x * norm weight, scale by 1 / rms(x).
 
     out_q (batch 1): also write out (times next_norm, the next RMSNorm's weight) quantized.
-    col_split: the column split's slices (kernels.col_split); None lets the launch shape decide.
     """
     if w.traits.family == "float":
         raise QprofError(f"{w.name}: quantized activations need a quantized weight, got {w.qtype}")
@@ -251,61 +249,15 @@ def matvec_q(w: DeviceWeight, xq: QVec, out: torch.Tensor, norm_eps: float | Non
     if next_norm is not None:
         check_vector(w, next_norm, "next norm weight", w.rows)
     _launch_matvec(w, xq.batch, xq.data, out, int(norm_eps is not None), float(norm_eps or 0.0), residual,
-                   None if out_q is None else out_q.data, next_norm, col_split)
+                   None if out_q is None else out_q.data, next_norm)
     return out
 
 
-@dataclass(frozen=True)
-class SplitScratch:
-    """The column split's scratch of one launch (kernels/matvec_core.cuh): every slice's sums, and one
-    counter per CTA row that the kernel resets itself, so one allocation serves every replay."""
-
-    sums: torch.Tensor | None
-    counts: torch.Tensor | None
-
-    @classmethod
-    def for_launch(cls, cfg: K.LaunchConfig, t: QuantTraits, batch: int) -> SplitScratch:
-        if cfg.grid[1] == 1:
-            return cls(None, None)
-        return cls(torch.empty(K.split_scratch_floats(cfg, t, batch), dtype=torch.float32, device="cuda"),
-                   torch.zeros(cfg.grid[0], dtype=torch.int32, device="cuda"))
-
-
-def split_for(kern, t: QuantTraits, rows: int, cols: int, shared_bytes: int, asked: int | None, what: str) -> int:
-    """The slices of a quantized matvec-shaped launch: `asked` when given (checked), else kernels.col_split
-    on the CTAs the GPU holds at once for this kernel."""
-    from qprof.runtime.cuda.driver import KernelLibrary
-
-    blocks = cols // t.block_values
-    if asked is not None:
-        if not 1 <= asked <= min(K.MAX_COL_SPLIT, blocks):
-            raise QprofError(f"{what}: a column split of {asked} slices is outside 1..{min(K.MAX_COL_SPLIT, blocks)}")
-        return asked
-    slots = KernelLibrary.get().resident_slots(kern, t.matvec_threads, shared_bytes)
-    return K.col_split(-(-rows // t.matvec_rows_per_cta), slots, blocks)
-
-
-def _launch_matvec(w: DeviceWeight, b: int, x, out, use_norm: int, eps: float, residual, out_q, next_norm,
-                   col_split: int | None = None) -> None:
-    from qprof.runtime.cuda.driver import KernelLibrary
-
+def _launch_matvec(w: DeviceWeight, b: int, x, out, use_norm: int, eps: float, residual, out_q, next_norm) -> None:
     if residual is not None:
         _check(residual, "matvec residual", w, (torch.float32,), tuple(out.shape))
-    key = ("matvec", f"b{b}", col_split)
-    plan = w._plans.get(key)
-    if plan is None:  # the kernel, its launch shape and the split's scratch: once per weight and batch
-        kern = K.kernel("matvec", w.qtype, f"b{b}")
-        split = 1
-        if w.traits.family != "float":
-            split = split_for(kern, w.traits, w.rows, w.cols, K.matvec_launch(w.traits, w.rows).shared_bytes,
-                              col_split, w.name)
-        elif col_split not in (None, 1):
-            raise QprofError(f"{w.name}: the float matvec does not split its columns")
-        cfg = K.matvec_launch(w.traits, w.rows, split)
-        plan = w._plans[key] = (kern, cfg, SplitScratch.for_launch(cfg, w.traits, b))
-    kern, cfg, scratch = plan
-    KernelLibrary.get().launch(kern, cfg.grid, cfg.block, w.raw, x, out, w.rows, w.cols, w.row_bytes, use_norm, eps,
-                               residual, out_q, next_norm, scratch.sums, scratch.counts, shared_bytes=cfg.shared_bytes)
+    _launch(w, "matvec", f"b{b}", None, lambda: K.matvec_launch(w.traits, w.rows),
+            w.raw, x, out, w.rows, w.cols, w.row_bytes, use_norm, eps, residual, out_q, next_norm)
 
 
 _MM_DTYPE_OUT: bool | None = None  # whether this torch has aten::mm.dtype_out (fp16 in, fp32 out)
