@@ -45,6 +45,19 @@ static __device__ __forceinline__ float qp_block_max(float v, float* scratch) {
     return qp_warp_max(v);
 }
 
+// RoPE's rotation of pair i at position pos (rope.cu says why: float32 frequency and angle, as the CPU
+// reference, transformers and llama.cpp round them, and sin/cos in double). The one formula behind
+// rope_f32 and the table the fused QKV epilogue reads (rope_table), so both rotate by the same bits.
+static __device__ __forceinline__ void qp_rope_cos_sin(int pos, int i, int rope_dim, float theta_base, float& c,
+                                                       float& s) {
+    const float inv_freq = (float)exp(-(2.0 * i / (double)rope_dim) * log((double)theta_base));
+    const float angle = (float)pos * inv_freq;
+    double sd, cd;
+    sincos((double)angle, &sd, &cd);
+    c = (float)cd;
+    s = (float)sd;
+}
+
 // Position of row `row` of a batch: from a device scalar when given (decode, graph-capturable),
 // otherwise from the host-passed first position (prefill).
 static __device__ __forceinline__ int qp_position(const int* pos_ptr, int pos0, int row) {

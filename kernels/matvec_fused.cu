@@ -11,7 +11,8 @@
 // matvec_gate_up_<type>: (RMSNorm) -> gate and up row i in one warp -> act[i] = silu(g) * u, twice
 //   per warp (rows i and i + 16 of the CTA's 32), and act quantized into a QVec for ffn_down.
 //   Grid: ceil(n_ff / 32) CTAs of 512 threads.
-// RoPE's angle follows rope.cu exactly (float32 frequency and angle, sin/cos in double).
+// RoPE's cos/sin come from rope.cu's table (made once per runtime with rope_f32's formula), so the epilogue
+// rotates by exactly rope_f32's angle without double sin/cos of its own.
 #include "matvec_core.cuh"
 
 #include "qkv_args.cuh"
@@ -71,14 +72,11 @@ static __device__ __forceinline__ void qkv(const QkvArgs& a) {
     if (lane != 0 || !live) return;
     float y0 = acc[0][0] * scale, y1 = acc[1][0] * scale;
     const int pos = __ldg(a.pos);
+    if (pos < 0 || pos >= a.n_ctx) return;  // the host refuses such positions; never read or write out of bounds
     const int dim = row % a.head_dim;
     if (s < 2 && dim < a.rope_dim) {
-        const int i = dim / 2;
-        const float inv_freq = (float)exp(-(2.0 * i / (double)a.rope_dim) * log((double)a.theta));
-        const float angle = (float)pos * inv_freq;
-        double sn, cs;
-        sincos((double)angle, &sn, &cs);
-        const float r0 = y0 * (float)cs - y1 * (float)sn, r1 = y0 * (float)sn + y1 * (float)cs;
+        const float2 cs = __ldg(reinterpret_cast<const float2*>(a.rope_cs) + (long)pos * (a.rope_dim / 2) + dim / 2);
+        const float r0 = y0 * cs.x - y1 * cs.y, r1 = y0 * cs.y + y1 * cs.x;
         y0 = r0, y1 = r1;
     }
     if (s == 0) {
@@ -86,7 +84,6 @@ static __device__ __forceinline__ void qkv(const QkvArgs& a) {
         a.q_out[row + 1] = y1;
         return;
     }
-    if (pos < 0 || pos >= a.n_ctx) return;  // the host refuses such positions; never write out of bounds
     const long at = (long)pos * seg.rows + row;
     void* cache = s == 1 ? a.k_cache : a.v_cache;
     qp_store_kv(cache, at, y0, a.kv_f16);
@@ -104,12 +101,12 @@ static __device__ __forceinline__ void qkv_entry(const QkvArgs& a) {
     }
 }
 
-// The QKV epilogue (RoPE in double) costs registers: the heavier decoders, and a Q/K + V pair (two
-// decoders in one kernel), stay at one CTA per SM; at 64 registers they spill (ptxas report).
-#define QP_QKV_MIN_CTAS(A, B)                                                                            \
-    (((A) != (B) || (A) == QB_Q5_1 || (A) == QB_Q2_K || (A) == QB_Q3_K || (A) == QB_Q5_K || (A) == QB_Q6_K) \
-         ? 1                                                                                             \
-         : QP_MV_MIN_CTAS_B1)
+// Two CTAs per SM (64 registers) where the kernel fits them without a spill (ptxas report): since RoPE's
+// cos/sin come from a table, that is every kernel but Q3_K's, Q5_1's and the Q5_K + Q6_K pair, which
+// stay at one. (Q4_K_M's Q4_K + Q6_K pair had 80 registers and one CTA per SM with sin/cos in double:
+// 192 CTAs of a 4096-row Mistral QKV then ran in two waves on 132 SMs.)
+#define QP_QKV_MIN_CTAS(A, B) \
+    (((A) == QB_Q3_K || (A) == QB_Q5_1 || ((A) == QB_Q5_K && (B) == QB_Q6_K)) ? 1 : QP_MV_MIN_CTAS_B1)
 
 // One type for Q, K and V: matvec_qkv_<type>.
 #define QP_QKV_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                          \

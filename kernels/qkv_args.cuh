@@ -19,11 +19,11 @@ struct QkvArgs {
     void* k_cache;   // [n_ctx, kv_dim], float32 or float16
     void* v_cache;
     const int* pos;  // the step's position, on the device
+    const float* rope_cs;  // [n_ctx][rope_dim / 2] (cos, sin) pairs: rope.cu rope_table
     float eps;
     int cols;
     int head_dim;
     int rope_dim;
-    float theta;
     int n_ctx;
     int kv_f16;
     int pad_;

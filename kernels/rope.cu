@@ -8,7 +8,7 @@
 // --use_fast_math turns float sinf/cosf into hardware approximations whose error grows with the
 // argument, and positions reach thousands of radians.
 //
-// One kernel rotates Q and K of a batch of rows in place: grid (n_rows, ceil(pairs / blockDim.x)),
+// rope_f32 rotates Q and K of a batch of rows in place: grid (n_rows, ceil(pairs / blockDim.x)),
 // pairs = (n_head_q + n_head_k) * rope_dim / 2. Positions: *pos_ptr + row when pos_ptr is given
 // (decode reads the step's position from the device), else pos0 + row.
 #include "common.cuh"
@@ -27,12 +27,21 @@ extern "C" __global__ void rope_f32(float* __restrict__ q, float* __restrict__ k
     } else {
         base = k + ((long)row * n_head_k + (head - n_head_q)) * head_dim;
     }
-    const int pos = qp_position(pos_ptr, pos0, row);
-    const float inv_freq = (float)exp(-(2.0 * i / (double)rope_dim) * log((double)theta_base));
-    const float angle = (float)pos * inv_freq;
-    double s, c;
-    sincos((double)angle, &s, &c);
+    float c, s;
+    qp_rope_cos_sin(qp_position(pos_ptr, pos0, row), i, rope_dim, theta_base, c, s);
     const float x0 = base[2 * i], x1 = base[2 * i + 1];
-    base[2 * i] = x0 * (float)c - x1 * (float)s;
-    base[2 * i + 1] = x0 * (float)s + x1 * (float)c;
+    base[2 * i] = x0 * c - x1 * s;
+    base[2 * i + 1] = x0 * s + x1 * c;
+}
+
+// table[pos][i] = (cos, sin) of pair i at position pos, for pos < n_ctx: made once per runtime, read by
+// the fused QKV epilogue (matvec_fused.cu) instead of double sin/cos per pair, which cost it registers
+// and a stack. Grid (n_ctx, ceil(rope_dim / 2 / blockDim.x)).
+extern "C" __global__ void rope_table(float2* __restrict__ table, int n_ctx, int rope_dim, float theta_base) {
+    const int pos = blockIdx.x, half = rope_dim / 2;
+    const int i = blockIdx.y * blockDim.x + threadIdx.x;
+    if (pos >= n_ctx || i >= half) return;
+    float c, s;
+    qp_rope_cos_sin(pos, i, rope_dim, theta_base, c, s);
+    table[(long)pos * half + i] = make_float2(c, s);
 }

@@ -20,8 +20,8 @@ int main() {
     FIELD(QkvSegment, w) FIELD(QkvSegment, type) FIELD(QkvSegment, rows) FIELD(QkvSegment, row_bytes)
     FIELD(QkvSegment, pad_)
     FIELD(QkvArgs, seg) FIELD(QkvArgs, xq) FIELD(QkvArgs, q_out) FIELD(QkvArgs, k_cache) FIELD(QkvArgs, v_cache)
-    FIELD(QkvArgs, pos) FIELD(QkvArgs, eps) FIELD(QkvArgs, cols) FIELD(QkvArgs, head_dim) FIELD(QkvArgs, rope_dim)
-    FIELD(QkvArgs, theta) FIELD(QkvArgs, n_ctx) FIELD(QkvArgs, kv_f16) FIELD(QkvArgs, pad_)
+    FIELD(QkvArgs, pos) FIELD(QkvArgs, rope_cs) FIELD(QkvArgs, eps) FIELD(QkvArgs, cols) FIELD(QkvArgs, head_dim)
+    FIELD(QkvArgs, rope_dim) FIELD(QkvArgs, n_ctx) FIELD(QkvArgs, kv_f16) FIELD(QkvArgs, pad_)
     printf("sizeof.QkvSegment %zu\nsizeof.QkvArgs %zu\n", sizeof(QkvSegment), sizeof(QkvArgs));
 }
 """
@@ -46,4 +46,4 @@ def test_ctypes_qkv_args_match_the_kernel_struct(tmp_path):
     run = subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True, check=True)
     kernel = {k: int(v) for k, v in (ln.split() for ln in run.stdout.splitlines())}
     assert kernel == _ctypes_layout()
-    assert kernel["sizeof.QkvArgs"] == 144
+    assert kernel["sizeof.QkvArgs"] == 152

@@ -26,8 +26,8 @@ class _Segment(ctypes.Structure):
 class _QkvArgs(ctypes.Structure):  # QkvArgs in kernels/qkv_args.cuh, field for field (tests/test_fused_args.py)
     _fields_ = [("seg", _Segment * 3), ("xq", ctypes.c_void_p),
                 ("q_out", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
-                ("pos", ctypes.c_void_p), ("eps", ctypes.c_float), ("cols", ctypes.c_int),
-                ("head_dim", ctypes.c_int), ("rope_dim", ctypes.c_int), ("theta", ctypes.c_float),
+                ("pos", ctypes.c_void_p), ("rope_cs", ctypes.c_void_p), ("eps", ctypes.c_float),
+                ("cols", ctypes.c_int), ("head_dim", ctypes.c_int), ("rope_dim", ctypes.c_int),
                 ("n_ctx", ctypes.c_int), ("kv_f16", ctypes.c_int), ("pad_", ctypes.c_int)]
 
 
@@ -61,6 +61,19 @@ def gate_up_supported(wg: DeviceWeight, wu: DeviceWeight) -> str | None:
     return None
 
 
+_ROPE_TABLES: dict[tuple[int, int, int, float], torch.Tensor] = {}
+
+
+def _rope_table(n_ctx: int, rope: RopeSpec) -> torch.Tensor:
+    """One (cos, sin) table per device, context and RoPE shape, shared by every layer's launch."""
+    from qprof.runtime.cuda.ops import rope_table
+
+    key = (torch.cuda.current_device(), n_ctx, rope.rope_dim, float(rope.theta))
+    if key not in _ROPE_TABLES:
+        _ROPE_TABLES[key] = rope_table(n_ctx, rope.rope_dim, rope.theta)
+    return _ROPE_TABLES[key]
+
+
 def _segment(w: DeviceWeight) -> _Segment:
     return _Segment(w.raw.data_ptr(), w.traits.ggml_type, w.rows, w.row_bytes, 0)
 
@@ -87,10 +100,12 @@ class QkvLaunch:
             raise QprofError(f"{wk.name}: K and V caches must share a dtype")
         if rope.rope_dim % 2 or rope.rope_dim > rope.head_dim or wq.rows % rope.head_dim or wk.rows % rope.head_dim:
             raise QprofError(f"{wq.name}: rope dimension {rope.rope_dim} / head size {rope.head_dim} do not fit")
-        self.weights, self.tensors = (wq, wk, wv), (xq, q_out, k_cache, v_cache)
+        n_ctx = int(k_cache.shape[0])
+        rope_cs = _rope_table(n_ctx, rope)
+        self.weights, self.tensors = (wq, wk, wv), (xq, q_out, k_cache, v_cache, rope_cs)
         self.args = _QkvArgs((_Segment * 3)(*(_segment(w) for w in (wq, wk, wv))), xq.data.data_ptr(),
-                             q_out.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0, float(eps), cols,
-                             rope.head_dim, rope.rope_dim, float(rope.theta), int(k_cache.shape[0]),
+                             q_out.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0, rope_cs.data_ptr(),
+                             float(eps), cols, rope.head_dim, rope.rope_dim, n_ctx,
                              int(k_cache.dtype == torch.float16), 0)
         self.cfg = K.qkv_launch((wq.traits, wk.traits, wv.traits), wq.rows + wk.rows + wv.rows)
         # generic: the run-time-dispatch kernel whatever the types (a check covers it on uniform weights too)

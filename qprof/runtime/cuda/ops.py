@@ -92,6 +92,19 @@ def rope(q: torch.Tensor, k: torch.Tensor, n_rows: int, n_head_q: int, n_head_k:
                q, k, n_head_q, n_head_k, head_dim, rope_dim, float(theta), _ptr(pos), int(pos0))
 
 
+def rope_table(n_ctx: int, rope_dim: int, theta: float) -> torch.Tensor:
+    """float32 [n_ctx, rope_dim / 2, 2]: (cos, sin) of every pair at every position, by rope_f32's formula
+    (kernels/rope.cu rope_table); the fused QKV epilogue reads it instead of computing sin/cos."""
+    if n_ctx <= 0 or rope_dim <= 0 or rope_dim % 2:
+        raise UnsupportedError(f"rope table: needs positions and an even rope dimension, got {n_ctx} and {rope_dim}")
+    half = rope_dim // 2
+    table = torch.empty(n_ctx, half, 2, dtype=torch.float32, device="cuda")
+    lib = _lib()
+    lib.launch(lib.kernel("rope", "rope_table"), (n_ctx, math.ceil(half / ROPE_THREADS)), (ROPE_THREADS,), table,
+               int(n_ctx), int(rope_dim), float(theta))
+    return table
+
+
 KV_DTYPES = {"f32": torch.float32, "f16": torch.float16}
 
 
