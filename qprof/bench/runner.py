@@ -101,7 +101,7 @@ def time_test(runtime, test: BenchTest, src: TokenSource) -> int:
 
 
 def graphs_in_use(runtime) -> bool:
-    """Whether the runtime captures decode as a CUDA graph: CudaRuntime keeps a DecodeGraph in .graph only
+    """Whether the runtime captures decode as a CUDA graph: CudaRuntime keeps a StepGraph in .graph only
     when graphs were asked for and the options allow capture (else .graph_fallback says why). The CPU
     runtime has no graphs."""
     return getattr(runtime, "graph", None) is not None

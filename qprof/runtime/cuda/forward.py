@@ -35,7 +35,7 @@ from qprof.runtime.cuda.driver import (
     synchronize,
 )
 from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec, gate_up, gate_up_supported, qkv_supported
-from qprof.runtime.cuda.graphs import DecodeGraph, graph_blocker
+from qprof.runtime.cuda.graphs import StepGraph, graph_blocker
 from qprof.runtime.cuda.kv_cache import KvCache, MaskPolicy
 from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, get_rows, matmul, matvec, matvec_q, quantize
 from qprof.runtime.options import RuntimeOptions
@@ -126,14 +126,14 @@ class CudaRuntime(TokenChecks):
             raise QprofError(self._memory_message("ran out of GPU memory while loading")) from None
         self._sampler: Sampler | None = None
         self._op = self._op_synced if self.options.sync_every_op else self.annotator.op
-        self.graph: DecodeGraph | None = None
+        self.graph: StepGraph | None = None  # the decode step
         self.graph_fallback: str | None = None
         if self.options.cuda_graphs:
             self.graph_fallback = graph_blocker(self.options)
             if self.graph_fallback:
                 warnings.warn(f"CUDA graphs off: {self.graph_fallback}; decode runs eagerly", stacklevel=2)
             else:
-                self.graph = DecodeGraph()
+                self.graph = StepGraph()
 
     # ---------------------------------------------------------------- loading
 
