@@ -151,7 +151,8 @@ def ceilings_lines(ceilings) -> list[str]:
               help="the clean run plus each fault switch on its own (mask=upload, scalar-upload, sync-every-op, "
                    "inject=block-dim) instead of a product of switch lists")
 @click.option("--graphs", default=None, metavar="0|1|0,1",
-              help="capture decode as a CUDA graph (0,1); " + SWITCH_HELP + ". Default: on a GPU, 1 for every "
+              help="capture decode (and, with --prefill-graphs 1, prefill) as CUDA graphs (0,1); " + SWITCH_HELP
+                   + ". Default: on a GPU, 1 for every "
                    "configuration that can be captured (as llama.cpp does), but 0 under --faults so the clean "
                    "and fault rows run the same way; 0 on the CPU. Each row's cuda_graphs says whether graphs "
                    "were actually used")

@@ -92,8 +92,7 @@ def test_a_second_call_at_pos0_above_zero_replays_its_own_graph(name):
     assert graphs.captures == 3 and graphs.replays == 3 * (ROUNDS - 1)
 
 
-@pytest.mark.parametrize("options", [{}, {"mask": "device"}, {"kv_type": "f16"}, {"fused": False}],
-                         ids=["skip", "mask=device", "kv=f16", "unfused"])
+@pytest.mark.parametrize("options", [{}, {"mask": "device"}, {"kv_type": "f16"}], ids=["skip", "mask=device", "kv=f16"])
 def test_all_logits_and_switches_replay_exactly(options):
     graphs = compare("tiny-q4_k_m", [33, 600], all_logits=True, **options).prefill_graphs
     assert graphs.captures == 3 and graphs.replays == 3 * (ROUNDS - 1)
