@@ -78,14 +78,39 @@ class FakeRuntime:
         self.calls.append(("sync",))
 
 
+class FakeStepGraph:
+    """qprof.runtime.cuda.graphs.StepGraph on the CPU. capture() runs the step once only to learn what it
+    returns, then fills that with NaN (a real capture runs nothing: its outputs hold garbage until a replay);
+    replay() runs the step again and writes the result into those same outputs, as a replayed graph does."""
+
+    def __init__(self) -> None:
+        self.step = None
+        self.out: torch.Tensor | None = None
+        self.replays = 0
+
+    def capture(self, step):
+        self.step, self.out = step, step()
+        if self.out is not None:
+            self.out.fill_(float("nan"))
+        return self.out
+
+    def replay(self) -> None:
+        fresh = self.step()
+        if self.out is not None:
+            self.out.copy_(fresh)
+        self.replays += 1
+
+
 class FakeCudaRuntime(FakeRuntime):
     """FakeRuntime with CudaRuntime's graph bookkeeping: .graph when graphs were asked for and the options
-    allow capture, else a warning and .graph_fallback (as qprof/runtime/cuda/forward.py does)."""
+    allow capture, else a warning and .graph_fallback (as qprof/runtime/cuda/forward.py does); with prefill
+    graphs, every prefill (one chunk) goes through a real PrefillGraphs cache of FakeStepGraphs."""
 
     def __init__(self, model, device="cuda", options=None, annotator=None, n_ctx=None, op_s: float = 0.0):
         import warnings
 
         from qprof.runtime.cuda.graphs import graph_blocker
+        from qprof.runtime.cuda.prefill_graph import PrefillGraphs, prefill_graph_blocker
 
         super().__init__(model, device, options, annotator, n_ctx, op_s)
         self.graph = None
@@ -94,6 +119,18 @@ class FakeCudaRuntime(FakeRuntime):
             warnings.warn(f"CUDA graphs off: {self.graph_fallback}; decode runs eagerly", stacklevel=2)
         elif options is not None and options.cuda_graphs:
             self.graph = object()
+        self.prefill_graphs = None
+        if options is not None and prefill_graph_blocker(options) is None:
+            self.prefill_graphs = PrefillGraphs(new_graph=FakeStepGraph, device="cpu")
+
+    def prefill(self, tokens, all_logits=False):
+        if self.prefill_graphs is not None:
+            from qprof.runtime.cuda.prefill_graph import PrefillShape
+
+            self.prefill_graphs.new_prompt()
+            shape = PrefillShape(len(tokens), self.n_past, all_logits, True)
+            self.prefill_graphs.run(shape, list(tokens), lambda ids: torch.zeros(1, self.config.n_vocab))
+        return super().prefill(tokens, all_logits)
 
 
 def fake_env(device: str = "cpu", gpu_name: str | None = None):

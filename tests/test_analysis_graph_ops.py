@@ -183,11 +183,11 @@ def test_node_ids_out_of_capture_order_fall_back_to_start_order(replayed):
 
 def test_an_unprofiled_runtime_captures_without_recording():
     from qprof.annotate import NULL_ANNOTATOR
-    from qprof.runtime.cuda.graphs import DecodeGraph
+    from qprof.runtime.cuda.graphs import StepGraph
 
     def no_lister():
         raise AssertionError("the driver must not be asked about nodes when nobody profiles")
 
-    assert DecodeGraph(list_nodes=no_lister).recording_annotator(NULL_ANNOTATOR) is NULL_ANNOTATOR
-    profiled = DecodeGraph(list_nodes=FakeCapture).recording_annotator(Annotator(nvtx_enabled=False))
+    assert StepGraph(list_nodes=no_lister).recording_annotator(NULL_ANNOTATOR) is NULL_ANNOTATOR
+    profiled = StepGraph(list_nodes=FakeCapture).recording_annotator(Annotator(nvtx_enabled=False))
     assert profiled is not NULL_ANNOTATOR and profiled.listeners  # a profiler's runtime: the recorder listens

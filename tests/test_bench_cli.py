@@ -198,6 +198,18 @@ def test_fake_gpu_default_table_has_no_graphs_column_when_every_set_is_captured(
     assert FakeRuntime.instances[0].options.cuda_graphs is True
 
 
+def test_fake_gpu_replays_prefill_graphs_by_default_and_each_row_says_how_prefill_ran(fake_gpu):
+    res = bench("-p", "4", "-n", "0", "-r", "2", "--prefill-graphs", "0,1", "-o", "jsonl", "--no-save")
+    assert res.exit_code == 0, res.output + str(res.exception)
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["cuda_graphs"], r["prefill_graphs"], r["notes"]) for r in rows] == [(True, False, None), (True, True, None)]
+    assert "prefill too: a chunk shape replays its graph after its first, eager run" in res.stderr
+    md = bench("-p", "4", "-n", "0", "-r", "1", "--prefill-graphs", "0,1", "--no-save")
+    assert "| pp_graphs |" in md.stdout.splitlines()[0]
+    default = bench("-p", "4", "-n", "0", "-r", "1", "--no-save")
+    assert default.exit_code == 0 and "pp_graphs" not in default.stdout.splitlines()[0]
+
+
 def test_fake_gpu_faults_keep_graphs_off_unless_asked(fake_gpu):
     res = bench("-p", "0", "-n", "2", "-r", "1", "--faults", "-o", "jsonl", "--no-save")
     assert res.exit_code == 0, res.output + str(res.exception)
@@ -337,6 +349,8 @@ def test_cuda_bench_on_the_tiny_workload_end_to_end(monkeypatch):
     upload_asked = [r for r in rows if r["mask"] == "upload" and "CUDA graphs off" in (r["notes"] or "")]
     assert upload_asked and not any(r["cuda_graphs"] for r in upload_asked)
     assert any(r["cuda_graphs"] and r["options"] == "graphs" for r in rows)
+    # prefill replays its graph (captured in the warm-up) wherever decode ran as a graph; tg rows have no prefill
+    assert all(r["prefill_graphs"] == (r["cuda_graphs"] and r["test"] == "pp32") for r in rows)
 
 
 @pytest.mark.parametrize("models, message", [

@@ -182,3 +182,28 @@ def test_pdl_multiplies_the_option_sets_and_reaches_the_rows():
     assert options_fields(RuntimeOptions())["pdl"] is False
     bad = CliRunner().invoke(main, ["bench", "--pdl", "2", "--no-save"])
     assert bad.exit_code == 2 and "--pdl" in bad.output
+
+
+def test_prefill_graphs_multiply_the_option_sets_only_where_cuda_graphs_run():
+    from click.testing import CliRunner
+
+    from qprof.bench.record import options_fields
+    from qprof.cli import main
+    from qprof.commands.bench import build_params
+    from qprof.runtime.options import RuntimeOptions
+
+    p = BenchParams(models=["m"], cuda_graphs=[True], prefill_graphs=[True, False])
+    assert sorted(o.prefill_graphs for o in p.option_sets()) == [False, True] and "prefill_graphs" in p.varying()
+    eager = BenchParams(models=["m"], cuda_graphs=[False], prefill_graphs=[True, False])
+    assert [o.prefill_graphs for o in eager.option_sets()] == [False]  # one eager configuration, not two
+    auto = BenchParams(models=["m"], mask=["upload", "skip"], cuda_graphs=[True], graphs_auto=True)
+    assert [(o.mask, o.cuda_graphs, o.prefill_graphs) for o in auto.option_sets()] == [
+        ("upload", False, False), ("skip", True, True)]
+    assert BenchParams(models=["m"], cuda_graphs=[True], graphs_auto=True).varying() == []  # the default: no column
+    p = build_params(("m",), "512", "0", (), 1, False, "skip", "0", "0", "none", None, "0", None, "cuda",
+                     prefill_graphs="0")
+    assert [(o.cuda_graphs, o.prefill_graphs) for o in p.option_sets()] == [(True, False)]
+    fields = options_fields(RuntimeOptions(cuda_graphs=True, prefill_graphs=True, nvtx=False))
+    assert fields["prefill_graphs"] is True and fields["options"] == "graphs"
+    bad = CliRunner().invoke(main, ["bench", "--prefill-graphs", "2", "--no-save"])
+    assert bad.exit_code == 2 and "--prefill-graphs" in bad.output

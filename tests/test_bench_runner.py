@@ -220,6 +220,30 @@ def test_rows_record_whether_graphs_were_really_used():
     assert [r["cuda_graphs"] for r in cpu.rows()] == [False]
 
 
+def test_rows_record_whether_the_timed_prefills_replayed_graphs():
+    model = fake_model()
+
+    def rows(**kw):
+        FakeRuntime.instances.clear()
+        params = BenchParams(models=["m"], n_prompt=[4], n_gen=[2], pg=[(4, 2)], repetitions=3, cuda_graphs=[True],
+                             **kw)
+        runner = BenchRunner(params, fake_env("cuda", "NVIDIA H100 80GB HBM3"), UNKNOWN, Sampler(None, "none"),
+                             load=lambda spec: LoadedModel(spec, model.path, model), create_runtime=FakeCudaRuntime)
+        return [(r["test"], r["cuda_graphs"], r["prefill_graphs"], r["notes"]) for r in runner.rows()]
+
+    # the warm-up's prefill runs eagerly and is captured; every timed one replays; tg has no prefill
+    assert rows() == [("pp4", True, True, None), ("tg2", True, False, None), ("pp4+tg2", True, True, None)]
+    graphs = FakeRuntime.instances[0].prefill_graphs
+    assert (graphs.eager, graphs.captures, graphs.replays) == (1, 1, 3 + 1 + 3)
+    first_eager = rows(warmup=False)  # the first timed prefill is the shape's first run: the row says so
+    note = "prefill: 2 of 3 timed chunks replayed a CUDA graph; the others ran eagerly (a shape's first run, or no " \
+           "graph slot free)"
+    assert first_eager[0] == ("pp4", True, False, note)
+    assert first_eager[2] == ("pp4+tg2", True, True, None)
+    assert [r[2] for r in rows(prefill_graphs=[False])] == [False, False, False]
+    assert FakeRuntime.instances[0].prefill_graphs is None
+
+
 def test_kv_type_and_ubatch_follow_the_runtime():
     from types import SimpleNamespace
 

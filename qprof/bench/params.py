@@ -166,6 +166,8 @@ class BenchParams:
     sync_every_op: list[bool] = field(default_factory=lambda: [False])
     inject: list[str | None] = field(default_factory=lambda: [None])
     cuda_graphs: list[bool] = field(default_factory=lambda: [False])
+    # with cuda_graphs: prefill chunks of a shape run before replay their graph (bench repeats every prompt)
+    prefill_graphs: list[bool] = field(default_factory=lambda: [True])
     nvtx: list[bool] = field(default_factory=lambda: [False])
     kv_type: list[str] = field(default_factory=lambda: ["f32"])
     fused: list[bool] = field(default_factory=lambda: [True])
@@ -178,8 +180,8 @@ class BenchParams:
     graphs_auto: bool = False  # --graphs not given on a GPU: graphs on for every option set that can be captured
 
     # llama-bench shows a column only when its parameter differs from the default
-    SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "nvtx", "kv_type", "fused", "pdl",
-                "n_ctx", "n_threads")
+    SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "prefill_graphs", "nvtx", "kv_type",
+                "fused", "pdl", "n_ctx", "n_threads")
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -214,14 +216,15 @@ class BenchParams:
             sets = [RuntimeOptions(mask=m, scalar_upload=su, sync_every_op=so, inject=inj, cuda_graphs=g, nvtx=nv)
                     for m, su, so, inj, g, nv in combos]
         # the decode-path choices multiply every set (they are not faults: a --faults run keeps them too)
-        sets = [o.with_(kv_type=kv, fused=fu, pdl=pd) for o in sets
-                for kv, fu, pd in itertools.product(self.kv_type, self.fused, self.pdl)]
+        sets = [o.with_(kv_type=kv, fused=fu, pdl=pd, prefill_graphs=pg) for o in sets
+                for kv, fu, pd, pg in itertools.product(self.kv_type, self.fused, self.pdl, self.prefill_graphs)]
         if self.graphs_auto:
             from qprof.runtime.cuda.graphs import graph_blocker
 
             # graphs by default only where the step can be captured: no fallback warning for a default
-            sets = _unique(o.with_(cuda_graphs=graph_blocker(o) is None) for o in sets)
-        return sets
+            sets = [o.with_(cuda_graphs=graph_blocker(o) is None) for o in sets]
+        # prefill graphs ride on CUDA graphs: without them both values are one eager configuration
+        return _unique(o.with_(prefill_graphs=o.prefill_graphs and o.cuda_graphs) for o in sets)
 
     def ctx_sizes(self, model: str | None = None) -> list[int]:
         """KV-cache sizes for `model`: --ctx as given, else the longest test rounded up to CTX_ALIGN but never

@@ -28,6 +28,7 @@ QPROF_FIELDS = {
     "host": "str", "gpu_index": "int", "gpu_uuid": "str",  # where the row ran (nvidia-smi's GPU index)
     "qprof_version": "str", "repetitions": "int", "warmup": "bool", "n_ctx": "int",
     "mask": "str", "scalar_upload": "bool", "sync_every_op": "bool", "inject": "str", "cuda_graphs": "bool",
+    "prefill_graphs": "bool",  # every timed prefill chunk replayed a CUDA graph (False where any ran eagerly, or none ran)
     "nvtx": "bool", "kv_type": "str", "fused": "bool", "pdl": "bool", "options": "str", "notes": "str",
     "bytes_per_token": "int", "bandwidth_GBps": "float", "bandwidth_source": "str", "floor_ts": "float",
     "pct_of_floor": "float", "flops_per_token": "float", "gemm_TFLOPS": "float", "gemm_source": "str",
@@ -206,7 +207,8 @@ def options_fields(options) -> dict:
         labels.append("pdl")
     label = ",".join(x for x in labels if x != "clean" or len(labels) == 1)
     return {"mask": options.mask, "scalar_upload": options.scalar_upload, "sync_every_op": options.sync_every_op,
-            "inject": options.inject or "none", "cuda_graphs": options.cuda_graphs, "nvtx": options.nvtx,
+            "inject": options.inject or "none", "cuda_graphs": options.cuda_graphs,
+            "prefill_graphs": options.prefill_graphs, "nvtx": options.nvtx,
             "kv_type": options.kv_type, "fused": options.fused, "pdl": options.pdl, "options": label}
 
 

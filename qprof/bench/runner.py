@@ -101,10 +101,25 @@ def time_test(runtime, test: BenchTest, src: TokenSource) -> int:
 
 
 def graphs_in_use(runtime) -> bool:
-    """Whether the runtime captures decode as a CUDA graph: CudaRuntime keeps a DecodeGraph in .graph only
+    """Whether the runtime captures decode as a CUDA graph: CudaRuntime keeps a StepGraph in .graph only
     when graphs were asked for and the options allow capture (else .graph_fallback says why). The CPU
     runtime has no graphs."""
     return getattr(runtime, "graph", None) is not None
+
+
+def prefill_chunk_counts(runtime) -> tuple[int, int]:
+    """(prefill chunks replayed as CUDA graphs, chunks its graph cache ran eagerly) so far; (0, 0) for a runtime
+    without prefill graphs, whose every chunk runs eagerly (the CPU; CUDA with graphs or prefill graphs off)."""
+    graphs = getattr(runtime, "prefill_graphs", None)
+    return (graphs.replays, graphs.eager) if graphs is not None else (0, 0)
+
+
+def prefill_in_effect(replayed: int, eager: int) -> tuple[bool, str | None]:
+    """Whether the timed prefills ran as CUDA graphs (every chunk replayed), and a note where only some did."""
+    if replayed and eager:
+        return False, (f"prefill: {replayed} of {replayed + eager} timed chunks replayed a CUDA graph; the others "
+                       "ran eagerly (a shape's first run, or no graph slot free)")
+    return bool(replayed), None
 
 
 def release_memory(device: str) -> None:
@@ -168,7 +183,8 @@ class BenchRunner:
             try:
                 src = TokenSource(loaded.model)
                 for test in group.tests:
-                    yield {**self.run_test(runtime, loaded, facts, group, test, src, in_effect), "notes": notes}
+                    row = self.run_test(runtime, loaded, facts, group, test, src, in_effect)
+                    yield {**row, "notes": "; ".join(n for n in (notes, row.get("notes")) if n) or None}
             finally:
                 self.sampler.close()
                 runtime = None
@@ -185,10 +201,15 @@ class BenchRunner:
             self.on_step(label)
         self.sampler.start()
         samples = []
+        before = prefill_chunk_counts(runtime)
         for _ in range(p.repetitions):
             samples.append(time_test(runtime, test, src))
             self.on_step(label)
         telemetry = self.sampler.stop()
+        # the row says how its timed prefills really ran: replayed graphs, or eagerly
+        replayed, eager = (a - b for a, b in zip(prefill_chunk_counts(runtime), before))
+        prefill_graphs, prefill_note = prefill_in_effect(replayed, eager)
+        options = options.with_(prefill_graphs=prefill_graphs)
         stats = timing_stats(samples, test.n_tokens)
         flops_per_token = prefill_flops(loaded.model, test.n_prompt) / test.n_prompt if test.kind == "pp" else None
         row = {
@@ -217,6 +238,7 @@ class BenchRunner:
             **options_fields(options),
             **bound_fields(test.kind, facts["bytes_per_token"], flops_per_token, self.ceilings, stats["avg_ts"]),
             **telemetry,
+            "notes": prefill_note,
         }
         message = throttle_warning(telemetry, label)
         if message:

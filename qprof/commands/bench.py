@@ -36,7 +36,7 @@ def default_model(device: str) -> str:
 
 def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op, inject,
                  graphs, nvtx, ctx, device, faults=False, threads=None, kv_type="f32", fused="1",
-                 pdl="0"):
+                 pdl="0", prefill_graphs="1"):
     from qprof.bench import params as p
     from qprof.runtime.threads import default_threads
 
@@ -58,6 +58,7 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
         inject=p.parse_inject(inject),
         cuda_graphs=cuda_graphs,
         graphs_auto=graphs_auto,
+        prefill_graphs=p.parse_bool_list(prefill_graphs, "--prefill-graphs"),
         nvtx=p.parse_bool_list(nvtx, "--nvtx"),
         kv_type=p.parse_kv_types(kv_type),
         fused=p.parse_bool_list(fused, "--fused"),
@@ -69,17 +70,20 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
 
 
 def graphs_summary(params, device: str, explicit: bool) -> str:
-    """One line on how decode runs: CUDA graphs or eager, and why."""
+    """One line on how decode and prefill run: CUDA graphs or eager, and why."""
     if device != "cuda":
         return "CUDA graphs: not applicable on the CPU (rows record cuda_graphs 0)"
+    prefill = ("; prefill too: a chunk shape replays its graph after its first, eager run (--prefill-graphs 0 "
+               "for eager prefill)" if any(o.prefill_graphs for o in params.option_sets()) else "")
     if explicit:
-        return "CUDA graphs: as --graphs says; configurations that cannot be captured run eagerly (see notes)"
+        return "CUDA graphs: as --graphs says; configurations that cannot be captured run eagerly (see notes)" + prefill
     if params.faults:
         return ("CUDA graphs: off by default under --faults, so clean and fault rows compare like with like "
                 "(--graphs 1 to capture where possible)")
     eager = [o.label() for o in params.option_sets() if not o.cuda_graphs]
     return ("CUDA graphs: on for decode (the GPU default; --graphs 0 for eager)"
-            + (f"; eager where the step cannot be captured: {', '.join(dict.fromkeys(eager))}" if eager else ""))
+            + (f"; eager where the step cannot be captured: {', '.join(dict.fromkeys(eager))}" if eager else "")
+            + prefill)
 
 
 def threads_summary(params) -> str:
@@ -147,10 +151,15 @@ def ceilings_lines(ceilings) -> list[str]:
               help="the clean run plus each fault switch on its own (mask=upload, scalar-upload, sync-every-op, "
                    "inject=block-dim) instead of a product of switch lists")
 @click.option("--graphs", default=None, metavar="0|1|0,1",
-              help="capture decode as a CUDA graph (0,1); " + SWITCH_HELP + ". Default: on a GPU, 1 for every "
+              help="capture decode (and, with --prefill-graphs 1, prefill) as CUDA graphs (0,1); " + SWITCH_HELP
+                   + ". Default: on a GPU, 1 for every "
                    "configuration that can be captured (as llama.cpp does), but 0 under --faults so the clean "
                    "and fault rows run the same way; 0 on the CPU. Each row's cuda_graphs says whether graphs "
                    "were actually used")
+@click.option("--prefill-graphs", "prefill_graphs", default="1", show_default=True, metavar="0,1",
+              help="with --graphs: replay each prefill chunk whose shape (tokens, position) ran before as a CUDA graph, "
+                   "captured right after its first, eager run (1), or run every chunk eagerly (0), comma list. "
+                   "Each row's prefill_graphs says whether its timed prefill replayed graphs")
 @click.option("--kv-type", "kv_type", default="f32", show_default=True, metavar="f32|f16",
               help="KV cache element type(s) on the GPU, comma list: f32 (the reference) or f16 (half the bytes "
                    "decode attention reads); the CPU runtime keeps float32")
@@ -190,8 +199,8 @@ def ceilings_lines(ceilings) -> list[str]:
 @click.option("--fail-fast", is_flag=True,
               help="with --gpus/--ray: stop every worker when a group fails (default: name it and carry on)")
 def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_path, no_save, mask,
-          scalar_upload, sync_every_op, inject, faults, graphs, nvtx, kv_type, fused, pdl, ctx, threads, bandwidth,
-          tflops, llama_bench, llama_bench_json, peer_only, gpus, ray_address, fail_fast):
+          scalar_upload, sync_every_op, inject, faults, graphs, prefill_graphs, nvtx, kv_type, fused, pdl, ctx, threads,
+          bandwidth, tflops, llama_bench, llama_bench_json, peer_only, gpus, ray_address, fail_fast):
     """Benchmark prompt processing (pp) and generation (tg) like llama-bench.
 
     Every parameter takes a comma list; the run is their cartesian product, ordered so each model
@@ -228,11 +237,11 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
         if pool is not None:  # workers pick their device; the plan assumes the GPU unless --device cpu
             params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload,
                                   sync_every_op, inject, graphs, nvtx, ctx, device or "cuda", faults, threads,
-                                  kv_type, fused, pdl)
+                                  kv_type, fused, pdl, prefill_graphs)
             return spread_bench(pool, params, device, fmt, results, bandwidth, tflops, fail_fast, say)
     dev, why = pick_device(device)
     params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
-                          inject, graphs, nvtx, ctx, dev, faults, threads, kv_type, fused, pdl)
+                          inject, graphs, nvtx, ctx, dev, faults, threads, kv_type, fused, pdl, prefill_graphs)
     params.declared_ctx = {spec: declared_context(spec) for spec in params.models}  # each -m exists, fits
     params.groups()  # the context checks: a test past a model's context is refused here, not after the others
     if not spreading:  # else said above

@@ -23,6 +23,9 @@ class RuntimeOptions:
     inject: str | None = None  # "block-dim": launch dequant kernels with a block size their type doesn't expect
     nvtx: bool = True  # NVTX ranges on run/phase/token/layer/op
     cuda_graphs: bool = False  # capture the decode step as a CUDA graph where the runtime supports it
+    # with cuda_graphs: a prefill chunk whose shape has run before replays its CUDA graph (captured right after
+    # its first, eager run). Off unless asked (bench asks): a one-off prompt would only pay for the capture
+    prefill_graphs: bool = False
     fused: bool = True  # decode through the fused projections (norm+QKV+RoPE+KV, norm+gate+up+SwiGLU, +add)
     kv_type: str = "f32"  # KV cache element type on the GPU: f32 (the reference) or f16
     # decode kernels launched as programmatic dependents (sm_90): each starts beside the previous one's tail.

@@ -181,6 +181,19 @@ if [ "$STAGE" = pdl ]; then
     -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --pdl 1 --results $OUT/bench_variants.jsonl; done
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8 --pdl
 fi
+# prefill as CUDA graphs (branch prefill-graphs): replays equal eager bit for bit, then pp512 eager and replayed
+# on each file in one lease (--prefill-graphs 0,1), then the usual set with both graphs on
+if [ "$STAGE" = prefill ]; then
+  make_7b_set
+  step build 240 $Q kernels build
+  step gpu_tests_prefill 300 python3 -m pytest -q -rfs tests/gpu/test_prefill_graphs_gpu.py tests/gpu/test_pdl_gpu.py
+  step gpu_tests_bench 150 python3 -m pytest -q -rfs -m gpu tests/test_bench_cli.py
+  wait
+  for v in q4_k_m q4_0 q8_0 q6_k; do
+    step pp_$v 150 $Q bench -m mistral-7b-$v -p 512 -n 0 -r 10 --prefill-graphs 0,1 --results $OUT/bench_prefill.jsonl
+  done
+  bench_7b_set 120
+fi
 if [ "$STAGE" = final3A ]; then  # carries .smol/smollm2.whl.part-aa: the shipped build's bench rows and kernel suites
   make_7b_set
   step build 240 $Q kernels build

@@ -106,6 +106,7 @@ def test_gpu_greedy_equals_cpu(variant):
 @pytest.mark.parametrize("options", [
     {"mask": "upload"}, {"mask": "device"}, {"scalar_upload": True}, {"sync_every_op": True},
     {"cuda_graphs": True}, {"cuda_graphs": True, "mask": "device"}, {"cuda_graphs": True, "pdl": True},
+    {"cuda_graphs": True, "prefill_graphs": True},
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_switches_keep_greedy_tokens(options):
     tok = tokenizer("smollm2")
@@ -114,8 +115,10 @@ def test_switches_keep_greedy_tokens(options):
     assert got.new_ids == cpu_result("smollm2").new_ids
     if options.get("cuda_graphs"):
         assert rt.graph is not None and rt.graph.replays == N_NEW - 2  # first decode eager, then captured
-        # a second generation replays the same graph from a reset cache
+        # a second generation replays the same graph from a reset cache (and the prompt's, with prefill graphs)
         assert run(rt, tok).new_ids == got.new_ids
+        if options.get("prefill_graphs"):
+            assert rt.prefill_graphs.captures == 1 and rt.prefill_graphs.replays == 1
 
 
 def _affected_variant() -> str:

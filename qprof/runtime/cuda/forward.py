@@ -1,11 +1,12 @@
 """CudaRuntime: the full llama/Mistral forward on the GPU with quantized weights used in place.
 
 Weights stay as GGUF block bytes on the device (DeviceWeight); norms are float32; activations,
-KV cache and logits are float32 and never leave the device. Decode runs on static buffers and
-reads its token and position from a device int32 pair written by a kernel launch (step_set), so
-a step has no host<->device copy and no host sync, and can be captured as a CUDA graph
-(RuntimeOptions.cuda_graphs). sample() reads back one int32. Op names and families follow the
-CPU reference (qprof.runtime.cpu); the residual adds are their own ops here (family "add").
+KV cache and logits are float32 and never leave the device. Decode runs on static buffers and reads
+its token and position from a device int32 pair written by a kernel launch (step_set), so a step has no
+host<->device copy and no host sync, and can be captured as a CUDA graph (RuntimeOptions.cuda_graphs); with
+prefill_graphs too, a prefill chunk whose shape ran before replays its graph (prefill_graph.py). sample()
+reads back one int32. Op names and families follow the CPU reference (qprof.runtime.cpu); the residual
+adds are their own ops here (family "add").
 
 The fault switches of RuntimeOptions act here: mask (upload | device | skip, see kv_cache.MaskPolicy),
 scalar_upload (the layer's position copied host->device inside every layer and read by RoPE and
@@ -19,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -35,15 +37,16 @@ from qprof.runtime.cuda.driver import (
     synchronize,
 )
 from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec, gate_up, gate_up_supported, qkv_supported
-from qprof.runtime.cuda.graphs import DecodeGraph, graph_blocker
+from qprof.runtime.cuda.graphs import StepGraph, graph_blocker
 from qprof.runtime.cuda.kv_cache import KvCache, MaskPolicy
+from qprof.runtime.cuda.memory import bytes_needed, check_fits, memory_message
+from qprof.runtime.cuda.prefill_graph import PrefillGraphs, PrefillShape, prefill_graph_blocker, upload_ids
 from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, get_rows, matmul, matvec, matvec_q, quantize
 from qprof.runtime.options import RuntimeOptions
 from qprof.runtime.sampling import Sampler, check_params
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds activation memory for long prompts
 MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-GIB = 2**30
 
 
 @dataclass
@@ -119,47 +122,26 @@ class CudaRuntime(TokenChecks):
         extra = KernelLibrary.get().options[len(DEFAULT_OPTIONS):]
         if extra:  # said, and kept in every bench row's notes: these are not the shipped kernels
             warnings.warn(f"kernels built with {KERNEL_DEFINES_ENV}={' '.join(extra)} (an experiment)", stacklevel=2)
-        self._check_memory()
+        need = bytes_needed(model, self.n_ctx, self.options, PREFILL_CHUNK)
+        check_fits(model, need)
         try:
             self._load()
         except torch.cuda.OutOfMemoryError:
-            raise QprofError(self._memory_message("ran out of GPU memory while loading")) from None
+            raise QprofError(memory_message(model, need, "ran out of GPU memory while loading")) from None
         self._sampler: Sampler | None = None
         self._op = self._op_synced if self.options.sync_every_op else self.annotator.op
-        self.graph: DecodeGraph | None = None
+        self.graph: StepGraph | None = None  # the decode step
         self.graph_fallback: str | None = None
         if self.options.cuda_graphs:
             self.graph_fallback = graph_blocker(self.options)
             if self.graph_fallback:
                 warnings.warn(f"CUDA graphs off: {self.graph_fallback}; decode runs eagerly", stacklevel=2)
             else:
-                self.graph = DecodeGraph()
+                self.graph = StepGraph()
+        blocked = prefill_graph_blocker(self.options)  # else prefill chunks are captured and replayed by shape
+        self.prefill_graphs = None if blocked else PrefillGraphs(self._reserve_scratch)
 
     # ---------------------------------------------------------------- loading
-
-    def _bytes_needed(self) -> dict[str, int]:
-        cfg = self.config
-        widest = max(cfg.n_ff, cfg.n_vocab, cfg.q_dim, cfg.n_embd)
-        return {
-            "weights": int(self.model.size_bytes),
-            "KV cache": KvCache.bytes_needed(cfg.n_layer, self.n_ctx, cfg.kv_dim, self.options.kv_type),
-            "mask": MaskPolicy.bytes_needed(self.options.mask, self.n_ctx),
-            # a prefill chunk's activations, and a float16 copy of the widest matrix for matmul
-            "activations": PREFILL_CHUNK * (4 * cfg.n_embd + 3 * widest) * 4 + 2 * widest * cfg.n_embd,
-        }
-
-    def _memory_message(self, what: str) -> str:
-        free, total = torch.cuda.mem_get_info()
-        parts = ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in self._bytes_needed().items())
-        name = getattr(getattr(self.model, "path", None), "name", None) or self.config.name or "model"
-        return (f"{name} {what}: needs {sum(self._bytes_needed().values()) / GIB:.2f} GiB ({parts}), "
-                f"{free / GIB:.2f} of {total / GIB:.2f} GiB free on {torch.cuda.get_device_name()}; "
-                "lower --ctx or use a smaller model")
-
-    def _check_memory(self) -> None:
-        free, _ = torch.cuda.mem_get_info()
-        if sum(self._bytes_needed().values()) > free:
-            raise QprofError(self._memory_message("does not fit"))
 
     def _load(self) -> None:
         cfg, tensors = self.config, self.model.tensors
@@ -220,6 +202,8 @@ class CudaRuntime(TokenChecks):
     def prefill(self, tokens: Sequence[int], all_logits: bool = False) -> torch.Tensor:
         tokens = self._check_tokens(tokens)
         chunks = []
+        if self.prefill_graphs is not None:
+            self.prefill_graphs.new_prompt()
         with self.annotator.phase("prefill"):
             for c0 in range(0, len(tokens), PREFILL_CHUNK):
                 part = tokens[c0:c0 + PREFILL_CHUNK]
@@ -387,9 +371,27 @@ class CudaRuntime(TokenChecks):
             self._mm_scratch = torch.empty(n, dtype=torch.float16, device="cuda")
         return self._mm_scratch[:n].view(w.shape[0], w.shape[1])
 
+    def _reserve_scratch(self) -> None:
+        """The scratch at its largest before a prefill chunk is captured: the graph keeps the address it saw."""
+        mats = [w for lw in self.layers for w in lw.mats.values()] + [self.output]
+        self._scratch(max(mats, key=lambda w: w.rows * w.cols))
+
     def _prefill_chunk(self, tokens: list[int], all_logits: bool, last: bool) -> torch.Tensor | None:
+        """One chunk at position n_past: its CUDA graph replayed where its shape ran before, else eagerly (and
+        captured, see prefill_graph.py); eagerly always while a profiler watches the ranges (a replay has none)."""
+        pos0 = self.n_past
+        forward = partial(self._prefill_forward, pos0=pos0, all_logits=all_logits, last=last)
+        if self.prefill_graphs is not None and not self.annotator.active:
+            logits = self.prefill_graphs.run(PrefillShape(len(tokens), pos0, all_logits, last), tokens, forward)
+        else:
+            logits = forward(upload_ids(tokens))
+        self.n_past = pos0 + len(tokens)
+        return logits
+
+    def _prefill_forward(self, ids: torch.Tensor, pos0: int, all_logits: bool, last: bool) -> torch.Tensor | None:
+        """The chunk of token ids (int32 on the device) at positions pos0..: reads and writes device memory only."""
         cfg, sh, op = self.config, self.shape, self._op
-        n, pos0 = len(tokens), self.n_past
+        n = int(ids.shape[0])
 
         def f32(width: int) -> torch.Tensor:
             return torch.empty(n, width, device="cuda")
@@ -397,7 +399,6 @@ class CudaRuntime(TokenChecks):
         x, xn, q, k, v, attn, tmp = (f32(cfg.n_embd), f32(cfg.n_embd), f32(cfg.q_dim), f32(cfg.kv_dim),
                                      f32(cfg.kv_dim), f32(cfg.q_dim), f32(cfg.n_embd))
         gate, up, act = f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_ff)
-        ids = torch.tensor(tokens, dtype=torch.int32).pin_memory().to("cuda", non_blocking=True)
         mask = self.masks.for_forward(pos0, n)
         with op("token_embd", "get_rows", self.token_embd.qtype):
             get_rows(self.token_embd, ids, x)
@@ -425,7 +426,6 @@ class CudaRuntime(TokenChecks):
                 with op(p + "swiglu", "swiglu"):
                     ops.swiglu(gate, up, act)
                 self._project_add(p + "ffn_down", "matmul", w["ffn_down"], act, tmp, x)
-        self.n_past = pos0 + n
         if not (all_logits or last):
             return None
         rows = x if all_logits else x[-1:]

@@ -1,6 +1,7 @@
-"""The decode step as a CUDA graph: captured once, replayed per token to drop per-launch host cost.
+"""A runtime step as a CUDA graph: captured once, replayed to drop per-launch host cost.
 
-While a profiled step is captured it runs under a recording annotator: its ranges open and close as
+StepGraph holds one captured step: the decode step (replayed per token) or a prefill chunk of one
+shape (qprof.runtime.cuda.prefill_graph). While a profiled step is captured it runs under a recording annotator: its ranges open and close as
 in an eager step (NVTX pushed where the runtime's annotator pushes them), and one listener notes,
 at every range boundary, which nodes the capture gained since the last one and so which op added
 each node. A profiler that sees the replayed kernels charges them to those ops by node order
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import torch
 
@@ -19,10 +21,11 @@ from qprof.annotate import NULL_ANNOTATOR, Annotator, RangeInfo
 from qprof.runtime.options import RuntimeOptions
 
 NodeLister = Callable[[], list[tuple[str, str | None]]]  # (kind, kernel name) of every node captured so far
+T = TypeVar("T")
 
 
 def graph_blocker(options: RuntimeOptions) -> str | None:
-    """Why the decode step cannot be captured with these options, or None when it can."""
+    """Why the decode step (and a prefill chunk) cannot be captured with these options, or None when it can."""
     if options.mask == "upload":
         return "mask=upload copies a host-built mask every step"
     if options.scalar_upload:
@@ -116,7 +119,7 @@ def _capturing_graph(drv):
     from qprof.runtime.cuda.driver import check
 
     stream = drv.CUstream(torch.cuda.current_stream().cuda_stream)
-    info = check(drv.cuStreamGetCaptureInfo(stream), "cuStreamGetCaptureInfo(decode graph)")
+    info = check(drv.cuStreamGetCaptureInfo(stream), "cuStreamGetCaptureInfo(captured step)")
     return next((v for v in (info if isinstance(info, tuple) else (info,)) if isinstance(v, drv.CUgraph)), None)
 
 
@@ -158,18 +161,22 @@ class CaptureNodes:
         graph = _capturing_graph(drv)
         if graph is None:
             return self._described
-        _, count = check(drv.cuGraphGetNodes(graph), "cuGraphGetNodes(decode graph)")
+        _, count = check(drv.cuGraphGetNodes(graph), "cuGraphGetNodes(captured step)")
         if count > len(self._described):
-            nodes, _ = check(drv.cuGraphGetNodes(graph, count), "cuGraphGetNodes(decode graph)")
+            nodes, _ = check(drv.cuGraphGetNodes(graph, count), "cuGraphGetNodes(captured step)")
             for node in nodes[len(self._described):count]:
                 kind = _node_kind(drv, node)
                 self._described.append((kind, _kernel_name(drv, node) if kind == "kernel" else None))
         return self._described
 
 
-class DecodeGraph:
-    """One captured decode step. Its inputs live in static device buffers that the step reads
-    (token and position in an int32 pair, the KV cache), so every replay is the same graph."""
+class StepGraph:
+    """One captured step. Its inputs live in static device buffers that the step reads (decode: token and
+    position in an int32 pair and the KV cache; a prefill chunk: its token ids), so every replay is the same graph.
+
+    Tensors the step allocates while it is captured live in the graph's own memory pool for as long as the
+    graph does; capture() hands back what the step returned (e.g. a prefill chunk's logits), which every
+    replay rewrites in place."""
 
     def __init__(self, list_nodes: Callable[[], NodeLister] = CaptureNodes) -> None:
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -194,17 +201,20 @@ class DecodeGraph:
         self._recorder = NodeRecorder(self._new_lister())
         return annotator.with_listeners([self._recorder])
 
-    def capture(self, step: Callable[[], None]) -> None:
-        """Record `step` (which must already have run once eagerly, so its kernels are loaded)."""
+    def capture(self, step: Callable[[], T]) -> T:
+        """Record `step` (which must already have run once eagerly, so its kernels are loaded); nothing runs.
+
+        Returns what `step` returned while it was captured: tensors in the graph's pool, rewritten by every replay."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # a side stream: torch's current stream, which every launch uses
-            step()
+            out = step()
             self.programmatic_edges = programmatic_edges()
             if self._recorder is not None:  # nodes after the last range boundary, while the capture is open
                 self.nodes = self._recorder.finish()
                 self.record_error = self._recorder.error
         self.graph = graph
         self._recorder = None
+        return out
 
     def replay(self) -> None:
         self.graph.replay()
