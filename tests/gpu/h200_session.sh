@@ -228,6 +228,36 @@ if [ "$STAGE" = attncmp ]; then
   [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step attn_oldtree 150 python3 tests/gpu/bench_attention.py \
     --positions 8,64,128,512)
 fi
+# session 5: fused QKV's RoPE table and prefill graphs. final5A carries .smol/smollm2.whl.part-aa and .oldtree
+# (a git archive of the build to compare with, its commit in .oldtree/.qprof_build); final5B, issued while the
+# machine is warm, carries part-ab. Only logs.tgz and the jsonl files come back (a call returns 8 files).
+ab_oldtree() {  # ab_oldtree RUNS BENCH ARGS: this tree and .oldtree alternately, rows into $OUT/bench_ab.jsonl
+  local runs=$1; shift
+  for i in $(seq 1 $runs); do
+    step ab_new_$i 120 $Q bench "$@" --results $OUT/bench_ab.jsonl
+    [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD QPROF_BUILD_COMMIT=$(cat .qprof_build 2>/dev/null) \
+      step ab_old_$i 200 $Q bench "$@" --results $OUT/bench_ab.jsonl)
+  done
+}
+if [ "$STAGE" = final5A ]; then
+  make_7b_set
+  step build 240 $Q kernels build
+  step check_all 200 $Q check --failures-only
+  step gpu_tests_kernels 240 python3 -m pytest -q -rfs tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py \
+    tests/gpu/test_pdl_gpu.py tests/gpu/test_prefill_graphs_gpu.py
+  wait
+  bench_7b_set 150
+  ab_oldtree 2 -m mistral-7b-q4_k_m -p 512 -n 128 -r 5
+  step pp_eager_graphs 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 0 -r 10 --prefill-graphs 0,1 \
+    --results $OUT/bench_prefill.jsonl
+fi
+if [ "$STAGE" = final5B ]; then
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+  smollm2_e2e
+  step check_inject 150 $Q check --inject block-dim --failures-only
+  step gpu_tests_bench 150 python3 -m pytest -q -rfs -m gpu tests/test_bench_cli.py
+  step matvec_bw 240 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $W/matvec_h200.json
+fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
