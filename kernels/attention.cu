@@ -1,9 +1,10 @@
-// Causal grouped-query attention over the KV cache, for decode (one query row) and prefill.
+// Causal grouped-query attention over the KV cache for decode (one query row). Prefill attention runs in
+// torch's scaled_dot_product_attention (qprof/runtime/cuda/ops.py attention_prefill says why).
 //
 // Shared conventions
 //   q / out: [n_q, n_head * D] float32; K and V caches of one layer: [n_ctx, n_head_kv * D] float32.
-//   Query head h reads KV head h / n_gqa. Query row i sits at position pos0 + i (prefill) or at
-//   *pos_ptr (decode, read on the device so the step can be captured in a CUDA graph).
+//   Query head h reads KV head h / n_gqa. The query sits at *pos_ptr (read on the device so the step
+//   can be captured in a CUDA graph), or at pos0 without a pointer.
 //   Key j is visible to a query at position p when j <= p and, with a sliding window W > 0, p - j < W.
 //   mask (optional, float, 0 or -inf, added to the score): when given, causality and the window
 //   come from it alone and every cached key up to the forward's last position is scored. The
@@ -16,14 +17,10 @@
 //   (chunk >= ceil(n_ctx / n_split) bounds a split), so the grid depends on n_ctx only. Each split
 //   writes an unnormalized partial (max, sum, sum p*V) per query head; attn_combine merges them.
 // KV caches are float32 or (the _f16kv instances) float16; scores and sums are float32 either way.
-// Prefill: attn_prefill_d<D>[_f16kv] grid (ceil(n_q / 8), n_head), 8 warps, one query per warp; K/V tiles of
-//   32 keys in shared memory, lane = key for scores, lane = dims for the output, online softmax.
 #include "common.cuh"
 #include "matvec_core.cuh"  // the combine writes a QVec
 
 #define QP_DECODE_THREADS 128
-#define QP_PREFILL_WARPS 8
-#define QP_KEY_TILE 32
 
 struct QpMask {
     const float* ptr;
@@ -35,9 +32,6 @@ struct QpMask {
     }
 };
 
-static __device__ __forceinline__ bool qp_visible(int key, int pos, int window) {
-    return key <= pos && (window <= 0 || pos - key < window);
-}
 
 // K/V element loads for a float32 or float16 cache (4 consecutive values at a 4-aligned index).
 static __device__ __forceinline__ float4 qp_kv4(const float* p, long i) {
@@ -184,80 +178,6 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
     if (out_q != nullptr) qp_quantize_block32<1>(o, o, out_q, n_head * D, 0, (h * D + d) / 32);
 }
 
-template <int D, typename KvT>
-__device__ void attn_prefill(const float* __restrict__ q, const KvT* __restrict__ k_cache,
-                             const KvT* __restrict__ v_cache, float* __restrict__ out, int n_q,
-                             int n_head, int n_gqa, int kv_dim, int pos0, int window, QpMask mask,
-                             float scale) {
-    constexpr int W = QP_PREFILL_WARPS, T = QP_KEY_TILE, PER_LANE = D / QP_WARP;
-    __shared__ float s_k[T][D + 1];  // +1: lane j reads row j column d without bank conflicts
-    __shared__ float s_v[T][D];
-    __shared__ float s_q[W][D];
-    const int lane = threadIdx.x % QP_WARP, warp = threadIdx.x / QP_WARP;
-    const int h = blockIdx.y, kvh = h / n_gqa;
-    const int qi = blockIdx.x * W + warp;
-    const bool active = qi < n_q;
-    const int pos = pos0 + qi;
-    const int first_q = blockIdx.x * W, last_q = min(n_q, first_q + W) - 1;
-    // Last key scored: the CTA's last query without a mask; with one, every key of this forward,
-    // so that causality really comes from the mask.
-    const int key_hi = mask.ptr == nullptr ? pos0 + last_q : pos0 + n_q - 1;
-    int key_lo = 0;
-    if (mask.ptr == nullptr && window > 0) key_lo = max(0, pos0 + first_q - window + 1);
-    key_lo -= key_lo % T;
-
-    if (active) {
-        for (int d = lane; d < D; d += QP_WARP) s_q[warp][d] = q[((long)qi * n_head + h) * D + d] * scale;
-    }
-    float m = QP_NEG_INF, l = 0.0f, acc[PER_LANE];
-#pragma unroll
-    for (int c = 0; c < PER_LANE; ++c) acc[c] = 0.0f;
-
-    for (int t0 = key_lo; t0 <= key_hi; t0 += T) {
-        __syncthreads();  // previous tile fully consumed (and s_q written on the first pass)
-        for (int idx = threadIdx.x; idx < T * D; idx += W * QP_WARP) {
-            const int j = idx / D, d = idx % D, key = t0 + j;
-            const long src = (long)key * kv_dim + kvh * D + d;
-            const bool in = key <= key_hi;
-            s_k[j][d] = in ? qp_kv1(k_cache, src) : 0.0f;
-            s_v[j][d] = in ? qp_kv1(v_cache, src) : 0.0f;
-        }
-        __syncthreads();
-        if (!active) continue;
-        const int key = t0 + lane;
-        float s = 0.0f;
-#pragma unroll 8
-        for (int d = 0; d < D; ++d) s += s_q[warp][d] * s_k[lane][d];
-        bool ok;
-        if (mask.ptr != nullptr) {
-            ok = key <= key_hi;
-            if (ok) s += mask.at(qi, pos, key);
-        } else {
-            ok = qp_visible(key, pos, window);
-        }
-        if (!ok) s = QP_NEG_INF;
-        const float m_new = fmaxf(m, qp_warp_max(s));
-        if (m_new == QP_NEG_INF) continue;  // nothing visible yet for this query
-        const float corr = __expf(m - m_new);  // m = -inf on the first visible tile: corr = 0
-        const float p = s == QP_NEG_INF ? 0.0f : __expf(s - m_new);
-        l = l * corr + qp_warp_sum(p);
-#pragma unroll
-        for (int c = 0; c < PER_LANE; ++c) acc[c] *= corr;
-        for (int j = 0; j < T; ++j) {
-            const float pj = __shfl_sync(QP_FULL_MASK, p, j);
-#pragma unroll
-            for (int c = 0; c < PER_LANE; ++c) acc[c] += pj * s_v[j][lane + QP_WARP * c];
-        }
-        m = m_new;
-    }
-    if (active) {
-        const float inv_l = 1.0f / l;
-        float* o = out + ((long)qi * n_head + h) * D;
-#pragma unroll
-        for (int c = 0; c < PER_LANE; ++c) o[lane + QP_WARP * c] = acc[c] * inv_l;
-    }
-}
-
 #define QP_ATTN_INSTANCES(D)                                                                              \
     extern "C" __global__ void attn_decode_d##D(                                                          \
         const float* q, const float* k_cache, const float* v_cache, float* part_o, float* part_ml,        \
@@ -272,20 +192,6 @@ __device__ void attn_prefill(const float* __restrict__ q, const KvT* __restrict_
         int mask_stride, int mask_row_by_pos, float scale) {                                              \
         attn_decode_gqa<D, qb_u16>(q, k_cache, v_cache, part_o, part_ml, n_gqa, kv_dim, pos_ptr, pos0,    \
                                    chunk, window, QpMask{mask, mask_stride, mask_row_by_pos}, scale);     \
-    }                                                                                                     \
-    extern "C" __global__ void attn_prefill_d##D(                                                         \
-        const float* q, const float* k_cache, const float* v_cache, float* out, int n_q, int n_head,      \
-        int n_gqa, int kv_dim, int pos0, int window, const float* mask, int mask_stride,                  \
-        int mask_row_by_pos, float scale) {                                                               \
-        attn_prefill<D, float>(q, k_cache, v_cache, out, n_q, n_head, n_gqa, kv_dim, pos0, window,        \
-                               QpMask{mask, mask_stride, mask_row_by_pos}, scale);                        \
-    }                                                                                                     \
-    extern "C" __global__ void attn_prefill_d##D##_f16kv(                                                 \
-        const float* q, const qb_u16* k_cache, const qb_u16* v_cache, float* out, int n_q, int n_head,    \
-        int n_gqa, int kv_dim, int pos0, int window, const float* mask, int mask_stride,                  \
-        int mask_row_by_pos, float scale) {                                                               \
-        attn_prefill<D, qb_u16>(q, k_cache, v_cache, out, n_q, n_head, n_gqa, kv_dim, pos0, window,       \
-                                QpMask{mask, mask_stride, mask_row_by_pos}, scale);                       \
     }
 
 QP_ATTN_INSTANCES(32)

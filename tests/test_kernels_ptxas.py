@@ -200,7 +200,7 @@ def test_decode_kernels_wait_upstream_and_no_other_kernel_does(built):
     decode |= {f"matvec_gate_up_{t.lower()}" for t in quantized} | {f"matvec_qkv_{t.lower()}" for t in quantized}
     assert decode <= waiting, sorted(decode - waiting)
     plain = {"rmsnorm_f32", "add_f32", "swiglu_f32", "rope_f32", "kv_write_f32", "argmax_f32", "step_set",
-             "attn_prefill_d128"} | {K.kernel_name("dequant", t, "f16") for t in ALL_TYPES}
+             "rope_table"} | {K.kernel_name("dequant", t, "f16") for t in ALL_TYPES}
     assert not plain & waiting, sorted(plain & waiting)
 
 

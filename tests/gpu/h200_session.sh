@@ -258,6 +258,23 @@ if [ "$STAGE" = final5B ]; then
   step gpu_tests_bench 150 python3 -m pytest -q -rfs -m gpu tests/test_bench_cli.py
   step matvec_bw 240 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $W/matvec_h200.json
 fi
+# prefill attention through torch's SDPA: the same as final5A/B, pp512 beside .oldtree (the build before it)
+if [ "$STAGE" = final5C ]; then  # carries .smol/smollm2.whl.part-aa and .oldtree
+  make_7b_set
+  step build 240 $Q kernels build
+  step check_all 200 $Q check --failures-only
+  step gpu_tests_kernels 240 python3 -m pytest -q -rfs tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py \
+    tests/gpu/test_pdl_gpu.py tests/gpu/test_prefill_graphs_gpu.py
+  wait
+  bench_7b_set 150
+  ab_oldtree 2 -m mistral-7b-q4_k_m -p 512 -n 0 -r 10
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 512 -n 4
+fi
+if [ "$STAGE" = final5D ]; then  # carries part-ab, issued while final5C's machine is warm
+  smollm2_e2e
+  step check_inject 150 $Q check --inject block-dim --failures-only
+  step gpu_tests_bench 150 python3 -m pytest -q -rfs -m gpu tests/test_bench_cli.py
+fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
   step gpu_tests_kernels 120 python3 -m pytest -q -rfs -x tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py
