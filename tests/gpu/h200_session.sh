@@ -239,7 +239,7 @@ ab_oldtree() {  # ab_oldtree RUNS BENCH ARGS: this tree and .oldtree alternately
       step ab_old_$i 200 $Q bench "$@" --results $OUT/bench_ab.jsonl)
   done
 }
-if [ "$STAGE" = final5A ]; then
+final5_checks_and_bench() {  # build, every check and kernel suite, the four files' bench (7B files made meanwhile)
   make_7b_set
   step build 240 $Q kernels build
   step check_all 200 $Q check --failures-only
@@ -247,33 +247,31 @@ if [ "$STAGE" = final5A ]; then
     tests/gpu/test_pdl_gpu.py tests/gpu/test_prefill_graphs_gpu.py
   wait
   bench_7b_set 150
+}
+final5_e2e() {  # SmolLM2 end to end (the second half of its wheel carried by this call), the fault check, bench's GPU test
+  smollm2_e2e
+  step check_inject 150 $Q check --inject block-dim --failures-only
+  step gpu_tests_bench 150 python3 -m pytest -q -rfs -m gpu tests/test_bench_cli.py
+}
+if [ "$STAGE" = final5A ]; then
+  final5_checks_and_bench
   ab_oldtree 2 -m mistral-7b-q4_k_m -p 512 -n 128 -r 5
   step pp_eager_graphs 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 0 -r 10 --prefill-graphs 0,1 \
     --results $OUT/bench_prefill.jsonl
 fi
 if [ "$STAGE" = final5B ]; then
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
-  smollm2_e2e
-  step check_inject 150 $Q check --inject block-dim --failures-only
-  step gpu_tests_bench 150 python3 -m pytest -q -rfs -m gpu tests/test_bench_cli.py
+  final5_e2e
   step matvec_bw 240 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $W/matvec_h200.json
 fi
 # prefill attention through torch's SDPA: the same as final5A/B, pp512 beside .oldtree (the build before it)
 if [ "$STAGE" = final5C ]; then  # carries .smol/smollm2.whl.part-aa and .oldtree
-  make_7b_set
-  step build 240 $Q kernels build
-  step check_all 200 $Q check --failures-only
-  step gpu_tests_kernels 240 python3 -m pytest -q -rfs tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py \
-    tests/gpu/test_pdl_gpu.py tests/gpu/test_prefill_graphs_gpu.py
-  wait
-  bench_7b_set 150
+  final5_checks_and_bench
   ab_oldtree 2 -m mistral-7b-q4_k_m -p 512 -n 0 -r 10
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 512 -n 4
 fi
 if [ "$STAGE" = final5D ]; then  # carries part-ab, issued while final5C's machine is warm
-  smollm2_e2e
-  step check_inject 150 $Q check --inject block-dim --failures-only
-  step gpu_tests_bench 150 python3 -m pytest -q -rfs -m gpu tests/test_bench_cli.py
+  final5_e2e
 fi
 if [ "$STAGE" = final2e2e ]; then
   smollm2_e2e
