@@ -56,7 +56,8 @@ def without(rt: CudaRuntime, op: str | None):
 
 def step_us(rt: CudaRuntime, steps: int) -> float:
     """Mean device time of a decode step over positions 0 .. steps - 1, replaying a freshly captured graph."""
-    rt.graph = forward.StepGraph()
+    graph_class = getattr(forward, "StepGraph", None) or forward.DecodeGraph  # the name before 9ba889a
+    rt.graph = graph_class()
     rt.reset()
     rt.decode(1)  # eager, then captured
     rt.decode(1)  # the first replay
