@@ -379,23 +379,33 @@ static __device__ __forceinline__ void qp_rows_warm(const qb_u8* ra, const qb_u8
     if (at < min(row_bytes, QP_MV_WARM_BYTES)) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + max(at, 0)));
 }
 
+// One stage of the register path: tasks base .. base + 31 of both rows. FULL: every lane's task is live, a
+// compile-time fact, so the stage carries no clamp and no zeroing of the tasks past the row's end.
+template <int T, int NB, bool FULL>
+static __device__ __forceinline__ void qp_stage_dot_registers(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
+                                                              int base, int n_tasks, int cols, const qb_u8* xs,
+                                                              float (&acc)[2][NB]) {
+    using C = Codes<T>;
+    const int lane = threadIdx.x & 31;
+    if constexpr (QP_MV_PREFETCH_STAGES > 0) qp_stage_prefetch<T>(ra, rb, base + 32 * QP_MV_PREFETCH_STAGES, n_tasks);
+    const int task = FULL ? base + lane : min(base + lane, n_tasks - 1);  // past the end: a valid task, weighted 0
+    const long off = (long)(task / C::TASKS) * Block<T>::BYTES;
+    typename C::Raw raw[2];
+    C::template load<QbReadOnly>(ra + off, task % C::TASKS, raw[0]);  // ld.global.nc: read-only weights
+    C::template load<QbReadOnly>(rb + off, task % C::TASKS, raw[1]);
+    qp_task_dot_or_skip<T, NB>(raw, task % C::TASKS, task / C::TASKS, FULL || base + lane < n_tasks, xs, cols, acc);
+}
+
+// The whole stages (32 live tasks: every stage of Mistral-7B's rows) without a check, then the short last one.
 template <int T, int NB>
 static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
                                                               int cols, const qb_u8* xs, float (&acc)[2][NB]) {
     using C = Codes<T>;
-    const int lane = threadIdx.x & 31;
-    const int n_tasks = cols / Block<T>::QK * C::TASKS;
+    const int n_tasks = cols / Block<T>::QK * C::TASKS, n_whole = n_tasks & ~31;
 #pragma unroll 1
     for (int d = 0; d < QP_MV_PREFETCH_STAGES; ++d) qp_stage_prefetch<T>(ra, rb, 32 * d, n_tasks);
-    for (int base = 0; base < n_tasks; base += 32) {
-        qp_stage_prefetch<T>(ra, rb, base + 32 * QP_MV_PREFETCH_STAGES, n_tasks);
-        const int task = min(base + lane, n_tasks - 1);  // past the end: a valid task, weighted 0
-        const long off = (long)(task / C::TASKS) * Block<T>::BYTES;
-        typename C::Raw raw[2];
-        C::template load<QbReadOnly>(ra + off, task % C::TASKS, raw[0]);  // ld.global.nc: read-only weights
-        C::template load<QbReadOnly>(rb + off, task % C::TASKS, raw[1]);
-        qp_task_dot_or_skip<T, NB>(raw, task % C::TASKS, task / C::TASKS, base + lane < n_tasks, xs, cols, acc);
-    }
+    for (int base = 0; base < n_whole; base += 32) qp_stage_dot_registers<T, NB, true>(ra, rb, base, n_tasks, cols, xs, acc);
+    if (n_whole < n_tasks) qp_stage_dot_registers<T, NB, false>(ra, rb, n_whole, n_tasks, cols, xs, acc);
 }
 
 // acc[r][c] += row r (ra or rb) . x column c over all cols (this lane's share), by the type's path.
