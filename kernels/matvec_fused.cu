@@ -102,11 +102,13 @@ static __device__ __forceinline__ void qkv_entry(const QkvArgs& a) {
 }
 
 // Two CTAs per SM (64 registers) where the kernel fits them without a spill (ptxas report): since RoPE's
-// cos/sin come from a table, that is every kernel but Q3_K's, Q5_1's and the Q5_K + Q6_K pair, which
-// stay at one. (Q4_K_M's Q4_K + Q6_K pair had 80 registers and one CTA per SM with sin/cos in double:
-// 192 CTAs of a 4096-row Mistral QKV then ran in two waves on 132 SMs.)
-#define QP_QKV_MIN_CTAS(A, B) \
-    (((A) == QB_Q3_K || (A) == QB_Q5_1 || ((A) == QB_Q5_K && (B) == QB_Q6_K)) ? 1 : QP_MV_MIN_CTAS_B1)
+// cos/sin come from a table, that is every kernel but Q2_K's, Q3_K's, Q5_1's, Q6_K's and the Q5_K + Q6_K
+// pair, which stay at one. (Q4_K_M's Q4_K + Q6_K pair had 80 registers and one CTA per SM with sin/cos in
+// double; in the replayed decode graph it cost the same 10.2 us a layer as at two, results/h200/logs/ablation.)
+#define QP_QKV_MIN_CTAS(A, B)                                                                              \
+    (((A) == QB_Q2_K || (A) == QB_Q3_K || (A) == QB_Q5_1 || (A) == QB_Q6_K || ((A) == QB_Q5_K && (B) == QB_Q6_K)) \
+         ? 1                                                                                               \
+         : QP_MV_MIN_CTAS_B1)
 
 // One type for Q, K and V: matvec_qkv_<type>.
 #define QP_QKV_ENTRY(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                          \
