@@ -22,10 +22,13 @@
 #include "common.cuh"
 #include "quant_codes.cuh"
 
-// Stages of weights the register path asks of L2 ahead of its loads (on the H200 0, 2 and 4 measured
-// within noise of each other, bench_matvec --variant, 2026-12-01).
+// Stages of weights the register path asks of L2 ahead of its loads; 0: none. The prefetch cost 45 of a
+// Q4_K stage's 214 SASS instructions, and these matvecs are instruction-bound. On the H200, tg128 Q4_K_M
+// alternating in one lease (2026-12-01, results/h200/logs/prefetch_774b1bf8): 2 stages read 424.6 and
+// 436.7 tok/s, none 460.7 and 441.2. (2 and 4 had measured within noise of "0", which then still
+// prefetched the stage at hand, so every build paid the instructions.)
 #ifndef QP_MV_PREFETCH_STAGES
-#define QP_MV_PREFETCH_STAGES 2
+#define QP_MV_PREFETCH_STAGES 0
 #endif
 // Bytes of each of its rows a matvec warp asks of L2 before it waits on the previous kernel (pdl.cuh;
 // at 0 a row that does not start on a 128-byte line still gets its first line asked for, qp_rows_warm).
@@ -355,8 +358,8 @@ static __device__ __forceinline__ void qp_rows_dot2_stream(QpRing& ring, const q
 }
 
 // The register path (types with qc_streams false): each lane loads its task of both rows straight from
-// global memory, QP_MV_PREFETCH_STAGES stages of the pair asked of L2 ahead (lanes 0..15: row a, 16..31:
-// row b, one 128-byte line each) so that the loads wait on L2 rather than DRAM.
+// global memory; with QP_MV_PREFETCH_STAGES > 0, that many stages of the pair are asked of L2 ahead
+// (lanes 0..15: row a, 16..31: row b, one 128-byte line each).
 template <int T>
 static __device__ __forceinline__ void qp_stage_prefetch(const qb_u8* ra, const qb_u8* rb, int base, int n_tasks) {
     if (base >= n_tasks) return;
