@@ -295,3 +295,26 @@ if [ "$STAGE" = finalB ]; then  # carries .smol/smollm2.whl.part-ab, issued whil
     step profile_graphs_$t 100 $Q profile -m mistral-7b-q4_k_m --graphs --timing $t -p 128 -n 32
   done
 fi
+# session 6: bytes in flight a warp. Variants of the matvec build (QPROF_KERNEL_DEFINES): the L2 warm of
+# each warp's whole rows at its start (QP_MV_WARM_BYTES), the register pipeline (QP_MV_PIPELINE: the next
+# stage's loads issued before this one computes), alternately twice for tg128, then the matvec table and
+# the replayed graph's op costs for the default and the variants
+INFLIGHT_VARIANTS=("" "-DQP_MV_WARM_BYTES=2048" "-DQP_MV_WARM_BYTES=16384" "-DQP_MV_PIPELINE=1"
+  "-DQP_MV_PIPELINE=1 -DQP_MV_WARM_BYTES=16384" "-DQP_MV_PIPELINE=1 -DQP_MV_MIN_CTAS_B1=1")
+if [ "$STAGE" = inflight ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  wait
+  for round in 1 2; do
+    for i in "${!INFLIGHT_VARIANTS[@]}"; do
+      step tg_v${i}_r$round 120 env QPROF_KERNEL_DEFINES="${INFLIGHT_VARIANTS[$i]}" $Q bench -m mistral-7b-q4_k_m \
+        -p 0 -n 128 -r 5 --results $OUT/bench_inflight.jsonl
+    done
+  done
+  mv_variants=(); for v in "${INFLIGHT_VARIANTS[@]:1}"; do mv_variants+=(--variant="$v"); done
+  step matvec_bw 200 python3 tests/gpu/bench_matvec.py --types Q4_K,Q6_K --batches 1 "${mv_variants[@]}"
+  for i in 0 2 4; do
+    step ablation_v$i 90 env QPROF_KERNEL_DEFINES="${INFLIGHT_VARIANTS[$i]}" python3 tests/gpu/bench_decode_ablation.py \
+      -m mistral-7b-q4_k_m --reps 2
+  done
+fi
