@@ -372,28 +372,14 @@ static __device__ __forceinline__ void qp_stage_prefetch(const qb_u8* ra, const 
 }
 
 // A kernel's prologue before qp_grid_wait (pdl.cuh): the first QP_MV_WARM_BYTES of the warp's two
-// rows asked of L2 (lanes 0..15: row a, 16..31: row b, a 128-byte line each per 2 KB of the row), since
-// weights depend on no earlier kernel. Launched programmatically, this runs beside the previous
-// kernel's tail; launched plainly, it puts the warp's whole rows in flight at once, where its loads
-// alone keep one stage in flight.
+// rows asked of L2 (lanes 0..15: row a, 16..31: row b, one 128-byte line each), since weights depend
+// on no earlier kernel. Launched programmatically, this runs beside the previous kernel's tail.
 static __device__ __forceinline__ void qp_rows_warm(const qb_u8* ra, const qb_u8* rb, int row_bytes) {
     const int lane = threadIdx.x & 31;
     const qb_u8* row = lane < 16 ? ra : rb;
     const int lead = (int)(reinterpret_cast<qb_u64>(row) & 127u);  // the row's offset in its first line
-    const int end = min(row_bytes, QP_MV_WARM_BYTES);
-#pragma unroll 1
-    for (int at = 128 * (lane & 15) - lead; at < end; at += 16 * 128)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(row + max(at, 0)));
-}
-
-// A stage's loads of both rows on the register path: lane task `task` of each.
-template <int T>
-static __device__ __forceinline__ void qp_stage_load_registers(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
-                                                               int task, typename Codes<T>::Raw (&raw)[2]) {
-    using C = Codes<T>;
-    const long off = (long)(task / C::TASKS) * Block<T>::BYTES;
-    C::template load<QbReadOnly>(ra + off, task % C::TASKS, raw[0]);  // ld.global.nc: read-only weights
-    C::template load<QbReadOnly>(rb + off, task % C::TASKS, raw[1]);
+    const int at = 128 * (lane & 15) - lead;
+    if (at < min(row_bytes, QP_MV_WARM_BYTES)) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + max(at, 0)));
 }
 
 // One stage of the register path: tasks base .. base + 31 of both rows. FULL: every lane's task is live, a
@@ -406,17 +392,14 @@ static __device__ __forceinline__ void qp_stage_dot_registers(const qb_u8* __res
     const int lane = threadIdx.x & 31;
     if constexpr (QP_MV_PREFETCH_STAGES > 0) qp_stage_prefetch<T>(ra, rb, base + 32 * QP_MV_PREFETCH_STAGES, n_tasks);
     const int task = FULL ? base + lane : min(base + lane, n_tasks - 1);  // past the end: a valid task, weighted 0
+    const long off = (long)(task / C::TASKS) * Block<T>::BYTES;
     typename C::Raw raw[2];
-    qp_stage_load_registers<T>(ra, rb, task, raw);
+    C::template load<QbReadOnly>(ra + off, task % C::TASKS, raw[0]);  // ld.global.nc: read-only weights
+    C::template load<QbReadOnly>(rb + off, task % C::TASKS, raw[1]);
     qp_task_dot_or_skip<T, NB>(raw, task % C::TASKS, task / C::TASKS, FULL || base + lane < n_tasks, xs, cols, acc);
 }
 
 // The whole stages (32 live tasks: every stage of Mistral-7B's rows) without a check, then the short last one.
-// QP_MV_PIPELINE 1: each whole stage's loads are issued before the stage before it is computed (a second
-// register stage: one more stage in flight a warp); the last whole stage reloads itself, unused.
-#ifndef QP_MV_PIPELINE
-#define QP_MV_PIPELINE 0
-#endif
 template <int T, int NB>
 static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
                                                               int cols, const qb_u8* xs, float (&acc)[2][NB]) {
@@ -424,23 +407,7 @@ static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __res
     const int n_tasks = cols / Block<T>::QK * C::TASKS, n_whole = n_tasks & ~31;
 #pragma unroll 1
     for (int d = 0; d < QP_MV_PREFETCH_STAGES; ++d) qp_stage_prefetch<T>(ra, rb, 32 * d, n_tasks);
-    if constexpr (QP_MV_PIPELINE) {
-        // two buffers that swap roles every stage (unrolled by two: no register copies)
-        const int lane = threadIdx.x & 31, last = n_whole - 32;
-        typename C::Raw a[2], b[2];
-        if (n_whole > 0) qp_stage_load_registers<T>(ra, rb, lane, a);
-        for (int base = 0; base < n_whole; base += 64) {
-            qp_stage_load_registers<T>(ra, rb, min(base + 32, last) + lane, b);
-            qp_task_dot_or_skip<T, NB>(a, (base + lane) % C::TASKS, (base + lane) / C::TASKS, true, xs, cols, acc);
-            if (base + 32 >= n_whole) break;
-            qp_stage_load_registers<T>(ra, rb, min(base + 64, last) + lane, a);
-            qp_task_dot_or_skip<T, NB>(b, (base + 32 + lane) % C::TASKS, (base + 32 + lane) / C::TASKS, true, xs, cols,
-                                       acc);
-        }
-    } else {
-        for (int base = 0; base < n_whole; base += 32)
-            qp_stage_dot_registers<T, NB, true>(ra, rb, base, n_tasks, cols, xs, acc);
-    }
+    for (int base = 0; base < n_whole; base += 32) qp_stage_dot_registers<T, NB, true>(ra, rb, base, n_tasks, cols, xs, acc);
     if (n_whole < n_tasks) qp_stage_dot_registers<T, NB, false>(ra, rb, n_whole, n_tasks, cols, xs, acc);
 }
 

@@ -141,8 +141,6 @@ static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, con
     const int row0 = blockIdx.x * 2 * QP_MV_WARPS;
     const long long first = (long long)min(row0 + warp, rows - 1) * row_bytes;
     qp_rows_warm(wg + first, wu + first, row_bytes);
-    const long long second = (long long)min(row0 + QP_MV_WARPS + warp, rows - 1) * row_bytes;
-    if (QP_MV_WARM_BYTES > 0) qp_rows_warm(wg + second, wu + second, row_bytes);  // the warp's second pair
     qp_grid_wait();  // xq, act and actq belong to the kernels before
     const float scale = qp_rms_scale<1>(xq, cols, 0, 1, eps);
     QpRing ring = qp_ring_make();  // both halves stream through it: one type, phases carry on

@@ -21,6 +21,8 @@ KERNELS = Path(__file__).resolve().parents[1] / "kernels"
     ("rmsnorm_f32", ("rmsnorm", "F32")),
     ("swiglu_f32", ("swiglu", "F32")),
     ("attn_decode_d64", ("attn_decode", None)),
+    ("attn_decode_d128_g4", ("attn_decode", None)),
+    ("attn_decode_d128_g4_f16kv", ("attn_decode", None)),
     ("attn_combine", ("attn_combine", None)),
     # BLAS
     ("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32_execute_kernel__5x_cublas", ("gemm", None)),

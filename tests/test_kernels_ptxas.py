@@ -106,7 +106,13 @@ def test_no_kernel_spills_and_every_quant_entry_exists(built, capsys):
     # decode attention keeps its per-thread arrays in registers: a stack frame there means an array went to
     # local memory, a round trip on its critical path
     stacked = [r["name"] for r in rows if r["name"].startswith("attn_decode") and r["stack_bytes"]]
-    assert not stacked and any(r["name"] == "attn_decode_d128" for r in rows), stacked
+    assert not stacked, stacked
+    # every decode-attention kernel the host can name exists: head dims the kernels are built for, and the
+    # heads-per-KV-head rounding of ops.decode_heads
+    from qprof.runtime.cuda.ops import MAX_GQA, decode_heads
+    wanted = {f"attn_decode_d{d}_g{decode_heads(n)}{kv}" for d in (32, 64, 96, 128) for n in range(1, MAX_GQA + 1)
+              for kv in ("", "_f16kv")}
+    assert wanted <= names, sorted(wanted - names)
     # every entry's code size comes from the cubin; decode attention's stays compact: its instructions are
     # fetched again at every launch, and on the H200 a fully unrolled one-launch version (149 KB of SASS)
     # added 13.9 us a layer at position 64, rewritten with loops over the heads (41 KB) 7.8
@@ -172,6 +178,16 @@ PTX_SAMPLE = b"""
 """
 
 
+def test_decode_heads_round_up_to_a_power_of_two_and_refuse_what_no_kernel_has():
+    from qprof.errors import QprofError
+    from qprof.runtime.cuda.ops import decode_heads
+
+    assert [decode_heads(n) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    for bad in (0, 9):
+        with pytest.raises(QprofError, match="query heads per KV head"):
+            decode_heads(bad)
+
+
 def test_ptx_parse_finds_the_kernels_that_wait_upstream():
     from qprof.runtime.cuda.driver import entries_waiting_upstream
 
@@ -193,8 +209,9 @@ def test_decode_kernels_wait_upstream_and_no_other_kernel_does(built):
     assert ptx_files, "no sm_90 PTX in the cache"
     waiting = set().union(*(entries_waiting_upstream(f.read_bytes()) for f in ptx_files))
     quantized = [t for t in ALL_TYPES if traits(t).family != "float"]
-    decode = {"attn_combine", "attn_decode_d128", "attn_decode_d128_f16kv", "quantize_q16", "quantize_q8",
+    decode = {"attn_combine", "quantize_q16", "quantize_q8",
               "matvec_qkv", "matvec_qkv_q4_k_v_q6_k"}
+    decode |= {f"attn_decode_d{d}_g{g}{kv}" for d in (32, 64, 96, 128) for g in (1, 2, 4, 8) for kv in ("", "_f16kv")}
     decode |= {K.kernel_name("get_rows", t) for t in ALL_TYPES}
     decode |= {K.kernel_name("matvec", t, f"b{b}") for t in ALL_TYPES for b in range(1, K.MATVEC_MAX_BATCH + 1)}
     decode |= {f"matvec_gate_up_{t.lower()}" for t in quantized} | {f"matvec_qkv_{t.lower()}" for t in quantized}

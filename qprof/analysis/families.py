@@ -65,7 +65,8 @@ GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8:
 _GGML_TYPE = re.compile(r"\(ggml_type\)(\d+)")
 _QTYPES = sorted((t.lower() for t in ALL_TYPES), key=len, reverse=True)
 _OURS = re.compile(r"^(?P<family>[a-z][a-z0-9_]*?)_(?P<qtype>" + "|".join(_QTYPES) + r")(?:_(?P<rest>[a-z0-9_]+))?$")
-_SPECIALIZED = re.compile(r"^(?P<family>[a-z][a-z0-9_]*?)_d\d+$")  # e.g. attn_decode_d64 (head-dim template)
+# a head-dim template, its heads per KV head and its KV type: attn_decode_d64, attn_decode_d128_g4_f16kv
+_SPECIALIZED = re.compile(r"^(?P<family>[a-z][a-z0-9_]*?)_d\d+(?:_g\d+)?(?:_f16kv)?$")
 _PLAIN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

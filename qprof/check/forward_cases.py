@@ -247,9 +247,11 @@ def forward_cases(quick: bool = False) -> list[ForwardCase]:
                                (1, 32000, True, True)):
         add_case("argmax", f"{rows}x{n}{' ties' if ties else ''}", rows, big, _argmax_case, rows, n, ties, n)
 
-    # attention: small heads, SmolLM2's 9/3x64 and Mistral-7B's 32/8x128
+    # attention: small heads, SmolLM2's 9/3x64 and Mistral-7B's 32/8x128; 8/8, 8/1 and 6/1 for the decode
+    # kernels built for 1 and 8 query heads per KV head (6: two of the eight heads unused)
     masks = ((0, "skip"), (0, "device"), (0, "upload"), (50, "skip"), (50, "device"), (50, "upload"))
-    for h, hkv, d, n_ctx, big in ((4, 2, 32, 256, False), (4, 1, 96, 256, False), (9, 3, 64, 1024, True),
+    for h, hkv, d, n_ctx, big in ((4, 2, 32, 256, False), (4, 1, 96, 256, False), (8, 8, 64, 256, False),
+                                  (8, 1, 32, 256, False), (6, 1, 128, 256, False), (9, 3, 64, 1024, True),
                                   (32, 8, 128, 1024, True)):
         positions = (0, 1, 127, 128, 200) if not big else (0, 600, n_ctx - 1)
         prefill = ((1, 0), (7, 0), (9, 33), (40, 3), (100, 60)) if not big else ((64, 0), (200, 300), (512, 0))
@@ -262,6 +264,10 @@ def forward_cases(quick: bool = False) -> list[ForwardCase]:
                 add_case("attention", f"prefill {shape} n={n_q} pos0={pos0} window={window} mask={mask_mode}",
                          n_q, big, _attention_case, "prefill", n_q, pos0, h, hkv, d, window, mask_mode, n_ctx,
                          n_q + pos0)
+    # a long context: every split of Mistral-7B's decode holds 128 keys, several rounds of its loads in flight
+    for pos, window, mask_mode in ((2500, 0, "skip"), (4095, 0, "skip"), (4095, 1000, "skip"), (3000, 0, "device")):
+        add_case("attention", f"decode 32/8x128 pos={pos} window={window} mask={mask_mode} n_ctx=4096", 1, True,
+                 _attention_case, "decode", 1, pos, 32, 8, 128, window, mask_mode, 4096, pos + 128)
     for phase, n_q, pos0 in (("decode", 1, 0), ("decode", 1, 1023), ("prefill", 64, 0), ("prefill", 200, 300)):
         for h, hkv, d, big in ((4, 2, 32, False), (32, 8, 128, True)):
             p0 = min(pos0, 200)

@@ -7,6 +7,7 @@ gap included. --variant "-DNAME=V ..." (repeatable) times the kernels built with
 macros) beside the default build.
 --fetch also times kernels/ceiling.cu's fetch probes (the same multiply-adds as 64 KB of straight-line code
 or as a 2 KB loop, one warp per SM) with and without the flush before each: what fetching code costs.
+Each build's second line is the KV bytes read (positions 0..p) over that time.
 Run: python3 tests/gpu/bench_attention.py [--positions 8,64,128,512] [--n-ctx 512] [--kv f32] [--variant OPTS]
      [--fetch]
 """
@@ -92,6 +93,9 @@ def main() -> None:
         KernelLibrary._instance = KernelLibrary(options)
         costs = [attention_cost_us(p, args.n_ctx, kv, shape) for p in positions]
         print(name[:40].ljust(40) + "".join(f"{c:10.2f}" for c, _ in costs))
+        # the K and V rows of positions 0..p it must read, over the time it adds (its launch gap included)
+        kv_bytes = [2 * (p + 1) * shape.kv_dim * kv.itemsize for p in positions]
+        print("  KV read, GB/s".ljust(40) + "".join(f"{b / (c * 1e3):10.0f}" for b, (c, _) in zip(kv_bytes, costs)))
     KernelLibrary._instance = None  # the fetch probes below: the default build
     print(f"(the flush alone: {costs[0][1]:.2f} µs a layer)")
     if args.fetch:

@@ -318,3 +318,20 @@ if [ "$STAGE" = inflight ]; then
       -m mistral-7b-q4_k_m --reps 2
   done
 fi
+# session 6: decode attention with its loads in flight (QP_DECODE_KEYS_IN_FLIGHT) and kernels built per heads
+# per KV head; checks first, then what it adds to a step at short and long positions beside .oldtree (the
+# build before it, carried) and tg128 alternately in one lease
+if [ "$STAGE" = attn6 ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  step check_attn 240 $Q check --ops attention,fused_qkv --failures-only
+  step gpu_tests_fwd 240 python3 -m pytest -q -rfs tests/gpu/test_forward_ops.py tests/gpu/test_prefill_graphs_gpu.py
+  for kv in f32 f16; do
+    step attn_here_$kv 150 python3 tests/gpu/bench_attention.py --positions 8,64,128,512,4096 --n-ctx 4608 --kv $kv
+    [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step attn_old_$kv 150 python3 tests/gpu/bench_attention.py \
+      --positions 8,64,128,512,4096 --n-ctx 4608 --kv $kv)
+  done
+  wait
+  ab_oldtree 2 -m mistral-7b-q4_k_m -p 0 -n 128 -r 5
+  step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
+fi

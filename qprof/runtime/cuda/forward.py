@@ -168,8 +168,9 @@ class CudaRuntime(TokenChecks):
         if self.fused_blocker is None:
             rope = RopeSpec(cfg.head_dim, cfg.rope_dim, cfg.rope_theta)
             b = self.buf
+            rope_cs = ops.rope_table(self.n_ctx, cfg.rope_dim, cfg.rope_theta)  # one for every layer
             self._qkv = [QkvLaunch(lw.mats["attn_q"], lw.mats["attn_k"], lw.mats["attn_v"], b.xq, cfg.rms_eps, b.q,
-                                   *self._kv[i], rope) for i, lw in enumerate(self.layers)]
+                                   *self._kv[i], rope, rope_cs=rope_cs) for i, lw in enumerate(self.layers)]
 
     def _fused_blocker(self) -> str | None:
         """Why decode runs the unfused ops (one kernel per op), or None for the fused projections."""
@@ -417,6 +418,8 @@ class CudaRuntime(TokenChecks):
                 with op(p + "kv_write", "kv_write"):
                     ops.kv_write(k, v, k_cache, v_cache, n, pos=lpos, pos0=pos0)
                 with op(p + "attention", "attention"):
+                    if mask is None and i == 0:  # a chunk past position 0 (or a window) needs a causal mask: once
+                        mask = ops.prefill_mask(pos0, n, sh, "cuda")
                     ops.attention_prefill(q, k_cache, v_cache, attn, n, sh, pos0, mask=mask)
                 self._project_add(p + "attn_output", "matmul", w["attn_output"], attn, tmp, x)
                 with op(p + "ffn_norm", "rmsnorm"):

@@ -61,17 +61,16 @@ def gate_up_supported(wg: DeviceWeight, wu: DeviceWeight) -> str | None:
     return None
 
 
-_ROPE_TABLES: dict[tuple[int, int, int, float], torch.Tensor] = {}
-
-
-def _rope_table(n_ctx: int, rope: RopeSpec) -> torch.Tensor:
-    """One (cos, sin) table per device, context and RoPE shape, shared by every layer's launch."""
+def _rope_table(n_ctx: int, rope: RopeSpec, given: torch.Tensor | None) -> torch.Tensor:
+    """The (cos, sin) table a QKV launch reads: the runtime's, shared by its layers, or one of its own."""
     from qprof.runtime.cuda.ops import rope_table
 
-    key = (torch.cuda.current_device(), n_ctx, rope.rope_dim, float(rope.theta))
-    if key not in _ROPE_TABLES:
-        _ROPE_TABLES[key] = rope_table(n_ctx, rope.rope_dim, rope.theta)
-    return _ROPE_TABLES[key]
+    if given is None:
+        return rope_table(n_ctx, rope.rope_dim, rope.theta)
+    want = (n_ctx, rope.rope_dim // 2, 2)
+    if given.dtype != torch.float32 or not given.is_cuda or tuple(given.shape) != want or not given.is_contiguous():
+        raise QprofError(f"fused QKV: the RoPE table must be a contiguous float32 {list(want)} device tensor")
+    return given
 
 
 def _segment(w: DeviceWeight) -> _Segment:
@@ -83,8 +82,11 @@ class QkvLaunch:
 
     def __init__(self, wq: DeviceWeight, wk: DeviceWeight, wv: DeviceWeight, xq: QVec, eps: float,
                  q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: RopeSpec,
-                 generic: bool = False):
-        """xq: x * attn_norm quantized, with its partials (the RMSNorm is applied from them)."""
+                 generic: bool = False, rope_cs: torch.Tensor | None = None):
+        """xq: x * attn_norm quantized, with its partials (the RMSNorm is applied from them).
+
+        rope_cs: ops.rope_table for the cache's positions, which a runtime makes once for all its layers
+        (the launch holds it); without it the launch makes its own."""
         why = qkv_supported(wq, wk, wv)
         if why:
             raise QprofError(f"{wq.name}: fused QKV does not apply: {why}")
@@ -101,7 +103,7 @@ class QkvLaunch:
         if rope.rope_dim % 2 or rope.rope_dim > rope.head_dim or wq.rows % rope.head_dim or wk.rows % rope.head_dim:
             raise QprofError(f"{wq.name}: rope dimension {rope.rope_dim} / head size {rope.head_dim} do not fit")
         n_ctx = int(k_cache.shape[0])
-        rope_cs = _rope_table(n_ctx, rope)
+        rope_cs = _rope_table(n_ctx, rope, rope_cs)
         self.weights, self.tensors = (wq, wk, wv), (xq, q_out, k_cache, v_cache, rope_cs)
         self.args = _QkvArgs((_Segment * 3)(*(_segment(w) for w in (wq, wk, wv))), xq.data.data_ptr(),
                              q_out.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0, rope_cs.data_ptr(),

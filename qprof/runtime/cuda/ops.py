@@ -186,6 +186,16 @@ def decode_splits(n_ctx: int, n_head_kv: int) -> tuple[int, int]:
     return chunk, n_split
 
 
+def decode_heads(n_gqa: int) -> int:
+    """The query heads per KV head a decode-attention kernel is built for: the power of two at or above n_gqa.
+
+    Its loops over heads unroll whole; the heads past n_gqa are zeros it never stores.
+    """
+    if not 1 <= n_gqa <= MAX_GQA:
+        raise QprofError(f"decode attention takes 1..{MAX_GQA} query heads per KV head, not {n_gqa}")
+    return 1 << (n_gqa - 1).bit_length()
+
+
 @dataclass
 class DecodeScratch:
     """Per-split partial results of decode attention, allocated once per runtime."""
@@ -213,7 +223,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _require_f32("attention_decode", q, out)
     suffix = _require_cache("attention_decode", k_cache, v_cache)
     lib = _lib()
-    kernel = lib.kernel("attention", f"attn_decode_d{shape.head_dim}{suffix}")
+    kernel = lib.kernel("attention", f"attn_decode_d{shape.head_dim}_g{decode_heads(shape.n_gqa)}{suffix}")
     shared = 4 * scratch.chunk * shape.n_gqa
     lib.launch(kernel, (shape.n_head_kv, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
                scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, _ptr(pos), int(pos0), scratch.chunk,
@@ -243,17 +253,15 @@ def attention_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         kv = cache[:n_keys].view(n_keys, g, 1, d).permute(1, 2, 0, 3).expand(g, gqa, n_keys, d)
         return kv if kv.dtype == torch.float32 else kv.float()
 
-    attn_mask, causal = None, False
+    attn_mask = None
+    if mask is None:
+        mask = prefill_mask(pos0, n_q, shape, q.device)
     if mask is not None:
         rows = mask.values[pos0:pos0 + n_q] if mask.row_by_pos else mask.values[:n_q]
         attn_mask = rows[:, :n_keys]
-    elif pos0 == 0 and (shape.window <= 0 or shape.window >= n_keys):
-        causal = True  # top-left aligned causality is the cache's when the queries start at position 0
-    else:
-        attn_mask = causal_mask(torch.arange(pos0, n_keys, device=q.device), n_keys, shape.window)
     o = torch.nn.functional.scaled_dot_product_attention(
         q.view(n_q, g, gqa, d).permute(1, 2, 0, 3), heads(k_cache), heads(v_cache), attn_mask=attn_mask,
-        is_causal=causal, scale=shape.scale)
+        is_causal=attn_mask is None, scale=shape.scale)
     out.view(n_q, g, gqa, d).copy_(o.permute(2, 0, 1, 3))
     return out
 
@@ -267,6 +275,17 @@ def argmax(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     lib = _lib()
     lib.launch(lib.kernel("sample", "argmax_f32"), (logits.numel() // n,), (ARGMAX_THREADS,), logits, n, out)
     return out
+
+
+def prefill_mask(pos0: int, n_q: int, shape: AttentionShape, device) -> Mask | None:
+    """The mask prefill attention needs without a given one, for n_q queries at pos0.. (rows by batch row).
+
+    None where torch's is_causal (top-left aligned) is the cache's causality: the queries start at position
+    0 and no window cuts the keys. A forward makes it once per chunk, for every layer."""
+    n_keys = pos0 + n_q
+    if pos0 == 0 and (shape.window <= 0 or shape.window >= n_keys):
+        return None
+    return Mask(causal_mask(torch.arange(pos0, n_keys, device=device), n_keys, shape.window), row_by_pos=False)
 
 
 def causal_mask(q_pos: torch.Tensor, n_keys: int, window: int) -> torch.Tensor:
