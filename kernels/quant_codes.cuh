@@ -81,6 +81,12 @@ static __device__ __forceinline__ void qc_load16(const qb_u8* p, qb_u32 (&w)[4])
 template <int T>
 struct Codes;
 
+// The 4-bit types' high nibbles are decoded in place, as codes 16 q with the scale d / 16 (exact: a power of
+// two), which saves the shift of every word; the codes stay below 256, and a 16-value run's int32 dot
+// against 16-bit activations below 2^31 (16 * 240 * 32767 * 257). Q5 types OR a fifth bit above the
+// nibble, so theirs are shifted down as before.
+#define QC_HIGH_IN_PLACE 0.0625f
+
 // ------------------------------------------------------------------ legacy 32-value blocks
 // One task per block: the 16 qs bytes give runs 0..15 (low nibbles) and 16..31 (high nibbles).
 
@@ -106,11 +112,12 @@ struct LegacyCodes {
     static __device__ __forceinline__ void decode(const Raw& r, int, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
         v = 16 * run;
-        d = r.d;
+        // Q4_0/Q4_1's high nibbles stay in place as codes 16 q (< 256) with d / 16: no shift (QC_HIGH_IN_PLACE)
+        d = !FIVE && run == 1 ? r.d * QC_HIGH_IN_PLACE : r.d;
         m = r.m;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            qb_u32 q = (r.qs[i] >> (4 * run)) & 0x0F0F0F0Fu;
+            qb_u32 q = FIVE ? (r.qs[i] >> (4 * run)) & 0x0F0F0F0Fu : r.qs[i] & (run ? 0xF0F0F0F0u : 0x0F0F0F0Fu);
             if constexpr (FIVE) q |= qb_spread4(r.qh >> (16 * run + 4 * i)) << 4;
             c[i] = q;
         }
@@ -247,11 +254,12 @@ struct KQuant45Codes {
                                                   int& v) {
         const int g = t >> 1, sub = 2 * g + run, shift = 8 * (sub & 3);
         v = 64 * g + 32 * run + 16 * (t & 1);
-        d = qb_half_to_float(static_cast<qb_u16>(r.dd & 0xFFFFu)) * static_cast<float>((r.sc >> shift) & 0xFFu);
+        const float dh = qb_half_to_float(static_cast<qb_u16>(r.dd & 0xFFFFu));
+        d = (!Q5 && run == 1 ? dh * QC_HIGH_IN_PLACE : dh) * static_cast<float>((r.sc >> shift) & 0xFFu);
         m = -qb_half_to_float(static_cast<qb_u16>(r.dd >> 16)) * static_cast<float>((r.mn >> shift) & 0xFFu);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            qb_u32 q = (r.qs[i] >> (4 * run)) & 0x0F0F0F0Fu;
+            qb_u32 q = Q5 ? (r.qs[i] >> (4 * run)) & 0x0F0F0F0Fu : r.qs[i] & (run ? 0xF0F0F0F0u : 0x0F0F0F0Fu);
             if constexpr (Q5) q |= ((r.qh[i] >> sub) & 0x01010101u) << 4;
             c[i] = q;
         }

@@ -335,3 +335,17 @@ if [ "$STAGE" = attn6 ]; then
   ab_oldtree 2 -m mistral-7b-q4_k_m -p 0 -n 128 -r 5
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
 fi
+# session 6's closing measurements: final6A carries .smol/smollm2.whl.part-aa and .oldtree (the build before the
+# last kernel change); final6B, issued while the machine is warm, carries part-ab
+if [ "$STAGE" = final6A ]; then
+  final5_checks_and_bench
+  ab_oldtree 2 -m mistral-7b-q4_k_m -p 0 -n 128 -r 5
+  step matvec_bw 240 python3 tests/gpu/bench_matvec.py --batches 1,8 --json $W/matvec_h200.json
+  step attn_variants 150 python3 tests/gpu/bench_attention.py --positions 8,64,128,512,4096 --n-ctx 4608 \
+    --variant=-DQP_DECODE_KEYS_IN_FLIGHT=4 --variant=-DQP_DECODE_KEYS_IN_FLIGHT=2
+fi
+if [ "$STAGE" = final6B ]; then
+  final5_e2e
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+  step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
+fi
