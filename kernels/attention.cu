@@ -54,8 +54,11 @@ static __device__ __forceinline__ float4 qp_kv4(const qb_u16* p, long i) {
 // Both passes keep QP_DECODE_KEYS_IN_FLIGHT keys' loads in flight per thread before using any: a split's
 // K and V rows are a chain of dependent L2 round trips otherwise, which bound long contexts: one key at a
 // time, the kernel took 15.5 µs a layer at position 512 and 5.7 at 8 on the H200 (4 MB more KV in 9.8 µs).
+// 4: on the H200 (2026-12-01, bench_attention at 9e9c3142, f32 KV, L2 flushed) 9.4, 10.5, 11.1, 13.8 and 37.8 µs
+// a layer at positions 8, 64, 128, 512 and 4096; 8 read 9.9, 10.8, 12.3, 14.1, 40.0; 2 read 9.4, 10.5, 11.3,
+// 15.2, 53.5; the kernel before this loop 8.4, 9.7, 11.8, 16.1, 63.3 (attn6 at f4879208).
 #ifndef QP_DECODE_KEYS_IN_FLIGHT
-#define QP_DECODE_KEYS_IN_FLIGHT 8
+#define QP_DECODE_KEYS_IN_FLIGHT 4
 #endif
 
 // Sum over aligned groups of SEG lanes (SEG a power of two up to 32); every lane of a group gets it.
