@@ -349,13 +349,11 @@ if [ "$STAGE" = final6B ]; then
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
 fi
-# after final6A/B: the default keys in flight 8 -> 4; final6C carries part-aa (attention check), final6D part-ab
+# after final6A/B: the default keys in flight 8 -> 4; the attention check, its cost, and the events/torch agreement
+# test (Mistral-7B, no SmolLM2 needed) that read attention 5.4% apart with 8
 if [ "$STAGE" = final6C ]; then
   step build 240 $Q kernels build
   step check_attn 150 $Q check --ops attention --failures-only
   step attn 60 python3 tests/gpu/bench_attention.py --positions 8,64,128,512,4096 --n-ctx 4608
-fi
-if [ "$STAGE" = final6D ]; then
-  for v in q4_k q8_0; do python3 -m qprof.cli workloads make smollm2-$v > /dev/null 2>&1; done
-  step gpu_tests_profile 200 python3 -m pytest -q -rfs tests/gpu/test_profile_gpu.py
+  step gpu_test_agree 200 python3 -m pytest -q -rfs -s tests/gpu/test_profile_gpu.py -k agree_with_torch
 fi
