@@ -83,8 +83,8 @@ struct Codes;
 
 // The 4-bit types' high nibbles are decoded in place, as codes 16 q with the scale d / 16 (exact: a power of
 // two), which saves the shift of every word; the codes stay below 256, and a 16-value run's int32 dot
-// against 16-bit activations below 2^31 (16 * 240 * 32767 * 257). Q5 types OR a fifth bit above the
-// nibble, so theirs are shifted down as before.
+// against 16-bit activations (256 hi + lo, |xi| <= 32767) within 16 * 240 * 32767, about 1.3e8 < 2^31.
+// Q5 types OR a fifth bit above the nibble, so theirs are shifted down as before.
 #define QC_HIGH_IN_PLACE 0.0625f
 
 // ------------------------------------------------------------------ legacy 32-value blocks
