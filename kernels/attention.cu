@@ -18,7 +18,7 @@
 //   writes an unnormalized partial (max, sum, sum p*V) per query head; attn_combine merges them.
 // KV caches are float32 or (the _f16kv instances) float16; scores and sums are float32 either way.
 #include "common.cuh"
-#include "matvec_core.cuh"  // the combine writes a QVec
+#include "matvec_qvec.cuh"  // the combine writes a QVec
 
 #define QP_DECODE_THREADS 128
 

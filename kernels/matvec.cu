@@ -2,7 +2,7 @@
 // (batched tokens), fp32 accumulation, weights read once for all NB columns. Every entry point
 // has one signature: matvec_<type>_b<NB>(w, x, y, rows, cols, row_bytes, use_norm, eps, residual,
 // yq, next_norm).
-//   x: a QVec (matvec_core.cuh) for quantized types, made by quantize_q16 / quantize_q8 below or by
+//   x: a QVec (matvec_qvec.cuh) for quantized types, made by quantize_q16 / quantize_q8 below or by
 //      the epilogue of the op before; float32 [NB, cols] for float types.
 //   use_norm (quantized types): x holds x * norm_w and its sum(x^2) partials; the result is scaled
 //      by 1 / rms (the RMSNorm fused into the projection).

@@ -1,5 +1,5 @@
 // Fused decode projections (one column): the layer's ops that read the normed residual stream,
-// whose QVec (matvec_core.cuh) the previous op's epilogue wrote as x * norm_w with its partials.
+// whose QVec (matvec_qvec.cuh) the previous op's epilogue wrote as x * norm_w with its partials.
 //
 // matvec_qkv: (RMSNorm) -> Q, K and V in one launch -> RoPE on Q and K -> K and V into the cache.
 //   Q, K and V may have different quant types (Q4_K_M keeps V in Q6_K on some layers), so each is

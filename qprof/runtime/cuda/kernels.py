@@ -164,12 +164,12 @@ def qkv_launch(types: tuple[QuantTraits, ...], rows: int) -> LaunchConfig:
 
 
 def xq_planes(batch: int) -> int:
-    """Byte planes of the quantized activations (kernels/matvec_core.cuh XPlanes): 16-bit at batch 1, else 8-bit."""
+    """Byte planes of the quantized activations (kernels/matvec_qvec.cuh XPlanes): 16-bit at batch 1, else 8-bit."""
     return 2 if batch == 1 else 1
 
 
 def xq_column_bytes(planes: int, cols: int) -> int:
-    """Bytes of one QVec column (qp_xq_column_bytes in matvec_core.cuh): planes, scales, sums, norm partials."""
+    """Bytes of one QVec column (qp_xq_column_bytes in matvec_qvec.cuh): planes, scales, sums, norm partials."""
     return (planes * cols + cols // 32 * 4 + cols // 16 * 4 + cols // 32 * 4 + 15) // 16 * 16
 
 

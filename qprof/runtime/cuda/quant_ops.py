@@ -158,7 +158,7 @@ def check_vector(w: DeviceWeight, t: torch.Tensor, what: str, n: int) -> None:
 
 @dataclass
 class QVec:
-    """Activations quantized for the dp4a matvec (the QVec of kernels/matvec_core.cuh): `batch` columns
+    """Activations quantized for the dp4a matvec (the QVec of kernels/matvec_qvec.cuh): `batch` columns
     of `cols` values, 16-bit at batch 1 and 8-bit above, with per-32 scales, per-16 sums and the
     sum(x^2) partials a fused RMSNorm reads. Written by quantize() or by a producing kernel's epilogue."""
 
