@@ -61,14 +61,6 @@ static __device__ __forceinline__ float4 qp_kv4(const qb_u16* p, long i) {
 #define QP_DECODE_KEYS_IN_FLIGHT 4
 #endif
 
-// Sum over aligned groups of SEG lanes (SEG a power of two up to 32); every lane of a group gets it.
-template <int SEG>
-static __device__ __forceinline__ float qp_segment_sum(float v) {
-#pragma unroll
-    for (int o = SEG / 2; o > 0; o >>= 1) v += __shfl_xor_sync(QP_FULL_MASK, v, o);
-    return v;
-}
-
 template <int D, int G, typename KvT>
 __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restrict__ k_cache,
                                 const KvT* __restrict__ v_cache, float* __restrict__ part_o,

@@ -9,11 +9,15 @@
 // -INFINITY without <cmath>: the bit pattern of float -inf.
 #define QP_NEG_INF __int_as_float(0xff800000)
 
-static __device__ __forceinline__ float qp_warp_sum(float v) {
+// Sum over aligned groups of SEG lanes (SEG a power of two up to 32); every lane of a group gets it.
+template <int SEG>
+static __device__ __forceinline__ float qp_segment_sum(float v) {
 #pragma unroll
-    for (int o = QP_WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(QP_FULL_MASK, v, o);
+    for (int o = SEG / 2; o > 0; o >>= 1) v += __shfl_xor_sync(QP_FULL_MASK, v, o);
     return v;
 }
+
+static __device__ __forceinline__ float qp_warp_sum(float v) { return qp_segment_sum<QP_WARP>(v); }
 
 static __device__ __forceinline__ float qp_warp_max(float v) {
 #pragma unroll
