@@ -2,7 +2,8 @@
 // torch's scaled_dot_product_attention (qprof/runtime/cuda/ops.py attention_prefill says why).
 //
 // Shared conventions
-//   q / out: [n_q, n_head * D] float32; K and V caches of one layer: [n_ctx, n_head_kv * D] float32.
+//   q / out: [n_head * D] float32; K and V caches of one layer: [n_ctx, n_head_kv * D] float32 or (the
+//   _f16kv instances) float16; scores and sums are float32 either way.
 //   Query head h reads KV head h / n_gqa. The query sits at *pos_ptr (read on the device so the step
 //   can be captured in a CUDA graph), or at pos0 without a pointer.
 //   Key j is visible to a query at position p when j <= p and, with a sliding window W > 0, p - j < W.
@@ -11,233 +12,367 @@
 //   mask row of a query is its position (mask_row_by_pos = 1: the device-resident [n_ctx, n_ctx]
 //   mask) or its row index in the batch (mask_row_by_pos = 0: a mask uploaded for this forward).
 //
-// Decode (flash-decoding): attn_decode_d<D>[_f16kv] grid (n_head_kv, n_split), 128 threads, dynamic
-//   shared memory n_gqa * chunk floats. Each CTA reads its KV head's rows once for all n_gqa query
-//   heads of the group; the live keys are split evenly over the n_split CTAs of a head at run time
-//   (chunk >= ceil(n_ctx / n_split) bounds a split), so the grid depends on n_ctx only. Each split
-//   writes an unnormalized partial (max, sum, sum p*V) per query head; attn_combine merges them.
-// KV caches are float32 or (the _f16kv instances) float16; scores and sums are float32 either way.
+// Decode (flash-decoding, one launch): attn_decode_d<D>_g<G>[_f16kv], grid (n_head_kv, n_split), 128
+//   threads, dynamic shared memory ops.py decode_shared_bytes. Each CTA reads its KV head's rows once for
+//   all n_gqa query heads of the group. The live keys are split evenly over the first n_live splits of a
+//   head at run time, n_live = min(n_split, ceil(keys / QP_DECODE_SPLIT_KEYS)), so the grid depends on
+//   n_ctx only (the step stays graph-capturable) and a short context is not spread over CTAs that would
+//   each hold a few keys. A split writes an unnormalized partial (max, sum, sum p*V) per query head; the
+//   head's last split to finish (a counter per KV head) merges them into out, and into out_q as a QVec
+//   for the attn_output projection.
 #include "common.cuh"
-#include "matvec_qvec.cuh"  // the combine writes a QVec
+#include "matvec_qvec.cuh"  // the merge writes a QVec
 
 #define QP_DECODE_THREADS 128
+#define QP_DECODE_WARPS (QP_DECODE_THREADS / QP_WARP)
+#define QP_MAX_GQA 8
+// Keys of one stage of a warp's ring: their K rows, then their V rows.
+#define QP_DECODE_STAGE_KEYS 8
+#define QP_DECODE_MAX_SLOTS 4
+// Keys a split is given at least (fewer splits at short contexts, so fewer partials to merge).
+#ifndef QP_DECODE_SPLIT_KEYS
+#define QP_DECODE_SPLIT_KEYS 64
+#endif
+// try_wait polls before a lost copy is called a fault (a trap fails the launch instead of a hang).
+#define QP_DECODE_WAIT_POLLS (1 << 22)
 
 struct QpMask {
     const float* ptr;
     int stride;
     int row_by_pos;
-    __device__ __forceinline__ float at(int row_index, int pos, int key) const {
-        const long row = row_by_pos ? pos : row_index;
-        return ptr[row * (long)stride + key];
+    __device__ __forceinline__ float at(int pos, int key) const {
+        return ptr[(long)(row_by_pos ? pos : 0) * stride + key];
     }
 };
 
-// K/V element loads for a float32 or float16 cache (4 consecutive values at a 4-aligned index).
-static __device__ __forceinline__ float4 qp_kv4(const float* p, long i) {
-    return __ldg(reinterpret_cast<const float4*>(p + i));
-}
-static __device__ __forceinline__ float4 qp_kv4(const qb_u16* p, long i) {
-    const uint2 w = __ldg(reinterpret_cast<const uint2*>(p + i));
-    return make_float4(qb_half_to_float(w.x & 0xFFFF), qb_half_to_float(w.x >> 16), qb_half_to_float(w.y & 0xFFFF),
-                       qb_half_to_float(w.y >> 16));
+extern __shared__ __align__(128) qb_u8 qp_decode_smem[];
+
+static __device__ __forceinline__ qb_u32 qp_decode_saddr(const void* p) {
+    return static_cast<qb_u32>(__cvta_generic_to_shared(p));
 }
 
-#define QP_MAX_GQA 8
+// N consecutive float32 or float16 values from shared memory (one 16-byte load for a chunk, narrower for a
+// V lane's few values), widened to float.
+template <int N>
+static __device__ __forceinline__ void qp_kv_values(const float* p, float (&v)[N]) {
+    if constexpr (N == 4) {
+        const float4 a = *reinterpret_cast<const float4*>(p);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    } else if constexpr (N == 2) {
+        const float2 a = *reinterpret_cast<const float2*>(p);
+        v[0] = a.x, v[1] = a.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) v[i] = p[i];
+    }
+}
+template <int N>
+static __device__ __forceinline__ void qp_kv_values(const qb_u16* p, float (&v)[N]) {
+    if constexpr (N % 2 == 0) {
+        qb_u32 w[N / 2];
+        if constexpr (N == 8) {
+            const uint4 a = *reinterpret_cast<const uint4*>(p);
+            w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w;
+        } else if constexpr (N == 4) {
+            const uint2 a = *reinterpret_cast<const uint2*>(p);
+            w[0] = a.x, w[1] = a.y;
+        } else {
+#pragma unroll
+            for (int i = 0; i < N / 2; ++i) w[i] = reinterpret_cast<const qb_u32*>(p)[i];
+        }
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i)
+            v[2 * i] = qb_half_to_float(w[i] & 0xFFFF), v[2 * i + 1] = qb_half_to_float(w[i] >> 16);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) v[i] = qb_half_to_float(p[i]);
+    }
+}
 
-// Decode: one CTA per (KV head, split) reads each K/V row once for the whole GQA group. The live
-// keys [lo, pos] are divided evenly over the n_split splits at run time (the grid depends on n_ctx
-// only, so the step stays graph-capturable, yet short contexts still spread over every split).
-// Scores: D / 4 lanes hold a key row, 4 dims each (a warp scores 32 / SEG keys at once, SEG the lanes a
-// dot is summed over), all heads of the group at once. Softmax per head by one warp each. Output: the
-// CTA's threads form key groups of D / 4 threads, thread d4 of a group owning dims 4 d4 .. 4 d4 + 3 of
-// every head over keys kg, kg + KG, ...; group 0 adds the others' sums.
-// Both passes keep QP_DECODE_KEYS_IN_FLIGHT keys' loads in flight per thread before using any: a split's
-// K and V rows are a chain of dependent L2 round trips otherwise, which bound long contexts: one key at a
-// time, the kernel took 15.5 µs a layer at position 512 and 5.7 at 8 on the H200 (4 MB more KV in 9.8 µs).
-// 4: on the H200 (2026-12-01, bench_attention at 9e9c3142, f32 KV, L2 flushed) 9.4, 10.5, 11.1, 13.8 and 37.8 µs
-// a layer at positions 8, 64, 128, 512 and 4096; 8 read 9.9, 10.8, 12.3, 14.1, 40.0; 2 read 9.4, 10.5, 11.3,
-// 15.2, 53.5; the kernel before this loop 8.4, 9.7, 11.8, 16.1, 63.3 (attn6 at f4879208).
-#ifndef QP_DECODE_KEYS_IN_FLIGHT
-#define QP_DECODE_KEYS_IN_FLIGHT 4
-#endif
+static __device__ __forceinline__ void qp_decode_wait(qb_u32 bar, qb_u32 parity) {
+    qb_u32 done = 0;
+    for (int polls = 0; !done; ++polls) {
+        asm volatile(
+            "{\n\t.reg .pred p;\n\t"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+            "selp.u32 %0, 1, 0, p;\n\t}"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (polls > QP_DECODE_WAIT_POLLS) __trap();
+    }
+}
 
+// The warp's stage of `live` keys from key0 into its slot at dst: lane 0 arms the barrier with the bytes,
+// then lane i < live asks the copy engine for key i's K row and lane live + i for its V row.
+template <int D, typename KvT>
+static __device__ __forceinline__ void qp_decode_stage_issue(qb_u8* dst, qb_u32 bar, const KvT* k_cache,
+                                                              const KvT* v_cache, long kv_off, int kv_dim, int key0,
+                                                              int live) {
+    constexpr int ROW = D * (int)sizeof(KvT);
+    const int lane = threadIdx.x % QP_WARP;
+    if (lane == 0)
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2 * live * ROW)
+                     : "memory");
+    __syncwarp();
+    if (lane < 2 * live) {
+        const bool is_v = lane >= live;
+        const int key = lane - (is_v ? live : 0);
+        const KvT* src = (is_v ? v_cache : k_cache) + (long)(key0 + key) * kv_dim + kv_off;
+        const qb_u32 to = qp_decode_saddr(dst + (is_v ? QP_DECODE_STAGE_KEYS * ROW : 0) + key * ROW);
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(to),
+                     "l"(src), "r"(ROW), "r"(bar)
+                     : "memory");
+    }
+}
+
+// A warp's online softmax over the stages it streams: running max m and sum l per head, and the
+// unnormalized output, lane l holding dims l * VD .. l * VD + VD - 1 of every head.
+template <int G, int VD>
+struct QpDecodeState {
+    float m[G], l[G], acc[G][VD];
+};
+
+// One CTA: the keys [start, end) of KV head kvh. Warp w streams stages w, w + 4, ... (8 keys each) through
+// its ring in shared memory (cp.async.bulk, so the bytes in flight do not cost registers and the next
+// stages land while this one is computed); a stage's scores, its softmax update and its p * V all read
+// the slot, then the warp refills it.
+// Scores: L lanes hold a key's K row, chunks sl, sl + L, ... of it (conflict-free in shared memory),
+// 32 / L keys a round, all heads of the group at once against q held in registers.
 template <int D, int G, typename KvT>
 __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restrict__ k_cache,
                                 const KvT* __restrict__ v_cache, float* __restrict__ part_o,
-                                float* __restrict__ part_ml, int n_gqa, int kv_dim, const int* pos_ptr,
-                                int pos0, int chunk, int window, QpMask mask, float scale) {
-    extern __shared__ float s_scores[];  // [n_gqa][chunk]
-    constexpr int NT = QP_DECODE_THREADS, NW = NT / QP_WARP;
-    constexpr int U = G >= 8 ? QP_DECODE_KEYS_IN_FLIGHT / 2 : QP_DECODE_KEYS_IN_FLIGHT;  // 8 heads: half, for code size
-    constexpr int LANES = D / 4;  // threads holding a key row, 4 dims each
-    constexpr int SEG = (LANES & (LANES - 1)) == 0 ? LANES : QP_WARP;  // D = 96: 24 lanes of a whole warp
-    constexpr int KPW = QP_WARP / SEG;  // keys a warp scores at once
-    constexpr int STEP = NW * KPW;  // keys the CTA scores at once
-    constexpr int KG = NT / LANES;  // key groups of the output stage
-    static_assert(D % 4 == 0 && LANES <= QP_WARP && KG >= 1, "head size");
+                                float* __restrict__ part_ml, int* __restrict__ done, float* __restrict__ out,
+                                qb_u8* out_q, int n_gqa, int kv_dim, const int* pos_ptr, int pos0, int window,
+                                QpMask mask, float scale) {
+    constexpr int NT = QP_DECODE_THREADS, NW = QP_DECODE_WARPS, KS = QP_DECODE_STAGE_KEYS;
+    // a chunk: 16 bytes, or 8 where a float16 row is not a multiple of 8 such chunks (D = 32, 96), so that 8
+    // lanes still share a row and the q registers stay G * D / 8
+    constexpr int CB = (D * (int)sizeof(KvT) / 16) % 8 == 0 ? 16 : 8;
+    constexpr int EPC = CB / (int)sizeof(KvT);  // values in a chunk
+    constexpr int CHUNKS = D / EPC;
+    // lanes a key row: 16 for 8 heads where the row allows (the q registers stay at 64), else 8, or 4
+    constexpr int L = (G >= 8 && CHUNKS % 16 == 0) ? 16 : (CHUNKS % 8 == 0 ? 8 : 4);
+    constexpr int CPL = CHUNKS / L, KPR = QP_WARP / L, ROUNDS = KS / KPR;
+    constexpr int VD = D / QP_WARP;  // V values a lane
+    constexpr int ROW = D * (int)sizeof(KvT), STAGE = 2 * KS * ROW;
+    static_assert(CHUNKS % L == 0 && KS % KPR == 0 && D % QP_WARP == 0, "head size");
     static_assert(G <= QP_MAX_GQA && (G & (G - 1)) == 0, "heads of a CTA");
-    __shared__ __align__(16) float s_acc[KG > 1 ? (KG - 1) * G * D : 1];  // groups 1.. for group 0
+    __shared__ __align__(8) qb_u64 bars[NW][QP_DECODE_MAX_SLOTS];
+    __shared__ __align__(16) float s_p[NW][KPR][G];  // a round's softmax numerators, for the p * V lanes
+    __shared__ int s_last;
+
     const int kvh = blockIdx.x, split = blockIdx.y, n_split = gridDim.y;
     const int lane = threadIdx.x % QP_WARP, warp = threadIdx.x / QP_WARP;
-    // the position is the step's (written before the decode graph or the eager step began), so the
-    // prologue below may read it before qp_grid_wait
+    // the position is the step's (written before the decode graph or the eager step began)
     const int pos = qp_position(pos_ptr, pos0, 0);
     const int lo = (mask.ptr == nullptr && window > 0) ? max(0, pos - window + 1) : 0;
-    const int per = (pos - lo + n_split) / n_split;  // ceil((pos - lo + 1) / n_split)
+    const int n_keys = pos - lo + 1;
+    const int n_live = min(n_split, max(1, (n_keys + QP_DECODE_SPLIT_KEYS - 1) / QP_DECODE_SPLIT_KEYS));
+    if (split >= n_live) return;  // a short context: this split has no keys, and the merge does not wait on it
+    const int per = (n_keys + n_live - 1) / n_live;
     const int start = lo + split * per, end = min(pos + 1, start + per);
     const long kv_off = (long)kvh * D;
-    {  // pull the split's K and V rows towards L2 at once: the stages below each wait on them in turn
-        constexpr int LINES = (D * (int)sizeof(KvT) + 127) / 128;
-        for (int i = threadIdx.x; i < (end - start) * LINES; i += NT) {
-            const long at = (long)(start + i / LINES) * kv_dim + kv_off + (i % LINES) * (128 / (int)sizeof(KvT));
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + at));
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(v_cache + at));
-        }
-    }
-    qp_grid_wait();  // q and this position's K and V row come from the QKV kernel
 
-    const int seg_lane = lane % SEG, key_slot = lane / SEG;
-    const bool holds = seg_lane < LANES;
-    float qr[G][4];  // heads n_gqa .. G - 1 are zero: their scores are never stored
+    qb_u32 dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    const int per_warp = (int)(dyn / NW) & ~127;
+    const int slots = min(QP_DECODE_MAX_SLOTS, per_warp / STAGE);
+    if (slots < 1) __trap();  // the host gave less shared memory than one stage: ops.py is out of step
+    qb_u8* ring = qp_decode_smem + warp * per_warp;
+    const qb_u32 bar0 = qp_decode_saddr(&bars[warp][0]);
+    if (lane == 0) {
+        for (int s = 0; s < slots; ++s)
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar0 + 8 * s) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncwarp();
+
+    qp_grid_wait();  // q and this position's K and V rows come from the QKV kernel
+    const int n_stages = (max(0, end - start) + KS - 1) / KS;
+    const int mine = n_stages > warp ? (n_stages - warp + NW - 1) / NW : 0;  // stages warp, warp + NW, ...
+#pragma unroll 1
+    for (int i = 0; i < min(slots, mine); ++i) {
+        const int key0 = start + (warp + i * NW) * KS;
+        qp_decode_stage_issue<D, KvT>(ring + i * STAGE, bar0 + 8 * i, k_cache, v_cache, kv_off, kv_dim, key0,
+                                      min(KS, end - key0));
+    }
+
+    const int sl = lane % L, seg = lane / L;
+    float qr[G][CPL][EPC];  // heads n_gqa .. G - 1 are zero: their results are never stored
 #pragma unroll
     for (int g = 0; g < G; ++g)
 #pragma unroll
-        for (int c = 0; c < 4; ++c)
-            qr[g][c] = (g < n_gqa && holds) ? q[(long)(kvh * n_gqa + g) * D + 4 * seg_lane + c] * scale : 0.0f;
+        for (int c = 0; c < CPL; ++c)
+#pragma unroll
+            for (int e = 0; e < EPC; ++e)
+                qr[g][c][e] = g < n_gqa ? q[(long)(kvh * n_gqa + g) * D + (sl + L * c) * EPC + e] * scale : 0.0f;
 
-    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    QpDecodeState<G, VD> st;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        st.m[g] = QP_NEG_INF, st.l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < VD; ++e) st.acc[g][e] = 0.0f;
+    }
+    // Every warp runs the CTA's number of rounds (a trip count the compiler sees is uniform, so the shuffles
+    // below need no divergence fallback); a warp without a stage in the last round computes on a stale
+    // slot with no live key, which changes nothing.
+    const int rounds = (n_stages + NW - 1) / NW;
 #pragma unroll 1
-    for (int base = start; base < end; base += STEP * U) {  // warp-uniform: the sums below shuffle
-        const int j0 = base + warp * KPW + key_slot;
-        float4 kr[U];
+    for (int i = 0; i < rounds; ++i) {
+        const int slot = i % slots, key0 = start + (warp + i * NW) * KS;
+        const int live = i < mine ? min(KS, end - key0) : 0;
+        if (live > 0) qp_decode_wait(bar0 + 8 * slot, (qb_u32)(i / slots) & 1u);
+        const KvT* kt = reinterpret_cast<const KvT*>(ring + slot * STAGE);
+        const KvT* vt = kt + KS * D;
+        // round by round (KPR keys each, not unrolled: the code stays small), an online softmax update each
+#pragma unroll 1
+        for (int r = 0; r < ROUNDS; ++r) {
+            const int key = r * KPR + seg;
+            float dot[G];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int j = j0 + u * STEP;
-            kr[u] = (holds && j < end) ? qp_kv4(k_cache, (long)j * kv_dim + kv_off + 4 * seg_lane) : zero;
-        }
+            for (int g = 0; g < G; ++g) dot[g] = 0.0f;
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int j = j0 + u * STEP;
+            for (int c = 0; c < CPL; ++c) {
+                float kv[EPC];
+                qp_kv_values<EPC>(kt + key * D + (sl + L * c) * EPC, kv);
+#pragma unroll
+                for (int g = 0; g < G; ++g)
+#pragma unroll
+                    for (int e = 0; e < EPC; ++e) dot[g] = fmaf(qr[g][c][e], kv[e], dot[g]);
+            }
+            // the mask's entry for a live key (a dead one reads the row's last live entry, unused)
+            const float bias = mask.ptr != nullptr ? mask.at(pos, key0 + min(key, max(live - 1, 0))) : 0.0f;
 #pragma unroll
             for (int g = 0; g < G; ++g) {
-                float dot = qr[g][0] * kr[u].x + qr[g][1] * kr[u].y + qr[g][2] * kr[u].z + qr[g][3] * kr[u].w;
-                dot = qp_segment_sum<SEG>(dot);
-                if (seg_lane == 0 && j < end && g < n_gqa) s_scores[g * chunk + (j - start)] = dot;
+                const float sum = qp_segment_sum<L>(dot[g]);  // every lane shuffles: outside the select below
+                const float s = key < live ? sum + bias : QP_NEG_INF;  // a dead key's row is stale bytes
+                float mx = s;
+#pragma unroll
+                for (int o = L; o < QP_WARP; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(QP_FULL_MASK, mx, o));
+                const float m_new = fmaxf(st.m[g], mx);
+                const float alpha = m_new == QP_NEG_INF ? 1.0f : __expf(st.m[g] - m_new);
+                const float p = s == QP_NEG_INF ? 0.0f : __expf(s - m_new);
+                st.m[g] = m_new;
+                st.l[g] = fmaf(st.l[g], alpha, p);  // this lane's segment's keys; segments are summed at the end
+#pragma unroll
+                for (int e = 0; e < VD; ++e) st.acc[g][e] *= alpha;
+                if (sl == 0) s_p[warp][seg][g] = p;
             }
+            __syncwarp();
+#pragma unroll
+            for (int k = 0; k < KPR; ++k) {
+                float v[VD];
+                qp_kv_values<VD>(vt + (r * KPR + k) * D + lane * VD, v);
+#pragma unroll
+                for (int e = 0; e < VD; ++e) v[e] = r * KPR + k < live ? v[e] : 0.0f;  // a dead key's row: stale bytes
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    const float p = s_p[warp][k][g];
+#pragma unroll
+                    for (int e = 0; e < VD; ++e) st.acc[g][e] = fmaf(p, v[e], st.acc[g][e]);
+                }
+            }
+            __syncwarp();  // s_p is rewritten by the next round
+        }
+        __syncwarp();  // every lane is done with the slot: refill it
+        if (i + slots < mine) {
+            const int next0 = start + (warp + (i + slots) * NW) * KS;
+            qp_decode_stage_issue<D, KvT>(ring + slot * STAGE, bar0 + 8 * slot, k_cache, v_cache, kv_off, kv_dim,
+                                          next0, min(KS, end - next0));
         }
     }
-    __syncthreads();
-    const int n = max(0, end - start);
-    for (int g = warp; g < n_gqa; g += NW) {  // softmax numerators of head g, in place
-        float* sg = s_scores + g * chunk;
-        if (mask.ptr != nullptr)  // here, not in the loop above: one copy of that loop, not one per case
-            for (int j = lane; j < n; j += QP_WARP) sg[j] += mask.at(0, pos, start + j);
-        __syncwarp();
-        float m = QP_NEG_INF;
-        for (int j = lane; j < n; j += QP_WARP) m = fmaxf(m, sg[j]);
-        m = qp_warp_max(m);
-        float l = 0.0f;
-        for (int j = lane; j < n; j += QP_WARP) {
-            const float p = m == QP_NEG_INF ? 0.0f : __expf(sg[j] - m);
-            sg[j] = p;
-            l += p;
-        }
-        l = qp_warp_sum(l);
-        if (lane == 0) {
-            const long part = (long)(kvh * n_gqa + g) * n_split + split;
-            part_ml[2 * part] = m;
-            part_ml[2 * part + 1] = l;
-        }
-    }
-    __syncthreads();
-    const int d4 = threadIdx.x % LANES, kg = threadIdx.x / LANES;
-    float acc[G][4];
+    qp_grid_release();  // only the merges and stores are left
 #pragma unroll
     for (int g = 0; g < G; ++g)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) acc[g][c] = 0.0f;
-    if (kg < KG) {
-#pragma unroll 1
-        for (int j0 = kg; j0 < n; j0 += KG * U) {
-            float4 vr[U];
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int j = j0 + u * KG;
-                vr[u] = j < n ? qp_kv4(v_cache, (long)(start + j) * kv_dim + kv_off + 4 * d4) : zero;
-            }
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int j = j0 + u * KG;
-#pragma unroll
-                for (int g = 0; g < G; ++g) {
-                    const float p = j < n && g < n_gqa ? s_scores[g * chunk + j] : 0.0f;  // else no score was written
-                    acc[g][0] = fmaf(p, vr[u].x, acc[g][0]);
-                    acc[g][1] = fmaf(p, vr[u].y, acc[g][1]);
-                    acc[g][2] = fmaf(p, vr[u].z, acc[g][2]);
-                    acc[g][3] = fmaf(p, vr[u].w, acc[g][3]);
-                }
-            }
-        }
-    }
-    qp_grid_release();  // only the partials' stores are left
-    if (KG > 1) {
-        if (kg >= 1 && kg < KG) {
-#pragma unroll
-            for (int g = 0; g < G; ++g)
-                if (g < n_gqa)
-                    *reinterpret_cast<float4*>(s_acc + ((kg - 1) * G + g) * D + 4 * d4) =
-                        make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
-        }
-        __syncthreads();
-    }
-    if (kg == 0) {
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-            if (g >= n_gqa) break;
-            float4 sum = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
-            for (int k2 = 1; k2 < KG; ++k2) {
-                const float4 o = *reinterpret_cast<const float4*>(s_acc + ((k2 - 1) * G + g) * D + 4 * d4);
-                sum.x += o.x, sum.y += o.y, sum.z += o.z, sum.w += o.w;
-            }
-            *reinterpret_cast<float4*>(part_o + ((long)(kvh * n_gqa + g) * n_split + split) * D + 4 * d4) = sum;
-        }
-    }
-}
+        for (int o = L; o < QP_WARP; o <<= 1) st.l[g] += __shfl_xor_sync(QP_FULL_MASK, st.l[g], o);
 
-// Merge the decode partials of each head: out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
-// grid (n_head), blockDim.x = D (whole warps). With out_q, also write out as a QVec (one 32-block
-// per warp) for the attn_output projection.
-extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                        float* __restrict__ out, int n_split, int D, qb_u8* out_q, int n_head) {
-    qp_grid_release();
-    qp_grid_wait();
-    const int h = blockIdx.x;
-    const float* ml = part_ml + (long)h * n_split * 2;
-    float M = QP_NEG_INF;
-    for (int s = 0; s < n_split; ++s) M = fmaxf(M, ml[2 * s]);
-    float L = 0.0f;
-    for (int s = 0; s < n_split; ++s)
-        if (ml[2 * s] != QP_NEG_INF) L += __expf(ml[2 * s] - M) * ml[2 * s + 1];
-    const float inv_l = 1.0f / L;
-    const int d = threadIdx.x;
-    float acc = 0.0f;
-    for (int s = 0; s < n_split; ++s)
-        if (ml[2 * s] != QP_NEG_INF) acc += __expf(ml[2 * s] - M) * part_o[((long)h * n_split + s) * D + d];
-    const float o = acc * inv_l;
-    out[(long)h * D + d] = o;
-    if (out_q != nullptr) qp_quantize_block32<1>(o, o, out_q, n_head * D, 0, (h * D + d) / 32);
+    // The CTA's four warps merged into the split's partial, through the (now idle) rings' shared memory.
+    __syncthreads();
+    float* s_m = reinterpret_cast<float*>(qp_decode_smem);  // [NW][G]
+    float* s_l = s_m + NW * G;                              // [NW][G]
+    float* s_o = s_l + NW * G;                              // [NW][G][D]
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        if (lane == 0) s_m[warp * G + g] = st.m[g], s_l[warp * G + g] = st.l[g];
+#pragma unroll
+        for (int e = 0; e < VD; ++e) s_o[(warp * G + g) * D + lane * VD + e] = st.acc[g][e];
+    }
+    __syncthreads();
+#pragma unroll 1
+    for (int i = threadIdx.x; i < n_gqa * D; i += NT) {
+        const int g = i / D, d = i % D;
+        float m = QP_NEG_INF;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) m = fmaxf(m, s_m[w * G + g]);
+        float o = 0.0f, l = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) {
+            const float f = s_m[w * G + g] == QP_NEG_INF ? 0.0f : __expf(s_m[w * G + g] - m);
+            o = fmaf(f, s_o[(w * G + g) * D + d], o);
+            l = fmaf(f, s_l[w * G + g], l);
+        }
+        const long part = (long)(kvh * n_gqa + g) * n_split + split;
+        part_o[part * D + d] = o;
+        if (d == 0) part_ml[2 * part] = m, part_ml[2 * part + 1] = l;
+    }
+
+    // The head's last split merges every split's partial: out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
+    __threadfence();  // this split's partials are visible before the counter says so
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1) == n_live - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    float* s_w = reinterpret_cast<float*>(qp_decode_smem);  // [G + 1][n_live]: each split's weight (row G: no head)
+#pragma unroll 1
+    for (int g0 = 0; g0 < n_gqa; g0 += NW) {  // uniform trip count, as above; a warp past n_gqa redoes head 0
+        const int g = g0 + warp < n_gqa ? g0 + warp : 0, gs = g0 + warp < n_gqa ? g : G;  // gs: where it writes
+        const float* ml = part_ml + (long)(kvh * n_gqa + g) * n_split * 2;
+        float m = QP_NEG_INF;
+#pragma unroll 1
+        for (int s = lane; s < n_live; s += QP_WARP) m = fmaxf(m, __ldcg(ml + 2 * s));
+        m = qp_warp_max(m);
+        float l = 0.0f;
+#pragma unroll 1
+        for (int s = lane; s < n_live; s += QP_WARP) {
+            const float ms = __ldcg(ml + 2 * s);
+            const float f = ms == QP_NEG_INF ? 0.0f : __expf(ms - m);
+            s_w[gs * n_live + s] = f;
+            l = fmaf(f, __ldcg(ml + 2 * s + 1), l);
+        }
+        const float inv_l = 1.0f / qp_warp_sum(l);
+        __syncwarp();
+#pragma unroll 1
+        for (int s = lane; s < n_live; s += QP_WARP) s_w[gs * n_live + s] *= inv_l;
+    }
+    __syncthreads();
+#pragma unroll 1
+    for (int i0 = 0; i0 < n_gqa * D; i0 += NT) {
+        // a warp past the heads redoes the last 32 values (the same bits again): its shuffles stay uniform
+        const int i = min(i0 + (int)threadIdx.x, n_gqa * D - QP_WARP + lane);
+        const int g = i / D, d = i % D, h = kvh * n_gqa + g;
+        float o = 0.0f;
+#pragma unroll 4
+        for (int s = 0; s < n_live; ++s) o = fmaf(s_w[g * n_live + s], __ldcg(part_o + ((long)h * n_split + s) * D + d), o);
+        out[(long)h * D + d] = o;
+        if (out_q != nullptr) qp_quantize_block32<1>(o, o, out_q, gridDim.x * n_gqa * D, 0, (h * D + d) / 32);
+    }
+    if (threadIdx.x == 0) done[kvh] = 0;  // ready for the next step (and the next replay of a graph)
 }
 
 // attn_decode_d<D>_g<G>[_f16kv]: G the query heads of a KV head the kernel computes, the power of two at
 // or above n_gqa (ops.py decode_heads), so its loops over heads unroll whole without running code
 // for more heads than needed beyond the rounding.
-#define QP_ATTN_ENTRY(D, G, SUFFIX, KV)                                                                        \
-    extern "C" __global__ void attn_decode_d##D##_g##G##SUFFIX(                                                \
-        const float* q, const KV* k_cache, const KV* v_cache, float* part_o, float* part_ml, int n_gqa,      \
-        int kv_dim, const int* pos_ptr, int pos0, int chunk, int window, const float* mask, int mask_stride, \
-        int mask_row_by_pos, float scale) {                                                                  \
-        attn_decode_gqa<D, G, KV>(q, k_cache, v_cache, part_o, part_ml, n_gqa, kv_dim, pos_ptr, pos0, chunk,  \
-                                  window, QpMask{mask, mask_stride, mask_row_by_pos}, scale);                \
+#define QP_ATTN_ENTRY(D, G, SUFFIX, KV)                                                                         \
+    extern "C" __global__ void __launch_bounds__(QP_DECODE_THREADS) attn_decode_d##D##_g##G##SUFFIX(           \
+        const float* q, const KV* k_cache, const KV* v_cache, float* part_o, float* part_ml, int* done,        \
+        float* out, qb_u8* out_q, int n_gqa, int kv_dim, const int* pos_ptr, int pos0, int window,            \
+        const float* mask, int mask_stride, int mask_row_by_pos, float scale) {                                \
+        attn_decode_gqa<D, G, KV>(q, k_cache, v_cache, part_o, part_ml, done, out, out_q, n_gqa, kv_dim,       \
+                                  pos_ptr, pos0, window, QpMask{mask, mask_stride, mask_row_by_pos}, scale); \
     }
 #define QP_ATTN_HEADS(D, G) QP_ATTN_ENTRY(D, G, , float) QP_ATTN_ENTRY(D, G, _f16kv, qb_u16)
 #define QP_ATTN_INSTANCES(D) QP_ATTN_HEADS(D, 1) QP_ATTN_HEADS(D, 2) QP_ATTN_HEADS(D, 4) QP_ATTN_HEADS(D, 8)

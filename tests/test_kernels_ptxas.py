@@ -124,7 +124,7 @@ def test_no_kernel_spills_and_every_quant_entry_exists(built, capsys):
     assert table.exit_code == 0 and all(ln.startswith(("dequant_", "get_rows_")) for ln in table.stdout.splitlines()[1:-1])
 
 
-ATTN_DECODE_MAX_CODE = 40 * 1024
+ATTN_DECODE_MAX_CODE = 44 * 1024
 
 
 def test_cubin_text_sizes_reads_sections_and_refuses_junk():
@@ -209,7 +209,7 @@ def test_decode_kernels_wait_upstream_and_no_other_kernel_does(built):
     assert ptx_files, "no sm_90 PTX in the cache"
     waiting = set().union(*(entries_waiting_upstream(f.read_bytes()) for f in ptx_files))
     quantized = [t for t in ALL_TYPES if traits(t).family != "float"]
-    decode = {"attn_combine", "quantize_q16", "quantize_q8",
+    decode = {"quantize_q16", "quantize_q8",
               "matvec_qkv", "matvec_qkv_q4_k_v_q6_k"}
     decode |= {f"attn_decode_d{d}_g{g}{kv}" for d in (32, 64, 96, 128) for g in (1, 2, 4, 8) for kv in ("", "_f16kv")}
     decode |= {K.kernel_name("get_rows", t) for t in ALL_TYPES}

@@ -85,7 +85,7 @@ def main() -> None:
     kv = torch.float32 if args.kv == "f32" else torch.float16
     positions = [int(p) for p in args.positions.split(",")]
     builds = [("default", None)] + [(v, DEFAULT_OPTIONS + tuple(v.split())) for v in args.variant]
-    _, n_split = ops.decode_splits(args.n_ctx, shape.n_head_kv)
+    n_split = ops.decode_splits(args.n_ctx, shape.n_head_kv)
     print(f"{torch.cuda.get_device_name()}: decode attention 32/8x128, {args.kv} KV, n_ctx {args.n_ctx} "
           f"(grid 8 x {n_split}); µs it adds per layer after a {FLUSH_BYTES >> 20} MB L2 flush")
     print("build".ljust(40) + "".join(f"pos {p}".rjust(10) for p in positions))

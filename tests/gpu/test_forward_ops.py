@@ -62,10 +62,9 @@ def test_heads_must_divide_into_kv_heads():
 @pytest.mark.parametrize("n_ctx", [1, 128, 129, 4096, 32768, 131072])
 @pytest.mark.parametrize("n_head_kv", [1, 3, 8])
 def test_decode_splits_cover_the_context(n_ctx, n_head_kv):
-    chunk, n_split = ops.decode_splits(n_ctx, n_head_kv)
-    assert chunk * n_split >= n_ctx  # every position fits in some split, however the keys are divided
-    assert n_split <= ops.MAX_DECODE_SPLITS and chunk % 32 == 0 and n_split <= max(1, -(-n_ctx // 32))
-    assert chunk <= ops.DECODE_MAX_CHUNK or n_split == ops.MAX_DECODE_SPLITS
+    n_split = ops.decode_splits(n_ctx, n_head_kv)
+    assert 1 <= n_split <= ops.MAX_DECODE_SPLITS and n_split <= max(1, -(-n_ctx // 32))
+    assert -(-n_ctx // n_split) <= ops.DECODE_SPLIT_MAX_KEYS or n_split == ops.MAX_DECODE_SPLITS
     if n_ctx >= 32 * ops.DECODE_TARGET_CTAS:  # long contexts fill the card: about the target CTAs or more
         assert n_split * n_head_kv >= ops.DECODE_TARGET_CTAS
 

@@ -24,8 +24,12 @@ KV_THREADS = 256
 ARGMAX_THREADS = 1024  # power of two: the kernel's tree reduction halves it
 DECODE_THREADS = 128  # QP_DECODE_THREADS in attention.cu
 DECODE_TARGET_CTAS = 256  # decode attention CTAs (KV heads x splits) asked for: about two per SM
-DECODE_MAX_CHUNK = 1024  # keys one split may hold at most (its scores sit in shared memory per query head)
+DECODE_SPLIT_MAX_KEYS = 1024  # more splits where a split would hold more keys than this
 MAX_DECODE_SPLITS = 256
+# attention.cu's decode ring: QP_DECODE_WARPS warps, each streaming stages of QP_DECODE_STAGE_KEYS keys'
+# K and V rows through at most QP_DECODE_MAX_SLOTS slots; DECODE_RING_BYTES is what a CTA's rings may take
+DECODE_WARPS, DECODE_STAGE_KEYS, DECODE_MAX_SLOTS = 4, 8, 4
+DECODE_RING_BYTES = 64 << 10
 MAX_GQA = 8  # QP_MAX_GQA in attention.cu: query heads per KV head
 ATTENTION_HEAD_DIMS = (32, 64, 96, 128)  # instantiated in attention.cu
 
@@ -174,16 +178,15 @@ def _mask_args(mask: Mask | None) -> tuple:
     return mask.values, mask.stride, int(mask.row_by_pos)
 
 
-def decode_splits(n_ctx: int, n_head_kv: int) -> tuple[int, int]:
-    """(chunk, n_split) for decode attention: a grid that depends on n_ctx only (graph-capturable).
+def decode_splits(n_ctx: int, n_head_kv: int) -> int:
+    """Splits per KV head for decode attention: a grid that depends on n_ctx only (graph-capturable).
 
     About DECODE_TARGET_CTAS CTAs over the KV heads, more splits where a split would pass
-    DECODE_MAX_CHUNK keys, never a split of fewer than 32 keys of the context; chunk bounds a split.
+    DECODE_SPLIT_MAX_KEYS keys, never more splits than 32-key pieces of the context. The kernel uses
+    fewer at run time where the position is short (attention.cu: QP_DECODE_SPLIT_KEYS).
     """
-    n_split = max(math.ceil(DECODE_TARGET_CTAS / n_head_kv), math.ceil(n_ctx / DECODE_MAX_CHUNK))
-    n_split = max(1, min(n_split, MAX_DECODE_SPLITS, math.ceil(n_ctx / 32)))
-    chunk = 32 * math.ceil(n_ctx / n_split / 32)
-    return chunk, n_split
+    n_split = max(math.ceil(DECODE_TARGET_CTAS / n_head_kv), math.ceil(n_ctx / DECODE_SPLIT_MAX_KEYS))
+    return max(1, min(n_split, MAX_DECODE_SPLITS, math.ceil(n_ctx / 32)))
 
 
 def decode_heads(n_gqa: int) -> int:
@@ -196,21 +199,34 @@ def decode_heads(n_gqa: int) -> int:
     return 1 << (n_gqa - 1).bit_length()
 
 
+def decode_shared_bytes(shape: AttentionShape, kv_bytes: int, n_split: int) -> int:
+    """Dynamic shared memory of a decode-attention CTA: its warps' rings (as many slots as DECODE_RING_BYTES
+    holds, 1 to DECODE_MAX_SLOTS), or more where the merges that reuse it need more (attention.cu)."""
+    stage = 2 * DECODE_STAGE_KEYS * shape.head_dim * kv_bytes
+    slots = max(1, min(DECODE_MAX_SLOTS, DECODE_RING_BYTES // (DECODE_WARPS * stage)))
+    heads = decode_heads(shape.n_gqa)
+    warps_merge = 4 * DECODE_WARPS * heads * (2 + shape.head_dim)  # each warp's (m, l, o) per head
+    splits_merge = 4 * (heads + 1) * n_split  # each split's weight per head, and a row for warps past the heads
+    per_warp = max(slots * stage, math.ceil(max(warps_merge, splits_merge) / DECODE_WARPS))
+    return DECODE_WARPS * 128 * math.ceil(per_warp / 128)  # the kernel cuts it into 128-byte aligned rings
+
+
 @dataclass
 class DecodeScratch:
-    """Per-split partial results of decode attention, allocated once per runtime."""
+    """Per-split partial results of decode attention and its counters, allocated once per runtime."""
 
-    chunk: int
     n_split: int
     part_o: torch.Tensor  # [n_head, n_split, head_dim]
     part_ml: torch.Tensor  # [n_head, n_split, 2]
+    done: torch.Tensor  # int32 [n_head_kv]: splits finished this step; the last one merges and zeroes it
 
     @classmethod
     def allocate(cls, shape: AttentionShape, n_ctx: int, device="cuda") -> DecodeScratch:
-        chunk, n_split = decode_splits(n_ctx, shape.n_head_kv)
-        return cls(chunk, n_split,
+        n_split = decode_splits(n_ctx, shape.n_head_kv)
+        return cls(n_split,
                    torch.empty(shape.n_head, n_split, shape.head_dim, device=device),
-                   torch.empty(shape.n_head, n_split, 2, device=device))
+                   torch.empty(shape.n_head, n_split, 2, device=device),
+                   torch.zeros(shape.n_head_kv, dtype=torch.int32, device=device))
 
 
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
@@ -218,18 +234,17 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      pos0: int = 0, mask: Mask | None = None, out_q: torch.Tensor | None = None) -> torch.Tensor:
     """One query row q [n_head * D] at position pos[0] (or pos0) against the cache; out [n_head * D].
 
+    One launch: the splits' partials are merged by each KV head's last split (attention.cu).
     out_q (a QVec byte buffer for n_head * D values): also write out quantized for the next matvec.
     """
     _require_f32("attention_decode", q, out)
     suffix = _require_cache("attention_decode", k_cache, v_cache)
     lib = _lib()
     kernel = lib.kernel("attention", f"attn_decode_d{shape.head_dim}_g{decode_heads(shape.n_gqa)}{suffix}")
-    shared = 4 * scratch.chunk * shape.n_gqa
+    shared = decode_shared_bytes(shape, k_cache.element_size(), scratch.n_split)
     lib.launch(kernel, (shape.n_head_kv, scratch.n_split), (DECODE_THREADS,), q, k_cache, v_cache,
-               scratch.part_o, scratch.part_ml, shape.n_gqa, shape.kv_dim, _ptr(pos), int(pos0), scratch.chunk,
-               shape.window, *_mask_args(mask), shape.scale, shared_bytes=shared)
-    lib.launch(lib.kernel("attention", "attn_combine"), (shape.n_head,), (shape.head_dim,), scratch.part_o,
-               scratch.part_ml, out, scratch.n_split, shape.head_dim, _ptr(out_q), shape.n_head)
+               scratch.part_o, scratch.part_ml, scratch.done, out, _ptr(out_q), shape.n_gqa, shape.kv_dim, _ptr(pos),
+               int(pos0), shape.window, *_mask_args(mask), shape.scale, shared_bytes=shared)
     return out
 
 
