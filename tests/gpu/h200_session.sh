@@ -357,10 +357,11 @@ if [ "$STAGE" = final6C ]; then
   step attn 60 python3 tests/gpu/bench_attention.py --positions 8,64,128,512,4096 --n-ctx 4608
   step gpu_test_agree 200 python3 -m pytest -q -rfs -s tests/gpu/test_profile_gpu.py -k agree_with_torch
 fi
-# session 7: decode attention in one launch (a TMA ring per warp, online softmax, the last split merges):
-# checks first, then its cost at short and long positions beside .oldtree (the build before it, carried), the
-# split size as variants, tg128 alternately in one lease, and the events/torch agreement test
-if [ "$STAGE" = attn7 ]; then
+# session 7: decode attention in one launch (a TMA ring per warp, online softmax, the last split merges).
+# attn7A: checks first, then its cost at short and long positions beside .oldtree (the build before it, carried)
+# and the split size as variants; attn7B, issued while the machine is warm: tg128 alternately in one lease, the
+# events/torch agreement test and the replayed graph's op costs
+if [ "$STAGE" = attn7A ]; then
   (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
   step build 240 $Q kernels build
   step check_attn 240 $Q check --ops attention --failures-only
@@ -371,6 +372,9 @@ if [ "$STAGE" = attn7 ]; then
   [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step attn_old_f32 90 python3 tests/gpu/bench_attention.py \
     --positions 8,64,128,512,4096 --n-ctx 4608)
   wait
+fi
+if [ "$STAGE" = attn7B ]; then
+  step make_7b 240 $Q workloads make mistral-7b-q4_k_m
   ab_oldtree 2 -m mistral-7b-q4_k_m -p 0 -n 128 -r 5
   step gpu_test_agree 200 python3 -m pytest -q -rfs -s tests/gpu/test_profile_gpu.py -k agree_with_torch
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
