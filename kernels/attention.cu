@@ -26,15 +26,15 @@
 #define QP_DECODE_THREADS 128
 #define QP_DECODE_WARPS (QP_DECODE_THREADS / QP_WARP)
 #define QP_MAX_GQA 8
-// Keys of one stage of a warp's ring: their K rows, then their V rows.
+// Keys of one stage of a warp's ring: their K rows, then their V rows. A warp's ring holds as many stages as
+// a quarter of QP_DECODE_RING_BYTES does, 1 to QP_DECODE_MAX_SLOTS (ops.py decode_shared_bytes: the same).
 #define QP_DECODE_STAGE_KEYS 8
 #define QP_DECODE_MAX_SLOTS 4
+#define QP_DECODE_RING_BYTES (64 << 10)
 // Keys a split is given at least (fewer splits at short contexts, so fewer partials to merge).
 #ifndef QP_DECODE_SPLIT_KEYS
 #define QP_DECODE_SPLIT_KEYS 64
 #endif
-// try_wait polls before a lost copy is called a fault (a trap fails the launch instead of a hang).
-#define QP_DECODE_WAIT_POLLS (1 << 22)
 
 struct QpMask {
     const float* ptr;
@@ -89,41 +89,47 @@ static __device__ __forceinline__ void qp_kv_values(const qb_u16* p, float (&v)[
     }
 }
 
-static __device__ __forceinline__ void qp_decode_wait(qb_u32 bar, qb_u32 parity) {
-    qb_u32 done = 0;
-    for (int polls = 0; !done; ++polls) {
-        asm volatile(
-            "{\n\t.reg .pred p;\n\t"
-            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
-            "selp.u32 %0, 1, 0, p;\n\t}"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-        if (polls > QP_DECODE_WAIT_POLLS) __trap();
+// The warp's stage of `live` keys from key0 into its slot at dst, as one cp.async group: 16 bytes a lane and
+// copy, every lane a K and a V row's share, so a stage is a few coalesced instructions and its bytes in flight
+// cost no registers. On the H200 one cp.async.bulk per row was slower (2026-12-01, bench_attention: 30.6 µs a
+// layer at position 4096, float32 and float16 KV alike: bound by the copies' count, not their bytes). Rows
+// past `live` are zero-filled (a source size of 0 reads nothing), from a valid row.
+template <int D, typename KvT>
+static __device__ __forceinline__ void qp_decode_stage_issue(qb_u8* dst, const KvT* k_cache, const KvT* v_cache,
+                                                              long kv_off, int kv_dim, int key0, int live, int safe_row) {
+    constexpr int ROW = D * (int)sizeof(KvT), PER_ROW = ROW / 16, PER_SIDE = QP_DECODE_STAGE_KEYS * PER_ROW;
+    static_assert((2 * PER_SIDE) % QP_WARP == 0, "a stage is whole warp copies");
+    const int lane = threadIdx.x % QP_WARP;
+#pragma unroll
+    for (int c = lane; c < 2 * PER_SIDE; c += QP_WARP) {
+        const int side = c / PER_SIDE, key = (c % PER_SIDE) / PER_ROW, part = c % PER_ROW;
+        const bool ok = key < live;
+        const KvT* src = (side ? v_cache : k_cache) + (long)(ok ? key0 + key : safe_row) * kv_dim + kv_off +
+                         part * (16 / (int)sizeof(KvT));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(qp_decode_saddr(dst + c * 16)), "l"(src),
+                     "r"(ok ? 16 : 0)
+                     : "memory");
     }
 }
 
-// The warp's stage of `live` keys from key0 into its slot at dst: lane 0 arms the barrier with the bytes,
-// then lane i < live asks the copy engine for key i's K row and lane live + i for its V row.
-template <int D, typename KvT>
-static __device__ __forceinline__ void qp_decode_stage_issue(qb_u8* dst, qb_u32 bar, const KvT* k_cache,
-                                                              const KvT* v_cache, long kv_off, int kv_dim, int key0,
-                                                              int live) {
-    constexpr int ROW = D * (int)sizeof(KvT);
-    const int lane = threadIdx.x % QP_WARP;
-    if (lane == 0)
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2 * live * ROW)
-                     : "memory");
-    __syncwarp();
-    if (lane < 2 * live) {
-        const bool is_v = lane >= live;
-        const int key = lane - (is_v ? live : 0);
-        const KvT* src = (is_v ? v_cache : k_cache) + (long)(key0 + key) * kv_dim + kv_off;
-        const qb_u32 to = qp_decode_saddr(dst + (is_v ? QP_DECODE_STAGE_KEYS * ROW : 0) + key * ROW);
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(to),
-                     "l"(src), "r"(ROW), "r"(bar)
-                     : "memory");
+static __device__ __forceinline__ void qp_decode_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Value i = g * D + d of a CTA's result: (max, sum p * V, sum p) over its warps' (m, l, o) in shared memory.
+template <int D, int G>
+static __device__ __forceinline__ float3 qp_decode_cta_part(int i, const float* s_m, const float* s_l,
+                                                           const float* s_o) {
+    const int g = i / D, d = i % D;
+    float m = QP_NEG_INF;
+#pragma unroll
+    for (int w = 0; w < QP_DECODE_WARPS; ++w) m = fmaxf(m, s_m[w * G + g]);
+    float o = 0.0f, l = 0.0f;
+#pragma unroll
+    for (int w = 0; w < QP_DECODE_WARPS; ++w) {
+        const float f = s_m[w * G + g] == QP_NEG_INF ? 0.0f : __expf(s_m[w * G + g] - m);
+        o = fmaf(f, s_o[(w * G + g) * D + d], o);
+        l = fmaf(f, s_l[w * G + g], l);
     }
+    return make_float3(m, o, l);
 }
 
 // A warp's online softmax over the stages it streams: running max m and sum l per head, and the
@@ -157,8 +163,10 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     constexpr int VD = D / QP_WARP;  // V values a lane
     constexpr int ROW = D * (int)sizeof(KvT), STAGE = 2 * KS * ROW;
     static_assert(CHUNKS % L == 0 && KS % KPR == 0 && D % QP_WARP == 0, "head size");
+    constexpr int SLOTS = QP_DECODE_RING_BYTES / NW / STAGE < 1 ? 1
+                          : (QP_DECODE_RING_BYTES / NW / STAGE > QP_DECODE_MAX_SLOTS ? QP_DECODE_MAX_SLOTS
+                                                                                     : QP_DECODE_RING_BYTES / NW / STAGE);
     static_assert(G <= QP_MAX_GQA && (G & (G - 1)) == 0, "heads of a CTA");
-    __shared__ __align__(8) qb_u64 bars[NW][QP_DECODE_MAX_SLOTS];
     __shared__ __align__(16) float s_p[NW][KPR][G];  // a round's softmax numerators, for the p * V lanes
     __shared__ int s_last;
 
@@ -177,25 +185,19 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     qb_u32 dyn;
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
     const int per_warp = (int)(dyn / NW) & ~127;
-    const int slots = min(QP_DECODE_MAX_SLOTS, per_warp / STAGE);
-    if (slots < 1) __trap();  // the host gave less shared memory than one stage: ops.py is out of step
+    if (per_warp < SLOTS * STAGE) __trap();  // the host gave less shared memory than the ring: ops.py is out of step
     qb_u8* ring = qp_decode_smem + warp * per_warp;
-    const qb_u32 bar0 = qp_decode_saddr(&bars[warp][0]);
-    if (lane == 0) {
-        for (int s = 0; s < slots; ++s)
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar0 + 8 * s) : "memory");
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncwarp();
 
     qp_grid_wait();  // q and this position's K and V rows come from the QKV kernel
     const int n_stages = (max(0, end - start) + KS - 1) / KS;
     const int mine = n_stages > warp ? (n_stages - warp + NW - 1) / NW : 0;  // stages warp, warp + NW, ...
-#pragma unroll 1
-    for (int i = 0; i < min(slots, mine); ++i) {
+    // one group a slot, empty where the warp has no such stage, so that group i is always stage i below
+#pragma unroll
+    for (int i = 0; i < SLOTS; ++i) {
         const int key0 = start + (warp + i * NW) * KS;
-        qp_decode_stage_issue<D, KvT>(ring + i * STAGE, bar0 + 8 * i, k_cache, v_cache, kv_off, kv_dim, key0,
-                                      min(KS, end - key0));
+        if (i < mine) qp_decode_stage_issue<D, KvT>(ring + i * STAGE, k_cache, v_cache, kv_off, kv_dim, key0,
+                                                    min(KS, end - key0), lo);
+        qp_decode_commit();
     }
 
     const int sl = lane % L, seg = lane / L;
@@ -221,9 +223,10 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     const int rounds = (n_stages + NW - 1) / NW;
 #pragma unroll 1
     for (int i = 0; i < rounds; ++i) {
-        const int slot = i % slots, key0 = start + (warp + i * NW) * KS;
+        const int slot = i % SLOTS, key0 = start + (warp + i * NW) * KS;
         const int live = i < mine ? min(KS, end - key0) : 0;
-        if (live > 0) qp_decode_wait(bar0 + 8 * slot, (qb_u32)(i / slots) & 1u);
+        asm volatile("cp.async.wait_group %0;" ::"n"(SLOTS - 1) : "memory");  // this lane's copies of stage i
+        __syncwarp();  // and every lane's
         const KvT* kt = reinterpret_cast<const KvT*>(ring + slot * STAGE);
         const KvT* vt = kt + KS * D;
         // round by round (KPR keys each, not unrolled: the code stays small), an online softmax update each
@@ -277,11 +280,10 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
             __syncwarp();  // s_p is rewritten by the next round
         }
         __syncwarp();  // every lane is done with the slot: refill it
-        if (i + slots < mine) {
-            const int next0 = start + (warp + (i + slots) * NW) * KS;
-            qp_decode_stage_issue<D, KvT>(ring + slot * STAGE, bar0 + 8 * slot, k_cache, v_cache, kv_off, kv_dim,
-                                          next0, min(KS, end - next0));
-        }
+        const int next0 = start + (warp + (i + SLOTS) * NW) * KS;
+        if (i + SLOTS < mine) qp_decode_stage_issue<D, KvT>(ring + slot * STAGE, k_cache, v_cache, kv_off, kv_dim,
+                                                            next0, min(KS, end - next0), lo);
+        qp_decode_commit();
     }
     qp_grid_release();  // only the merges and stores are left
 #pragma unroll
@@ -301,73 +303,70 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
         for (int e = 0; e < VD; ++e) s_o[(warp * G + g) * D + lane * VD + e] = st.acc[g][e];
     }
     __syncthreads();
-#pragma unroll 1
-    for (int i = threadIdx.x; i < n_gqa * D; i += NT) {
-        const int g = i / D, d = i % D;
-        float m = QP_NEG_INF;
-#pragma unroll
-        for (int w = 0; w < NW; ++w) m = fmaxf(m, s_m[w * G + g]);
-        float o = 0.0f, l = 0.0f;
-#pragma unroll
-        for (int w = 0; w < NW; ++w) {
-            const float f = s_m[w * G + g] == QP_NEG_INF ? 0.0f : __expf(s_m[w * G + g] - m);
-            o = fmaf(f, s_o[(w * G + g) * D + d], o);
-            l = fmaf(f, s_l[w * G + g], l);
-        }
-        const long part = (long)(kvh * n_gqa + g) * n_split + split;
-        part_o[part * D + d] = o;
-        if (d == 0) part_ml[2 * part] = m, part_ml[2 * part + 1] = l;
-    }
-
-    // The head's last split merges every split's partial: out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
-    __threadfence();  // this split's partials are visible before the counter says so
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1) == n_live - 1;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
     float* s_w = reinterpret_cast<float*>(qp_decode_smem);  // [G + 1][n_live]: each split's weight (row G: no head)
+    if (n_live > 1) {  // a partial per split; the head's last split merges them below
 #pragma unroll 1
-    for (int g0 = 0; g0 < n_gqa; g0 += NW) {  // uniform trip count, as above; a warp past n_gqa redoes head 0
-        const int g = g0 + warp < n_gqa ? g0 + warp : 0, gs = g0 + warp < n_gqa ? g : G;  // gs: where it writes
-        const float* ml = part_ml + (long)(kvh * n_gqa + g) * n_split * 2;
-        float m = QP_NEG_INF;
-#pragma unroll 1
-        for (int s = lane; s < n_live; s += QP_WARP) m = fmaxf(m, __ldcg(ml + 2 * s));
-        m = qp_warp_max(m);
-        float l = 0.0f;
-#pragma unroll 1
-        for (int s = lane; s < n_live; s += QP_WARP) {
-            const float ms = __ldcg(ml + 2 * s);
-            const float f = ms == QP_NEG_INF ? 0.0f : __expf(ms - m);
-            s_w[gs * n_live + s] = f;
-            l = fmaf(f, __ldcg(ml + 2 * s + 1), l);
+        for (int i = threadIdx.x; i < n_gqa * D; i += NT) {
+            const float3 mol = qp_decode_cta_part<D, G>(i, s_m, s_l, s_o);
+            const long part = (long)(kvh * n_gqa + i / D) * n_split + split;
+            part_o[part * D + i % D] = mol.y;
+            if (i % D == 0) part_ml[2 * part] = mol.x, part_ml[2 * part + 1] = mol.z;
         }
-        const float inv_l = 1.0f / qp_warp_sum(l);
-        __syncwarp();
+        // out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, by the last split to finish
+        __threadfence();  // this split's partials are visible before the counter says so
+        __syncthreads();
+        if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1) == n_live - 1;
+        __syncthreads();
+        if (!s_last) return;
+        __threadfence();
 #pragma unroll 1
-        for (int s = lane; s < n_live; s += QP_WARP) s_w[gs * n_live + s] *= inv_l;
+        for (int g0 = 0; g0 < n_gqa; g0 += NW) {  // uniform trip count, as above; a warp past n_gqa redoes head 0
+            const int g = g0 + warp < n_gqa ? g0 + warp : 0, gs = g0 + warp < n_gqa ? g : G;  // gs: where it writes
+            const float* ml = part_ml + (long)(kvh * n_gqa + g) * n_split * 2;
+            float m = QP_NEG_INF;
+#pragma unroll 1
+            for (int s = lane; s < n_live; s += QP_WARP) m = fmaxf(m, __ldcg(ml + 2 * s));
+            m = qp_warp_max(m);
+            float l = 0.0f;
+#pragma unroll 1
+            for (int s = lane; s < n_live; s += QP_WARP) {
+                const float ms = __ldcg(ml + 2 * s);
+                const float f = ms == QP_NEG_INF ? 0.0f : __expf(ms - m);
+                s_w[gs * n_live + s] = f;
+                l = fmaf(f, __ldcg(ml + 2 * s + 1), l);
+            }
+            const float inv_l = 1.0f / qp_warp_sum(l);
+            __syncwarp();
+#pragma unroll 1
+            for (int s = lane; s < n_live; s += QP_WARP) s_w[gs * n_live + s] *= inv_l;
+        }
+        __syncthreads();
     }
-    __syncthreads();
 #pragma unroll 1
     for (int i0 = 0; i0 < n_gqa * D; i0 += NT) {
         // a warp past the heads redoes the last 32 values (the same bits again): its shuffles stay uniform
         const int i = min(i0 + (int)threadIdx.x, n_gqa * D - QP_WARP + lane);
         const int g = i / D, d = i % D, h = kvh * n_gqa + g;
         float o = 0.0f;
-#pragma unroll 4
-        for (int s = 0; s < n_live; ++s) o = fmaf(s_w[g * n_live + s], __ldcg(part_o + ((long)h * n_split + s) * D + d), o);
+        if (n_live == 1) {  // one split: its own result, normalized
+            const float3 mol = qp_decode_cta_part<D, G>(i, s_m, s_l, s_o);
+            o = mol.y / mol.z;
+        } else {
+#pragma unroll 8
+            for (int s = 0; s < n_live; ++s)
+                o = fmaf(s_w[g * n_live + s], __ldcg(part_o + ((long)h * n_split + s) * D + d), o);
+        }
         out[(long)h * D + d] = o;
         if (out_q != nullptr) qp_quantize_block32<1>(o, o, out_q, gridDim.x * n_gqa * D, 0, (h * D + d) / 32);
     }
-    if (threadIdx.x == 0) done[kvh] = 0;  // ready for the next step (and the next replay of a graph)
+    if (n_live > 1 && threadIdx.x == 0) done[kvh] = 0;  // ready for the next step (and the next replay of a graph)
 }
 
 // attn_decode_d<D>_g<G>[_f16kv]: G the query heads of a KV head the kernel computes, the power of two at
 // or above n_gqa (ops.py decode_heads), so its loops over heads unroll whole without running code
 // for more heads than needed beyond the rounding.
 #define QP_ATTN_ENTRY(D, G, SUFFIX, KV)                                                                         \
-    extern "C" __global__ void __launch_bounds__(QP_DECODE_THREADS) attn_decode_d##D##_g##G##SUFFIX(           \
+    extern "C" __global__ void __launch_bounds__(QP_DECODE_THREADS, 1) attn_decode_d##D##_g##G##SUFFIX(           \
         const float* q, const KV* k_cache, const KV* v_cache, float* part_o, float* part_ml, int* done,        \
         float* out, qb_u8* out_q, int n_gqa, int kv_dim, const int* pos_ptr, int pos0, int window,            \
         const float* mask, int mask_stride, int mask_row_by_pos, float scale) {                                \

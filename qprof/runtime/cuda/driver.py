@@ -258,7 +258,8 @@ class KernelLibrary:
         self._kernels: dict[str, Kernel] = {}
         self.sync_after_launch = os.environ.get("QPROF_SYNC_CHECK") == "1"
         self.launch_count = 0
-        self._shared_allowed: dict[str, int] = {}
+        self._shared_allowed: dict[str, int] = {}  # dynamic shared bytes each kernel was opted in to
+        self._static_bytes: dict[str, int] = {}  # static shared bytes of each kernel
         self._waiting: dict[str, set[str]] = {}  # module -> its kernels that wait on the one before
         self.programmatic = False  # launch waiting kernels as programmatic dependents (see programmatic_launches)
 
@@ -304,7 +305,7 @@ class KernelLibrary:
         block = tuple(block) + (1,) * (3 - len(block))
         if min(grid) <= 0 or min(block) <= 0:
             raise CudaError(f"{kernel.name}: empty launch grid={grid} block={block} args=({_describe(args)})")
-        if shared_bytes > DEFAULT_DYNAMIC_SHARED:
+        if shared_bytes:
             self.allow_shared(kernel, shared_bytes)
         drv = _driver()
         holders, array = _pack(args, kernel.name)
@@ -331,10 +332,19 @@ class KernelLibrary:
         check(drv.cuFuncSetAttribute(kernel.handle, attr, n_bytes), f"cuFuncSetAttribute({kernel.name})")
 
     def allow_shared(self, kernel: Kernel, n_bytes: int) -> None:
-        """Opt the kernel in to n_bytes of dynamic shared memory where that is past the default 48 KiB."""
-        if n_bytes > DEFAULT_DYNAMIC_SHARED and n_bytes > self._shared_allowed.get(kernel.name, 0):
+        """Opt the kernel in to n_bytes of dynamic shared memory where that and its static shared memory pass
+        the default 48 KiB (a launch of 48 KiB dynamic beside any static fails without it)."""
+        if n_bytes > self._shared_allowed.get(kernel.name, DEFAULT_DYNAMIC_SHARED - self._static_shared(kernel)):
             self.set_max_dynamic_shared(kernel, n_bytes)
             self._shared_allowed[kernel.name] = n_bytes
+
+    def _static_shared(self, kernel: Kernel) -> int:
+        if kernel.name not in self._static_bytes:
+            drv = _driver()
+            attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES
+            self._static_bytes[kernel.name] = check(drv.cuFuncGetAttribute(attr, kernel.handle),
+                                                    f"cuFuncGetAttribute({kernel.name})")
+        return self._static_bytes[kernel.name]
 
 
 def _programmatic_config(drv, grid, block, shared_bytes: int, stream_handle):
