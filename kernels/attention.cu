@@ -303,7 +303,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
         for (int e = 0; e < VD; ++e) s_o[(warp * G + g) * D + lane * VD + e] = st.acc[g][e];
     }
     __syncthreads();
-    float* s_w = reinterpret_cast<float*>(qp_decode_smem);  // [G + 1][n_live]: each split's weight (row G: no head)
+    float* s_w = reinterpret_cast<float*>(qp_decode_smem);  // [G + 1][2][n_live]: per head (row G: none) below
     if (n_live > 1) {  // a partial per split; the head's last split merges them below
 #pragma unroll 1
         for (int i = threadIdx.x; i < n_gqa * D; i += NT) {
@@ -312,33 +312,40 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
             part_o[part * D + i % D] = mol.y;
             if (i % D == 0) part_ml[2 * part] = mol.x, part_ml[2 * part + 1] = mol.z;
         }
-        // out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, by the last split to finish
-        __threadfence();  // this split's partials are visible before the counter says so
+        // out[h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, by the last split to finish. The barrier orders
+        // every thread's partials before thread 0's fence and count (as a cooperative grid sync does).
         __syncthreads();
-        if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1) == n_live - 1;
+        if (threadIdx.x == 0) {
+            __threadfence();
+            s_last = atomicAdd(done + kvh, 1) == n_live - 1;
+            if (s_last) __threadfence();  // the other splits' partials, seen through their counts
+        }
         __syncthreads();
         if (!s_last) return;
-        __threadfence();
 #pragma unroll 1
         for (int g0 = 0; g0 < n_gqa; g0 += NW) {  // uniform trip count, as above; a warp past n_gqa redoes head 0
             const int g = g0 + warp < n_gqa ? g0 + warp : 0, gs = g0 + warp < n_gqa ? g : G;  // gs: where it writes
-            const float* ml = part_ml + (long)(kvh * n_gqa + g) * n_split * 2;
+            const float2* ml = reinterpret_cast<const float2*>(part_ml) + (long)(kvh * n_gqa + g) * n_split;
+            float* w = s_w + gs * 2 * n_live;  // the splits' m, then their l, then (in place of m) their weights
             float m = QP_NEG_INF;
 #pragma unroll 1
-            for (int s = lane; s < n_live; s += QP_WARP) m = fmaxf(m, __ldcg(ml + 2 * s));
+            for (int s = lane; s < n_live; s += QP_WARP) {  // one load of each split's (m, l)
+                const float2 v = __ldcg(ml + s);
+                w[s] = v.x, w[n_live + s] = v.y;
+                m = fmaxf(m, v.x);
+            }
             m = qp_warp_max(m);
             float l = 0.0f;
 #pragma unroll 1
             for (int s = lane; s < n_live; s += QP_WARP) {
-                const float ms = __ldcg(ml + 2 * s);
-                const float f = ms == QP_NEG_INF ? 0.0f : __expf(ms - m);
-                s_w[gs * n_live + s] = f;
-                l = fmaf(f, __ldcg(ml + 2 * s + 1), l);
+                const float f = w[s] == QP_NEG_INF ? 0.0f : __expf(w[s] - m);
+                w[s] = f;
+                l = fmaf(f, w[n_live + s], l);
             }
             const float inv_l = 1.0f / qp_warp_sum(l);
             __syncwarp();
 #pragma unroll 1
-            for (int s = lane; s < n_live; s += QP_WARP) s_w[gs * n_live + s] *= inv_l;
+            for (int s = lane; s < n_live; s += QP_WARP) w[s] *= inv_l;
         }
         __syncthreads();
     }
@@ -354,7 +361,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
         } else {
 #pragma unroll 8
             for (int s = 0; s < n_live; ++s)
-                o = fmaf(s_w[g * n_live + s], __ldcg(part_o + ((long)h * n_split + s) * D + d), o);
+                o = fmaf(s_w[g * 2 * n_live + s], __ldcg(part_o + ((long)h * n_split + s) * D + d), o);
         }
         out[(long)h * D + d] = o;
         if (out_q != nullptr) qp_quantize_block32<1>(o, o, out_q, gridDim.x * n_gqa * D, 0, (h * D + d) / 32);

@@ -379,3 +379,24 @@ if [ "$STAGE" = attn7B ]; then
   step gpu_test_agree 200 python3 -m pytest -q -rfs -s tests/gpu/test_profile_gpu.py -k agree_with_torch
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
 fi
+# session 7, after attn7A/B: the merge with one fence and count by thread 0 and one load of each split's (m, l);
+# the split size as variants, after a flush and without one (the caches still cycle through HBM), and tg128
+# of the default beside QP_DECODE_SPLIT_KEYS=128 (one split a KV head up to 128 positions) alternately
+if [ "$STAGE" = attn7C ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  step check_attn 240 $Q check --ops attention --failures-only
+  for mb in 128 0; do
+    step attn_f32_flush$mb 150 python3 tests/gpu/bench_attention.py --positions 8,64,128,256,512,4096 --n-ctx 4608 \
+      --flush-mb $mb --variant=-DQP_DECODE_SPLIT_KEYS=128 --variant=-DQP_DECODE_SPLIT_KEYS=256
+  done
+  step attn_f16_flush0 60 python3 tests/gpu/bench_attention.py --positions 8,64,128,256,512,4096 --n-ctx 4608 \
+    --kv f16 --flush-mb 0
+  wait
+  for round in 1 2; do
+    for v in "" "-DQP_DECODE_SPLIT_KEYS=128"; do
+      step tg_split${v#*=}_r$round 120 env QPROF_KERNEL_DEFINES="$v" $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 \
+        --results $OUT/bench_split.jsonl
+    done
+  done
+fi

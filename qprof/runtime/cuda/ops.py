@@ -206,7 +206,7 @@ def decode_shared_bytes(shape: AttentionShape, kv_bytes: int, n_split: int) -> i
     slots = max(1, min(DECODE_MAX_SLOTS, DECODE_RING_BYTES // (DECODE_WARPS * stage)))
     heads = decode_heads(shape.n_gqa)
     warps_merge = 4 * DECODE_WARPS * heads * (2 + shape.head_dim)  # each warp's (m, l, o) per head
-    splits_merge = 4 * (heads + 1) * n_split  # each split's weight per head, and a row for warps past the heads
+    splits_merge = 4 * (heads + 1) * 2 * n_split  # each split's (m, l) per head, and a row for warps past the heads
     per_warp = max(slots * stage, math.ceil(max(warps_merge, splits_merge) / DECODE_WARPS))
     return DECODE_WARPS * 128 * math.ceil(per_warp / 128)  # the kernel cuts it into 128-byte aligned rings
 
