@@ -359,7 +359,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
             const float3 mol = qp_decode_cta_part<D, G>(i, s_m, s_l, s_o);
             o = mol.y / mol.z;
         } else {
-#pragma unroll 8
+#pragma unroll 16  // the splits' loads in flight together
             for (int s = 0; s < n_live; ++s)
                 o = fmaf(s_w[g * 2 * n_live + s], __ldcg(part_o + ((long)h * n_split + s) * D + d), o);
         }

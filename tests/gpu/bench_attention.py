@@ -9,7 +9,7 @@ macros) beside the default build.
 or as a 2 KB loop, one warp per SM) with and without the flush before each: what fetching code costs.
 Each build's second line is the KV bytes read (positions 0..p) over that time.
 Run: python3 tests/gpu/bench_attention.py [--positions 8,64,128,512] [--n-ctx 512] [--kv f32] [--flush-mb 128]
-     [--variant OPTS]
+     [--splits N] [--variant OPTS]
      [--fetch]
 """
 
@@ -33,7 +33,7 @@ FLUSH_BYTES = 128 << 20  # more than the H200's 60 MB L2
 
 
 def attention_cost_us(pos: int, n_ctx: int, kv: torch.dtype, shape: ops.AttentionShape,
-                      flush_bytes: int = FLUSH_BYTES) -> tuple[float, float]:
+                      flush_bytes: int = FLUSH_BYTES, n_split: int | None = None) -> tuple[float, float]:
     """(µs attention adds per layer, µs of the flush alone per layer) at position pos."""
     gen = torch.Generator(device="cuda").manual_seed(pos)
     caches = [(torch.randn(n_ctx, shape.kv_dim, device="cuda", generator=gen).to(kv),
@@ -41,7 +41,7 @@ def attention_cost_us(pos: int, n_ctx: int, kv: torch.dtype, shape: ops.Attentio
     q = torch.randn(shape.n_head * shape.head_dim, device="cuda", generator=gen)
     out = torch.empty_like(q)
     out_q = QVec.allocate(q.numel())
-    scratch = ops.DecodeScratch.allocate(shape, n_ctx)
+    scratch = ops.DecodeScratch.allocate(shape, n_ctx, n_split=n_split)
     pos_t = torch.tensor([pos], dtype=torch.int32, device="cuda")
     flush = torch.empty(max(flush_bytes // 4, 1), device="cuda")
 
@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--kv", choices=("f32", "f16"), default="f32")
     ap.add_argument("--variant", action="append", default=[], help="compile options of a variant build")
     ap.add_argument("--fetch", action="store_true", help="also time the instruction-fetch probes")
+    ap.add_argument("--splits", type=int, help="splits a KV head (default: ops.decode_splits for --n-ctx)")
     ap.add_argument("--flush-mb", type=int, default=FLUSH_BYTES >> 20,
                     help="L2 flush before each launch, MB (0: none; the layers' caches still cycle through HBM, "
                          "with no dirty lines to write back, as in a decode step)")
@@ -92,13 +93,13 @@ def main() -> None:
     kv = torch.float32 if args.kv == "f32" else torch.float16
     positions = [int(p) for p in args.positions.split(",")]
     builds = [("default", None)] + [(v, DEFAULT_OPTIONS + tuple(v.split())) for v in args.variant]
-    n_split = ops.decode_splits(args.n_ctx, shape.n_head_kv)
+    n_split = args.splits or ops.decode_splits(args.n_ctx, shape.n_head_kv)
     print(f"{torch.cuda.get_device_name()}: decode attention 32/8x128, {args.kv} KV, n_ctx {args.n_ctx} "
           f"(grid 8 x {n_split}); µs it adds per layer after a {args.flush_mb} MB L2 flush")
     print("build".ljust(40) + "".join(f"pos {p}".rjust(10) for p in positions))
     for name, options in builds:
         KernelLibrary._instance = KernelLibrary(options)
-        costs = [attention_cost_us(p, args.n_ctx, kv, shape, args.flush_mb << 20) for p in positions]
+        costs = [attention_cost_us(p, args.n_ctx, kv, shape, args.flush_mb << 20, n_split) for p in positions]
         print(name[:40].ljust(40) + "".join(f"{c:10.2f}" for c, _ in costs))
         # the K and V rows of positions 0..p it must read, over the time it adds (its launch gap included)
         kv_bytes = [2 * (p + 1) * shape.kv_dim * kv.itemsize for p in positions]

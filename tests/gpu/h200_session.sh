@@ -400,3 +400,14 @@ if [ "$STAGE" = attn7C ]; then
     done
   done
 fi
+# session 7: more splits at a long context (--splits: 32 is decode_splits' for n_ctx 4608 and 8 KV heads)
+if [ "$STAGE" = attn7D ]; then
+  step build 240 $Q kernels build
+  step check_attn 240 $Q check --ops attention --failures-only
+  for n in 32 64 128; do
+    step attn_f32_s$n 60 python3 tests/gpu/bench_attention.py --positions 128,512,1024,4096 --n-ctx 4608 --flush-mb 0 \
+      --splits $n --variant=-DQP_DECODE_SPLIT_KEYS=32
+  done
+  step attn_f16_s128 60 python3 tests/gpu/bench_attention.py --positions 128,512,1024,4096 --n-ctx 4608 --flush-mb 0 \
+    --splits 128 --kv f16
+fi

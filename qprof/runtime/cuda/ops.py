@@ -221,8 +221,11 @@ class DecodeScratch:
     done: torch.Tensor  # int32 [n_head_kv]: splits finished this step; the last one merges and zeroes it
 
     @classmethod
-    def allocate(cls, shape: AttentionShape, n_ctx: int, device="cuda") -> DecodeScratch:
-        n_split = decode_splits(n_ctx, shape.n_head_kv)
+    def allocate(cls, shape: AttentionShape, n_ctx: int, device="cuda", n_split: int | None = None) -> DecodeScratch:
+        """n_split: the grid's splits a KV head (default decode_splits'; a benchmark may ask for others)."""
+        n_split = decode_splits(n_ctx, shape.n_head_kv) if n_split is None else n_split
+        if not 1 <= n_split <= MAX_DECODE_SPLITS:
+            raise QprofError(f"decode attention takes 1..{MAX_DECODE_SPLITS} splits a KV head, not {n_split}")
         return cls(n_split,
                    torch.empty(shape.n_head, n_split, shape.head_dim, device=device),
                    torch.empty(shape.n_head, n_split, 2, device=device),
