@@ -411,3 +411,21 @@ if [ "$STAGE" = attn7D ]; then
   step attn_f16_s128 60 python3 tests/gpu/bench_attention.py --positions 128,512,1024,4096 --n-ctx 4608 --flush-mb 0 \
     --splits 128 --kv f16
 fi
+# session 7's closing run: final7A carries .smol/smollm2.whl.part-aa and .oldtree (main before this session's
+# attention, 4d2b23fd); final7B, issued while the machine is warm, carries part-ab
+if [ "$STAGE" = final7A ]; then
+  final5_checks_and_bench
+  ab_oldtree 2 -m mistral-7b-q4_k_m -p 0 -n 128 -r 5
+  for mb in 0 128; do
+    step attn_f32_flush$mb 60 python3 tests/gpu/bench_attention.py --positions 8,64,128,512,4096 --n-ctx 4608 --flush-mb $mb
+  done
+  # the build before (its bench_attention always flushes 128 MB)
+  [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step attn_old_f32_flush128 60 python3 \
+    tests/gpu/bench_attention.py --positions 8,64,128,512,4096 --n-ctx 4608)
+  step attn_f16_flush0 60 python3 tests/gpu/bench_attention.py --positions 8,64,128,512,4096 --n-ctx 4608 --kv f16 --flush-mb 0
+fi
+if [ "$STAGE" = final7B ]; then
+  final5_e2e
+  step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+fi
