@@ -64,5 +64,6 @@ def test_the_captured_step_holds_programmatic_edges_only_with_pdl():
     _, off = greedy_logits(name, pdl=False, cuda_graphs=True)
     print(f"\n{name}: {on.graph.programmatic_edges} programmatic edges with pdl, {off.graph.programmatic_edges} without")
     assert off.graph.programmatic_edges == 0
-    # every kernel of the fused step after the first waits on the one before: most edges are programmatic
-    assert on.graph.programmatic_edges is not None and on.graph.programmatic_edges >= 6 * loaded(name).config.n_layer
+    # every kernel of the fused step after the first waits on the one before: most edges are programmatic, the
+    # five of each layer (qkv, attention, attn_output, gate_up, ffn_down) at least
+    assert on.graph.programmatic_edges is not None and on.graph.programmatic_edges >= 5 * loaded(name).config.n_layer
