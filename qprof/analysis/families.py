@@ -7,7 +7,7 @@ To teach qprof another engine, add rows to FAMILY_PATTERNS (most specific first)
 name for each in tests/test_analysis_families.py.
 
 Names no row matches: qprof's own kernels are `<family>_<qtype>[_variant]` (matvec_q4_k ->
-matvec, Q4_K) or plain C identifiers, which name their own family (attn_combine); anything
+matvec, Q4_K) or plain C identifiers, which name their own family (step_set); anything
 else (a C++ name nothing here knows) is "other", and reports name its top kernels.
 """
 
