@@ -45,12 +45,6 @@ struct QpMask {
     }
 };
 
-extern __shared__ __align__(128) qb_u8 qp_decode_smem[];
-
-static __device__ __forceinline__ qb_u32 qp_decode_saddr(const void* p) {
-    return static_cast<qb_u32>(__cvta_generic_to_shared(p));
-}
-
 // N consecutive float32 or float16 values from shared memory (one 16-byte load for a chunk, narrower for a
 // V lane's few values), widened to float.
 template <int N>
@@ -106,7 +100,7 @@ static __device__ __forceinline__ void qp_decode_stage_issue(qb_u8* dst, const K
         const bool ok = key < live;
         const KvT* src = (side ? v_cache : k_cache) + (long)(ok ? key0 + key : safe_row) * kv_dim + kv_off +
                          part * (16 / (int)sizeof(KvT));
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(qp_decode_saddr(dst + c * 16)), "l"(src),
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(qp_smem_addr(dst + c * 16)), "l"(src),
                      "r"(ok ? 16 : 0)
                      : "memory");
     }
@@ -183,11 +177,9 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
     const int start = lo + split * per, end = min(pos + 1, start + per);
     const long kv_off = (long)kvh * D;
 
-    qb_u32 dyn;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-    const int per_warp = (int)(dyn / NW) & ~127;
+    const int per_warp = (int)(qp_dynamic_smem_bytes() / NW) & ~127;
     if (per_warp < SLOTS * STAGE) __trap();  // the host gave less shared memory than the ring: ops.py is out of step
-    qb_u8* ring = qp_decode_smem + warp * per_warp;
+    qb_u8* ring = qp_dynamic_smem + warp * per_warp;
 
     qp_grid_wait();  // q and this position's K and V rows come from the QKV kernel
     const int n_stages = (max(0, end - start) + KS - 1) / KS;
@@ -294,7 +286,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
 
     // The CTA's four warps merged into the split's partial, through the (now idle) rings' shared memory.
     __syncthreads();
-    float* s_m = reinterpret_cast<float*>(qp_decode_smem);  // [NW][G]
+    float* s_m = reinterpret_cast<float*>(qp_dynamic_smem);  // [NW][G]
     float* s_l = s_m + NW * G;                              // [NW][G]
     float* s_o = s_l + NW * G;                              // [NW][G][D]
 #pragma unroll
@@ -304,7 +296,7 @@ __device__ void attn_decode_gqa(const float* __restrict__ q, const KvT* __restri
         for (int e = 0; e < VD; ++e) s_o[(warp * G + g) * D + lane * VD + e] = st.acc[g][e];
     }
     __syncthreads();
-    float* s_w = reinterpret_cast<float*>(qp_decode_smem);  // [G + 1][2][n_live]: per head (row G: none) below
+    float* s_w = reinterpret_cast<float*>(qp_dynamic_smem);  // [G + 1][2][n_live]: per head (row G: none) below
     if (n_live > 1) {  // a partial per split; the head's last split merges them below
 #pragma unroll 1
         for (int i = threadIdx.x; i < n_gqa * D; i += NT) {

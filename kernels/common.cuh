@@ -9,6 +9,21 @@
 // -INFINITY without <cmath>: the bit pattern of float -inf.
 #define QP_NEG_INF __int_as_float(0xff800000)
 
+// The launch's dynamic shared memory (its size: the launch's), shared by the kernels that carve it up
+// themselves (the matvec weight rings, decode attention's rings and merges).
+extern __shared__ __align__(128) unsigned char qp_dynamic_smem[];
+
+static __device__ __forceinline__ unsigned qp_dynamic_smem_bytes() {
+    unsigned n;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(n));
+    return n;
+}
+
+// The shared-memory address of a generic pointer into shared memory: the operand of cp.async and mbarrier.
+static __device__ __forceinline__ unsigned qp_smem_addr(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
 // Sum over aligned groups of SEG lanes (SEG a power of two up to 32); every lane of a group gets it.
 template <int SEG>
 static __device__ __forceinline__ float qp_segment_sum(float v) {

@@ -91,17 +91,10 @@ struct QpRing {
 };
 
 #ifndef QB_HOST_EMULATION
-extern __shared__ __align__(128) qb_u8 qp_dynamic_smem[];
-
-static __device__ __forceinline__ qb_u32 qp_smem_addr(const void* p) {
-    return static_cast<qb_u32>(__cvta_generic_to_shared(p));
-}
-
 // Every warp's ring, its mbarriers initialised by its lane 0 (warp-local: no CTA barrier needed).
 static __device__ __forceinline__ QpRing qp_ring_make() {
     __shared__ __align__(8) qb_u64 bars[QP_MV_WARPS][QP_MV_MAX_STAGES];
-    qb_u32 dyn;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    const qb_u32 dyn = qp_dynamic_smem_bytes();
     const int warp = threadIdx.x >> 5, per_warp = (int)(dyn / QP_MV_WARPS) & ~127;
     QpRing ring{qp_dynamic_smem + warp * per_warp, per_warp, qp_smem_addr(&bars[warp][0]), 0, 0};
     if ((threadIdx.x & 31) == 0 && dyn > 0) {  // no ring for a kernel whose types all take the register path

@@ -258,8 +258,7 @@ class KernelLibrary:
         self._kernels: dict[str, Kernel] = {}
         self.sync_after_launch = os.environ.get("QPROF_SYNC_CHECK") == "1"
         self.launch_count = 0
-        self._shared_allowed: dict[str, int] = {}  # dynamic shared bytes each kernel was opted in to
-        self._static_bytes: dict[str, int] = {}  # static shared bytes of each kernel
+        self._shared_allowed: dict[str, int] = {}  # dynamic shared bytes a launch of each kernel may ask for
         self._waiting: dict[str, set[str]] = {}  # module -> its kernels that wait on the one before
         self.programmatic = False  # launch waiting kernels as programmatic dependents (see programmatic_launches)
 
@@ -334,17 +333,15 @@ class KernelLibrary:
     def allow_shared(self, kernel: Kernel, n_bytes: int) -> None:
         """Opt the kernel in to n_bytes of dynamic shared memory where that and its static shared memory pass
         the default 48 KiB (a launch of 48 KiB dynamic beside any static fails without it)."""
-        if n_bytes > self._shared_allowed.get(kernel.name, DEFAULT_DYNAMIC_SHARED - self._static_shared(kernel)):
+        allowed = self._shared_allowed.get(kernel.name)
+        if allowed is None:  # first sight: what a launch gets without opting in, beside its static memory
+            drv = _driver()
+            static = check(drv.cuFuncGetAttribute(drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                                                  kernel.handle), f"cuFuncGetAttribute({kernel.name})")
+            allowed = self._shared_allowed[kernel.name] = DEFAULT_DYNAMIC_SHARED - static
+        if n_bytes > allowed:
             self.set_max_dynamic_shared(kernel, n_bytes)
             self._shared_allowed[kernel.name] = n_bytes
-
-    def _static_shared(self, kernel: Kernel) -> int:
-        if kernel.name not in self._static_bytes:
-            drv = _driver()
-            attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES
-            self._static_bytes[kernel.name] = check(drv.cuFuncGetAttribute(attr, kernel.handle),
-                                                    f"cuFuncGetAttribute({kernel.name})")
-        return self._static_bytes[kernel.name]
 
 
 def _programmatic_config(drv, grid, block, shared_bytes: int, stream_handle):
