@@ -25,3 +25,17 @@ def test_the_analysis_pipeline_imports_no_runtime_no_profiler_and_no_torch():
 
 def test_the_runtime_imports_neither_the_profiler_nor_the_analysis():
     assert _loaded_after(RUNTIME, ("qprof.profile", "qprof.analysis")) == []
+
+
+# Small modules with one purpose each (STYLE.md: under about 400 lines); a module past this has grown two.
+MODULE_MAX_LINES = 420
+
+
+def test_every_module_and_kernel_file_stays_small():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = [*(root / "qprof").rglob("*.py"), *(root / "kernels").glob("*.cu*")]
+    assert len(files) > 50
+    long = {str(f.relative_to(root)): n for f in files if (n := len(f.read_text().splitlines())) > MODULE_MAX_LINES}
+    assert not long, f"split these into modules of one purpose each: {long}"

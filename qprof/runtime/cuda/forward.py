@@ -19,16 +19,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 
 from qprof.annotate import NULL_ANNOTATOR, Annotator
 from qprof.errors import QprofError
-from qprof.quant.dequant import dequantize_torch
 from qprof.runtime.base import SamplingParams, TokenChecks
+from qprof.runtime.cpu import LAYER_MATRICES as MATRICES
 from qprof.runtime.cuda import ops
+from qprof.runtime.cuda.decode_buffers import DecodeBuffers, LayerWeights, norm_weight
 from qprof.runtime.cuda.driver import (
     DEFAULT_OPTIONS,
     KERNEL_DEFINES_ENV,
@@ -41,67 +41,16 @@ from qprof.runtime.cuda.graphs import StepGraph, graph_blocker
 from qprof.runtime.cuda.kv_cache import KvCache, MaskPolicy
 from qprof.runtime.cuda.memory import bytes_needed, check_fits, memory_message
 from qprof.runtime.cuda.prefill_graph import PrefillGraphs, PrefillShape, prefill_graph_blocker, upload_ids
-from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, get_rows, matmul, matvec, matvec_q, quantize
+from qprof.runtime.cuda.quant_ops import DeviceWeight, get_rows, matmul, matvec, matvec_q, quantize
 from qprof.runtime.options import RuntimeOptions
 from qprof.runtime.sampling import Sampler, check_params
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds activation memory for long prompts
-MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-
-@dataclass
-class LayerWeights:
-    attn_norm: torch.Tensor
-    ffn_norm: torch.Tensor
-    mats: dict[str, DeviceWeight]  # keyed by MATRICES
-
-
-@dataclass
-class DecodeBuffers:
-    """Everything one decode step touches, allocated once (a captured graph bakes in the addresses)."""
-
-    step: torch.Tensor  # int32 [2]: token, position
-    x: torch.Tensor  # [1, n_embd] residual stream
-    xn: torch.Tensor  # [1, n_embd] normed
-    q: torch.Tensor  # [1, q_dim]
-    k: torch.Tensor  # [1, kv_dim]
-    v: torch.Tensor
-    attn: torch.Tensor  # [1, q_dim]
-    tmp: torch.Tensor  # [1, n_embd] projection output before the residual add
-    gate: torch.Tensor  # [1, n_ff]
-    up: torch.Tensor
-    act: torch.Tensor
-    logits: torch.Tensor  # [1, n_vocab]
-    token_out: torch.Tensor  # int32 [1]: the argmax
-    token_host: torch.Tensor  # int32 [1], page-locked: where the argmax is read back to
-    scratch: ops.DecodeScratch
-    # the fused step's quantized activations (None where a width is not a multiple of 32)
-    xq: QVec | None  # the residual stream times the next RMSNorm's weight, with its partials
-    attnq: QVec | None  # attention's output
-    actq: QVec | None  # SwiGLU's output
-
-    @classmethod
-    def allocate(cls, cfg, shape: ops.AttentionShape, n_ctx: int) -> DecodeBuffers:
-        def f32(n: int) -> torch.Tensor:
-            return torch.zeros(1, n, device="cuda")
-
-        def qvec(n: int) -> QVec | None:
-            return QVec.allocate(n) if n % 32 == 0 else None
-
-        return cls(torch.zeros(2, dtype=torch.int32, device="cuda"), f32(cfg.n_embd), f32(cfg.n_embd),
-                   f32(cfg.q_dim), f32(cfg.kv_dim), f32(cfg.kv_dim), f32(cfg.q_dim), f32(cfg.n_embd),
-                   f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_ff), f32(cfg.n_vocab),
-                   torch.zeros(1, dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32).pin_memory(),
-                   ops.DecodeScratch.allocate(shape, n_ctx), qvec(cfg.n_embd), qvec(cfg.q_dim), qvec(cfg.n_ff))
 
 
 def _types(*weights: DeviceWeight) -> str:
     """The quant types of a fused op's matrices, e.g. 'Q4_K' or 'Q4_K+Q6_K'."""
     return "+".join(dict.fromkeys(w.qtype for w in weights))
-
-
-def _norm_weight(info) -> torch.Tensor:
-    return dequantize_torch(info).reshape(-1).to(device="cuda", dtype=torch.float32).contiguous()
 
 
 class CudaRuntime(TokenChecks):
@@ -152,10 +101,10 @@ class CudaRuntime(TokenChecks):
         self.token_embd = self.weights["token_embd.weight"]
         out_name = "token_embd.weight" if cfg.tied_embeddings else "output.weight"
         self.output = self.weights[out_name]
-        self.output_norm = _norm_weight(tensors["output_norm.weight"])
+        self.output_norm = norm_weight(tensors["output_norm.weight"])
         self.layers = [
-            LayerWeights(_norm_weight(tensors[f"blk.{i}.attn_norm.weight"]),
-                         _norm_weight(tensors[f"blk.{i}.ffn_norm.weight"]),
+            LayerWeights(norm_weight(tensors[f"blk.{i}.attn_norm.weight"]),
+                         norm_weight(tensors[f"blk.{i}.ffn_norm.weight"]),
                          {m: self.weights[f"blk.{i}.{m}.weight"] for m in MATRICES})
             for i in range(cfg.n_layer)
         ]
@@ -283,9 +232,9 @@ class CudaRuntime(TokenChecks):
                 self._decode_step_unfused()
 
     def _decode_step_fused(self) -> None:
-        """Six launches a layer: norm+QKV+RoPE+KV write, attention and its combine (which quantizes its
-        output), attn_output+add, norm+gate+up+SwiGLU, ffn_down+add. Each projection's epilogue
-        quantizes what the next one reads; the output norm rides in the output matvec."""
+        """Five launches a layer: norm+QKV+RoPE+KV write, attention (which quantizes its output),
+        attn_output+add, norm+gate+up+SwiGLU, ffn_down+add. Each projection's epilogue quantizes what the
+        next one reads; the output norm rides in the output matvec."""
         b, op, sh, eps = self.buf, self._op, self.shape, self.config.rms_eps
         pos = b.step[1:2]
         mask = self.masks.for_forward(self.n_past, 1)
