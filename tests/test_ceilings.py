@@ -96,8 +96,24 @@ def test_age_and_description():
     lines = store.describe(figures(when=now - timedelta(days=3)), now)
     assert lines[0] == "read bandwidth    4,216.0 GB/s, best 4,246.0"
     assert "720.0 TFLOP/s" in lines[2]
-    assert lines[4].startswith("measured") and "(3 days ago) on NVIDIA H200 | GPU-1234" in lines[4]
-    assert lines[5] == "how read        stream_read_sum over 1024 MiB"
+    assert lines[4] == "read by size    not measured (one launch a buffer)"
+    assert lines[5].startswith("measured") and "(3 days ago) on NVIDIA H200 | GPU-1234" in lines[5]
+    assert lines[6] == "how read        stream_read_sum over 1024 MiB"
+    c = figures(when=now)
+    c.read_by_size_GBps = {str(8 << 20): 2460.4, str(2 << 20): 1210.0}
+    assert store.describe(c, now)[4] == "read by size    2 MiB 1,210 · 8 MiB 2,460 GB/s (one launch a buffer)"
+
+
+def test_the_read_by_size_is_kept_chosen_and_survives_an_override():
+    c = figures()
+    c.read_by_size_GBps = {str(2 << 20): 1200.0, str(32 << 20): 3000.0, "junk": 5.0, str(8 << 20): float("nan")}
+    store.save(c)
+    found = store.lookup(H200)
+    assert found.read_by_size_GBps[str(2 << 20)] == 1200.0
+    chosen = choose.from_measured(found)
+    assert chosen.read_by_size == {2 << 20: 1200.0, 32 << 20: 3000.0}  # unreadable entries dropped, sizes as ints
+    kept = choose.overridden(chosen, 5000.0, None)
+    assert kept.bandwidth.value == 5000.0 and kept.read_by_size == chosen.read_by_size
 
 
 def test_read_buffer_is_at_least_eight_l2s_and_fits_in_free_memory():

@@ -25,6 +25,7 @@ import pandas as pd
 
 from qprof.analysis.activity import device_rows, work_rows
 from qprof.analysis.units import api_name
+from qprof.ceilings.read_sizes import read_at
 
 LAUNCH_GAP_MAX_NS = 100_000
 GAP_CATEGORIES = ("sync wait", "graph gap", "launch gap", "idle gap")
@@ -268,10 +269,12 @@ def copies(df: pd.DataFrame, phase: str | None = None) -> pd.DataFrame:
 
 
 def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float | None = None,
-                phase: str | None = None) -> pd.DataFrame:
+                phase: str | None = None, read_by_size: dict[int, float] | None = None) -> pd.DataFrame:
     """Kernels (or timed ops) by total time, with achieved bytes/s, and its share of peak_Bps (the card's measured
-    read bandwidth) where both are known."""
-    cols = ["name", "family", "qtype", "count", "time_ns", "mean_ns", "bytes", "achieved_Bps", "pct_of_peak"]
+    read bandwidth) where both are known. read_by_size ({bytes: GB/s}, qprof.ceilings.read_sizes): also the
+    share of what a pure read of the kernel's bytes per launch reaches on this card (pct_of_size_read)."""
+    cols = ["name", "family", "qtype", "count", "time_ns", "mean_ns", "bytes", "achieved_Bps", "pct_of_peak",
+            "launch_bytes", "size_read_Bps", "pct_of_size_read"]
     dev = device_rows(df)
     rows = dev[dev["kind"] == "kernel"] if not dev.empty else df[df["kind"] == "op"]
     if phase is not None:
@@ -283,12 +286,18 @@ def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float | None = None,
     known = rows["bytes"].notna()
     rows = rows.assign(kbytes=rows["bytes"].fillna(0).astype("int64"),
                        kdur=rows["dur_ns"].where(known, 0))
+    rows = rows.assign(kknown=known.astype("int64"))
     out = rows.groupby("name").agg(family=("family", "first"), qtype=("qtype", "first"), count=("dur_ns", "size"),
-                                   time_ns=("dur_ns", "sum"), bytes=("kbytes", "sum"), timed=("kdur", "sum"))
+                                   time_ns=("dur_ns", "sum"), bytes=("kbytes", "sum"), timed=("kdur", "sum"),
+                                   known=("kknown", "sum"))
     out = out.reset_index()
     out["mean_ns"] = out["time_ns"] / out["count"]
     out["achieved_Bps"] = np.where(out["bytes"] > 0, out["bytes"] / (out["timed"].clip(lower=1) * 1e-9), np.nan)
     out["pct_of_peak"] = 100.0 * out["achieved_Bps"] / peak_Bps if peak_Bps else np.nan
+    out["launch_bytes"] = np.where(out["bytes"] > 0, out["bytes"] / out["known"].clip(lower=1), np.nan)
+    size_read = [read_at(read_by_size or {}, b) for b in out["launch_bytes"]]
+    out["size_read_Bps"] = [g * 1e9 if g else np.nan for g in size_read]
+    out["pct_of_size_read"] = 100.0 * out["achieved_Bps"] / out["size_read_Bps"]
     out["bytes"] = out["bytes"].where(out["bytes"] > 0)
     return out[cols].sort_values("time_ns", ascending=False).head(n).reset_index(drop=True)
 

@@ -20,11 +20,13 @@ from qprof.analysis.attribution import (
     window_ns,
 )
 from qprof.analysis.findings import SYNCS_PER_STEP_MAX, TOKEN_INPUT_MAX_BYTES, Finding
+from qprof.analysis.units import size
 from qprof.quant.traits import QUANT_TRAITS
 
 LAUNCH_GAP_SHARE = 0.30
 LOW_BANDWIDTH_PCT = 25.0
 MIN_KERNEL_SHARE = 0.05
+SIZE_BOUND_PCT = 70.0  # a pure read of the launch's bytes below this % of peak: the launch size is the bound
 
 
 def _decode_steps(df: pd.DataFrame) -> int:
@@ -161,12 +163,28 @@ def launch_bound(df: pd.DataFrame) -> list[Finding]:
     return [Finding("launch_bound", "advice", msg, {"share_of_decode": share, "gaps": n, "mean_gap_us": mean_us})]
 
 
-def low_bandwidth(df: pd.DataFrame, peak_Bps: float | None = None) -> list[Finding]:
+def _size_read_words(k, peak_Bps: float) -> tuple[str, dict]:
+    """What a pure read of the kernel's bytes per launch reaches on this card, in words, where it was measured:
+    a launch too small to stream at full rate is bound by its size, not by its code."""
+    if pd.isna(k["size_read_Bps"]) or pd.isna(k["pct_of_size_read"]):
+        return "", {}
+    read_pct = 100.0 * float(k["size_read_Bps"]) / peak_Bps
+    words = f"; a pure read of its {size(k['launch_bytes'])} a launch reaches {read_pct:.0f}% of peak on this card"
+    if read_pct < SIZE_BOUND_PCT:
+        words += " (the launch size caps any kernel there: fusing launches lifts the cap)"
+    words += f", and it reaches {k['pct_of_size_read']:.0f}% of that"
+    return words, {"launch_bytes": float(k["launch_bytes"]), "size_read_Bps": float(k["size_read_Bps"]),
+                   "pct_of_size_read": float(k["pct_of_size_read"])}
+
+
+def low_bandwidth(df: pd.DataFrame, peak_Bps: float | None = None,
+                  read_by_size: dict[int, float] | None = None) -> list[Finding]:
     """Weight-reading kernels that reach a small fraction of the memory bandwidth they are bound by
-    (peak_Bps: the card's measured read bandwidth; none known, no finding)."""
+    (peak_Bps: the card's measured read bandwidth; none known, no finding), each with what a pure read of its
+    launch size reaches where read_by_size ({bytes: GB/s}) is known."""
     if not peak_Bps:
         return []
-    top = top_kernels(df, n=50, peak_Bps=peak_Bps, phase="decode")
+    top = top_kernels(df, n=50, peak_Bps=peak_Bps, phase="decode", read_by_size=read_by_size)
     if top.empty:
         return []
     total = float(top["time_ns"].sum())
@@ -176,11 +194,12 @@ def low_bandwidth(df: pd.DataFrame, peak_Bps: float | None = None) -> list[Findi
             continue
         share = float(k["time_ns"]) / total
         if k["pct_of_peak"] < LOW_BANDWIDTH_PCT and share >= MIN_KERNEL_SHARE:
+            by_size, extra = _size_read_words(k, peak_Bps)
             msg = (f"{k['name']} reaches {k['pct_of_peak']:.0f}% of peak bandwidth ({k['achieved_Bps'] / 1e9:.0f} of "
-                   f"{peak_Bps / 1e9:.0f} GB/s) over {_pct(share)} of decode kernel time")
+                   f"{peak_Bps / 1e9:.0f} GB/s) over {_pct(share)} of decode kernel time{by_size}")
             findings.append(Finding("low_bandwidth", "advice", msg,
                                     {"kernel": k["name"], "pct_of_peak": float(k["pct_of_peak"]),
-                                     "achieved_Bps": float(k["achieved_Bps"]), "share_of_kernels": share}))
+                                     "achieved_Bps": float(k["achieved_Bps"]), "share_of_kernels": share, **extra}))
     return findings
 
 
@@ -218,9 +237,10 @@ OP_RULES = (repeated_uploads, frequent_syncs)  # name the op range that issued e
 TRACE_RULES = (step_rules.uploads, step_rules.host_syncs)  # the same questions, per step, for a trace without op ranges
 
 
-def diagnose(df: pd.DataFrame, peak_Bps: float | None = None) -> list[Finding]:
-    """Every rule over one run's table (kernels against peak_Bps, the card's read bandwidth, where known);
-    faults first."""
+def diagnose(df: pd.DataFrame, peak_Bps: float | None = None,
+             read_by_size: dict[int, float] | None = None) -> list[Finding]:
+    """Every rule over one run's table (kernels against peak_Bps, the card's read bandwidth, and the read at
+    their launch size, where known); faults first."""
     found: list[Finding] = launch_shapes(df) + step_rules.untraced_graphs(df)
     # the other rules read decode only: its rows (work, API calls, ranges), every row inside its window, every sync
     win = window(df, "decode")
@@ -229,7 +249,7 @@ def diagnose(df: pd.DataFrame, peak_Bps: float | None = None) -> list[Finding]:
     for rule in OP_RULES if has_op_ranges(df) else TRACE_RULES:
         found += rule(dec)
     found += launch_bound(dec) or step_rules.host_bound(dec)
-    found += low_bandwidth(dec, peak_Bps)
+    found += low_bandwidth(dec, peak_Bps, read_by_size)
     for rule in (step_rules.readbacks, step_rules.step_boundary_idle):
         found += rule(dec)
     return sorted(found, key=lambda f: f.severity != "fault")

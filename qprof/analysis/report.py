@@ -81,9 +81,12 @@ def _phase(t: pd.DataFrame, phase: str, top: int, op_meta) -> dict:
 
 
 def summarize_table(t: pd.DataFrame, peak_Bps: float | None = None, top: int = 10,
-                    op_meta: dict | None = None, device_work: bool = True) -> dict:
+                    op_meta: dict | None = None, device_work: bool = True,
+                    read_by_size: dict[int, float] | None = None) -> dict:
     """Everything the report shows about one table, as plain data (phases with work only); kernels are read
-    against peak_Bps, the card's read bandwidth, where it is known."""
+    against peak_Bps, the card's read bandwidth, and against the read at their launch size (read_by_size,
+    {bytes: GB/s}), where they are known."""
+    curve = read_by_size if device_work else None
     phases = {p: _phase(t, p, top, op_meta) for p in PHASES if attr.window(t, p) is not None}
     for p in ("prefill", "decode"):  # profile's charts and comparisons expect both
         phases.setdefault(p, _phase(t, p, top, op_meta))
@@ -93,17 +96,22 @@ def summarize_table(t: pd.DataFrame, peak_Bps: float | None = None, top: int = 1
         "peak_Bps": peak_Bps,
         "phases": phases,
         "copies": records(attr.copies(t)),
-        "top_kernels": records(attr.top_kernels(t, top, peak_Bps if device_work else None)),
+        "read_by_size_GBps": {str(k): v for k, v in (curve or {}).items()},
+        "top_kernels": records(attr.top_kernels(t, top, peak_Bps if device_work else None, read_by_size=curve)),
         "work": "device activity" if device_work and not attr.device_rows(t).empty else "per-op timings",
         "decode_tokens": {"count": len(dec), "median_busy_ms": float(dec["busy_ns"].median() / 1e6) if len(dec) else 0.0,
                           "median_span_ms": float(dec["span_ns"].median() / 1e6) if len(dec) else 0.0,
                           "syncs_per_token": float(dec["syncs"].mean()) if len(dec) else 0.0},
-        "findings": [f.as_dict() for f in diagnose(t, peak_Bps)],
+        "findings": [f.as_dict() for f in diagnose(t, peak_Bps, curve)],
         "rows": len(t),
     }
 
 
 # --------------------------------------------------------------------------- text
+
+
+def _launch_mb(k: dict) -> str:
+    return f"{k['launch_bytes'] / 1e6:8.1f}" if k.get("launch_bytes") is not None else "-"
 
 
 def _ms(ns) -> str:
@@ -171,11 +179,17 @@ def render_body(s: dict, top: int = 8) -> list[str]:
         if any(k["achieved_Bps"] for k in kern):
             peak = (f"vs the {s['peak_Bps'] / 1e9:,.0f} GB/s read bandwidth" if s.get("peak_Bps")
                     else "no read bandwidth known for a % of peak")
+            by_size = any(k.get("pct_of_size_read") is not None for k in kern)
+            if by_size:
+                peak += "; % size: of a pure read of the kernel's bytes per launch, measured on this card"
             lines.append(f"\ntop {what} (achieved weight bandwidth; {peak})")
-            lines += table(["kernel", "count", "ms", "mean µs", "GB/s", "% peak"],
+            lines += table(["kernel", "count", "ms", "mean µs", "GB/s", "% peak"] + (["MB/launch", "% size"] if by_size
+                                                                                    else []),
                            [[k["name"][:48], str(k["count"]), _ms(k["time_ns"]), f"{k['mean_ns'] / 1e3:8.1f}",
                              f"{k['achieved_Bps'] / 1e9:8.1f}" if k["achieved_Bps"] else "-",
-                             f"{k['pct_of_peak']:5.1f}" if k["pct_of_peak"] is not None else "-"] for k in kern[:top]])
+                             f"{k['pct_of_peak']:5.1f}" if k["pct_of_peak"] is not None else "-"]
+                            + ([_launch_mb(k), f"{k['pct_of_size_read']:5.1f}" if k.get("pct_of_size_read") is not None
+                                else "-"] if by_size else []) for k in kern[:top]])
         else:  # no kernel's bytes are known: its bandwidth cannot be
             lines.append(f"\ntop {what} (bytes per kernel unknown: no bandwidth figures)")
             lines += table(["kernel", "family", "count", "ms", "mean µs"],

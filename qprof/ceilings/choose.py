@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qprof.ceilings.card import Card
 from qprof.ceilings.store import Ceilings
@@ -26,6 +26,8 @@ class Ceiling:
 class RunCeilings:
     bandwidth: Ceiling  # streaming-read GB/s: the decode floor and kernels' % of peak
     gemm: Ceiling  # fp16 tensor-core TFLOP/s: the prefill roofline (qprof's prefill matmuls are fp16)
+    # measured on this card: the read at the size of one launch, {bytes: GB/s} (read_sizes.py); empty if unknown
+    read_by_size: dict = field(default_factory=dict)
 
 
 def check_override(value: float | None, option: str) -> float | None:
@@ -39,13 +41,17 @@ def measured_source(c: Ceilings, what: str) -> str:
 
 
 def from_measured(c: Ceilings) -> RunCeilings:
+    from qprof.ceilings.read_sizes import curve_of
+
     return RunCeilings(Ceiling(c.read_GBps, measured_source(c, "streaming read")),
-                       Ceiling(c.gemm_fp16_TFLOPS, measured_source(c, "fp16 GEMM")))
+                       Ceiling(c.gemm_fp16_TFLOPS, measured_source(c, "fp16 GEMM")), curve_of(c.read_by_size_GBps))
 
 
 def overridden(found: RunCeilings, bandwidth: float | None, tflops: float | None) -> RunCeilings:
+    """--bandwidth / --tflops in place of the measured figures; the read by size is this card's measurement
+    and stays (it is read against the kernel's own bytes, not against the override)."""
     return RunCeilings(Ceiling(bandwidth, "--bandwidth") if bandwidth else found.bandwidth,
-                       Ceiling(tflops, "--tflops") if tflops else found.gemm)
+                       Ceiling(tflops, "--tflops") if tflops else found.gemm, found.read_by_size)
 
 
 def unmeasured(card_name: str, why: str, nvml_info: dict) -> RunCeilings:

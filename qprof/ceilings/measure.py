@@ -109,6 +109,16 @@ def measure_read(n_bytes: int, sm_count: int) -> Rate:
     return rate_of(samples, n_bytes)
 
 
+def read_by_size(sm_count: int, l2: int) -> tuple[dict[str, float], str]:
+    """read_sizes.measure_read_sizes, or none with the reason: the other figures stand without it."""
+    from qprof.ceilings.read_sizes import measure_read_sizes
+
+    try:
+        return measure_read_sizes(sm_count, l2, l2_multiple=READ_L2_MULTIPLE)
+    except QprofError as exc:
+        return {}, f"not measured: {exc}"
+
+
 def measure_copy(n_bytes: int) -> Rate:
     """Bytes/s moved by a device-to-device copy of n_bytes / 2 (read + written: n_bytes per copy)."""
     import torch
@@ -149,6 +159,9 @@ def measure_card(card: Card, device_index: int | None = None, log: Callable[[str
         log(f"streaming read of {n_bytes / 2**20:.0f} MiB ({n_bytes / l2:.0f}x the {l2 / 2**20:.0f} MiB L2) ...")
         read = measure_read(n_bytes, props.multi_processor_count)
         torch.cuda.empty_cache()
+        log("streaming read by launch size ...")
+        by_size, by_size_how = read_by_size(props.multi_processor_count, l2)
+        torch.cuda.empty_cache()
         log("device-to-device copy ...")
         copy = measure_copy(n_bytes)
         torch.cuda.empty_cache()
@@ -167,9 +180,11 @@ def measure_card(card: Card, device_index: int | None = None, log: Callable[[str
         gemm_fp16_TFLOPS=fp16.median / 1e12, gemm_bf16_TFLOPS=bf16.median / 1e12,
         best={"read_GBps": read.best / 1e9, "copy_GBps": copy.best / 1e9,
               "gemm_fp16_TFLOPS": fp16.best / 1e12, "gemm_bf16_TFLOPS": bf16.best / 1e12},
+        read_by_size_GBps=by_size,
         method={
             "read": f"kernels/ceiling.cu stream_read_sum over {n_bytes / 2**20:.0f} MiB "
                     f"({n_bytes / l2:.0f}x the {l2 / 2**20:.0f} MiB L2), sum checked; {stat}",
+            "read by size": by_size_how,
             "copy": f"torch copy_ of {n_bytes // 2 / 2**20:.0f} MiB device to device, bytes read + written; {stat}",
             "gemm": f"torch.mm {GEMM_SIZE}x{GEMM_SIZE}x{GEMM_SIZE}, 2*M*N*K FLOPs; {gemm_stat}",
         },

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qprof.ceilings.card import Card
 
-CACHE_SCHEMA = 1  # bump when a figure is measured differently, so older records are measured again
+CACHE_SCHEMA = 2  # bump when a figure is measured differently, so older records are measured again (2: read by size)
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -25,6 +25,8 @@ class Ceilings:
     gemm_fp16_TFLOPS: float  # dense fp16 tensor-core GEMM (torch.mm): the prefill roofline
     gemm_bf16_TFLOPS: float
     best: dict[str, float] = field(default_factory=dict)  # the same figures from the fastest repeat
+    # the streaming read at the size of one launch (read_sizes.py): {str(bytes): GB/s}; empty if it failed
+    read_by_size_GBps: dict[str, float] = field(default_factory=dict)
     method: dict[str, str] = field(default_factory=dict)  # how each figure was measured, in words
     qprof_version: str = ""
 
@@ -120,6 +122,9 @@ def describe(c: Ceilings, now: datetime | None = None) -> list[str]:
     for name, label, unit in Ceilings.FIGURES:
         best = c.best.get(name)
         lines.append(f"{label:<16}{getattr(c, name):9,.1f} {unit}" + (f", best {best:,.1f}" if best else ""))
+    from qprof.ceilings.read_sizes import describe_curve
+
+    lines.append(f"{'read by size':<16}{describe_curve(c.read_by_size_GBps)} (one launch a buffer)")
     lines.append(f"measured        {c.measured_at} ({age_text(c.measured_at, now)}) on {c.card.key()}")
     lines += [f"{'how ' + what:<16}{text}" for what, text in c.method.items()]
     return lines

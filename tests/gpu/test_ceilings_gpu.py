@@ -24,3 +24,11 @@ def test_measure_on_this_gpu_reads_every_word_and_stays_under_the_datasheet():
     if info.get("peak_bandwidth_GBps"):  # a streaming read cannot beat the memory bus
         assert c.read_GBps <= 1.02 * info["peak_bandwidth_GBps"]
     assert "x the" in c.method["read"] and "L2" in c.method["read"]
+    # the read at each launch size: measured (its buffers' sums checked), under the bus, never far above the
+    # streaming read of a whole GiB, and not slower at the largest size than at the smallest
+    from qprof.ceilings.read_sizes import READ_SIZES, curve_of
+
+    curve = curve_of(c.read_by_size_GBps)
+    assert sorted(curve) == sorted(READ_SIZES), c.method.get("read by size")
+    assert all(0 < g <= 1.05 * c.read_GBps for g in curve.values()), curve
+    assert curve[max(curve)] >= curve[min(curve)], curve
