@@ -113,10 +113,13 @@ def read_by_size(sm_count: int, l2: int) -> tuple[dict[str, float], str]:
     """read_sizes.measure_read_sizes, or none with the reason: the other figures stand without it."""
     from qprof.ceilings.read_sizes import measure_read_sizes
 
+    import torch
+
     try:
         return measure_read_sizes(sm_count, l2, l2_multiple=READ_L2_MULTIPLE)
-    except QprofError as exc:
-        return {}, f"not measured: {exc}"
+    except (QprofError, RuntimeError) as exc:  # a CUDA error or out of memory too (torch raises RuntimeError)
+        torch.cuda.empty_cache()
+        return {}, f"not measured: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 
 def measure_copy(n_bytes: int) -> Rate:
