@@ -111,9 +111,9 @@ def measure_read(n_bytes: int, sm_count: int) -> Rate:
 
 def read_by_size(sm_count: int, l2: int) -> tuple[dict[str, float], str]:
     """read_sizes.measure_read_sizes, or none with the reason: the other figures stand without it."""
-    from qprof.ceilings.read_sizes import measure_read_sizes
-
     import torch
+
+    from qprof.ceilings.read_sizes import measure_read_sizes
 
     try:
         return measure_read_sizes(sm_count, l2, l2_multiple=READ_L2_MULTIPLE)
