@@ -285,8 +285,7 @@ def top_kernels(df: pd.DataFrame, n: int = 10, peak_Bps: float | None = None,
         rows = rows.assign(name=rows["name"].map(op_type))
     known = rows["bytes"].notna()
     rows = rows.assign(kbytes=rows["bytes"].fillna(0).astype("int64"),
-                       kdur=rows["dur_ns"].where(known, 0))
-    rows = rows.assign(kknown=known.astype("int64"))
+                       kdur=rows["dur_ns"].where(known, 0), kknown=known.astype("int64"))
     out = rows.groupby("name").agg(family=("family", "first"), qtype=("qtype", "first"), count=("dur_ns", "size"),
                                    time_ns=("dur_ns", "sum"), bytes=("kbytes", "sum"), timed=("kdur", "sum"),
                                    known=("kknown", "sum"))

@@ -101,24 +101,30 @@ def measure_read(n_bytes: int, sm_count: int) -> Rate:
     sums = torch.zeros(grid, dtype=torch.int32, device="cuda")
     n_vec = ctypes.c_longlong(n_bytes // 16)
     samples = time_ms(lambda: lib.launch(kernel, (grid,), (READ_THREADS,), buf, n_vec, sums), BANDWIDTH_REPEATS)
-    want = int(buf.sum(dtype=torch.int64).item()) & 0xFFFFFFFF
-    got = int(sums.to(torch.int64).sum().item()) & 0xFFFFFFFF
-    if got != want:
-        raise QprofError(f"stream_read_sum read the buffer wrongly (block sums add to {got:#x}, the buffer sums to "
-                         f"{want:#x}): its bandwidth is not a measurement")
+    check_block_sums(buf, sums, "the buffer")
     return rate_of(samples, n_bytes)
 
 
-def read_by_size(sm_count: int, l2: int) -> tuple[dict[str, float], str]:
-    """read_sizes.measure_read_sizes, or none with the reason: the other figures stand without it."""
+def check_block_sums(buf, sums, what: str) -> None:
+    """stream_read_sum's block sums of its last launch must add up (mod 2^32) to the sum of `buf`, the buffer
+    it read: every word read exactly once, or its bandwidth is not a measurement."""
     import torch
 
+    want = int(buf.sum(dtype=torch.int64).item()) & 0xFFFFFFFF
+    got = int(sums.to(torch.int64).sum().item()) & 0xFFFFFFFF
+    if got != want:
+        raise QprofError(f"stream_read_sum read {what} wrongly (block sums add to {got:#x}, the buffer sums to "
+                         f"{want:#x}): its bandwidth is not a measurement")
+
+
+def read_by_size(sm_count: int, l2: int) -> tuple[dict[str, float], str]:
+    """read_sizes.measure_read_sizes, or none with the reason: the other figures stand without it (measure_card
+    empties the allocator's cache after it either way)."""
     from qprof.ceilings.read_sizes import measure_read_sizes
 
     try:
         return measure_read_sizes(sm_count, l2, l2_multiple=READ_L2_MULTIPLE)
     except (QprofError, RuntimeError) as exc:  # a CUDA error or out of memory too (torch raises RuntimeError)
-        torch.cuda.empty_cache()
         return {}, f"not measured: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 

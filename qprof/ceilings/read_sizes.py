@@ -64,8 +64,14 @@ def measure_read_sizes(sm_count: int, l2_bytes: int, sizes: tuple[int, ...] = RE
 
     import torch
 
-    from qprof.ceilings.measure import BANDWIDTH_REPEATS, READ_BLOCKS_PER_SM, READ_THREADS, time_ms
-    from qprof.errors import QprofError
+    from qprof.ceilings.measure import (
+        BANDWIDTH_REPEATS,
+        READ_BLOCKS_PER_SM,
+        READ_THREADS,
+        check_block_sums,
+        rate_of,
+        time_ms,
+    )
     from qprof.runtime.cuda.driver import KernelLibrary
 
     lib = KernelLibrary.get()
@@ -95,13 +101,8 @@ def measure_read_sizes(sm_count: int, l2_bytes: int, sizes: tuple[int, ...] = RE
                 graph.replay()
 
         samples = time_ms(replays, BANDWIDTH_REPEATS)
-        want = int(parts[-1].sum(dtype=torch.int64).item()) & 0xFFFFFFFF
-        got = int(sums.to(torch.int64).sum().item()) & 0xFFFFFFFF
-        if got != want:
-            raise QprofError(f"stream_read_sum read a {size >> 20} MiB buffer wrongly (block sums {got:#x}, "
-                             f"buffer {want:#x})")
-        per_launch_s = sorted(samples)[len(samples) // 2] * 1e-3 / (GRAPH_REPLAYS * copies)
-        figures[str(size)] = size / per_launch_s / 1e9
+        check_block_sums(parts[-1], sums, f"a {size >> 20} MiB buffer")  # the graph's last launch read it
+        figures[str(size)] = rate_of(samples, size * copies * GRAPH_REPLAYS).median / 1e9
         del graph, buf, parts
         torch.cuda.empty_cache()
     how = (f"kernels/ceiling.cu stream_read_sum, one launch a buffer of each size, the buffers cycled over >= "

@@ -46,7 +46,7 @@ def summarize(run: ProfileRun, ceilings: RunCeilings | None = None, top: int = 1
     on_gpu = run.spec.device == "cuda"
     limits = bounds(r, ceilings, flops_per_token)
     body = summarize_table(run.table, limits["peak_Bps"], top=top, op_meta=op_meta(r.graph_ops) or None,
-                           device_work=on_gpu, read_by_size=ceilings.read_by_size if ceilings and on_gpu else None)
+                           device_work=on_gpu, read_by_size=ceilings.read_by_size if ceilings else None)
     return {
         "command": "profile",
         "model": r.model_name,
