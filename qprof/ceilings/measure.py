@@ -22,6 +22,9 @@ READ_L2_MULTIPLE = 8  # the read buffer is at least this many times the L2
 READ_MIN_BYTES = 1 << 30  # and at least 1 GiB, so one launch lasts long enough (~0.2 ms at 5 TB/s) to time well
 READ_THREADS = 256  # CEIL_READ_THREADS in kernels/ceiling.cu: any multiple of 32 up to 1024
 READ_BLOCKS_PER_SM = 8  # enough resident warps to keep every SM's loads in flight
+# Launches of the read back to back in one timed sample: the card is busy from the first to the last event, as
+# in a decode step, rather than starting each sample idle after the host's synchronize.
+READ_LAUNCHES_PER_SAMPLE = 4
 FREE_MEMORY_SHARE = 0.5  # use at most this share of the free device memory
 BUFFER_ALIGN = 1 << 20
 BANDWIDTH_REPEATS = 20
@@ -87,9 +90,10 @@ def l2_bytes(device_index: int) -> int:
                      "cuDeviceGetAttribute(L2_CACHE_SIZE)"))
 
 
-def measure_read(n_bytes: int, sm_count: int) -> Rate:
-    """Bytes/s of kernels/ceiling.cu:stream_read_sum over n_bytes, checked: its block sums must add up to the
-    buffer's sum, i.e. every word was read exactly once."""
+def measure_read(n_bytes: int, sm_count: int, launches: int = READ_LAUNCHES_PER_SAMPLE) -> Rate:
+    """Bytes/s of kernels/ceiling.cu:stream_read_sum over n_bytes, `launches` launches back to back a timed
+    sample, checked: the last launch's block sums must add up to the buffer's sum, i.e. every word was read
+    exactly once."""
     import torch
 
     from qprof.runtime.cuda.driver import KernelLibrary
@@ -100,9 +104,14 @@ def measure_read(n_bytes: int, sm_count: int) -> Rate:
     grid = sm_count * READ_BLOCKS_PER_SM
     sums = torch.zeros(grid, dtype=torch.int32, device="cuda")
     n_vec = ctypes.c_longlong(n_bytes // 16)
-    samples = time_ms(lambda: lib.launch(kernel, (grid,), (READ_THREADS,), buf, n_vec, sums), BANDWIDTH_REPEATS)
+
+    def sample():
+        for _ in range(launches):
+            lib.launch(kernel, (grid,), (READ_THREADS,), buf, n_vec, sums)
+
+    samples = time_ms(sample, BANDWIDTH_REPEATS)
     check_block_sums(buf, sums, "the buffer")
-    return rate_of(samples, n_bytes)
+    return rate_of(samples, launches * n_bytes)
 
 
 def check_block_sums(buf, sums, what: str) -> None:
@@ -192,7 +201,8 @@ def measure_card(card: Card, device_index: int | None = None, log: Callable[[str
         read_by_size_GBps=by_size,
         method={
             "read": f"kernels/ceiling.cu stream_read_sum over {n_bytes / 2**20:.0f} MiB "
-                    f"({n_bytes / l2:.0f}x the {l2 / 2**20:.0f} MiB L2), sum checked; {stat}",
+                    f"({n_bytes / l2:.0f}x the {l2 / 2**20:.0f} MiB L2), {READ_LAUNCHES_PER_SAMPLE} launches "
+                    f"back to back a sample, sum checked; {stat}",
             "read by size": by_size_how,
             "copy": f"torch copy_ of {n_bytes // 2 / 2**20:.0f} MiB device to device, bytes read + written; {stat}",
             "gemm": f"torch.mm {GEMM_SIZE}x{GEMM_SIZE}x{GEMM_SIZE}, 2*M*N*K FLOPs; {gemm_stat}",

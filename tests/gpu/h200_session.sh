@@ -443,3 +443,12 @@ if [ "$STAGE" = final9B ]; then
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
   step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
 fi
+# session 9: the read ceiling timed with its launches back to back (final9A's ceilings GPU test found the
+# 1 GiB read, one launch a sample, 5-9% below the 128 MiB reads of the read by size)
+if [ "$STAGE" = read9 ]; then
+  step bench_read 120 python3 tests/gpu/bench_read.py --launches 1,4,16
+  step doctor_measure 120 $Q doctor --measure
+  cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
+  step gpu_tests_ceilings 120 python3 -m pytest -q -rfs tests/gpu/test_ceilings_gpu.py
+  step bench_read_128 60 python3 tests/gpu/bench_read.py --mib 128 --launches 1,4
+fi
