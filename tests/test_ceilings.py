@@ -134,6 +134,45 @@ def test_rates_are_the_median_and_the_best_repeat():
         rate_of([0.0, 1.0], 1.0)
 
 
+def test_the_read_times_its_launches_back_to_back_and_counts_every_launchs_bytes(monkeypatch):
+    """Each timed sample holds READ_LAUNCHES_PER_SAMPLE launches (on the H200 one launch a sample read 3,980
+    GB/s, 16 read 4,455: the card starts each sample idle), and the rate counts the bytes of all of them."""
+    import torch
+
+    from qprof.ceilings import measure
+    from qprof.runtime.cuda import driver
+
+    launches = []
+
+    class FakeLibrary:  # stream_read_sum on the CPU: block 0 sums the whole buffer, the others 0
+        def kernel(self, module, name):
+            return (module, name)
+
+        def launch(self, kernel, grid, block, buf, n_vec, sums):
+            assert kernel == ("ceiling", "stream_read_sum") and n_vec.value * 16 == buf.numel() * 4
+            sums.zero_()
+            sums[0] = (int(buf.sum(dtype=torch.int64).item()) + 2**31) % 2**32 - 2**31
+            launches.append(grid)
+
+    def on_cpu(make):
+        return lambda *a, device=None, **k: make(*a, **k)
+
+    def timed(fn, repeats):  # every sample 1 ms
+        for _ in range(repeats):
+            fn()
+        return [1.0] * repeats
+
+    monkeypatch.setattr(torch, "randint", on_cpu(torch.randint))
+    monkeypatch.setattr(torch, "zeros", on_cpu(torch.zeros))
+    monkeypatch.setattr(driver.KernelLibrary, "get", staticmethod(lambda: FakeLibrary()))
+    monkeypatch.setattr(measure, "time_ms", timed)
+    rate = measure.measure_read(1 << 16, sm_count=2, launches=4)
+    assert len(launches) == 4 * measure.BANDWIDTH_REPEATS
+    assert rate.median == pytest.approx(4 * (1 << 16) / 1e-3)
+    assert measure.measure_read.__defaults__ == (measure.READ_LAUNCHES_PER_SAMPLE,)
+    assert measure.READ_LAUNCHES_PER_SAMPLE >= 4
+
+
 def test_cpu_ceilings_are_unknown_unless_overridden():
     c = choose.run_ceilings("cpu")
     assert c.bandwidth.value is None and c.gemm.value is None

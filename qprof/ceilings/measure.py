@@ -1,7 +1,7 @@
 """Measure a card's ceilings on the GPU: streaming-read and copy bandwidth, fp16/bf16 tensor-core GEMM rate.
 
-Each figure is timed with CUDA events around one launch (or one torch call), WARMUP untimed runs
-first, then REPEATS timed ones; the figure is the median of the repeats and the fastest is kept
+Each figure is timed with CUDA events around one launch or torch call (the read: READ_LAUNCHES_PER_SAMPLE
+launches back to back), WARMUP untimed runs first, then REPEATS timed ones; the figure is the median of the repeats and the fastest is kept
 beside it as `best`. The read buffer is at least READ_L2_MULTIPLE times the L2, so the loads come
 from HBM, not from the cache a real decode step cannot rely on either.
 """
@@ -23,8 +23,9 @@ READ_MIN_BYTES = 1 << 30  # and at least 1 GiB, so one launch lasts long enough 
 READ_THREADS = 256  # CEIL_READ_THREADS in kernels/ceiling.cu: any multiple of 32 up to 1024
 READ_BLOCKS_PER_SM = 8  # enough resident warps to keep every SM's loads in flight
 # Launches of the read back to back in one timed sample: the card is busy from the first to the last event, as
-# in a decode step, rather than starting each sample idle after the host's synchronize.
-READ_LAUNCHES_PER_SAMPLE = 4
+# in a decode step, rather than starting each sample idle after the host's synchronize. On the H200 (2026-12-01,
+# tests/gpu/bench_read.py over 1 GiB) 1 launch a sample read 3,980 GB/s, 4 read 4,347 and 16 read 4,455.
+READ_LAUNCHES_PER_SAMPLE = 16
 FREE_MEMORY_SHARE = 0.5  # use at most this share of the free device memory
 BUFFER_ALIGN = 1 << 20
 BANDWIDTH_REPEATS = 20
