@@ -452,3 +452,16 @@ if [ "$STAGE" = read9 ]; then
   step gpu_tests_ceilings 120 python3 -m pytest -q -rfs tests/gpu/test_ceilings_gpu.py
   step bench_read_128 60 python3 tests/gpu/bench_read.py --mib 128 --launches 1,4
 fi
+# session 9: the ceilings measured with the read's launches back to back (the default since read9), then
+# tg128 Q4_K_M against the decode bound they give, and the per-step host gap (events timing, no profiler)
+if [ "$STAGE" = bench9 ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step doctor_measure 120 $Q doctor --measure
+  cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
+  step gpu_tests_ceilings 120 python3 -m pytest -q -rfs tests/gpu/test_ceilings_gpu.py
+  step build 240 $Q kernels build
+  wait
+  step bench_q4_k_m 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 --results $OUT/bench_h200.jsonl
+  for i in 1 2; do step tg_$i 120 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $OUT/bench_h200.jsonl; done
+  step profile_events 120 $Q profile -m mistral-7b-q4_k_m --timing events --graphs -p 64 -n 32
+fi
