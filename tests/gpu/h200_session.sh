@@ -465,3 +465,11 @@ if [ "$STAGE" = bench9 ]; then
   for i in 1 2; do step tg_$i 120 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $OUT/bench_h200.jsonl; done
   step profile_events 120 $Q profile -m mistral-7b-q4_k_m --timing events --graphs -p 64 -n 32
 fi
+# session 9: the host's turn between tokens (bench's synchronized loop against decodes queued back to back)
+if [ "$STAGE" = host9 ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  wait
+  step host_turn 90 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 3
+  step host_turn_nvtx 60 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 2 --nvtx on
+fi

@@ -1,0 +1,84 @@
+"""What the host's turn between decode tokens costs (a benchmark, not a test).
+
+`qprof bench` synchronizes after every token, as a generation loop must before it samples and as
+llama-bench does; the device then idles while the host returns from the wait, takes the next token,
+writes the step input and launches the next graph replay. This times, in one process and alternately:
+- back to back: `decode` called without a wait between tokens, so the host queues a token while the
+  device runs the one before (the device's own time per token, as bench_decode_ablation.py measures);
+- synchronized: `decode` then a synchronize per token, bench's loop, split into the host's time inside
+  `decode` (queueing) and in the wait;
+and prints their difference, the host's turn, per token.
+
+    python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m [--steps 128] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from qprof.model.gguf_file import load_model
+from qprof.runtime.cuda.forward import CudaRuntime
+from qprof.runtime.options import RuntimeOptions
+from qprof.workloads import resolve_model
+
+
+def back_to_back_us(rt: CudaRuntime, steps: int) -> float:
+    """Wall µs per token of `steps` decodes queued without a wait, from an empty cache (one wait at the end)."""
+    rt.reset()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter_ns()
+    for _ in range(steps):
+        rt.decode(1)
+    rt.synchronize()
+    return (time.perf_counter_ns() - t0) / 1e3 / steps
+
+
+def synchronized_us(rt: CudaRuntime, steps: int) -> tuple[float, float, float]:
+    """(µs per token, of which inside decode, of which in the wait) with a synchronize after every token."""
+    rt.reset()
+    torch.cuda.synchronize()
+    queued = waited = 0
+    t0 = time.perf_counter_ns()
+    for _ in range(steps):
+        a = time.perf_counter_ns()
+        rt.decode(1)
+        b = time.perf_counter_ns()
+        rt.synchronize()
+        queued += b - a
+        waited += time.perf_counter_ns() - b
+    total = time.perf_counter_ns() - t0
+    return total / 1e3 / steps, queued / 1e3 / steps, waited / 1e3 / steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model", default="mistral-7b-q4_k_m")
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--nvtx", choices=["on", "off"], default="off", help="NVTX ranges (off: as qprof bench runs)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_host_turn: no CUDA GPU", file=sys.stderr)
+        return 2
+    model = load_model(resolve_model(args.model))
+    nvtx = args.nvtx == "on"
+    rt = CudaRuntime(model, RuntimeOptions(nvtx=nvtx, cuda_graphs=True), n_ctx=args.steps + 8)
+    rt.decode(1)  # eager, then captured
+    rt.decode(1)  # the first replay
+    rt.synchronize()
+    print(f"{torch.cuda.get_device_name()}: {args.model}, decode positions 0..{args.steps - 1}, CUDA graph, "
+          f"NVTX {args.nvtx}, wall µs per token")
+    print(f"{'rep':>3} {'back to back':>12} {'synced':>8} {'in decode':>9} {'in wait':>8} {'host turn':>9}")
+    for rep in range(args.reps):
+        free = back_to_back_us(rt, args.steps)
+        synced, queued, waited = synchronized_us(rt, args.steps)
+        print(f"{rep:3d} {free:12.1f} {synced:8.1f} {queued:9.1f} {waited:8.1f} {synced - free:9.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
