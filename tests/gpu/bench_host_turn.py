@@ -7,7 +7,8 @@ writes the step input and launches the next graph replay. This times, in one pro
   device runs the one before (the device's own time per token, as bench_decode_ablation.py measures);
 - synchronized: `decode` then a synchronize per token, bench's loop, split into the host's time inside
   `decode` (queueing) and in the wait;
-and prints their difference, the host's turn, per token.
+and prints their difference, the host's turn, per token, and the host's time in the two calls decode makes
+to the driver: the step input's launch (ops.step_set) and the graph's replay.
 
     python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m [--steps 128] [--reps 3]
 """
@@ -17,10 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 
 import torch
 
 from qprof.model.gguf_file import load_model
+from qprof.runtime.cuda import forward
 from qprof.runtime.cuda.forward import CudaRuntime
 from qprof.runtime.options import RuntimeOptions
 from qprof.workloads import resolve_model
@@ -54,6 +57,24 @@ def synchronized_us(rt: CudaRuntime, steps: int) -> tuple[float, float, float]:
     return total / 1e3 / steps, queued / 1e3 / steps, waited / 1e3 / steps
 
 
+def timed_calls(rt: CudaRuntime) -> Counter:
+    """Wrap the step input's launch and the graph's replay so that each call's host ns add up in the counter."""
+    spent: Counter = Counter()
+
+    def timing(name, fn):
+        def call(*args, **kwargs):
+            t = time.perf_counter_ns()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter_ns() - t
+        return call
+
+    forward.ops.step_set = timing("step_set", forward.ops.step_set)
+    rt.graph.replay = timing("replay", rt.graph.replay)
+    return spent
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default="mistral-7b-q4_k_m")
@@ -72,11 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     rt.synchronize()
     print(f"{torch.cuda.get_device_name()}: {args.model}, decode positions 0..{args.steps - 1}, CUDA graph, "
           f"NVTX {args.nvtx}, wall µs per token")
-    print(f"{'rep':>3} {'back to back':>12} {'synced':>8} {'in decode':>9} {'in wait':>8} {'host turn':>9}")
+    spent = timed_calls(rt)
+    print(f"{'rep':>3} {'back to back':>12} {'synced':>8} {'in decode':>9} {'in wait':>8} {'host turn':>9} "
+          f"{'step_set':>8} {'replay':>8}")
     for rep in range(args.reps):
         free = back_to_back_us(rt, args.steps)
+        spent.clear()
         synced, queued, waited = synchronized_us(rt, args.steps)
-        print(f"{rep:3d} {free:12.1f} {synced:8.1f} {queued:9.1f} {waited:8.1f} {synced - free:9.1f}", flush=True)
+        parts = [spent[k] / 1e3 / args.steps for k in ("step_set", "replay")]
+        print(f"{rep:3d} {free:12.1f} {synced:8.1f} {queued:9.1f} {waited:8.1f} {synced - free:9.1f} "
+              f"{parts[0]:8.1f} {parts[1]:8.1f}", flush=True)
     return 0
 
 
