@@ -2,8 +2,8 @@
 
 Each figure is timed with CUDA events around one launch or torch call (the read: READ_LAUNCHES_PER_SAMPLE
 launches back to back), WARMUP untimed runs first, then REPEATS timed ones; the figure is the median of the
-repeats and the fastest is kept beside it as `best`. The read buffer is at least READ_L2_MULTIPLE times the L2, so the loads come
-from HBM, not from the cache a real decode step cannot rely on either.
+repeats and the fastest is kept beside it as `best`. The read buffer is at least READ_L2_MULTIPLE times the L2,
+so the loads come from HBM, not from the cache a real decode step cannot rely on either.
 """
 
 from __future__ import annotations
