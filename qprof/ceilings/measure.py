@@ -91,27 +91,40 @@ def l2_bytes(device_index: int) -> int:
                      "cuDeviceGetAttribute(L2_CACHE_SIZE)"))
 
 
+class StreamRead:
+    """kernels/ceiling.cu:stream_read_sum, ready to launch on torch's current stream: read(buf, n_bytes) reads the
+    first n_bytes (whole 16-byte vectors) of a CUDA tensor, each CTA's sum of the words into .sums, which the
+    next launch overwrites (check_block_sums reads the last)."""
+
+    def __init__(self, sm_count: int) -> None:
+        import torch
+
+        from qprof.runtime.cuda.driver import KernelLibrary
+
+        self._lib = KernelLibrary.get()
+        self._kernel = self._lib.kernel("ceiling", "stream_read_sum")
+        self._grid = (sm_count * READ_BLOCKS_PER_SM,)
+        self.sums = torch.zeros(self._grid[0], dtype=torch.int32, device="cuda")
+
+    def __call__(self, buf, n_bytes: int) -> None:
+        self._lib.launch(self._kernel, self._grid, (READ_THREADS,), buf, ctypes.c_longlong(n_bytes // 16), self.sums)
+
+
 def measure_read(n_bytes: int, sm_count: int, launches: int = READ_LAUNCHES_PER_SAMPLE) -> Rate:
     """Bytes/s of kernels/ceiling.cu:stream_read_sum over n_bytes, `launches` launches back to back a timed
     sample, checked: the last launch's block sums must add up to the buffer's sum, i.e. every word was read
     exactly once."""
     import torch
 
-    from qprof.runtime.cuda.driver import KernelLibrary
-
     buf = torch.randint(-(2**31), 2**31 - 1, (n_bytes // 4,), dtype=torch.int32, device="cuda")
-    lib = KernelLibrary.get()
-    kernel = lib.kernel("ceiling", "stream_read_sum")
-    grid = sm_count * READ_BLOCKS_PER_SM
-    sums = torch.zeros(grid, dtype=torch.int32, device="cuda")
-    n_vec = ctypes.c_longlong(n_bytes // 16)
+    read = StreamRead(sm_count)
 
     def sample():
         for _ in range(launches):
-            lib.launch(kernel, (grid,), (READ_THREADS,), buf, n_vec, sums)
+            read(buf, n_bytes)
 
     samples = time_ms(sample, BANDWIDTH_REPEATS)
-    check_block_sums(buf, sums, "the buffer")
+    check_block_sums(buf, read.sums, "the buffer")
     return rate_of(samples, launches * n_bytes)
 
 

@@ -60,35 +60,21 @@ def measure_read_sizes(sm_count: int, l2_bytes: int, sizes: tuple[int, ...] = RE
     """{str(bytes): GB/s} of stream_read_sum at each size, and how it was measured, in words. Each size's
     buffers (at least l2_multiple x the L2 together) are read one launch each, in a CUDA graph replayed
     GRAPH_REPLAYS times per sample; the median sample counts. The last buffer's block sums are checked."""
-    import ctypes
-
     import torch
 
-    from qprof.ceilings.measure import (
-        BANDWIDTH_REPEATS,
-        READ_BLOCKS_PER_SM,
-        READ_THREADS,
-        check_block_sums,
-        rate_of,
-        time_ms,
-    )
-    from qprof.runtime.cuda.driver import KernelLibrary
+    from qprof.ceilings.measure import BANDWIDTH_REPEATS, StreamRead, check_block_sums, rate_of, time_ms
 
-    lib = KernelLibrary.get()
-    kernel = lib.kernel("ceiling", "stream_read_sum")
-    grid = sm_count * READ_BLOCKS_PER_SM
-    sums = torch.zeros(grid, dtype=torch.int32, device="cuda")
+    read = StreamRead(sm_count)
     figures = {}
     for size in sizes:
         copies = max(2, -(-l2_multiple * l2_bytes // size))
         words = size // 4
         buf = torch.randint(-(2**31), 2**31 - 1, (copies * words,), dtype=torch.int32, device="cuda")
         parts = [buf[c * words:(c + 1) * words] for c in range(copies)]
-        n_vec = ctypes.c_longlong(size // 16)
 
-        def cycle(parts=parts, n_vec=n_vec):
+        def cycle(parts=parts, size=size):
             for p in parts:
-                lib.launch(kernel, (grid,), (READ_THREADS,), p, n_vec, sums)
+                read(p, size)
 
         cycle()
         torch.cuda.synchronize()
@@ -101,7 +87,7 @@ def measure_read_sizes(sm_count: int, l2_bytes: int, sizes: tuple[int, ...] = RE
                 graph.replay()
 
         samples = time_ms(replays, BANDWIDTH_REPEATS)
-        check_block_sums(parts[-1], sums, f"a {size >> 20} MiB buffer")  # the graph's last launch read it
+        check_block_sums(parts[-1], read.sums, f"a {size >> 20} MiB buffer")  # the graph's last launch read it
         figures[str(size)] = rate_of(samples, size * copies * GRAPH_REPLAYS).median / 1e9
         del graph, buf, parts
         torch.cuda.empty_cache()

@@ -83,20 +83,13 @@ def variant_libraries(variants: list[str]):
 
 def read_us(weights: list[DeviceWeight]) -> float:
     """Device time of stream_read_sum over one weight's bytes, cycled over the copies as the matvec is."""
-    import ctypes
+    from qprof.ceilings.measure import StreamRead
 
-    from qprof.ceilings.measure import READ_BLOCKS_PER_SM, READ_THREADS
-    from qprof.runtime.cuda.driver import KernelLibrary
-
-    lib = KernelLibrary.get()
-    kern = lib.kernel("ceiling", "stream_read_sum")
-    grid = torch.cuda.get_device_properties(0).multi_processor_count * READ_BLOCKS_PER_SM
-    sums = torch.zeros(grid, dtype=torch.int32, device="cuda")
-    n_vec = ctypes.c_longlong(weights[0].n_bytes // 16)
+    read = StreamRead(torch.cuda.get_device_properties(0).multi_processor_count)
 
     def one_pass():
         for w in weights:
-            lib.launch(kern, (grid,), (READ_THREADS,), w.raw, n_vec, sums)
+            read(w.raw, w.n_bytes)
 
     return graph_us(one_pass) / len(weights)
 
