@@ -37,9 +37,9 @@ static __device__ __forceinline__ void store_values(qb_u16* out, const float (&v
     }
 }
 
-// Thread t's share of one block: `blk` points at the block's bytes, `out` at its first value.
+// Thread t's share of one block: `blk` says where its bytes lie (quant_blocks.cuh qb_at), `out` is its first value.
 template <int T, int TPB, typename Out>
-static __device__ __forceinline__ void dequant_block(const qb_u8* __restrict__ blk, Out* __restrict__ out, int t) {
+static __device__ __forceinline__ void dequant_block(const QbAt& blk, Out* __restrict__ out, int t) {
     constexpr int QK = Block<T>::QK;
     constexpr int VPT = QK / TPB;
     constexpr int N = VPT > 8 ? 8 : VPT;
@@ -61,10 +61,11 @@ static __device__ __forceinline__ void dequant_kernel(const qb_u8* __restrict__ 
     if (threadIdx.x >= TPB) return;
     const int blk = blockIdx.x * blockDim.y + threadIdx.y;
     if (blk >= n_blocks) return;
-    dequant_block<T, TPB>(w + (long long)blk * Block<T>::BYTES, out + (long long)blk * Block<T>::QK, threadIdx.x);
+    dequant_block<T, TPB>(qb_at<T>(w, blk, n_blocks), out + (long long)blk * Block<T>::QK, threadIdx.x);
 }
 
-// out[r, :] = row ids[r] of w, float32. grid.y = number of ids. An id outside [0, rows) yields a
+// out[r, :] = row ids[r] of w, float32. grid.y = number of ids. row_bytes (GGUF's) is unused: qb_row finds rows
+// in every device layout. An id outside [0, rows) yields a
 // row of NaN (a bounds fault would kill the context; NaN is what every check fails on).
 template <int T, int TPB>
 static __device__ __forceinline__ void get_rows_kernel(const qb_u8* __restrict__ w, const int* __restrict__ ids,
@@ -82,7 +83,7 @@ static __device__ __forceinline__ void get_rows_kernel(const qb_u8* __restrict__
         for (int s = threadIdx.x * (QK / TPB); s < (threadIdx.x + 1) * (QK / TPB); ++s) dst[s] = __int_as_float(0x7fc00000);
         return;
     }
-    dequant_block<T, TPB>(w + (long long)id * row_bytes + (long long)blk * Block<T>::BYTES, dst, threadIdx.x);
+    dequant_block<T, TPB>(qb_row_at<T>(qb_row<T>(w, id, blocks_per_row, rows), blk), dst, threadIdx.x);
 }
 
 #define QPROF_DEQUANT_ENTRIES(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                       \

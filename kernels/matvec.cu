@@ -36,7 +36,7 @@ template <int T, int NB, int NT, int R>
 static __device__ __forceinline__ void matvec_float(const qb_u8* __restrict__ w, const float* __restrict__ x,
                                                     float* __restrict__ y, int rows, int cols, int row_bytes,
                                                     const float* residual) {
-    constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES, RUN = MATVEC_RUN(NB);
+    constexpr int QK = Block<T>::QK, RUN = MATVEC_RUN(NB);
     static_assert(NT % 32 == 0, "matvec threads must be whole warps");
     static_assert(RUN % 4 == 0 && (Block<T>::IS_FLOAT || QK % RUN == 0), "a run stays inside one block");
     qp_grid_wait();
@@ -44,9 +44,9 @@ static __device__ __forceinline__ void matvec_float(const qb_u8* __restrict__ w,
     const int n_runs = cols / RUN;
 
     // Rows past the end repeat the last row (uniform control flow); their sums are never stored.
-    const qb_u8* wr[R];
+    QbRow wr[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) wr[r] = w + (long long)min(row0 + r, rows - 1) * row_bytes;
+    for (int r = 0; r < R; ++r) wr[r] = qb_row<T>(w, min(row0 + r, rows - 1), cols / QK, rows);
 
     float acc[R][NB];
 #pragma unroll
@@ -72,7 +72,7 @@ static __device__ __forceinline__ void matvec_float(const qb_u8* __restrict__ w,
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             float q[RUN], d, m;
-            Block<T>::template run<RUN>(wr[r] + (long long)blk * BYTES, s, q, d, m);
+            Block<T>::template run<RUN>(qb_row_at<T>(wr[r], blk), s, q, d, m);
 #pragma unroll
             for (int c = 0; c < NB; ++c) {
                 float dot = 0.0f;
@@ -117,7 +117,9 @@ static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w,
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = blockIdx.x * QP_MV_ROWS_PER_CTA + 2 * warp;
     const int ra = min(row0, rows - 1), rb = min(row0 + 1, rows - 1);  // past the end: a valid row, never stored
-    qp_rows_warm(w + (long long)ra * row_bytes, w + (long long)rb * row_bytes, row_bytes);
+    const int nb = cols / Block<T>::QK;
+    const QbRow wa = qb_row<T>(w, ra, nb, rows), wb = qb_row<T>(w, rb, nb, rows);
+    qp_rows_warm(wa.b, wb.b, row_bytes);
     qp_grid_wait();  // x, residual and y belong to the kernels before
     float acc[2][NB];
 #pragma unroll
@@ -125,7 +127,7 @@ static __device__ __forceinline__ void matvec_quant(const qb_u8* __restrict__ w,
 #pragma unroll
         for (int c = 0; c < NB; ++c) acc[r][c] = 0.0f;
     QpRing ring = qp_ring_make();
-    qp_rows_dot2<T, NB>(ring, w + (long long)ra * row_bytes, w + (long long)rb * row_bytes, cols, xq, acc);
+    qp_rows_dot2<T, NB>(ring, wa, wb, cols, xq, acc);
     qp_grid_release();  // the weights are read: the epilogue is left
     qp_warp_reduce2<NB>(acc);
     float scale[NB];

@@ -297,28 +297,29 @@ static __device__ __forceinline__ void qp_rows_warm(const qb_u8* ra, const qb_u8
 // One stage of the register path: tasks base .. base + 31 of both rows. FULL: every lane's task is live, a
 // compile-time fact, so the stage carries no clamp and no zeroing of the tasks past the row's end.
 template <int T, int NB, bool FULL>
-static __device__ __forceinline__ void qp_stage_dot_registers(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
-                                                              int base, int n_tasks, int cols, const qb_u8* xs,
-                                                              float (&acc)[2][NB]) {
+static __device__ __forceinline__ void qp_stage_dot_registers(const QbRow& ra, const QbRow& rb, int base, int n_tasks,
+                                                              int cols, const qb_u8* xs, float (&acc)[2][NB]) {
     using C = Codes<T>;
     const int lane = threadIdx.x & 31;
-    if constexpr (QP_MV_PREFETCH_STAGES > 0) qp_stage_prefetch<T>(ra, rb, base + 32 * QP_MV_PREFETCH_STAGES, n_tasks);
+    if constexpr (QP_MV_PREFETCH_STAGES > 0)
+        qp_stage_prefetch<T>(ra.b, rb.b, base + 32 * QP_MV_PREFETCH_STAGES, n_tasks);
     const int task = FULL ? base + lane : min(base + lane, n_tasks - 1);  // past the end: a valid task, weighted 0
-    const long off = (long)(task / C::TASKS) * Block<T>::BYTES;
+    const int blk = task / C::TASKS;
     typename C::Raw raw[2];
-    C::template load<QbReadOnly>(ra + off, task % C::TASKS, raw[0]);  // ld.global.nc: read-only weights
-    C::template load<QbReadOnly>(rb + off, task % C::TASKS, raw[1]);
+    C::template load<QbReadOnly>(qb_row_at<T>(ra, blk), task % C::TASKS, raw[0]);  // ld.global.nc: read-only weights
+    C::template load<QbReadOnly>(qb_row_at<T>(rb, blk), task % C::TASKS, raw[1]);
     qp_task_dot_or_skip<T, NB>(raw, task % C::TASKS, task / C::TASKS, FULL || base + lane < n_tasks, xs, cols, acc);
 }
 
 // The whole stages (32 live tasks: every stage of Mistral-7B's rows) without a check, then the short last one.
 template <int T, int NB>
-static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __restrict__ ra, const qb_u8* __restrict__ rb,
-                                                              int cols, const qb_u8* xs, float (&acc)[2][NB]) {
+static __device__ __forceinline__ void qp_rows_dot2_registers(const QbRow& ra, const QbRow& rb, int cols,
+                                                              const qb_u8* xs, float (&acc)[2][NB]) {
     using C = Codes<T>;
     const int n_tasks = cols / Block<T>::QK * C::TASKS, n_whole = n_tasks & ~31;
 #pragma unroll 1
-    for (int d = 0; d < QP_MV_PREFETCH_STAGES; ++d) qp_stage_prefetch<T>(ra, rb, 32 * d, n_tasks);
+    for (int d = 0; d < QP_MV_PREFETCH_STAGES; ++d)
+        qp_stage_prefetch<T>(ra.b, rb.b, 32 * d, n_tasks);
     for (int base = 0; base < n_whole; base += 32) qp_stage_dot_registers<T, NB, true>(ra, rb, base, n_tasks, cols, xs, acc);
     if (n_whole < n_tasks) qp_stage_dot_registers<T, NB, false>(ra, rb, n_whole, n_tasks, cols, xs, acc);
 }
@@ -326,16 +327,16 @@ static __device__ __forceinline__ void qp_rows_dot2_registers(const qb_u8* __res
 // acc[r][c] += row r (ra or rb) . x column c over all cols (this lane's share), by the type's path.
 // na / nb: the rows of the warp's next call, which a stream starts fetching early (may be null).
 template <int T, int NB>
-static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const qb_u8* __restrict__ ra,
-                                                    const qb_u8* __restrict__ rb, int cols, const qb_u8* xs,
-                                                    float (&acc)[2][NB], const qb_u8* na = nullptr,
-                                                    const qb_u8* nb = nullptr) {
-    if constexpr (qc_streams<T>()) {
-        qp_rows_dot2_stream<T, NB>(ring, ra, rb, cols, xs, acc, na, nb);
+static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const QbRow& ra, const QbRow& rb, int cols,
+                                                    const qb_u8* xs, float (&acc)[2][NB], const QbRow* na = nullptr,
+                                                    const QbRow* nb = nullptr) {
+    if constexpr (qc_streams<T>()) {  // a streamed type keeps GGUF's layout: its rows are contiguous bytes
+        qp_rows_dot2_stream<T, NB>(ring, ra.b, rb.b, cols, xs, acc, na ? na->b : nullptr, nb ? nb->b : nullptr);
     } else {
         qp_rows_dot2_registers<T, NB>(ra, rb, cols, xs, acc);
     }
 }
+static_assert(!qc_streams<QB_Q6_K>(), "the stream copies a row's contiguous bytes: Q6_K's device rows are not");
 #endif
 
 template <int NB>

@@ -51,21 +51,23 @@ static __device__ __forceinline__ void qkv(const QkvArgs& a) {
     const QkvSegment seg = a.seg[s];
     const bool live = pair < seg.rows / 2;  // the last CTA's surplus warps compute a valid pair, store nothing
     const int row = 2 * min(pair, seg.rows / 2 - 1);
-    const qb_u8* wa = seg.w + (long long)row * seg.row_bytes;
-    const qb_u8* wb = wa + seg.row_bytes;
-    qp_rows_warm(wa, wb, seg.row_bytes);
+    // an L2 hint before the type is known: the rows' GGUF offsets, inside the tensor in every layout
+    qp_rows_warm(seg.w + (long long)row * seg.row_bytes, seg.w + (long long)(row + 1) * seg.row_bytes, seg.row_bytes);
     qp_grid_wait();  // the QVec, the cache rows attention reads and q belong to the kernels before
     float acc[2][1] = {{0.0f}, {0.0f}};
     QpRing ring = qp_ring_make();
+#define QP_QKV_ROWS(T) qb_row<T>(seg.w, row, a.cols / Block<T>::QK, seg.rows), \
+    qb_row_next<T>(qb_row<T>(seg.w, row, a.cols / Block<T>::QK, seg.rows), a.cols / Block<T>::QK)
     if constexpr (TQK == 0) {
-#define QP_QKV_DOT(T) qp_rows_dot2<T, 1>(ring, wa, wb, a.cols, a.xq, acc)
+#define QP_QKV_DOT(T) qp_rows_dot2<T, 1>(ring, QP_QKV_ROWS(T), a.cols, a.xq, acc)
         QP_FOR_QUANT_TYPE(seg.type, QP_QKV_DOT)
 #undef QP_QKV_DOT
     } else if (s < 2) {
-        qp_rows_dot2<TQK, 1>(ring, wa, wb, a.cols, a.xq, acc);
+        qp_rows_dot2<TQK, 1>(ring, QP_QKV_ROWS(TQK), a.cols, a.xq, acc);
     } else {
-        qp_rows_dot2<TV, 1>(ring, wa, wb, a.cols, a.xq, acc);
+        qp_rows_dot2<TV, 1>(ring, QP_QKV_ROWS(TV), a.cols, a.xq, acc);
     }
+#undef QP_QKV_ROWS
     qp_grid_release();  // the weights are read: the epilogue is left
     qp_warp_reduce2<1>(acc);
     const float scale = qp_rms_scale<1>(a.xq, a.cols, 0, 1, a.eps);
@@ -139,19 +141,20 @@ static __device__ __forceinline__ void gate_up(const qb_u8* __restrict__ wg, con
     __shared__ float staged[2 * QP_MV_WARPS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = blockIdx.x * 2 * QP_MV_WARPS;
-    const long long first = (long long)min(row0 + warp, rows - 1) * row_bytes;
-    qp_rows_warm(wg + first, wu + first, row_bytes);
+    const int nb = cols / Block<T>::QK;
+    const int first = min(row0 + warp, rows - 1);
+    qp_rows_warm(qb_row<T>(wg, first, nb, rows).b, qb_row<T>(wu, first, nb, rows).b, row_bytes);
     qp_grid_wait();  // xq, act and actq belong to the kernels before
     const float scale = qp_rms_scale<1>(xq, cols, 0, 1, eps);
     QpRing ring = qp_ring_make();  // both halves stream through it: one type, phases carry on
 #pragma unroll 1
     for (int half = 0; half < 2; ++half) {
         const int row = row0 + QP_MV_WARPS * half + warp;
-        const long long off = (long long)min(row, rows - 1) * row_bytes;
-        const long long next = (long long)min(row + QP_MV_WARPS, rows - 1) * row_bytes;  // the second half's
+        const int at = min(row, rows - 1), next = min(row + QP_MV_WARPS, rows - 1);  // next: the second half's
+        const QbRow ng = qb_row<T>(wg, next, nb, rows), nu = qb_row<T>(wu, next, nb, rows);
         float acc[2][1] = {{0.0f}, {0.0f}};
-        qp_rows_dot2<T, 1>(ring, wg + off, wu + off, cols, xq, acc, half == 0 ? wg + next : nullptr,
-                           half == 0 ? wu + next : nullptr);
+        qp_rows_dot2<T, 1>(ring, qb_row<T>(wg, at, nb, rows), qb_row<T>(wu, at, nb, rows), cols, xq, acc,
+                           half == 0 ? &ng : nullptr, half == 0 ? &nu : nullptr);
         qp_warp_reduce2<1>(acc);
         if (lane == 0) {
             const float g = acc[0][0] * scale, u = acc[1][0] * scale;

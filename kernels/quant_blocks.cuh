@@ -331,27 +331,17 @@ struct KQuant45 {
 template <> struct Block<QB_Q4_K> : KQuant45<false> {};
 template <> struct Block<QB_Q5_K> : KQuant45<true> {};
 
-// Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192, d @208.
+// Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192, d @208. On the device the first 208 bytes and d
+// lie apart (QbAt, below: the repacked layout), the 208 16-aligned.
 // Value 128h + 32k + l: nibble (k >> 1) of ql[64h + 32(k & 1) + l], bits 4..5 from shift 2k of
 // qh[32h + l], sub-block 8h + 2k + l/16; value = d * sc * (q - 32).
+struct QbAt;
 template <>
 struct Block<QB_Q6_K> {
-    static constexpr int QK = 256, BYTES = 210;
+    static constexpr int QK = 256, BYTES = 210, BODY = 208;
     static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
-        const int h = s >> 7, k = (s >> 5) & 3, l = s & 31;
-        const int sc = (qb_i8)__ldg(b + 192 + 8 * h + 2 * k + (l >> 4));
-        d = qb_half_to_float(qb_ld16(b + 208)) * (float)sc;
-        m = -32.0f * d;
-        qb_u32 lo[N / 4], hi[N / 4];
-        qb_load_words<N / 4, 2>(b + 64 * h + 32 * (k & 1) + l, lo);
-        qb_load_words<N / 4, 2>(b + 128 + 32 * h + l, hi);
-#pragma unroll
-        for (int i = 0; i < N / 4; ++i)
-            qb_bytes_to_float(((lo[i] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * k)) & 0x03030303u) << 4),
-                              &q[4 * i]);
-    }
+    static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m);
 };
 
 // Compile-time check that each decoder agrees with the mirrored traits table.
@@ -360,3 +350,71 @@ struct Block<QB_Q6_K> {
     static_assert(QK_ % DT == 0, #NAME ": dequant threads must divide the block");
 QPROF_QUANT_TYPES(QB_CHECK_LAYOUT)
 #undef QB_CHECK_LAYOUT
+
+// ------------------------------------------------------------------ where a block lies on the device
+// Every type keeps GGUF's layout on the device but Q6_K, whose 210-byte blocks leave every field 2-aligned
+// (its loads were halfwords and funnel shifts). A Q6_K tensor is repacked once at upload
+// (qprof/quant/device_layout.py, checked against the GGUF bytes by tests/test_kernels_ptxas.py): every block's
+// first 208 bytes (ql, qh, scales) in block order, then every block's d. The same bytes; each block's 208
+// start 16-aligned (208 = 13 x 16, the tensor 16-aligned). So a block is found from the tensor, its index
+// and the tensor's block count; QbAt turns into the block pointer every other type decodes from.
+struct QbAt {
+    const qb_u8* b;  // the block (Q6_K: its first 208 bytes)
+    const qb_u8* d;  // Q6_K: its d; null for the other types
+    __host__ __device__ operator const qb_u8*() const { return b; }
+};
+
+template <int T>
+static __host__ __device__ __forceinline__ QbAt qb_at(const qb_u8* w, long long i, long long n) {
+    if constexpr (T == QB_Q6_K) {
+        return QbAt{w + i * Block<T>::BODY, w + n * Block<T>::BODY + 2 * i};
+    } else {
+        return QbAt{w + i * Block<T>::BYTES, nullptr};
+    }
+}
+
+// Where row `row` of a tensor of `rows` rows of `blocks_per_row` blocks starts: its first block (Q6_K: and its
+// first d). Made per type, so the other types carry one pointer a row, as before the repack.
+struct QbRow {
+    const qb_u8* b;
+    const qb_u8* d;
+};
+
+template <int T>
+static __host__ __device__ __forceinline__ QbRow qb_row(const qb_u8* w, int row, int blocks_per_row, int rows) {
+    const long long first = (long long)row * blocks_per_row;
+    const QbAt at = qb_at<T>(w, first, (long long)rows * blocks_per_row);
+    return QbRow{at.b, at.d};
+}
+
+template <int T>
+static __host__ __device__ __forceinline__ QbAt qb_row_at(const QbRow& r, int j) {
+    if constexpr (T == QB_Q6_K) {
+        return QbAt{r.b + (long long)j * Block<T>::BODY, r.d + 2 * j};
+    } else {
+        return QbAt{r.b + (long long)j * Block<T>::BYTES, nullptr};
+    }
+}
+
+// The row after r (of blocks_per_row blocks).
+template <int T>
+static __host__ __device__ __forceinline__ QbRow qb_row_next(const QbRow& r, int blocks_per_row) {
+    const QbAt at = qb_row_at<T>(r, blocks_per_row);
+    return QbRow{at.b, at.d};
+}
+
+template <int N>
+__device__ __forceinline__ void Block<QB_Q6_K>::run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
+    const qb_u8* b = at.b;
+    const int h = s >> 7, k = (s >> 5) & 3, l = s & 31;
+    const int sc = (qb_i8)__ldg(b + 192 + 8 * h + 2 * k + (l >> 4));
+    d = qb_half_to_float(qb_ld16(at.d)) * (float)sc;
+    m = -32.0f * d;
+    qb_u32 lo[N / 4], hi[N / 4];
+    qb_load_words<N / 4, qb_align(N, 16)>(b + 64 * h + 32 * (k & 1) + l, lo);
+    qb_load_words<N / 4, qb_align(N, 16)>(b + 128 + 32 * h + l, hi);
+#pragma unroll
+    for (int i = 0; i < N / 4; ++i)
+        qb_bytes_to_float(((lo[i] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * k)) & 0x03030303u) << 4),
+                          &q[4 * i]);
+}

@@ -268,7 +268,8 @@ struct KQuant45Codes {
 template <> struct Codes<QB_Q4_K> : KQuant45Codes<false> {};
 template <> struct Codes<QB_Q5_K> : KQuant45Codes<true> {};
 
-// Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192, d @208 (210 bytes, 2-aligned). Task t:
+// Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192 in the block's 208 bytes, 16-aligned on the device, and d
+// apart (quant_blocks.cuh QbAt: the repacked layout), so ql and qh take 16-byte loads. Task t:
 // h = t / 4, kk = (t / 2) % 2, l0 = 16 (t % 2) takes ql[64h + 32kk + l0 .. +16] and qh[32h + l0 .. +16].
 // Run 0 is k = kk (low nibbles), run 1 is k = kk + 2 (high nibbles): values 128h + 32k + l0 + l,
 // bits 4..5 at shift 2k of qh, scale index 8h + 2k + l0 / 16; value = d * sc * (q - 32).
@@ -277,23 +278,25 @@ struct Codes<QB_Q6_K> {
     static constexpr int TASKS = 8, RUNS = 2;
     struct Raw {
         qb_u32 ql[4], qh[4];
-        int sc[2];
-        float d;
+        float d[2];  // d * scale of each run's sub-block
     };
     template <class L = QcPlain>
-    static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
+    static __device__ __forceinline__ void load(const QbAt& at, int t, Raw& r) {
+        const qb_u8* b = at.b;
         const int h = t >> 2, kk = (t >> 1) & 1, l0 = 16 * (t & 1);
-        qc_load16_a2<L>(b + 64 * h + 32 * kk + l0, r.ql);
-        qc_load16_a2<L>(b + 128 + 32 * h + l0, r.qh);
-        r.sc[0] = static_cast<qb_i8>(qc_ld<qb_u8, L>(b + 192 + 8 * h + 2 * kk + (l0 >> 4)));
-        r.sc[1] = static_cast<qb_i8>(qc_ld<qb_u8, L>(b + 192 + 8 * h + 2 * (kk + 2) + (l0 >> 4)));
-        r.d = qc_half<L>(b + 208);
+        qc_words<4, 16, L>(b + 64 * h + 32 * kk + l0, r.ql);
+        qc_words<4, 16, L>(b + 128 + 32 * h + l0, r.qh);
+        const float d = qc_half<L>(at.d);
+#pragma unroll
+        for (int run = 0; run < RUNS; ++run)
+            r.d[run] = d * static_cast<float>(static_cast<qb_i8>(qc_ld<qb_u8, L>(b + 192 + 8 * h + 2 * (kk + 2 * run) +
+                                                                               (l0 >> 4))));
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
         const int h = t >> 2, kk = (t >> 1) & 1, l0 = 16 * (t & 1), k = kk + 2 * run;
         v = 128 * h + 32 * k + l0;
-        d = r.d * static_cast<float>(r.sc[run]);
+        d = r.d[run];
         m = -32.0f * d;
 #pragma unroll
         for (int i = 0; i < 4; ++i)

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from qprof.check.quant_cases import random_weight_bytes
 from qprof.cli import main
+from qprof.quant import device_layout
 from qprof.quant.dequant import dequantize as cpu_dequantize
 from qprof.quant.traits import ALL_TYPES, traits
 from qprof.runtime.cuda import kernels as K
@@ -281,20 +282,21 @@ static unsigned qc_funnel(unsigned lo, unsigned hi, int s) { return s ? (lo >> s
 #include "quant_codes.cuh"
 
 template <int T, int N>
-static void put_run(const qb_u8* blk, int s, float* out) {
+static void put_run(const QbAt& at, int s, float* out) {
     float q[N], d, m;
-    Block<T>::template run<N>(blk, s, q, d, m);
+    Block<T>::template run<N>(at, s, q, d, m);
     for (int k = 0; k < N; ++k) out[k] = Block<T>::IS_FLOAT ? q[k] : fmaf(d, q[k], m);
 }
 
 // The matvec kernel's walk: run i of a row starts at value c0 = i * RUN of block c0 / QK.
 template <int T, int RUN>
-static void matvec_walk(const qb_u8* raw, int rows, int cols, long row_bytes, float* out) {
-    constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES;
+static void matvec_walk(const qb_u8* raw, int rows, int cols, float* out) {
+    constexpr int QK = Block<T>::QK;
     for (int r = 0; r < rows; ++r)
         for (int i = 0; i < cols / RUN; ++i) {
             const int c0 = i * RUN;
-            put_run<T, RUN>(raw + r * row_bytes + (long)(c0 / QK) * BYTES, c0 % QK, out + (long)r * cols + c0);
+            put_run<T, RUN>(qb_row_at<T>(qb_row<T>(raw, r, cols / QK, rows), c0 / QK), c0 % QK,
+                            out + (long)r * cols + c0);
         }
 }
 
@@ -305,22 +307,22 @@ static void dequant_walk(const qb_u8* raw, long n_blocks, float* out) {
     for (long b = 0; b < n_blocks; ++b)
         for (int t = 0; t < TPB; ++t)
             for (int s = t * VPT; s < (t + 1) * VPT; s += N)
-                put_run<T, N>(raw + b * Block<T>::BYTES, s, out + b * QK + s);
+                put_run<T, N>(qb_at<T>(raw, b, n_blocks), s, out + b * QK + s);
 }
 
 // The dp4a matvec's walk: every lane task of every block, each run's codes as d * code + m. A value
 // written twice, or never, is an error (exit 6).
 template <int T>
-static void codes_walk(const qb_u8* raw, int rows, int cols, long row_bytes, float* out) {
+static void codes_walk(const qb_u8* raw, int rows, int cols, float* out) {
     if constexpr (!Block<T>::IS_FLOAT) {
         using C = Codes<T>;
-        constexpr int QK = Block<T>::QK, BYTES = Block<T>::BYTES;
+        constexpr int QK = Block<T>::QK;
         for (long i = 0; i < (long)rows * cols; ++i) out[i] = NAN;
         for (int r = 0; r < rows; ++r)
             for (int b = 0; b < cols / QK; ++b)
                 for (int t = 0; t < C::TASKS; ++t) {
                     typename C::Raw x;
-                    C::load(raw + r * row_bytes + (long)b * BYTES, t, x);
+                    C::load(qb_row_at<T>(qb_row<T>(raw, r, cols / QK, rows), b), t, x);
                     for (int run = 0; run < C::RUNS; ++run) {
                         qb_u32 c[4];
                         float d, m;
@@ -356,15 +358,14 @@ int main(int argc, char** argv) {
     fclose(f);
     g_base = raw;
     float* out = static_cast<float*>(calloc((size_t)rows * cols, sizeof(float)));
-    const long row_bytes = size / rows;
     bool known = false;
 #define QB_WALK(NAME, name, ID, QK, BYTES, DT, MT, MR, SB)                                   \
     if (id == ID) {                                                                     \
         known = true;                                                                   \
-        if (!strcmp(mode, "matvec16")) matvec_walk<ID, 16>(raw, rows, cols, row_bytes, out); \
-        if (!strcmp(mode, "matvec8")) matvec_walk<ID, 8>(raw, rows, cols, row_bytes, out);   \
-        if (!strcmp(mode, "dequant")) dequant_walk<ID, DT>(raw, size / BYTES, out);          \
-        if (!strcmp(mode, "codes")) codes_walk<ID>(raw, rows, cols, row_bytes, out);         \
+        if (!strcmp(mode, "matvec16")) matvec_walk<ID, 16>(raw, rows, cols, out);          \
+        if (!strcmp(mode, "matvec8")) matvec_walk<ID, 8>(raw, rows, cols, out);            \
+        if (!strcmp(mode, "dequant")) dequant_walk<ID, DT>(raw, size / BYTES, out);        \
+        if (!strcmp(mode, "codes")) codes_walk<ID>(raw, rows, cols, out);                  \
         if (!strcmp(mode, "stage")) return stage_print<ID>(), 0;                              \
     }
     QPROF_QUANT_TYPES(QB_WALK)
@@ -388,21 +389,59 @@ def host_decoder(tmp_path_factory):
     return d
 
 
+def host_decode(host_decoder, qtype: str, rows: int, cols: int, mode: str, device_bytes: np.ndarray):
+    """The host-compiled decoders' values of device-layout bytes, and the harness's exit status and stderr."""
+    (host_decoder / "raw.bin").write_bytes(device_bytes.tobytes())
+    proc = subprocess.run([str(host_decoder / "decode"), str(traits(qtype).ggml_type), str(rows), str(cols), mode,
+                           str(host_decoder / "raw.bin")], check=False, capture_output=True)
+    got = np.frombuffer(proc.stdout, dtype=np.float32).reshape(rows, cols) if proc.returncode == 0 else None
+    return got, proc.returncode, proc.stderr.decode().strip()
+
+
 @pytest.mark.parametrize("qtype", ALL_TYPES)
 def test_host_compiled_decoders_match_the_reference_with_aligned_loads(qtype, host_decoder):
-    # 7 rows: row starts at every alignment the layout allows (e.g. 210-byte Q6_K rows are 2-aligned)
+    """The kernels' decoders, on a tensor's device layout (qprof.quant.device_layout: Q6_K repacked), give the
+    CPU reference's values of its GGUF bytes: the repack's check against the GGUF bytes, and every load's."""
+    # 7 rows: row starts at every alignment GGUF's layout allows (e.g. 210-byte Q6_K rows are 2-aligned)
     rows, cols = 7, 768 if traits(qtype).block_values == 256 else 96
     raw = random_weight_bytes(qtype, rows, cols, seed=11)
-    (host_decoder / "raw.bin").write_bytes(raw.tobytes())
     ref = cpu_dequantize(raw, qtype, (rows, cols))
     modes = ("matvec16", "matvec8", "dequant") + (("codes",) if traits(qtype).family != "float" else ())
     for mode in modes:
-        proc = subprocess.run([str(host_decoder / "decode"), str(traits(qtype).ggml_type), str(rows), str(cols), mode,
-                               str(host_decoder / "raw.bin")], check=False, capture_output=True)
-        assert proc.returncode == 0, f"{qtype} {mode}: {proc.stderr.decode().strip()}"
-        got = np.frombuffer(proc.stdout, dtype=np.float32).reshape(rows, cols)
+        got, rc, err = host_decode(host_decoder, qtype, rows, cols, mode, device_layout.to_device(qtype, raw))
+        assert rc == 0, f"{qtype} {mode}: {err}"
         # the kernels fuse d*q + m into one rounding; the reference rounds twice
         np.testing.assert_allclose(got, ref, rtol=2e-7, atol=1e-9, err_msg=f"{qtype} {mode}")
+
+
+def test_q6_k_decoders_read_the_repacked_layout_not_ggufs(host_decoder):
+    """Fed GGUF's Q6_K bytes unrepacked, the decoders read other values: the device layout is the one in use."""
+    rows, cols = 7, 768
+    raw = random_weight_bytes("Q6_K", rows, cols, seed=11)
+    ref = cpu_dequantize(raw, "Q6_K", (rows, cols))
+    got, rc, _ = host_decode(host_decoder, "Q6_K", rows, cols, "codes", raw)
+    assert rc != 0 or not np.allclose(got, ref, rtol=1e-3), "Q6_K decoded GGUF's layout as if it were the device's"
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_the_device_layout_is_a_permutation_of_the_gguf_bytes(qtype):
+    raw = random_weight_bytes(qtype, 5, 512, seed=3)
+    dev = device_layout.to_device(qtype, raw)
+    assert dev.shape == raw.shape and dev.dtype == raw.dtype
+    np.testing.assert_array_equal(device_layout.from_device(qtype, dev), raw)
+    if device_layout.repacked(qtype):  # every block's 208 bytes first, then the d's
+        assert not np.array_equal(dev, raw)
+        blocks, flat = raw.reshape(-1, 210), dev.reshape(-1)
+        np.testing.assert_array_equal(flat[:blocks.shape[0] * 208], blocks[:, :208].reshape(-1))
+        np.testing.assert_array_equal(flat[blocks.shape[0] * 208:], blocks[:, 208:].reshape(-1))
+        import torch
+
+        t = device_layout.to_device(qtype, torch.from_numpy(raw))  # torch tensors alike (the upload's path)
+        np.testing.assert_array_equal(t.numpy(), dev)
+    else:
+        assert dev is raw
+    with pytest.raises(ValueError, match="whole 210-byte blocks"):
+        device_layout.to_device("Q6_K", np.zeros(211, np.uint8))
 
 
 @pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if traits(t).family != "float"])

@@ -23,6 +23,7 @@ import sys
 import torch
 
 from qprof.check.quant_cases import MISTRAL_SHAPES
+from qprof.quant import device_layout
 from qprof.quant.dequant import FP16_FIELDS
 from qprof.quant.traits import ALL_TYPES, traits
 from qprof.runtime.cuda.quant_ops import DeviceWeight, QVec, device_bytes, matvec, matvec_q, quantize
@@ -31,7 +32,8 @@ WORKING_SET_L2_MULTIPLE = 8
 
 
 def device_weight(qtype: str, rows: int, cols: int, seed: int) -> DeviceWeight:
-    """Random block bytes made on the device (fast); float16 scale fields set to 2^-6 so values stay finite."""
+    """Random block bytes made on the device (fast); float16 scale fields set to 2^-6 so values stay finite; in the
+    device layout (qprof.quant.device_layout), as DeviceWeight.from_bytes uploads them."""
     t = traits(qtype)
     gen = torch.Generator(device="cuda").manual_seed(seed)
     raw = device_bytes(rows * t.row_bytes(cols))
@@ -43,6 +45,8 @@ def device_weight(qtype: str, rows: int, cols: int, seed: int) -> DeviceWeight:
         half = torch.tensor([2.0**-6], dtype=torch.float16).view(torch.uint8).cuda()
         for off in FP16_FIELDS[t.name]:
             blocks[:, off:off + 2] = half
+        if device_layout.repacked(t.name):
+            raw.copy_(device_layout.to_device(t.name, raw))
     return DeviceWeight(f"bench.{qtype}.{seed}", qtype, (rows, cols), raw, t)
 
 

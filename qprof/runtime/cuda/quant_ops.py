@@ -15,13 +15,15 @@ import numpy as np
 import torch
 
 from qprof.errors import QprofError
+from qprof.quant import device_layout
 from qprof.quant.traits import QuantTraits, traits
 from qprof.runtime.cuda import kernels as K
 
 
 @dataclass
 class DeviceWeight:
-    """One weight matrix as GGUF block bytes in device memory: rows of `row_bytes` bytes each."""
+    """One weight matrix as block bytes in device memory, rows * row_bytes of them: GGUF's layout, or for Q6_K the
+    repacked one the kernels read (qprof.quant.device_layout; from_bytes repacks)."""
 
     name: str
     qtype: str
@@ -61,7 +63,7 @@ class DeviceWeight:
 
     @classmethod
     def from_bytes(cls, name: str, qtype: str, shape: tuple[int, ...], raw: np.ndarray | torch.Tensor) -> DeviceWeight:
-        """Upload host bytes (any shape whose size is rows * row_bytes) once."""
+        """Upload a tensor's GGUF bytes (any shape whose size is rows * row_bytes) once, in the device layout."""
         t = traits(qtype)
         if len(shape) == 1:
             shape = (1, shape[0])
@@ -71,9 +73,9 @@ class DeviceWeight:
             with warnings.catch_warnings():  # a read-only memmap is fine: it is only copied to the device
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 raw = torch.from_numpy(np.ascontiguousarray(raw))
-        flat = raw.reshape(-1)
+        flat = device_layout.to_device(t.name, raw.reshape(-1).to(dtype=torch.uint8))
         data = device_bytes(flat.numel())
-        data.copy_(flat.to(dtype=torch.uint8))
+        data.copy_(flat)
         return cls(name, t.name, (int(shape[0]), int(shape[1])), data, t)
 
     @classmethod
