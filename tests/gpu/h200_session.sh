@@ -473,3 +473,25 @@ if [ "$STAGE" = host9 ]; then
   step host_turn 90 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 3
   step host_turn_nvtx 60 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 2 --nvtx on
 fi
+# branch issue-9-q6k-repack: Q6_K repacked at upload (16-aligned 208-byte bodies, the d's apart). q6k10 carries
+# .oldtree (main before the repack): every check, the kernel suites, the Q6_K matvec table here and in
+# .oldtree, then tg128 of Q4_K_M and Q6_K alternately, and the host's turn split by call
+if [ "$STAGE" = q6k10 ]; then
+  for v in q4_k_m q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
+  step build 240 $Q kernels build
+  step check_all 200 $Q check --failures-only
+  step gpu_tests_kernels 240 python3 -m pytest -q -rfs tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py \
+    tests/gpu/test_prefill_graphs_gpu.py
+  step matvec_bw 120 python3 tests/gpu/bench_matvec.py --types Q6_K,Q4_K --batches 1,8 --read
+  [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step matvec_bw_old 120 python3 tests/gpu/bench_matvec.py \
+    --types Q6_K --batches 1,8 --read)
+  wait
+  for i in 1 2; do
+    for v in q4_k_m q6_k; do
+      step tg_${v}_new_$i 120 $Q bench -m mistral-7b-$v -p 0 -n 128 -r 5 --results $OUT/bench_ab.jsonl
+      [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD QPROF_BUILD_COMMIT=$(cat .qprof_build) \
+        step tg_${v}_old_$i 200 $Q bench -m mistral-7b-$v -p 0 -n 128 -r 5 --results $OUT/bench_ab.jsonl)
+    done
+  done
+  step host_turn 90 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 3
+fi
