@@ -64,9 +64,9 @@ static __device__ __forceinline__ void dequant_kernel(const qb_u8* __restrict__ 
     dequant_block<T, TPB>(qb_at<T>(w, blk, n_blocks), out + (long long)blk * Block<T>::QK, threadIdx.x);
 }
 
-// out[r, :] = row ids[r] of w, float32. grid.y = number of ids. row_bytes (GGUF's) is unused: qb_row finds rows
-// in every device layout. An id outside [0, rows) yields a
-// row of NaN (a bounds fault would kill the context; NaN is what every check fails on).
+// out[r, :] = row ids[r] of w, float32. grid.y = number of ids. An id outside [0, rows) yields a row of NaN (a
+// bounds fault would kill the context; NaN is what every check fails on). row_bytes (GGUF's) goes unused: qb_row
+// finds a row in every device layout.
 template <int T, int TPB>
 static __device__ __forceinline__ void get_rows_kernel(const qb_u8* __restrict__ w, const int* __restrict__ ids,
                                                        float* __restrict__ out, int rows, int blocks_per_row,

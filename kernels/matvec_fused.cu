@@ -56,6 +56,7 @@ static __device__ __forceinline__ void qkv(const QkvArgs& a) {
     qp_grid_wait();  // the QVec, the cache rows attention reads and q belong to the kernels before
     float acc[2][1] = {{0.0f}, {0.0f}};
     QpRing ring = qp_ring_make();
+    // the pair's rows, the second derived from the first (Q4_K+Q6_K's kernel spilled with both made alike)
 #define QP_QKV_ROWS(T) qb_row<T>(seg.w, row, a.cols / Block<T>::QK, seg.rows), \
     qb_row_next<T>(qb_row<T>(seg.w, row, a.cols / Block<T>::QK, seg.rows), a.cols / Block<T>::QK)
     if constexpr (TQK == 0) {
