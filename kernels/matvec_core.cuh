@@ -336,7 +336,10 @@ static __device__ __forceinline__ void qp_rows_dot2(QpRing& ring, const QbRow& r
         qp_rows_dot2_registers<T, NB>(ra, rb, cols, xs, acc);
     }
 }
-static_assert(!qc_streams<QB_Q6_K>(), "the stream copies a row's contiguous bytes: Q6_K's device rows are not");
+#define QP_STREAMS_UNSPLIT(NAME, name, ID, QK, BYTES, DT, MT, MR, SB, ...) \
+    static_assert(!qc_streams<ID>() || DeviceSplit<ID>::HEAD == 0, #NAME ": the stream copies a row's contiguous bytes");
+QPROF_QUANT_TYPES(QP_STREAMS_UNSPLIT)
+#undef QP_STREAMS_UNSPLIT
 #endif
 
 template <int NB>

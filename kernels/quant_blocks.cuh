@@ -145,6 +145,46 @@ static __device__ __forceinline__ void qb_scale_min_k4(const qb_u8* sc, int j, i
     }
 }
 
+// ------------------------------------------------------------------ where a block lies on the device
+// Blocks of 18, 22, 34 and 210 bytes leave their codes 2-aligned (loads of halfwords joined by funnel shifts).
+// Such a tensor is repacked once at upload (qprof/quant/device_layout.py, checked against the
+// GGUF bytes by tests/test_kernels_ptxas.py): every block's body in block order, then every block's head (its
+// HEAD bytes at AT of GGUF's block: the float16 scales, Q5's high bits). The same bytes; every body (16, 32 or
+// 208 bytes) starts 16-aligned. DeviceSplit mirrors device_layout.HEADS; the other types keep GGUF's layout.
+// A block is found from the tensor, its index and the tensor's block count (qb_at, below); QbAt turns into
+// the block pointer that the unsplit types decode from. (Q4_1's and Q5_1's 20 and 24 bytes keep 4- and 8-aligned
+// codes: split, their stage took more instructions, not fewer.)
+template <int T>
+struct DeviceSplit {
+    static constexpr int AT = 0, HEAD = 0;
+};
+#define QB_DEVICE_SPLIT(ID, AT_, HEAD_)                \
+    template <>                                       \
+    struct DeviceSplit<ID> {                          \
+        static constexpr int AT = AT_, HEAD = HEAD_; \
+    };
+QB_DEVICE_SPLIT(QB_Q4_0, 0, 2)   // d | qs[16]
+QB_DEVICE_SPLIT(QB_Q5_0, 0, 6)   // d, qh | qs[16]
+QB_DEVICE_SPLIT(QB_Q8_0, 0, 2)   // d | qs[32]
+QB_DEVICE_SPLIT(QB_Q6_K, 208, 2) // ql[128], qh[64], scales[16] | d
+#undef QB_DEVICE_SPLIT
+
+struct QbAt {
+    const qb_u8* b;  // the block (a split type: its body)
+    const qb_u8* d;  // a split type: its head; null for the others
+    __host__ __device__ operator const qb_u8*() const { return b; }
+};
+
+// A legacy block's head (its first HEAD_BYTES in GGUF: d, [m], [qh]) and its codes, in either device layout.
+template <int T, int HEAD_BYTES>
+static __host__ __device__ __forceinline__ const qb_u8* qb_head(const QbAt& at) {
+    return DeviceSplit<T>::HEAD > 0 ? at.d : at.b;
+}
+template <int T, int HEAD_BYTES>
+static __host__ __device__ __forceinline__ const qb_u8* qb_body(const QbAt& at) {
+    return DeviceSplit<T>::HEAD > 0 ? at.b : at.b + HEAD_BYTES;
+}
+
 template <int T>
 struct Block;
 
@@ -201,17 +241,20 @@ template <> struct Block<QB_BF16> : HalfBlock<true> {};
 // Values j and j+16 share byte j of qs: low nibble, high nibble.
 
 // Q4_0: d f16 @0, qs[16] @2. value = d * (q - 8). Q4_1: d @0, m @2, qs @4. value = d*q + m.
+// On the device Q4_0's d lies apart and qs is the 16-aligned body (DeviceSplit); Q4_1 keeps GGUF's layout.
 template <bool HAS_M>
 struct Q4Legacy {
-    static constexpr int QK = 32, BYTES = HAS_M ? 20 : 18, QS = HAS_M ? 4 : 2;
+    static constexpr int QK = 32, BYTES = HAS_M ? 20 : 18, QS = HAS_M ? 4 : 2, ID = HAS_M ? QB_Q4_1 : QB_Q4_0;
+    static constexpr int QS_ALIGN = DeviceSplit<ID>::HEAD > 0 ? 16 : (HAS_M ? 4 : 2);
     static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
-        d = qb_half_to_float(qb_ld16(b));
-        m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : -8.0f * d;
+    static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
+        const qb_u8* head = qb_head<ID, QS>(at);
+        d = qb_half_to_float(qb_ld16(head));
+        m = HAS_M ? qb_half_to_float(qb_ld16(head + 2)) : -8.0f * d;
         const int shift = (s & 16) >> 2;
         qb_u32 w[N / 4];
-        qb_load_words<N / 4, qb_align(N, HAS_M ? 4 : 2)>(b + QS + (s & 15), w);
+        qb_load_words<N / 4, qb_align(N, QS_ALIGN)>(qb_body<ID, QS>(at) + (s & 15), w);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i) qb_bytes_to_float((w[i] >> shift) & 0x0F0F0F0Fu, &q[4 * i]);
     }
@@ -220,19 +263,23 @@ template <> struct Block<QB_Q4_0> : Q4Legacy<false> {};
 template <> struct Block<QB_Q4_1> : Q4Legacy<true> {};
 
 // Q5_0: d @0, qh u32 @2, qs[16] @6; value = d * (q - 16). Q5_1: d @0, m @2, qh @4, qs @8.
-// Bit j of qh is bit 4 of value j (j = 0..31).
+// Bit j of qh is bit 4 of value j (j = 0..31). On the device Q5_0's head (d, qh: 6 bytes, so qh is 2-aligned)
+// lies apart and qs is the 16-aligned body (DeviceSplit); Q5_1 keeps GGUF's layout.
 template <bool HAS_M>
 struct Q5Legacy {
     static constexpr int QK = 32, BYTES = HAS_M ? 24 : 22, QH = HAS_M ? 4 : 2, QS = QH + 4;
+    static constexpr int ID = HAS_M ? QB_Q5_1 : QB_Q5_0;
+    static constexpr int QS_ALIGN = DeviceSplit<ID>::HEAD > 0 ? 16 : (HAS_M ? 8 : 2);
     static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
-        d = qb_half_to_float(qb_ld16(b));
-        m = HAS_M ? qb_half_to_float(qb_ld16(b + 2)) : -16.0f * d;
-        const qb_u32 qh = HAS_M ? qb_ld32(b + QH) : qb_ld32_a2(b + QH);
+    static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
+        const qb_u8* head = qb_head<ID, QS>(at);
+        d = qb_half_to_float(qb_ld16(head));
+        m = HAS_M ? qb_half_to_float(qb_ld16(head + 2)) : -16.0f * d;
+        const qb_u32 qh = HAS_M ? qb_ld32(head + QH) : qb_ld32_a2(head + QH);
         const int shift = (s & 16) >> 2;
         qb_u32 w[N / 4];
-        qb_load_words<N / 4, qb_align(N, HAS_M ? 8 : 2)>(b + QS + (s & 15), w);
+        qb_load_words<N / 4, qb_align(N, QS_ALIGN)>(qb_body<ID, QS>(at) + (s & 15), w);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i)
             qb_bytes_to_float(((w[i] >> shift) & 0x0F0F0F0Fu) | (qb_spread4(qh >> (s + 4 * i)) << 4), &q[4 * i]);
@@ -241,17 +288,18 @@ struct Q5Legacy {
 template <> struct Block<QB_Q5_0> : Q5Legacy<false> {};
 template <> struct Block<QB_Q5_1> : Q5Legacy<true> {};
 
-// Q8_0: d @0, int8 qs[32] @2. Flipping the sign bit gives q + 128 as an unsigned byte.
+// Q8_0: d @0, int8 qs[32] @2. Flipping the sign bit gives q + 128 as an unsigned byte. On the device d lies
+// apart and qs is the 16-aligned body (DeviceSplit).
 template <>
 struct Block<QB_Q8_0> {
     static constexpr int QK = 32, BYTES = 34;
     static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void run(const qb_u8* b, int s, float (&q)[N], float& d, float& m) {
-        d = qb_half_to_float(qb_ld16(b));
+    static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
+        d = qb_half_to_float(qb_ld16(at.d));
         m = -128.0f * d;
         qb_u32 w[N / 4];
-        qb_load_words<N / 4, 2>(b + 2 + s, w);
+        qb_load_words<N / 4, qb_align(N, 16)>(at.b + s, w);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i) qb_bytes_to_float(w[i] ^ 0x80808080u, &q[4 * i]);
     }
@@ -331,17 +379,29 @@ struct KQuant45 {
 template <> struct Block<QB_Q4_K> : KQuant45<false> {};
 template <> struct Block<QB_Q5_K> : KQuant45<true> {};
 
-// Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192, d @208. On the device the first 208 bytes and d
-// lie apart (QbAt, below: the repacked layout), the 208 16-aligned.
+// Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192, d @208. On the device d lies apart and the first 208
+// bytes are the 16-aligned body (DeviceSplit).
 // Value 128h + 32k + l: nibble (k >> 1) of ql[64h + 32(k & 1) + l], bits 4..5 from shift 2k of
 // qh[32h + l], sub-block 8h + 2k + l/16; value = d * sc * (q - 32).
-struct QbAt;
 template <>
 struct Block<QB_Q6_K> {
-    static constexpr int QK = 256, BYTES = 210, BODY = 208;
+    static constexpr int QK = 256, BYTES = 210;
     static constexpr bool IS_FLOAT = false;
     template <int N>
-    static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m);
+    static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
+        const qb_u8* b = at.b;
+        const int h = s >> 7, k = (s >> 5) & 3, l = s & 31;
+        const int sc = (qb_i8)__ldg(b + 192 + 8 * h + 2 * k + (l >> 4));
+        d = qb_half_to_float(qb_ld16(at.d)) * (float)sc;
+        m = -32.0f * d;
+        qb_u32 lo[N / 4], hi[N / 4];
+        qb_load_words<N / 4, qb_align(N, 16)>(b + 64 * h + 32 * (k & 1) + l, lo);
+        qb_load_words<N / 4, qb_align(N, 16)>(b + 128 + 32 * h + l, hi);
+#pragma unroll
+        for (int i = 0; i < N / 4; ++i)
+            qb_bytes_to_float(((lo[i] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * k)) & 0x03030303u) << 4),
+                              &q[4 * i]);
+    }
 };
 
 // Compile-time check that each decoder agrees with the mirrored traits table.
@@ -351,30 +411,21 @@ struct Block<QB_Q6_K> {
 QPROF_QUANT_TYPES(QB_CHECK_LAYOUT)
 #undef QB_CHECK_LAYOUT
 
-// ------------------------------------------------------------------ where a block lies on the device
-// Every type keeps GGUF's layout on the device but Q6_K, whose 210-byte blocks leave every field 2-aligned
-// (its loads were halfwords and funnel shifts). A Q6_K tensor is repacked once at upload
-// (qprof/quant/device_layout.py, checked against the GGUF bytes by tests/test_kernels_ptxas.py): every block's
-// first 208 bytes (ql, qh, scales) in block order, then every block's d. The same bytes; each block's 208
-// start 16-aligned (208 = 13 x 16, the tensor 16-aligned). So a block is found from the tensor, its index
-// and the tensor's block count; QbAt turns into the block pointer every other type decodes from.
-struct QbAt {
-    const qb_u8* b;  // the block (Q6_K: its first 208 bytes)
-    const qb_u8* d;  // Q6_K: its d; null for the other types
-    __host__ __device__ operator const qb_u8*() const { return b; }
-};
-
+// ------------------------------------------------------------------ finding a block (see DeviceSplit)
+// Block i of a tensor of n blocks at w.
 template <int T>
 static __host__ __device__ __forceinline__ QbAt qb_at(const qb_u8* w, long long i, long long n) {
-    if constexpr (T == QB_Q6_K) {
-        return QbAt{w + i * Block<T>::BODY, w + n * Block<T>::BODY + 2 * i};
+    constexpr int HEAD = DeviceSplit<T>::HEAD, BODY = Block<T>::BYTES - HEAD;
+    static_assert(HEAD == 0 || BODY % 16 == 0, "a split type's body must keep every block 16-aligned");
+    if constexpr (HEAD > 0) {
+        return QbAt{w + i * BODY, w + n * BODY + i * HEAD};
     } else {
         return QbAt{w + i * Block<T>::BYTES, nullptr};
     }
 }
 
-// Where row `row` of a tensor of `rows` rows of `blocks_per_row` blocks starts: its first block (Q6_K: and its
-// first d). Made per type, so the other types carry one pointer a row, as before the repack.
+// Where row `row` of a tensor of `rows` rows of `blocks_per_row` blocks starts: its first block (a split
+// type: its first body and head). Made per type, so the unsplit types carry one pointer a row.
 struct QbRow {
     const qb_u8* b;
     const qb_u8* d;
@@ -382,15 +433,15 @@ struct QbRow {
 
 template <int T>
 static __host__ __device__ __forceinline__ QbRow qb_row(const qb_u8* w, int row, int blocks_per_row, int rows) {
-    const long long first = (long long)row * blocks_per_row;
-    const QbAt at = qb_at<T>(w, first, (long long)rows * blocks_per_row);
+    const QbAt at = qb_at<T>(w, (long long)row * blocks_per_row, (long long)rows * blocks_per_row);
     return QbRow{at.b, at.d};
 }
 
 template <int T>
 static __host__ __device__ __forceinline__ QbAt qb_row_at(const QbRow& r, int j) {
-    if constexpr (T == QB_Q6_K) {
-        return QbAt{r.b + (long long)j * Block<T>::BODY, r.d + 2 * j};
+    constexpr int HEAD = DeviceSplit<T>::HEAD;
+    if constexpr (HEAD > 0) {
+        return QbAt{r.b + (long long)j * (Block<T>::BYTES - HEAD), r.d + (long long)j * HEAD};
     } else {
         return QbAt{r.b + (long long)j * Block<T>::BYTES, nullptr};
     }
@@ -401,20 +452,4 @@ template <int T>
 static __host__ __device__ __forceinline__ QbRow qb_row_next(const QbRow& r, int blocks_per_row) {
     const QbAt at = qb_row_at<T>(r, blocks_per_row);
     return QbRow{at.b, at.d};
-}
-
-template <int N>
-__device__ __forceinline__ void Block<QB_Q6_K>::run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
-    const qb_u8* b = at.b;
-    const int h = s >> 7, k = (s >> 5) & 3, l = s & 31;
-    const int sc = (qb_i8)__ldg(b + 192 + 8 * h + 2 * k + (l >> 4));
-    d = qb_half_to_float(qb_ld16(at.d)) * (float)sc;
-    m = -32.0f * d;
-    qb_u32 lo[N / 4], hi[N / 4];
-    qb_load_words<N / 4, qb_align(N, 16)>(b + 64 * h + 32 * (k & 1) + l, lo);
-    qb_load_words<N / 4, qb_align(N, 16)>(b + 128 + 32 * h + l, hi);
-#pragma unroll
-    for (int i = 0; i < N / 4; ++i)
-        qb_bytes_to_float(((lo[i] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * k)) & 0x03030303u) << 4),
-                          &q[4 * i]);
 }

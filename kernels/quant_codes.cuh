@@ -68,16 +68,6 @@ static __device__ __forceinline__ void qc_load16_a2(const qb_u8* p, qb_u32 (&w)[
     for (int i = 0; i < 4; ++i) w[i] = qc_funnel(a[i], a[i + 1], shift);
 }
 
-// 16 bytes at an address aligned to A (a compile-time fact of the layout).
-template <int A, class L = QcPlain>
-static __device__ __forceinline__ void qc_load16(const qb_u8* p, qb_u32 (&w)[4]) {
-    if constexpr (A >= 4) {
-        qc_words<4, A, L>(p, w);
-    } else {
-        qc_load16_a2<L>(p, w);
-    }
-}
-
 template <int T>
 struct Codes;
 
@@ -93,21 +83,25 @@ struct Codes;
 template <bool HAS_M, bool FIVE>
 struct LegacyCodes {
     static constexpr int TASKS = 1, RUNS = 2;
-    // d @0, [m @2], [qh u32], qs[16]: the Q4_0/Q4_1/Q5_0/Q5_1 layouts of quant_blocks.cuh.
+    // The head d @0, [m @2], [qh u32 @QH], then qs[16]: the Q4_0/Q4_1/Q5_0/Q5_1 layouts of quant_blocks.cuh, the
+    // head apart and qs 16-aligned on the device for Q4_0 and Q5_0 (DeviceSplit).
     static constexpr int QH = HAS_M ? 4 : 2, QS = (FIVE ? QH + 4 : QH);
+    static constexpr int ID = FIVE ? (HAS_M ? QB_Q5_1 : QB_Q5_0) : (HAS_M ? QB_Q4_1 : QB_Q4_0);
     static constexpr int BYTES = FIVE ? (HAS_M ? 24 : 22) : (HAS_M ? 20 : 18);
-    static constexpr int ALIGN = BYTES % 8 == 0 ? 8 : (BYTES % 4 == 0 ? 4 : 2);
+    static constexpr int QS_ALIGN = DeviceSplit<ID>::HEAD > 0 ? 16 : (BYTES % 8 == 0 ? 8 : (BYTES % 4 == 0 ? 4 : 2));
+    static constexpr int QH_ALIGN = (DeviceSplit<ID>::HEAD > 0 ? DeviceSplit<ID>::HEAD : BYTES) % 4 == 0 ? 4 : 2;
     struct Raw {
         qb_u32 qs[4];
         qb_u32 qh;
         float d, m;
     };
     template <class L = QcPlain>
-    static __device__ __forceinline__ void load(const qb_u8* b, int, Raw& r) {
-        r.d = qc_half<L>(b);
-        r.m = HAS_M ? qc_half<L>(b + 2) : (FIVE ? -16.0f : -8.0f) * r.d;
-        qc_load16<qb_align(16, ALIGN), L>(b + QS, r.qs);  // QS is a multiple of ALIGN's alignment
-        r.qh = FIVE ? (ALIGN >= 4 ? qc_ld32<L>(b + QH) : qc_ld32_a2<L>(b + QH)) : 0u;
+    static __device__ __forceinline__ void load(const QbAt& at, int, Raw& r) {
+        const qb_u8* head = qb_head<ID, QS>(at);
+        r.d = qc_half<L>(head);
+        r.m = HAS_M ? qc_half<L>(head + 2) : (FIVE ? -16.0f : -8.0f) * r.d;
+        qc_words<4, QS_ALIGN, L>(qb_body<ID, QS>(at), r.qs);
+        r.qh = FIVE ? (QH_ALIGN >= 4 ? qc_ld32<L>(head + QH) : qc_ld32_a2<L>(head + QH)) : 0u;
     }
     static __device__ __forceinline__ void decode(const Raw& r, int, int run, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -128,7 +122,8 @@ template <> struct Codes<QB_Q4_1> : LegacyCodes<true, false> {};
 template <> struct Codes<QB_Q5_0> : LegacyCodes<false, true> {};
 template <> struct Codes<QB_Q5_1> : LegacyCodes<true, true> {};
 
-// Q8_0: d @0, int8 qs[32] @2; two tasks of one run each. code = q + 128, m = -128 d.
+// Q8_0: d @0, int8 qs[32] @2, on the device d apart and qs the 16-aligned body (DeviceSplit); two tasks of one
+// run each. code = q + 128, m = -128 d.
 template <>
 struct Codes<QB_Q8_0> {
     static constexpr int TASKS = 2, RUNS = 1;
@@ -137,9 +132,9 @@ struct Codes<QB_Q8_0> {
         float d;
     };
     template <class L = QcPlain>
-    static __device__ __forceinline__ void load(const qb_u8* b, int t, Raw& r) {
-        r.d = qc_half<L>(b);
-        qc_load16_a2<L>(b + 2 + 16 * t, r.qs);
+    static __device__ __forceinline__ void load(const QbAt& at, int t, Raw& r) {
+        r.d = qc_half<L>(at.d);
+        qc_words<4, 16, L>(at.b + 16 * t, r.qs);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -269,7 +264,7 @@ template <> struct Codes<QB_Q4_K> : KQuant45Codes<false> {};
 template <> struct Codes<QB_Q5_K> : KQuant45Codes<true> {};
 
 // Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192 in the block's 208 bytes, 16-aligned on the device, and d
-// apart (quant_blocks.cuh QbAt: the repacked layout), so ql and qh take 16-byte loads. Task t:
+// apart (quant_blocks.cuh DeviceSplit), so ql and qh take 16-byte loads. Task t:
 // h = t / 4, kk = (t / 2) % 2, l0 = 16 (t % 2) takes ql[64h + 32kk + l0 .. +16] and qh[32h + l0 .. +16].
 // Run 0 is k = kk (low nibbles), run 1 is k = kk + 2 (high nibbles): values 128h + 32k + l0 + l,
 // bits 4..5 at shift 2k of qh, scale index 8h + 2k + l0 / 16; value = d * sc * (q - 32).

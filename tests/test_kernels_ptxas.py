@@ -414,13 +414,14 @@ def test_host_compiled_decoders_match_the_reference_with_aligned_loads(qtype, ho
         np.testing.assert_allclose(got, ref, rtol=2e-7, atol=1e-9, err_msg=f"{qtype} {mode}")
 
 
-def test_q6_k_decoders_read_the_repacked_layout_not_ggufs(host_decoder):
-    """Fed GGUF's Q6_K bytes unrepacked, the decoders read other values: the device layout is the one in use."""
+@pytest.mark.parametrize("qtype", sorted(device_layout.HEADS))
+def test_split_types_decoders_read_the_repacked_layout_not_ggufs(qtype, host_decoder):
+    """Fed GGUF's bytes unrepacked, a split type's decoders read other values: the device layout is the one in use."""
     rows, cols = 7, 768
-    raw = random_weight_bytes("Q6_K", rows, cols, seed=11)
-    ref = cpu_dequantize(raw, "Q6_K", (rows, cols))
-    got, rc, _ = host_decode(host_decoder, "Q6_K", rows, cols, "codes", raw)
-    assert rc != 0 or not np.allclose(got, ref, rtol=1e-3), "Q6_K decoded GGUF's layout as if it were the device's"
+    raw = random_weight_bytes(qtype, rows, cols, seed=11)
+    ref = cpu_dequantize(raw, qtype, (rows, cols))
+    got, rc, _ = host_decode(host_decoder, qtype, rows, cols, "codes", raw)
+    assert rc != 0 or not np.allclose(got, ref, rtol=1e-3), f"{qtype} decoded GGUF's layout as if it were the device's"
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES)
@@ -429,11 +430,13 @@ def test_the_device_layout_is_a_permutation_of_the_gguf_bytes(qtype):
     dev = device_layout.to_device(qtype, raw)
     assert dev.shape == raw.shape and dev.dtype == raw.dtype
     np.testing.assert_array_equal(device_layout.from_device(qtype, dev), raw)
-    if device_layout.repacked(qtype):  # every block's 208 bytes first, then the d's
-        assert not np.array_equal(dev, raw)
-        blocks, flat = raw.reshape(-1, 210), dev.reshape(-1)
-        np.testing.assert_array_equal(flat[:blocks.shape[0] * 208], blocks[:, :208].reshape(-1))
-        np.testing.assert_array_equal(flat[blocks.shape[0] * 208:], blocks[:, 208:].reshape(-1))
+    if device_layout.repacked(qtype):  # every block's body first, then every block's head
+        at, size = device_layout.HEADS[qtype]
+        blocks, flat = raw.reshape(-1, traits(qtype).block_bytes), dev.reshape(-1)
+        n, body = blocks.shape[0], traits(qtype).block_bytes - size
+        assert body % 16 == 0 and not np.array_equal(dev, raw)
+        np.testing.assert_array_equal(flat[:n * body].reshape(n, body), np.delete(blocks, np.s_[at:at + size], axis=1))
+        np.testing.assert_array_equal(flat[n * body:].reshape(n, size), blocks[:, at:at + size])
         import torch
 
         t = device_layout.to_device(qtype, torch.from_numpy(raw))  # torch tensors alike (the upload's path)
@@ -442,6 +445,17 @@ def test_the_device_layout_is_a_permutation_of_the_gguf_bytes(qtype):
         assert dev is raw
     with pytest.raises(ValueError, match="whole 210-byte blocks"):
         device_layout.to_device("Q6_K", np.zeros(211, np.uint8))
+
+
+def test_the_kernels_split_the_types_the_device_layout_splits():
+    """kernels/quant_blocks.cuh DeviceSplit mirrors device_layout.HEADS: a type split on one side only would be
+    decoded from the wrong bytes."""
+    import re
+
+    text = (K.KERNEL_DIR / "quant_blocks.cuh").read_text()
+    rows = re.findall(r"^QB_DEVICE_SPLIT\(QB_(\w+), (\d+), (\d+)\)", text, re.MULTILINE)
+    split = {name: (int(at), int(size)) for name, at, size in rows}
+    assert split == device_layout.HEADS
 
 
 @pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if traits(t).family != "float"])

@@ -1,27 +1,37 @@
 """The one load-time repack of weights for the GPU: GGUF block bytes into the layout the kernels read.
 
-Every quant type keeps GGUF's layout on the device except Q6_K. Its 210-byte blocks leave every field only
-2-byte aligned, so the matvec read them as halfwords joined by funnel shifts (13 loads a lane task). On the
-device a Q6_K tensor holds every block's first 208 bytes (ql, qh, the int8 scales) in block order, then every
-block's float16 d: the same bytes, and each block's 208 start 16-byte aligned (208 = 13 x 16), so ql and qh
-take 16-byte loads (kernels/quant_blocks.cuh QbAt and qb_at read this layout). The tensor's rows stay in order,
-so block i of the tensor is block i % blocks_per_row of row i // blocks_per_row, as in GGUF.
+Blocks of 18, 22, 34 and 210 bytes leave their quantized codes only 2-byte aligned, so the matvec read them as
+halfwords joined by funnel shifts. On the device such a tensor is split: every block's body (its codes, and for
+Q6_K its scales) in block order, then every block's head (the float16 scale and, for Q5_0, the high bits) in
+block order. The same bytes; every body starts 16-byte aligned (16, 32 or 208
+bytes, the tensor 16-aligned), so the codes take 16-byte loads. HEADS gives each split type's head: where it
+sits in GGUF's block and its size (kernels/quant_blocks.cuh DeviceSplit mirrors it; tests/test_kernels_ptxas.py
+decodes the repacked bytes with the kernels' own decoders, compiled for the host, against the CPU reference of
+the GGUF bytes). Q4_1, Q5_1 and Q2_K..Q5_K keep GGUF's layout: their codes are already 4-aligned or better, and
+split, Q4_1's and Q5_1's matvec stages took more instructions, not fewer.
+The tensor's blocks stay in order, so block i is block i % blocks_per_row of row i // blocks_per_row.
 
-`to_device` and `from_device` work on numpy arrays and on torch tensors (CPU or CUDA) alike;
-tests/test_kernels_ptxas.py decodes the repacked bytes with the kernels' own decoders, compiled for the host,
-against the CPU reference of the GGUF bytes.
+`to_device` and `from_device` work on numpy arrays and on torch tensors (CPU or CUDA) alike.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-Q6_K_BYTES, Q6_K_BODY = 210, 208  # a block; its bytes before d
+from qprof.quant.traits import traits
+
+# qtype -> (offset of the head in GGUF's block, head bytes)
+HEADS = {
+    "Q4_0": (0, 2),  # d | qs[16]
+    "Q5_0": (0, 6),  # d, qh | qs[16]
+    "Q8_0": (0, 2),  # d | qs[32]
+    "Q6_K": (208, 2),  # ql[128], qh[64], scales[16] | d
+}
 
 
 def repacked(qtype: str) -> bool:
     """Whether the device copy of a `qtype` tensor is laid out otherwise than GGUF's."""
-    return qtype == "Q6_K"
+    return qtype in HEADS
 
 
 def to_device(qtype: str, raw):
@@ -29,25 +39,29 @@ def to_device(qtype: str, raw):
     new array of the same shape; `raw` itself where the type keeps GGUF's layout."""
     if not repacked(qtype):
         return raw
-    blocks = raw.reshape(_count(raw), Q6_K_BYTES)
-    return _cat(blocks[:, :Q6_K_BODY].reshape(-1), blocks[:, Q6_K_BODY:].reshape(-1)).reshape(raw.shape)
+    at, size = HEADS[qtype]
+    blocks = raw.reshape(_count(qtype, raw), traits(qtype).block_bytes)
+    body = _cat(blocks[:, :at], blocks[:, at + size:], axis=1)
+    return _cat(body.reshape(-1), blocks[:, at:at + size].reshape(-1)).reshape(raw.shape)
 
 
 def from_device(qtype: str, raw):
     """GGUF's bytes back from the device layout (the inverse of to_device)."""
     if not repacked(qtype):
         return raw
-    n, flat = _count(raw), raw.reshape(-1)
-    body = flat[:n * Q6_K_BODY].reshape(n, Q6_K_BODY)
-    d = flat[n * Q6_K_BODY:].reshape(n, Q6_K_BYTES - Q6_K_BODY)
-    return _cat(body, d, axis=1).reshape(raw.shape)
+    at, size = HEADS[qtype]
+    n, flat = _count(qtype, raw), raw.reshape(-1)
+    body_bytes = traits(qtype).block_bytes - size
+    body = flat[:n * body_bytes].reshape(n, body_bytes)
+    head = flat[n * body_bytes:].reshape(n, size)
+    return _cat(_cat(body[:, :at], head, axis=1), body[:, at:], axis=1).reshape(raw.shape)
 
 
-def _count(raw) -> int:
-    size = int(raw.numel() if hasattr(raw, "numel") else raw.size)
-    if size % Q6_K_BYTES:
-        raise ValueError(f"Q6_K bytes must be whole {Q6_K_BYTES}-byte blocks, got {size}")
-    return size // Q6_K_BYTES
+def _count(qtype: str, raw) -> int:
+    size, block = int(raw.numel() if hasattr(raw, "numel") else raw.size), traits(qtype).block_bytes
+    if size % block:
+        raise ValueError(f"{qtype} bytes must be whole {block}-byte blocks, got {size}")
+    return size // block
 
 
 def _cat(a, b, axis: int = 0):
