@@ -37,7 +37,7 @@ static __device__ __forceinline__ void store_values(qb_u16* out, const float (&v
     }
 }
 
-// Thread t's share of one block: `blk` says where its bytes lie (quant_blocks.cuh qb_at), `out` is its first value.
+// Thread t's share of one block: `blk` says where its bytes lie (quant_layout.cuh qb_at), `out` is its first value.
 template <int T, int TPB, typename Out>
 static __device__ __forceinline__ void dequant_block(const QbAt& blk, Out* __restrict__ out, int t) {
     constexpr int QK = Block<T>::QK;

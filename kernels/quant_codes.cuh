@@ -264,7 +264,7 @@ template <> struct Codes<QB_Q4_K> : KQuant45Codes<false> {};
 template <> struct Codes<QB_Q5_K> : KQuant45Codes<true> {};
 
 // Q6_K: ql[128] @0, qh[64] @128, int8 scales[16] @192 in the block's 208 bytes, 16-aligned on the device, and d
-// apart (quant_blocks.cuh DeviceSplit), so ql and qh take 16-byte loads. Task t:
+// apart (quant_layout.cuh DeviceSplit), so ql and qh take 16-byte loads. Task t:
 // h = t / 4, kk = (t / 2) % 2, l0 = 16 (t % 2) takes ql[64h + 32kk + l0 .. +16] and qh[32h + l0 .. +16].
 // Run 0 is k = kk (low nibbles), run 1 is k = kk + 2 (high nibbles): values 128h + 32k + l0 + l,
 // bits 4..5 at shift 2k of qh, scale index 8h + 2k + l0 / 16; value = d * sc * (q - 32).

@@ -448,11 +448,11 @@ def test_the_device_layout_is_a_permutation_of_the_gguf_bytes(qtype):
 
 
 def test_the_kernels_split_the_types_the_device_layout_splits():
-    """kernels/quant_blocks.cuh DeviceSplit mirrors device_layout.HEADS: a type split on one side only would be
+    """kernels/quant_layout.cuh DeviceSplit mirrors device_layout.HEADS: a type split on one side only would be
     decoded from the wrong bytes."""
     import re
 
-    text = (K.KERNEL_DIR / "quant_blocks.cuh").read_text()
+    text = (K.KERNEL_DIR / "quant_layout.cuh").read_text()
     rows = re.findall(r"^QB_DEVICE_SPLIT\(QB_(\w+), (\d+), (\d+)\)", text, re.MULTILINE)
     split = {name: (int(at), int(size)) for name, at, size in rows}
     assert split == device_layout.HEADS

@@ -5,7 +5,7 @@ halfwords joined by funnel shifts. On the device such a tensor is split: every b
 Q6_K its scales) in block order, then every block's head (the float16 scale and, for Q5_0, the high bits) in
 block order. The same bytes; every body starts 16-byte aligned (16, 32 or 208
 bytes, the tensor 16-aligned), so the codes take 16-byte loads. HEADS gives each split type's head: where it
-sits in GGUF's block and its size (kernels/quant_blocks.cuh DeviceSplit mirrors it; tests/test_kernels_ptxas.py
+sits in GGUF's block and its size (kernels/quant_layout.cuh DeviceSplit mirrors it; tests/test_kernels_ptxas.py
 decodes the repacked bytes with the kernels' own decoders, compiled for the host, against the CPU reference of
 the GGUF bytes). Q4_1, Q5_1 and Q2_K..Q5_K keep GGUF's layout: their codes are already 4-aligned or better, and
 split, Q4_1's and Q5_1's matvec stages took more instructions, not fewer.

@@ -473,22 +473,23 @@ if [ "$STAGE" = host9 ]; then
   step host_turn 90 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 3
   step host_turn_nvtx 60 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 2 --nvtx on
 fi
-# branch issue-9-q6k-repack: Q6_K repacked at upload (16-aligned 208-byte bodies, the d's apart). q6k10A carries
-# .oldtree (main before the repack) and .smol/smollm2.whl.part-aa: every check, the kernel suites, the Q6_K matvec
-# table here and in .oldtree, tg128 of Q4_K_M and Q6_K alternately, and the host's turn split by call; q6k10B,
+# branches issue-9-q6k-repack / issue-9-repack-heads: Q6_K (and Q4_0, Q5_0, Q8_0) split at upload, the codes
+# 16-aligned and the heads apart. q6k10A carries
+# .oldtree (main before the repack) and .smol/smollm2.whl.part-aa: every check, the kernel suites, the split types'
+# matvec table here and in .oldtree, tg128 of Q4_K_M, Q6_K and Q8_0 alternately, and the host's turn split by call; q6k10B,
 # issued while the machine is warm, carries part-ab: SmolLM2 end to end, the fault check, the four files' bench
 if [ "$STAGE" = q6k10A ]; then
-  for v in q4_k_m q6_k; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
+  for v in q4_k_m q6_k q8_0; do (python3 -m qprof.cli workloads make mistral-7b-$v > $W/make_$v.log 2>&1) & done
   step build 240 $Q kernels build
   step check_all 200 $Q check --failures-only
   step gpu_tests_kernels 240 python3 -m pytest -q -rfs tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py \
     tests/gpu/test_pdl_gpu.py tests/gpu/test_prefill_graphs_gpu.py
-  step matvec_bw 120 python3 tests/gpu/bench_matvec.py --types Q6_K,Q4_K --batches 1,8 --read
-  [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step matvec_bw_old 120 python3 tests/gpu/bench_matvec.py \
-    --types Q6_K --batches 1,8 --read)
+  step matvec_bw 150 python3 tests/gpu/bench_matvec.py --types Q6_K,Q8_0,Q4_0,Q5_0,Q4_K --batches 1,8 --read
+  [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD step matvec_bw_old 150 python3 tests/gpu/bench_matvec.py \
+    --types Q6_K,Q8_0,Q4_0,Q5_0 --batches 1,8 --read)
   wait
   for i in 1 2; do
-    for v in q4_k_m q6_k; do
+    for v in q4_k_m q6_k q8_0; do
       step tg_${v}_new_$i 120 $Q bench -m mistral-7b-$v -p 0 -n 128 -r 5 --results $OUT/bench_ab.jsonl
       [ -d .oldtree ] && (cd .oldtree && PYTHONPATH=/tmp/site:$PWD QPROF_BUILD_COMMIT=$(cat .qprof_build) \
         step tg_${v}_old_$i 200 $Q bench -m mistral-7b-$v -p 0 -n 128 -r 5 --results $OUT/bench_ab.jsonl)
