@@ -204,16 +204,16 @@ template <> struct Block<QB_BF16> : HalfBlock<true> {};
 template <bool HAS_M>
 struct Q4Legacy {
     static constexpr int QK = 32, BYTES = HAS_M ? 20 : 18, QS = HAS_M ? 4 : 2, ID = HAS_M ? QB_Q4_1 : QB_Q4_0;
-    static constexpr int QS_ALIGN = DeviceSplit<ID>::HEAD > 0 ? 16 : (HAS_M ? 4 : 2);
+    static constexpr int QS_ALIGN = qb_body_align<ID>(HAS_M ? 4 : 2);
     static constexpr bool IS_FLOAT = false;
     template <int N>
     static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
-        const qb_u8* head = qb_head<ID, QS>(at);
+        const qb_u8* head = qb_head<ID, 0, QS>(at);
         d = qb_half_to_float(qb_ld16(head));
         m = HAS_M ? qb_half_to_float(qb_ld16(head + 2)) : -8.0f * d;
         const int shift = (s & 16) >> 2;
         qb_u32 w[N / 4];
-        qb_load_words<N / 4, qb_align(N, QS_ALIGN)>(qb_body<ID, QS>(at) + (s & 15), w);
+        qb_load_words<N / 4, qb_align(N, QS_ALIGN)>(qb_body<ID, 0, QS>(at) + (s & 15), w);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i) qb_bytes_to_float((w[i] >> shift) & 0x0F0F0F0Fu, &q[4 * i]);
     }
@@ -228,17 +228,17 @@ template <bool HAS_M>
 struct Q5Legacy {
     static constexpr int QK = 32, BYTES = HAS_M ? 24 : 22, QH = HAS_M ? 4 : 2, QS = QH + 4;
     static constexpr int ID = HAS_M ? QB_Q5_1 : QB_Q5_0;
-    static constexpr int QS_ALIGN = DeviceSplit<ID>::HEAD > 0 ? 16 : (HAS_M ? 8 : 2);
+    static constexpr int QS_ALIGN = qb_body_align<ID>(HAS_M ? 8 : 2);
     static constexpr bool IS_FLOAT = false;
     template <int N>
     static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
-        const qb_u8* head = qb_head<ID, QS>(at);
+        const qb_u8* head = qb_head<ID, 0, QS>(at);
         d = qb_half_to_float(qb_ld16(head));
         m = HAS_M ? qb_half_to_float(qb_ld16(head + 2)) : -16.0f * d;
         const qb_u32 qh = HAS_M ? qb_ld32(head + QH) : qb_ld32_a2(head + QH);
         const int shift = (s & 16) >> 2;
         qb_u32 w[N / 4];
-        qb_load_words<N / 4, qb_align(N, QS_ALIGN)>(qb_body<ID, QS>(at) + (s & 15), w);
+        qb_load_words<N / 4, qb_align(N, QS_ALIGN)>(qb_body<ID, 0, QS>(at) + (s & 15), w);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i)
             qb_bytes_to_float(((w[i] >> shift) & 0x0F0F0F0Fu) | (qb_spread4(qh >> (s + 4 * i)) << 4), &q[4 * i]);
@@ -255,10 +255,10 @@ struct Block<QB_Q8_0> {
     static constexpr bool IS_FLOAT = false;
     template <int N>
     static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
-        d = qb_half_to_float(qb_ld16(at.d));
+        d = qb_half_to_float(qb_ld16(qb_head<QB_Q8_0, 0, 2>(at)));
         m = -128.0f * d;
         qb_u32 w[N / 4];
-        qb_load_words<N / 4, qb_align(N, 16)>(at.b + s, w);
+        qb_load_words<N / 4, qb_align(N, qb_body_align<QB_Q8_0>(2))>(qb_body<QB_Q8_0, 0, 2>(at) + s, w);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i) qb_bytes_to_float(w[i] ^ 0x80808080u, &q[4 * i]);
     }
@@ -348,14 +348,15 @@ struct Block<QB_Q6_K> {
     static constexpr bool IS_FLOAT = false;
     template <int N>
     static __device__ __forceinline__ void run(const QbAt& at, int s, float (&q)[N], float& d, float& m) {
-        const qb_u8* b = at.b;
+        const qb_u8* b = qb_body<QB_Q6_K, 208, 2>(at);
+        constexpr int A = qb_body_align<QB_Q6_K>(2);
         const int h = s >> 7, k = (s >> 5) & 3, l = s & 31;
         const int sc = (qb_i8)__ldg(b + 192 + 8 * h + 2 * k + (l >> 4));
-        d = qb_half_to_float(qb_ld16(at.d)) * (float)sc;
+        d = qb_half_to_float(qb_ld16(qb_head<QB_Q6_K, 208, 2>(at))) * (float)sc;
         m = -32.0f * d;
         qb_u32 lo[N / 4], hi[N / 4];
-        qb_load_words<N / 4, qb_align(N, 16)>(b + 64 * h + 32 * (k & 1) + l, lo);
-        qb_load_words<N / 4, qb_align(N, 16)>(b + 128 + 32 * h + l, hi);
+        qb_load_words<N / 4, qb_align(N, A)>(b + 64 * h + 32 * (k & 1) + l, lo);
+        qb_load_words<N / 4, qb_align(N, A)>(b + 128 + 32 * h + l, hi);
 #pragma unroll
         for (int i = 0; i < N / 4; ++i)
             qb_bytes_to_float(((lo[i] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * k)) & 0x03030303u) << 4),

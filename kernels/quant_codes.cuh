@@ -68,6 +68,16 @@ static __device__ __forceinline__ void qc_load16_a2(const qb_u8* p, qb_u32 (&w)[
     for (int i = 0; i < 4; ++i) w[i] = qc_funnel(a[i], a[i + 1], shift);
 }
 
+// 16 bytes at an address aligned to A (a compile-time fact of the layout).
+template <int A, class L = QcPlain>
+static __device__ __forceinline__ void qc_load16(const qb_u8* p, qb_u32 (&w)[4]) {
+    if constexpr (A >= 4) {
+        qc_words<4, A, L>(p, w);
+    } else {
+        qc_load16_a2<L>(p, w);
+    }
+}
+
 template <int T>
 struct Codes;
 
@@ -88,7 +98,7 @@ struct LegacyCodes {
     static constexpr int QH = HAS_M ? 4 : 2, QS = (FIVE ? QH + 4 : QH);
     static constexpr int ID = FIVE ? (HAS_M ? QB_Q5_1 : QB_Q5_0) : (HAS_M ? QB_Q4_1 : QB_Q4_0);
     static constexpr int BYTES = FIVE ? (HAS_M ? 24 : 22) : (HAS_M ? 20 : 18);
-    static constexpr int QS_ALIGN = DeviceSplit<ID>::HEAD > 0 ? 16 : (BYTES % 8 == 0 ? 8 : (BYTES % 4 == 0 ? 4 : 2));
+    static constexpr int QS_ALIGN = qb_body_align<ID>(BYTES % 8 == 0 ? 8 : (BYTES % 4 == 0 ? 4 : 2));
     static constexpr int QH_ALIGN = (DeviceSplit<ID>::HEAD > 0 ? DeviceSplit<ID>::HEAD : BYTES) % 4 == 0 ? 4 : 2;
     struct Raw {
         qb_u32 qs[4];
@@ -97,10 +107,10 @@ struct LegacyCodes {
     };
     template <class L = QcPlain>
     static __device__ __forceinline__ void load(const QbAt& at, int, Raw& r) {
-        const qb_u8* head = qb_head<ID, QS>(at);
+        const qb_u8* head = qb_head<ID, 0, QS>(at);
         r.d = qc_half<L>(head);
         r.m = HAS_M ? qc_half<L>(head + 2) : (FIVE ? -16.0f : -8.0f) * r.d;
-        qc_words<4, QS_ALIGN, L>(qb_body<ID, QS>(at), r.qs);
+        qc_load16<QS_ALIGN, L>(qb_body<ID, 0, QS>(at), r.qs);
         r.qh = FIVE ? (QH_ALIGN >= 4 ? qc_ld32<L>(head + QH) : qc_ld32_a2<L>(head + QH)) : 0u;
     }
     static __device__ __forceinline__ void decode(const Raw& r, int, int run, qb_u32 (&c)[4], float& d, float& m,
@@ -133,8 +143,8 @@ struct Codes<QB_Q8_0> {
     };
     template <class L = QcPlain>
     static __device__ __forceinline__ void load(const QbAt& at, int t, Raw& r) {
-        r.d = qc_half<L>(at.d);
-        qc_words<4, 16, L>(at.b + 16 * t, r.qs);
+        r.d = qc_half<L>(qb_head<QB_Q8_0, 0, 2>(at));
+        qc_load16<qb_body_align<QB_Q8_0>(2), L>(qb_body<QB_Q8_0, 0, 2>(at) + 16 * t, r.qs);
     }
     static __device__ __forceinline__ void decode(const Raw& r, int t, int, qb_u32 (&c)[4], float& d, float& m,
                                                   int& v) {
@@ -277,11 +287,12 @@ struct Codes<QB_Q6_K> {
     };
     template <class L = QcPlain>
     static __device__ __forceinline__ void load(const QbAt& at, int t, Raw& r) {
-        const qb_u8* b = at.b;
+        const qb_u8* b = qb_body<QB_Q6_K, 208, 2>(at);
+        constexpr int A = qb_body_align<QB_Q6_K>(2);
         const int h = t >> 2, kk = (t >> 1) & 1, l0 = 16 * (t & 1);
-        qc_words<4, 16, L>(b + 64 * h + 32 * kk + l0, r.ql);
-        qc_words<4, 16, L>(b + 128 + 32 * h + l0, r.qh);
-        const float d = qc_half<L>(at.d);
+        qc_load16<A, L>(b + 64 * h + 32 * kk + l0, r.ql);
+        qc_load16<A, L>(b + 128 + 32 * h + l0, r.qh);
+        const float d = qc_half<L>(qb_head<QB_Q6_K, 208, 2>(at));
 #pragma unroll
         for (int run = 0; run < RUNS; ++run)
             r.d[run] = d * static_cast<float>(static_cast<qb_i8>(qc_ld<qb_u8, L>(b + 192 + 8 * h + 2 * (kk + 2 * run) +

@@ -33,14 +33,22 @@ struct QbAt {
     __host__ __device__ operator const qb_u8*() const { return b; }
 };
 
-// A legacy block's head (its first HEAD_BYTES in GGUF: d, [m], [qh]) and its codes, in either device layout.
-template <int T, int HEAD_BYTES>
+// A block's head (HEAD bytes at AT of GGUF's block) and its body (the bytes before or after it) in either device
+// layout, so that a type is split or not by its DeviceSplit row alone; the row must agree with the decoder's.
+template <int T, int AT, int HEAD>
 static __host__ __device__ __forceinline__ const qb_u8* qb_head(const QbAt& at) {
-    return DeviceSplit<T>::HEAD > 0 ? at.d : at.b;
+    static_assert(DeviceSplit<T>::HEAD == 0 || (DeviceSplit<T>::AT == AT && DeviceSplit<T>::HEAD == HEAD),
+                  "DeviceSplit disagrees with the decoder's GGUF layout");
+    return DeviceSplit<T>::HEAD > 0 ? at.d : at.b + AT;
 }
-template <int T, int HEAD_BYTES>
+template <int T, int AT, int HEAD>
 static __host__ __device__ __forceinline__ const qb_u8* qb_body(const QbAt& at) {
-    return DeviceSplit<T>::HEAD > 0 ? at.b : at.b + HEAD_BYTES;
+    return DeviceSplit<T>::HEAD > 0 || AT > 0 ? at.b : at.b + HEAD;
+}
+// The alignment of the body's codes at offset `at` of it: 16 once split (every body 16-aligned), else GGUF's.
+template <int T>
+static __host__ __device__ constexpr int qb_body_align(int gguf_align) {
+    return DeviceSplit<T>::HEAD > 0 ? 16 : gguf_align;
 }
 
 template <int T>

@@ -443,8 +443,13 @@ def test_the_device_layout_is_a_permutation_of_the_gguf_bytes(qtype):
         np.testing.assert_array_equal(t.numpy(), dev)
     else:
         assert dev is raw
-    with pytest.raises(ValueError, match="whole 210-byte blocks"):
-        device_layout.to_device("Q6_K", np.zeros(211, np.uint8))
+
+
+def test_the_device_layout_refuses_a_partial_block():
+    qtype = min(device_layout.HEADS)
+    size = traits(qtype).block_bytes
+    with pytest.raises(ValueError, match=f"{qtype} bytes must be whole {size}-byte blocks"):
+        device_layout.to_device(qtype, np.zeros(size + 1, np.uint8))
 
 
 def test_the_kernels_split_the_types_the_device_layout_splits():
