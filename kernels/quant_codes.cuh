@@ -94,7 +94,7 @@ template <bool HAS_M, bool FIVE>
 struct LegacyCodes {
     static constexpr int TASKS = 1, RUNS = 2;
     // The head d @0, [m @2], [qh u32 @QH], then qs[16]: the Q4_0/Q4_1/Q5_0/Q5_1 layouts of quant_blocks.cuh, the
-    // head apart and qs 16-aligned on the device for Q4_0 and Q5_0 (DeviceSplit).
+    // head apart and qs 16-aligned on the device for Q4_0 (DeviceSplit).
     static constexpr int QH = HAS_M ? 4 : 2, QS = (FIVE ? QH + 4 : QH);
     static constexpr int ID = FIVE ? (HAS_M ? QB_Q5_1 : QB_Q5_0) : (HAS_M ? QB_Q4_1 : QB_Q4_0);
     static constexpr int BYTES = FIVE ? (HAS_M ? 24 : 22) : (HAS_M ? 20 : 18);

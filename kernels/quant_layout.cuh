@@ -22,7 +22,6 @@ struct DeviceSplit {
         static constexpr int AT = AT_, HEAD = HEAD_; \
     };
 QB_DEVICE_SPLIT(QB_Q4_0, 0, 2)   // d | qs[16]
-QB_DEVICE_SPLIT(QB_Q5_0, 0, 6)   // d, qh | qs[16]
 QB_DEVICE_SPLIT(QB_Q8_0, 0, 2)   // d | qs[32]
 QB_DEVICE_SPLIT(QB_Q6_K, 208, 2) // ql[128], qh[64], scales[16] | d
 #undef QB_DEVICE_SPLIT

@@ -1,14 +1,16 @@
 """The one load-time repack of weights for the GPU: GGUF block bytes into the layout the kernels read.
 
-Blocks of 18, 22, 34 and 210 bytes leave their quantized codes only 2-byte aligned, so the matvec read them as
-halfwords joined by funnel shifts. On the device such a tensor is split: every block's body (its codes, and for
-Q6_K its scales) in block order, then every block's head (the float16 scale and, for Q5_0, the high bits) in
-block order. The same bytes; every body starts 16-byte aligned (16, 32 or 208
-bytes, the tensor 16-aligned), so the codes take 16-byte loads. HEADS gives each split type's head: where it
-sits in GGUF's block and its size (kernels/quant_layout.cuh DeviceSplit mirrors it; tests/test_kernels_ptxas.py
-decodes the repacked bytes with the kernels' own decoders, compiled for the host, against the CPU reference of
-the GGUF bytes). Q4_1, Q5_1 and Q2_K..Q5_K keep GGUF's layout: their codes are already 4-aligned or better, and
-split, Q4_1's and Q5_1's matvec stages took more instructions, not fewer.
+Blocks of 18, 34 and 210 bytes (Q4_0, Q8_0, Q6_K) leave their quantized codes only 2-byte aligned, so the matvec
+read them as halfwords joined by funnel shifts. On the device such a tensor is split: every block's body (its
+codes, and for Q6_K its scales) in block order, then every block's head (the float16 scale) in block order. The
+same bytes; every body starts 16-byte aligned (16, 32 or 208 bytes, the tensor 16-aligned), so the codes take
+16-byte loads. HEADS gives each split type's head: where it sits in GGUF's block and its size
+(kernels/quant_layout.cuh DeviceSplit mirrors it; tests/test_kernels_ptxas.py decodes the repacked bytes with the
+kernels' own decoders, compiled for the host, against the CPU reference of the GGUF bytes).
+Measured on the H200 (results/h200, stage q6k10A), split against GGUF's layout, batch 1, weights cycled past L2:
+Q6_K's matvec took 17-20% less time, Q4_0's 3-13% and Q8_0's up to 7%; Q5_0's (22-byte blocks, 6-byte head)
+gained at one shape and lost at two, so it keeps GGUF's layout, as do Q4_1, Q5_1 (split, their stages took more
+instructions) and Q2_K..Q5_K (codes already 4-aligned or better).
 The tensor's blocks stay in order, so block i is block i % blocks_per_row of row i // blocks_per_row.
 
 `to_device` and `from_device` work on numpy arrays and on torch tensors (CPU or CUDA) alike.
@@ -23,7 +25,6 @@ from qprof.quant.traits import traits
 # qtype -> (offset of the head in GGUF's block, head bytes)
 HEADS = {
     "Q4_0": (0, 2),  # d | qs[16]
-    "Q5_0": (0, 6),  # d, qh | qs[16]
     "Q8_0": (0, 2),  # d | qs[32]
     "Q6_K": (208, 2),  # ql[128], qh[64], scales[16] | d
 }

@@ -22,8 +22,8 @@ from qprof.runtime.cuda import kernels as K
 
 @dataclass
 class DeviceWeight:
-    """One weight matrix as block bytes in device memory, rows * row_bytes of them: GGUF's layout, or for Q6_K the
-    repacked one the kernels read (qprof.quant.device_layout; from_bytes repacks)."""
+    """One weight matrix as block bytes in device memory, rows * row_bytes of them: GGUF's layout, or for the
+    split types (Q4_0, Q8_0, Q6_K) the repacked one the kernels read (qprof.quant.device_layout; from_bytes repacks)."""
 
     name: str
     qtype: str
@@ -34,12 +34,10 @@ class DeviceWeight:
     _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        rows, cols = self.shape
-        want = rows * self.traits.row_bytes(cols)
+        want = self.traits.row_bytes(self.shape[1]) * self.shape[0]
         if self.raw.dtype != torch.uint8 or not self.raw.is_cuda or not self.raw.is_contiguous():
             raise QprofError(f"{self.name}: raw bytes must be a contiguous uint8 CUDA tensor")
-        if self.raw.numel() != want:
-            raise QprofError(f"{self.name}: {self.qtype} {rows}x{cols} needs {want} bytes, got {self.raw.numel()}")
+        _check_size(self.name, self.traits, self.shape, self.raw.numel())
         room = self.raw.untyped_storage().nbytes() - self.raw.storage_offset()
         if self.raw.data_ptr() % 16 or room < -(-want // 16) * 16:
             raise QprofError(f"{self.name}: raw bytes must start 16-byte aligned with room to a 16-byte multiple "
@@ -73,15 +71,24 @@ class DeviceWeight:
             with warnings.catch_warnings():  # a read-only memmap is fine: it is only copied to the device
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 raw = torch.from_numpy(np.ascontiguousarray(raw))
+        shape = (int(shape[0]), int(shape[1]))
+        _check_size(name, t, shape, raw.numel())  # before the repack, which needs whole blocks
         flat = device_layout.to_device(t.name, raw.reshape(-1).to(dtype=torch.uint8))
         data = device_bytes(flat.numel())
         data.copy_(flat)
-        return cls(name, t.name, (int(shape[0]), int(shape[1])), data, t)
+        return cls(name, t.name, shape, data, t)
 
     @classmethod
     def from_tensor_info(cls, info) -> DeviceWeight:
         """Upload a qprof.model.gguf_file.TensorInfo's raw bytes once."""
         return cls.from_bytes(info.name, info.qtype, tuple(info.shape), info.raw)
+
+
+def _check_size(name: str, t: QuantTraits, shape: tuple[int, int], n_bytes: int) -> None:
+    rows, cols = shape
+    want = rows * t.row_bytes(cols)
+    if n_bytes != want:
+        raise QprofError(f"{name}: {t.name} {rows}x{cols} needs {want} bytes, got {n_bytes}")
 
 
 def device_bytes(n: int) -> torch.Tensor:
