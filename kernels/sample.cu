@@ -5,6 +5,8 @@
 // Ties go to the lowest index and NaN counts as the largest value, like torch.argmax.
 // step_set: writes (token, position) into the decode step's device input. Both travel as kernel
 // parameters, so a decode step needs no host->device copy, and a captured graph reads them there.
+// step_chain: the same input, but the token is the one the last argmax wrote on the device: greedy decode
+// queues its next step before the host has read that token (one token in flight).
 #include "common.cuh"
 
 static __device__ __forceinline__ bool qp_better(float v, int i, float best, int best_i) {
@@ -47,6 +49,13 @@ extern "C" __global__ void argmax_f32(const float* __restrict__ logits, int n, i
 extern "C" __global__ void step_set(int* step, int token, int pos) {
     if (threadIdx.x == 0) {
         step[0] = token;
+        step[1] = pos;
+    }
+}
+
+extern "C" __global__ void step_chain(int* step, const int* __restrict__ token, int pos) {
+    if (threadIdx.x == 0) {
+        step[0] = token[0];
         step[1] = pos;
     }
 }

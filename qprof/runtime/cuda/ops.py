@@ -1,4 +1,4 @@
-"""Python launchers for the forward-pass kernels: RMSNorm, add, RoPE, SwiGLU, KV write, attention, argmax.
+"""Python launchers for the forward-pass kernels: RMSNorm, add, RoPE, SwiGLU, KV write, attention, argmax, step.
 
 Every launcher writes into caller-owned tensors (so a decode step can use static buffers and be
 captured in a CUDA graph) and launches on torch's current stream through KernelLibrary. Decode
@@ -321,3 +321,12 @@ def step_set(step: torch.Tensor, token: int, pos: int) -> None:
     """Write (token, position) into the decode step's int32[2] device input, as kernel parameters."""
     lib = _lib()
     lib.launch(lib.kernel("sample", "step_set"), (1,), (32,), step, int(token), int(pos))
+
+
+def step_chain(step: torch.Tensor, token: torch.Tensor, pos: int) -> None:
+    """Write the decode step's int32[2] device input from a device token (int32[1], e.g. argmax's output) and a
+    position: the next greedy step is queued without the token visiting the host."""
+    if token.dtype != torch.int32 or not token.is_cuda:
+        raise QprofError(f"step_chain: expects an int32 device token, got {token.dtype} on {token.device}")
+    lib = _lib()
+    lib.launch(lib.kernel("sample", "step_chain"), (1,), (32,), step, token, int(pos))
