@@ -5,8 +5,9 @@ KV cache and logits are float32 and never leave the device. Decode runs on stati
 its token and position from a device int32 pair written by a kernel launch (step_set), so a step has no
 host<->device copy and no host sync, and can be captured as a CUDA graph (RuntimeOptions.cuda_graphs); with
 prefill_graphs too, a prefill chunk whose shape ran before replays its graph (prefill_graph.py). sample()
-reads back one int32. Op names and families follow the CPU reference (qprof.runtime.cpu); the residual
-adds are their own ops here (family "add").
+reads back one int32; decode_greedy chains greedy steps on the device, one token in flight (greedy_chain.py).
+Op names and families follow the CPU reference (qprof.runtime.cpu); the residual adds are their own ops here
+(family "add").
 
 The fault switches of RuntimeOptions act here: mask (upload | device | skip, see kv_cache.MaskPolicy),
 scalar_upload (the layer's position copied host->device inside every layer and read by RoPE and
@@ -17,7 +18,7 @@ the KV write), sync_every_op (a checked device synchronize after every op) and i
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 
@@ -38,6 +39,7 @@ from qprof.runtime.cuda.driver import (
 )
 from qprof.runtime.cuda.fused_ops import QkvLaunch, RopeSpec, gate_up, gate_up_supported, qkv_supported
 from qprof.runtime.cuda.graphs import StepGraph, graph_blocker
+from qprof.runtime.cuda.greedy_chain import TokenRing, greedy_chain
 from qprof.runtime.cuda.kv_cache import KvCache, MaskPolicy
 from qprof.runtime.cuda.memory import bytes_needed, check_fits, memory_message
 from qprof.runtime.cuda.prefill_graph import PrefillGraphs, PrefillShape, prefill_graph_blocker, upload_ids
@@ -78,6 +80,7 @@ class CudaRuntime(TokenChecks):
         except torch.cuda.OutOfMemoryError:
             raise QprofError(memory_message(model, need, "ran out of GPU memory while loading")) from None
         self._sampler: Sampler | None = None
+        self._token_ring: TokenRing | None = None  # decode_greedy's pinned slots and events, made on first use
         self._op = self._op_synced if self.options.sync_every_op else self.annotator.op
         self.graph: StepGraph | None = None  # the decode step
         self.graph_fallback: str | None = None
@@ -166,19 +169,14 @@ class CudaRuntime(TokenChecks):
     def decode(self, token: int) -> torch.Tensor:
         """Logits [n_vocab] of `token` at position n_past: a view of a static buffer, valid until the next call."""
         (token,) = self._check_tokens([token])
-        b = self.buf
-        with self.annotator.phase("decode"), self.annotator.token(self.n_past):
-            with self._op("step_input", "step"):
-                ops.step_set(b.step, token, self.n_past)
-            if self.graph is not None and self.graph.ready:
-                with self.annotator.op("decode_graph", "graph"):
-                    self.graph.replay()
-            else:
-                self._decode_step()
-                if self.graph is not None:
-                    self._capture()
-        self.n_past += 1
-        return b.logits[0]
+        self._queue_step(partial(ops.step_set, self.buf.step, token))
+        return self.buf.logits[0]
+
+    def decode_greedy(self, first_token: int, n: int) -> Iterator[int]:
+        """n greedy decode steps from first_token, one token in flight (qprof.runtime.in_flight; greedy_chain.py)."""
+        if self._token_ring is None:
+            self._token_ring = TokenRing()
+        return greedy_chain(self, self._token_ring, first_token, n)
 
     def sample(self, logits: torch.Tensor, params: SamplingParams) -> int:
         check_params(params)
@@ -211,6 +209,22 @@ class CudaRuntime(TokenChecks):
             with self._op("scalar_upload", "copy", syncs=True):  # a pageable copy: torch waits for it
                 return torch.tensor([host_pos], dtype=torch.int32, device="cuda")
         return pos
+
+    def _queue_step(self, write_input: Callable[[int], None]) -> None:
+        """Queue one decode step at position n_past: `write_input(pos)` writes the step's device input (step_set from
+        a host token, or step_chain from the last argmax's), then the graph replays (or the step runs eagerly and,
+        with graphs, is captured). Nothing waits: logits land in self.buf.logits in stream order."""
+        with self.annotator.phase("decode"), self.annotator.token(self.n_past):
+            with self._op("step_input", "step"):
+                write_input(self.n_past)
+            if self.graph is not None and self.graph.ready:
+                with self.annotator.op("decode_graph", "graph"):
+                    self.graph.replay()
+            else:
+                self._decode_step()
+                if self.graph is not None:
+                    self._capture()
+        self.n_past += 1
 
     def _capture(self) -> None:
         annotator, op = self.annotator, self._op
