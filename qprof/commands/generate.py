@@ -53,12 +53,20 @@ def build_options(device: str, mask: str, inject: str | None, graphs: bool | Non
     return base.with_(cuda_graphs=True), "captured as a CUDA graph" + ("" if graphs else " (--no-graphs for eager)")
 
 
-def warm_up(runtime, token: int) -> None:
+def warm_up(runtime, token: int, greedy: bool = False) -> None:
     """One prefill token and one decode step, untimed (llama.cpp warms up the same way): the first call of
-    each kernel loads it, and the first decode step is where a CUDA graph is captured."""
+    each kernel loads it, and the first decode step is where a CUDA graph is captured. Greedy generation's
+    warm-up is two steps of its in-flight loop, so its chained step's kernel is loaded too."""
+    from collections import deque
+
+    from qprof.runtime.in_flight import decode_greedy
+
     runtime.reset()
     runtime.prefill([token])
-    runtime.decode(token)
+    if greedy:
+        deque(decode_greedy(runtime, token, min(2, runtime.n_ctx - 1)), maxlen=0)
+    else:
+        runtime.decode(token)
     runtime.synchronize()
 
 
@@ -157,7 +165,7 @@ def generate(model_spec, device, prompt, n_predict, temp, top_p, seed, no_chat, 
     for message in dict.fromkeys(str(w.message) for w in caught):
         say(f"warning: {message}")
     if dev == "cuda":  # kernel loading and the graph capture happen here, outside the timed generation
-        warm_up(runtime, ids[0])
+        warm_up(runtime, ids[0], greedy=sampling.greedy)
     stream = TextStream(tokenizer, lambda text: (click.echo(text, nl=False), sys.stdout.flush()))
     long_prefill = dev == "cpu" and len(ids) > LONG_PREFILL
     result = run_generation(runtime, tokenizer, ids, max_new_tokens=n_predict, sampling=sampling,

@@ -23,6 +23,9 @@ class SamplingParams:
 
 
 class Runtime(Protocol):
+    """A runtime may also offer decode_greedy(first_token, n) -> Iterator[int], greedy decode with the next step
+    queued while the host reads each token; qprof.runtime.in_flight.decode_greedy falls back to decode + sample."""
+
     config: ModelConfig
     device: str  # "cpu" or "cuda"
     n_ctx: int  # KV-cache capacity in tokens

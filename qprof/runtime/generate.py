@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from qprof.errors import QprofError
 from qprof.runtime.base import SamplingParams
+from qprof.runtime.in_flight import decode_greedy, has_in_flight_decode
 from qprof.runtime.timed import timed_loop
 
 
@@ -26,7 +27,7 @@ class GenerationResult:
 
     @property
     def n_decode(self) -> int:
-        """decode() calls made: every sampled token but the first came from one."""
+        """Decode steps whose token was read: every sampled token but the first came from one."""
         return max(len(self.new_ids) - 1, 0)
 
     @property
@@ -58,9 +59,17 @@ def generate(runtime, tokenizer, prompt: str | list[int], max_new_tokens: int = 
     when the KV cache is full (a stated stop, not an error). Timers read the host clock only
     after runtime.synchronize(), so they measure finished device work.
 
+    Greedy sampling decodes through qprof.runtime.in_flight.decode_greedy: the same tokens and stop rules, and
+    on a runtime that chains steps on the device (CUDA) the next step is already queued while the host reads,
+    streams and checks each token. There, at an end-of-generation token the step queued behind it has run too
+    (runtime.n_past ends one higher than a synced loop leaves it, and that step's time is in decode_seconds);
+    new_ids, stop_reason and text do not change. Other sampling decodes a step, then samples its token.
+
     on_token(id) is called with every token that will be shown (not the end-of-generation one) as soon
-    as it is sampled, for streaming; its own time is left out of decode_seconds. With prefill_chunk the
-    prompt is prefilled that many tokens at a time, on_prefill(done, total) after each chunk (progress).
+    as it is sampled, for streaming. Its own time is left out of prompt_seconds, and out of decode_seconds
+    where it holds up the device (a synced loop); where the next step is in flight meanwhile, the device does
+    not wait for it, so its time stays in. With prefill_chunk the prompt is prefilled that many tokens at a
+    time, on_prefill(done, total) after each chunk (progress).
     """
     sampling = sampling or SamplingParams()
     if max_new_tokens < 1:
@@ -69,30 +78,43 @@ def generate(runtime, tokenizer, prompt: str | list[int], max_new_tokens: int = 
     new_ids: list[int] = []
     stop = "length"
     outside = [0.0, 0.0]  # seconds spent in on_token during prefill, during decode: left out of both rates
+    overlapped = sampling.greedy and has_in_flight_decode(runtime)
 
-    def next_token(logits) -> int | None:
-        """Sample the forward's token, stream it; None once generation stops (end of generation, the limit, a full
-        cache)."""
+    def keep(token: int) -> bool:
+        """Record a sampled token and stream it; False once generation stops (end of generation, the limit, a full
+        cache). The cache holds the prompt and every kept token but the last, whatever the loop queued ahead."""
         nonlocal stop
-        token = runtime.sample(logits, sampling)
         new_ids.append(token)
         if stop_at_eos and tokenizer.is_eog(token):
             stop = "eos"
-            return None
+            return False
         if on_token is not None:
             t = time.perf_counter()
             on_token(token)
-            outside[len(new_ids) > 1] += time.perf_counter() - t
+            if not (overlapped and len(new_ids) > 1):
+                outside[len(new_ids) > 1] += time.perf_counter() - t
         if len(new_ids) >= max_new_tokens:
             stop = "length"
-        elif runtime.n_past >= runtime.n_ctx:
+        elif len(ids) + len(new_ids) - 1 >= runtime.n_ctx:
             stop = "context"
         else:
-            return token
-        return None
+            return True
+        return False
 
-    times = timed_loop(runtime, ids, next_token, prefill=lambda prompt: _prefill(runtime, prompt, prefill_chunk,
-                                                                                  on_prefill))
+    def next_token(logits) -> int | None:
+        token = runtime.sample(logits, sampling)
+        return token if keep(token) else None
+
+    def decode_in_flight(first: int) -> None:
+        """Greedy tokens from `first` until keep() stops them; no step past the limit or the cache is queued."""
+        steps = min(max_new_tokens - len(new_ids), runtime.n_ctx - (len(ids) + len(new_ids) - 1))
+        for token in decode_greedy(runtime, first, steps):
+            if not keep(token):
+                break
+
+    times = timed_loop(runtime, ids, next_token,
+                       prefill=lambda prompt: _prefill(runtime, prompt, prefill_chunk, on_prefill),
+                       decode_loop=decode_in_flight if sampling.greedy else None)
     shown = new_ids[:-1] if stop == "eos" else new_ids
     return GenerationResult(
         text=tokenizer.decode(shown),

@@ -1,4 +1,4 @@
-"""Python launchers for the forward-pass kernels: RMSNorm, add, RoPE, SwiGLU, KV write, attention, argmax, step.
+"""Python launchers for the forward-pass kernels: RMSNorm, add, RoPE, SwiGLU, KV write, attention, argmax, steps.
 
 Every launcher writes into caller-owned tensors (so a decode step can use static buffers and be
 captured in a CUDA graph) and launches on torch's current stream through KernelLibrary. Decode
