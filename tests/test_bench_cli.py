@@ -113,7 +113,7 @@ def test_cpu_switch_lists_make_a_product_and_jsonl_output(tmp_path):
     assert res.exit_code == 0, res.output + str(res.exception)
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [(r["test"], r["sync_every_op"], r["options"]) for r in rows] == [
-        ("tg3", False, "clean"), ("tg3", True, "sync-every-op")]
+        ("tg3", False, "in-flight"), ("tg3", True, "sync-every-op,in-flight")]
     assert rows[0]["floor_ts"] == pytest.approx(20e9 / rows[0]["bytes_per_token"])
     assert rows[0]["bandwidth_source"] == "--bandwidth" and rows[0]["warmup"] is False
     assert not (tmp_path / "results").exists()
@@ -126,7 +126,8 @@ def test_faults_flag_gives_clean_plus_each_fault_with_a_mode_column():
     lines = res.stdout.splitlines()
     assert "| mode             |" in lines[0]
     modes = [line.split("|")[6].strip() for line in lines[2:7]]
-    assert modes == ["clean", "mask=upload", "scalar-upload", "sync-every-op", "inject=block-dim"]
+    assert modes == ["in-flight", "mask=upload,in-flight", "scalar-upload,in-flight", "sync-every-op,in-flight",
+                     "inject=block-dim,in-flight"]
 
 
 def test_explicit_model_file_pg_and_custom_results_path(tmp_path):
@@ -183,8 +184,8 @@ def test_fake_gpu_uses_graphs_by_default_where_the_step_can_be_captured(fake_gpu
     assert res.exit_code == 0, res.output + str(res.exception)
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [(r["mask"], r["cuda_graphs"], r["options"], r["notes"]) for r in rows] == [
-        ("upload", False, "mask=upload", None), ("device", True, "mask=device,graphs", None),
-        ("skip", True, "graphs", None)]  # a default needs no fallback warning
+        ("upload", False, "mask=upload,in-flight", None), ("device", True, "mask=device,graphs,in-flight", None),
+        ("skip", True, "graphs,in-flight", None)]  # a default needs no fallback warning
     assert [i.options.cuda_graphs for i in FakeRuntime.instances] == [False, True, True]
     assert "CUDA graphs: on for decode (the GPU default; --graphs 0 for eager); eager where the step cannot be " \
            "captured: mask=upload" in res.stderr
@@ -220,15 +221,17 @@ def test_fake_gpu_faults_keep_graphs_off_unless_asked(fake_gpu):
     res = bench("-p", "0", "-n", "2", "-r", "1", "--faults", "--graphs", "1", "-o", "jsonl", "--no-save")
     assert res.exit_code == 0, res.output + str(res.exception)
     rows = {r["options"]: r for r in map(json.loads, res.stdout.splitlines())}
-    assert rows["graphs"]["cuda_graphs"] is True and rows["inject=block-dim,graphs"]["cuda_graphs"] is True
-    assert rows["sync-every-op"]["cuda_graphs"] is False and "CUDA graphs off" in rows["sync-every-op"]["notes"]
+    assert rows["graphs,in-flight"]["cuda_graphs"] is True
+    assert rows["inject=block-dim,graphs,in-flight"]["cuda_graphs"] is True
+    off = rows["sync-every-op,in-flight"]
+    assert off["cuda_graphs"] is False and "CUDA graphs off" in off["notes"]
 
 
 def test_cpu_records_graphs_as_not_used_even_when_asked():
     res = bench("-m", "tiny-q4_k_m", "-p", "0", "-n", "2", "-r", "1", "--graphs", "1", "-o", "jsonl", "--no-save")
     assert res.exit_code == 0, res.output + str(res.exception)
     (row,) = [json.loads(line) for line in res.stdout.splitlines()]
-    assert row["cuda_graphs"] is False and row["options"] == "clean"
+    assert row["cuda_graphs"] is False and row["options"] == "in-flight"
     assert "CUDA graphs: not applicable on the CPU" in res.stderr
 
 
@@ -238,7 +241,7 @@ def test_interrupt_keeps_finished_rows_and_says_so_in_one_line(fake_gpu, monkeyp
 
     def decode(self, token):
         calls["n"] += 1
-        if calls["n"] > 2:  # the warm-up token and one timed token of tg4
+        if calls["n"] > 2:  # the warm-up's two in-flight steps, then the first timed step of tg4
             raise KeyboardInterrupt
         return original(self, token)
 
@@ -391,6 +394,6 @@ def test_cpu_faults_run_and_say_their_differences_are_noise():
     assert res.exit_code == 0, res.output
     assert "the CPU runtime ignores the fault switches" in res.stderr and "run-to-run noise" in res.stderr
     rows = {r["options"]: r for r in map(json.loads, res.stdout.splitlines())}
-    assert rows["clean"]["notes"] is None
-    assert all("noise" in rows[k]["notes"] for k in ("mask=upload", "scalar-upload", "sync-every-op",
-                                                      "inject=block-dim"))
+    assert rows["in-flight"]["notes"] is None
+    assert all("noise" in rows[f"{k},in-flight"]["notes"] for k in ("mask=upload", "scalar-upload", "sync-every-op",
+                                                                    "inject=block-dim"))

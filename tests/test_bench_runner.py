@@ -124,7 +124,8 @@ def test_row_fields_statistics_and_floor():
     assert tg["model_size"] == model.size_bytes and tg["model_n_params"] == model.n_params
     assert tg["quant"] == "Q8_0" and tg["model_type"] == "fake model Q8_0"
     assert tg["type_k"] == "f16" and tg["runtime"] == "FakeRuntime"
-    assert tg["build_commit"] == "abc123" and tg["backends"] == "CPU" and tg["options"] == "clean"
+    assert tg["build_commit"] == "abc123" and tg["backends"] == "CPU" and tg["options"] == "in-flight"
+    assert (pp["decode_loop"], pp["options"], tg["decode_loop"]) == (None, "clean", "in-flight")  # the default loop
     assert tg["warmup"] is False and tg["repetitions"] == 3
 
 
@@ -209,8 +210,8 @@ def test_rows_record_whether_graphs_were_really_used():
                          create_runtime=FakeCudaRuntime, warn=said.append)
     rows = list(runner.rows())
     assert [(r["test"], r["mask"], r["cuda_graphs"], r["options"]) for r in rows] == [
-        ("pp2", "upload", False, "mask=upload"), ("tg2", "upload", False, "mask=upload"),
-        ("pp2", "skip", True, "graphs"), ("tg2", "skip", True, "graphs")]
+        ("pp2", "upload", False, "mask=upload"), ("tg2", "upload", False, "mask=upload,in-flight"),
+        ("pp2", "skip", True, "graphs"), ("tg2", "skip", True, "graphs,in-flight")]
     assert "CUDA graphs off: mask=upload" in rows[0]["notes"] and rows[2]["notes"] is None
     assert said == [("warning: m [mask=upload,graphs]: CUDA graphs off: mask=upload copies a host-built mask "
                      "every step; decode runs eagerly")]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from qprof.bench.compare import config_key
-from qprof.bench.record import FIELDS
+from qprof.bench.record import FIELDS, decode_loop_of
 from qprof.bench.results import read_rows
 
 # (switch, value with the fault on, what it does): the seed's faults; off = the CLEAN value
@@ -120,8 +120,19 @@ def cards(df: pd.DataFrame) -> str:
     return ", ".join(sorted(df["platform"].dropna().unique())) or "unknown card"
 
 
+def decode_loops(df: pd.DataFrame) -> pd.Series:
+    """Each row's decode loop (qprof.bench.record.decode_loop_of): "in-flight", "synced", or None for pp rows."""
+    recorded = df["decode_loop"] if "decode_loop" in df else pd.Series(None, index=df.index, dtype=object)
+    loops = [decode_loop_of({"n_gen": n if pd.notna(n) else 0, "decode_loop": lp if isinstance(lp, str) else None})
+             for n, lp in zip(df["n_gen"], recorded)]
+    return pd.Series(loops, index=df.index, dtype=object)
+
+
 def decode_mode(df: pd.DataFrame) -> pd.Series:
-    return pd.Series(["CUDA-graph decode" if g is True else "eager decode" for g in df["cuda_graphs"]], index=df.index)
+    """How a row decoded: CUDA graph or eager, and "in flight" where its tokens were chained on the device."""
+    modes = ["CUDA-graph decode" if g is True else "eager decode" for g in df["cuda_graphs"]]
+    return pd.Series([m + (", in flight" if lp == "in-flight" else "") for m, lp in zip(modes, decode_loops(df))],
+                     index=df.index)
 
 
 def series_label(df: pd.DataFrame) -> pd.Series:
@@ -222,17 +233,18 @@ def tokens_by_mode(df: pd.DataFrame) -> Chart:
 
 
 def fault_pairs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (fault, model, test, platform, graphs) with both the fault-on row and the clean row.
+    """One row per (fault, model, test, platform, graphs, decode loop) with both the fault-on row and the clean row.
 
     Pairs match on cuda_graphs too, so a fault that forces eager decode is never set against a
-    graph-captured clean run. change_pct is the speed-up from removing the fault, with the
+    graph-captured clean run, and on the decode loop (an in-flight label says so). change_pct is the speed-up from removing the fault, with the
     uncertainty (change_sd) carried from both rows' run-to-run standard deviations.
     """
     cols = ["fault", "what", "model", "label", "test", "platform", "cuda_graphs", "on_ts", "on_sd", "off_ts",
             "off_sd", "change_pct", "change_sd"]
     out = []
+    df = df.assign(loop=decode_loops(df).fillna("none"))  # a fault row is set against a clean row of its own loop
     base = clean_rows(df, any_graphs=True).assign(label=model_labels(df))
-    keys = ["model", "test", "platform", "cuda_graphs"]
+    keys = ["model", "test", "platform", "cuda_graphs", "loop"]
     for switch, on, what in FAULTS:
         on_rows = df[df[switch] == on]
         for col, value in CLEAN.items():
@@ -245,7 +257,8 @@ def fault_pairs(df: pd.DataFrame) -> pd.DataFrame:
             on_ts, off_ts = float(m["avg_ts_on"]), float(m["avg_ts_off"])
             on_sd, off_sd = float(m["stddev_ts_on"] or 0.0), float(m["stddev_ts_off"] or 0.0)
             ratio = off_ts / on_ts
-            out.append({"fault": f"{switch}={on}", "what": what, "model": m["model"], "label": m["label"],
+            label = m["label"] + (" in flight" if m["loop"] == "in-flight" else "")
+            out.append({"fault": f"{switch}={on}", "what": what, "model": m["model"], "label": label,
                         "test": m["test"], "platform": m["platform"], "cuda_graphs": bool(m["cuda_graphs"]),
                         "on_ts": on_ts, "on_sd": on_sd, "off_ts": off_ts, "off_sd": off_sd,
                         "change_pct": 100.0 * (ratio - 1.0),
@@ -315,7 +328,8 @@ def prompt_vs_decode(df: pd.DataFrame) -> Chart:
         return Chart("prompt_vs_decode", message="the results need both pp and tg rows without faults "
                                                  "to compare prompt processing with decode")
     graphs = rows["cuda_graphs"].fillna(False).astype(bool)
-    rows = rows.assign(series=series_label(rows) + graphs.map({True: "\n(CUDA graphs)", False: "\n(eager)"}))
+    rows = rows.assign(series=series_label(rows) + graphs.map({True: "\n(CUDA graphs)", False: "\n(eager)"}),
+                       test=rows["test"] + decode_loops(rows).map({"in-flight": " in flight"}).fillna(""))
     rows = rows.sort_values(["series", "n_gen"])
     fig, ax = plt.subplots(figsize=(max(6.5, 1.9 * rows["series"].nunique() + 1.5), 4.8))
     _bars(ax, rows.sort_values("n_gen"), "series", "test",

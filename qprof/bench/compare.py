@@ -7,12 +7,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qprof.bench.peers import Pair
+from qprof.bench.record import decode_loop_of
 from qprof.bench.results import ResultSet, read_rows
 from qprof.errors import QprofError
 
 # A config is the same experiment when all of these match (the card and commit may differ: that's the point).
+# decode_loop is read through decode_loop_of: a row from before the field decoded synced.
 KEY_FIELDS = ("model", "n_prompt", "n_gen", "device", "mask", "scalar_upload", "sync_every_op", "inject",
-              "cuda_graphs", "nvtx")
+              "cuda_graphs", "nvtx", "decode_loop")
 
 
 def config_key(row: dict) -> tuple:
@@ -24,7 +26,7 @@ def config_key(row: dict) -> tuple:
         return (model, row.get("n_prompt"), row.get("n_gen"), row.get("device"), "peer", row.get("peer"),
                 row.get("options"), row.get("n_depth") or 0)
     threads = row.get("n_threads") if row.get("device") == "cpu" else None
-    return (model, *(row.get(k) for k in KEY_FIELDS[1:]), threads)
+    return (model, *(row.get(k) for k in KEY_FIELDS[1:-1]), decode_loop_of(row), threads)
 
 
 def options_label(row: dict) -> str:

@@ -20,7 +20,7 @@ MD_COLUMNS = {
     "options": ("mode", -16), "mask": ("mask", -6), "scalar_upload": ("scalar_up", 9), "sync_every_op": ("sync_op", 7),
     "inject": ("inject", -9), "cuda_graphs": ("graphs", 6),
     "prefill_graphs": ("pp_graphs", 9), "nvtx": ("nvtx", 4), "kv_type": ("kv", -4),
-    "fused": ("fused", 5), "pdl": ("pdl", 3), "n_ctx": ("n_ctx", 6),
+    "fused": ("fused", 5), "pdl": ("pdl", 3), "n_ctx": ("n_ctx", 6), "decode_loop": ("loop", -9),
     "host": ("host", -12), "gpu_index": ("gpu", 3),
     "test": ("test", 15), "t/s": ("t/s", 20), "bound": ("bound t/s", 10), "pct": ("% bound", 7),
     "ratio": ("qprof/llama.cpp", 15),

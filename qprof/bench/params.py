@@ -14,6 +14,9 @@ from qprof.runtime.threads import default_threads
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 CTX_ALIGN = 256  # KV caches are sized in whole multiples of this many tokens
+# --decode-loop: greedy tokens chained on the device with one in flight, or llama-bench's loop (random tokens, a
+# synchronize after every one); the first is the default
+DECODE_LOOPS = ("in-flight", "synced")
 # --faults: the clean run, then each of the seed's fault switches on its own
 FAULT_SETS = ({}, {"mask": "upload"}, {"scalar_upload": True}, {"sync_every_op": True}, {"inject": "block-dim"})
 
@@ -113,6 +116,10 @@ def default_graphs(device: str, faults: bool) -> tuple[list[bool], bool]:
     return [False], False
 
 
+def parse_decode_loop(text: str, option: str = "--decode-loop") -> list[str]:
+    return parse_choice_list(text, option, DECODE_LOOPS)
+
+
 def parse_inject(text: str, option: str = "--inject") -> list[str | None]:
     """'none,block-dim' -> [None, 'block-dim']."""
     return [None if v == "none" else v for v in parse_choice_list(text, option, ("none", *INJECT_FAULTS))]
@@ -120,10 +127,17 @@ def parse_inject(text: str, option: str = "--inject") -> list[str | None]:
 
 @dataclass(frozen=True)
 class BenchTest:
-    """One llama-bench test: prompt processing (pp), generation (tg) or both in sequence (pg)."""
+    """One llama-bench test: prompt processing (pp), generation (tg) or both in sequence (pg); a test that
+    generates runs one of DECODE_LOOPS (a pp test has none: it never decodes)."""
 
     n_prompt: int
     n_gen: int
+    decode_loop: str = "synced"
+
+    @property
+    def loop(self) -> str | None:
+        """The decode loop a row records: None for a pp test."""
+        return self.decode_loop if self.n_gen else None
 
     @property
     def kind(self) -> str:
@@ -165,6 +179,7 @@ class BenchParams:
     scalar_upload: list[bool] = field(default_factory=lambda: [False])
     sync_every_op: list[bool] = field(default_factory=lambda: [False])
     inject: list[str | None] = field(default_factory=lambda: [None])
+    decode_loop: list[str] = field(default_factory=lambda: ["in-flight"])  # tg and pg tests run each one
     cuda_graphs: list[bool] = field(default_factory=lambda: [False])
     # with cuda_graphs: prefill chunks of a shape run before replay their graph (bench repeats every prompt)
     prefill_graphs: list[bool] = field(default_factory=lambda: [True])
@@ -181,7 +196,7 @@ class BenchParams:
 
     # llama-bench shows a column only when its parameter differs from the default
     SWITCHES = ("mask", "scalar_upload", "sync_every_op", "inject", "cuda_graphs", "prefill_graphs", "nvtx", "kv_type",
-                "fused", "pdl", "n_ctx", "n_threads")
+                "fused", "pdl", "n_ctx", "n_threads", "decode_loop")
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -196,10 +211,11 @@ class BenchParams:
                              "--inject")
 
     def tests(self) -> list[BenchTest]:
-        """pp tests, then tg, then pg, each in the order given; 0 entries are skipped like llama-bench."""
+        """pp tests, then tg, then pg, each in the order given; 0 entries are skipped like llama-bench. A test that
+        generates runs once per decode loop, the loops side by side (one runtime serves them all)."""
         out = [BenchTest(p, 0) for p in self.n_prompt if p > 0]
-        out += [BenchTest(0, n) for n in self.n_gen if n > 0]
-        out += [BenchTest(p, n) for p, n in self.pg]
+        out += [BenchTest(0, n, loop) for n in self.n_gen if n > 0 for loop in self.decode_loop]
+        out += [BenchTest(p, n, loop) for p, n in self.pg for loop in self.decode_loop]
         return out
 
     def needed_ctx(self) -> int:
@@ -261,6 +277,8 @@ class BenchParams:
         defaults = BenchParams(models=["-"])
         varying = [name for name in self.SWITCHES
                    if len(getattr(self, name)) > 1 or getattr(self, name) != getattr(defaults, name)]
+        if not any(t.n_gen for t in self.tests()):  # pp tests only: no row has a decode loop to show
+            varying = [name for name in varying if name != "decode_loop"]
         if self.graphs_auto:  # the default on a GPU: a column only where some option sets could not be captured
             mixed = len({o.cuda_graphs for o in self.option_sets()}) > 1
             varying = [name for name in varying if name != "cuda_graphs" or mixed]

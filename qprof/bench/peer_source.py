@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qprof.bench import llama_bench as lb
-from qprof.bench.peers import card, is_peer, make_rows, pair_rows
+from qprof.bench.peers import LOOP_NOTE, card, is_peer, make_rows, pair_rows, paired_in_flight
 from qprof.errors import QprofError
 
 
@@ -56,6 +56,7 @@ class PeerSource:
         """Peer rows, each with its qprof/llama.cpp ratio where a clean qprof row of the same test and card ran."""
         here = card({"gpu_name": env.gpu_name, "cpu_info": env.cpu_info})
         qprof_rows = [r for r in qprof_rows if not is_peer(r)]
+        noted = False  # LOOP_NOTE said once a run
         for records, source in self.batches(params, loaded, log):
             rows, notes = make_rows(records, loaded, source, ceilings, here)
             for note in notes:
@@ -66,4 +67,7 @@ class PeerSource:
             for row in rows:
                 (pair,) = pair_rows([*qprof_rows, row])
                 row["qprof_ratio"] = pair.ratio
+                if not noted and paired_in_flight([pair]):
+                    log(LOOP_NOTE)
+                    noted = True
                 yield row

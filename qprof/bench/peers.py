@@ -7,10 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qprof.bench.params import BenchTest
-from qprof.bench.record import SCHEMA, ordered
+from qprof.bench.record import SCHEMA, decode_loop_of, ordered
 from qprof.bench.roofline import bound_fields, prefill_flops
 
 PEER = "llama.cpp"
+PEER_DECODE_LOOP = "synced"  # llama-bench's tg loop: random tokens, llama_synchronize after every one
+LOOP_NOTE = ("llama-bench synchronizes after every generated token (qprof's --decode-loop synced); the "
+             "qprof/llama.cpp ratio of a tg or pg test is taken against qprof's synced row where one ran, else its "
+             "in-flight row (whose options say in-flight)")
 CLEAN = {"mask": "skip", "scalar_upload": False, "sync_every_op": False, "inject": "none", "nvtx": False}
 
 
@@ -42,6 +46,8 @@ def peer_row(rec: dict, model: str, source: str) -> dict:
            "test": test_name(rec["n_prompt"], rec["n_gen"], int(rec.get("n_depth") or 0)), "device": device,
            "gpu_name": gpus[0] if device == "cuda" and gpus else None, "runtime": "llama-bench",
            "options": f"fa={int(fa) if isinstance(fa, (bool, int)) else fa}",
+           # llama-bench synchronizes after every generated token: qprof's --decode-loop synced
+           "decode_loop": PEER_DECODE_LOOP if rec.get("n_gen") else None,
            "repetitions": len(samples) if isinstance(samples, list) else None}
     return ordered(row)
 
@@ -115,11 +121,17 @@ def is_clean(row: dict) -> bool:
     return all((row.get(k) if row.get(k) is not None else v) == v for k, v in CLEAN.items())
 
 
+def _reference_rank(row: dict) -> tuple[bool, bool]:
+    """How well a clean qprof row stands beside llama-bench's: CUDA-graph decode first (qprof's GPU default, and
+    how llama.cpp runs decode), then llama-bench's own loop (synced, or a pp row: no decode at all)."""
+    return bool(row.get("cuda_graphs")), decode_loop_of(row) in (None, PEER_DECODE_LOOP)
+
+
 def pair_rows(rows: list[dict]) -> list[Pair]:
     """Every peer row (the latest per model, test, card and options) with its qprof reference row.
 
-    The reference is the latest clean qprof row, CUDA-graph decode preferred (qprof's GPU default,
-    and how llama.cpp runs decode).
+    The reference is the latest clean qprof row of the best _reference_rank: CUDA-graph decode preferred,
+    then the synced decode loop, llama-bench's.
     """
     refs: dict[tuple, dict] = {}
     peers: dict[tuple, dict] = {}
@@ -129,6 +141,11 @@ def pair_rows(rows: list[dict]) -> list[Pair]:
             peers[(*key, str(r.get("options")))] = r
         elif is_clean(r) and isinstance(r.get("avg_ts"), (int, float)):
             old = refs.get(key)
-            if old is None or bool(r.get("cuda_graphs")) >= bool(old.get("cuda_graphs")):
+            if old is None or _reference_rank(r) >= _reference_rank(old):
                 refs[key] = r
     return [Pair(*key[:3], refs.get(key[:3]), row) for key, row in peers.items()]
+
+
+def paired_in_flight(pairs: list[Pair]) -> bool:
+    """Whether any peer row is set beside a qprof row decoded in flight (then LOOP_NOTE says what that means)."""
+    return any(p.qprof is not None and decode_loop_of(p.qprof) == "in-flight" for p in pairs)

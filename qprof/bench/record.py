@@ -29,7 +29,9 @@ QPROF_FIELDS = {
     "qprof_version": "str", "repetitions": "int", "warmup": "bool", "n_ctx": "int",
     "mask": "str", "scalar_upload": "bool", "sync_every_op": "bool", "inject": "str", "cuda_graphs": "bool",
     "prefill_graphs": "bool",  # every timed prefill chunk replayed a CUDA graph (False where any ran eagerly, or none ran)
-    "nvtx": "bool", "kv_type": "str", "fused": "bool", "pdl": "bool", "options": "str", "notes": "str",
+    "nvtx": "bool", "kv_type": "str", "fused": "bool", "pdl": "bool",
+    # tg/pg: "in-flight" (greedy tokens chained on the device) or "synced" (llama-bench's loop); None on pp rows
+    "decode_loop": "str", "options": "str", "notes": "str",
     "bytes_per_token": "int", "bandwidth_GBps": "float", "bandwidth_source": "str", "floor_ts": "float",
     "pct_of_floor": "float", "flops_per_token": "float", "gemm_TFLOPS": "float", "gemm_source": "str",
     "roofline_ts": "float", "pct_of_roofline": "float",
@@ -193,7 +195,17 @@ def timing_stats(samples_ns: list[int], n_tokens: int) -> dict:
     }
 
 
-def options_fields(options) -> dict:
+def decode_loop_of(row: dict) -> str | None:
+    """The row's decode loop: as recorded, else "synced" for a row that generates (every row from before the field,
+    and llama-bench's, synchronized after every token); None for a pp row, which never decodes."""
+    if not row.get("n_gen"):
+        return None
+    return row.get("decode_loop") or "synced"
+
+
+def options_fields(options, decode_loop: str | None = None) -> dict:
+    """The switches of a row, and its `options` label: the fault label, then graphs, nvtx, ..., and "in-flight" for
+    a test decoded in flight (a synced row keeps the label every row had before the loop was a parameter)."""
     labels = [options.label()]
     if options.cuda_graphs:
         labels.append("graphs")
@@ -205,11 +217,14 @@ def options_fields(options) -> dict:
         labels.append("unfused")
     if options.pdl:
         labels.append("pdl")
+    if decode_loop == "in-flight":
+        labels.append("in-flight")
     label = ",".join(x for x in labels if x != "clean" or len(labels) == 1)
     return {"mask": options.mask, "scalar_upload": options.scalar_upload, "sync_every_op": options.sync_every_op,
             "inject": options.inject or "none", "cuda_graphs": options.cuda_graphs,
             "prefill_graphs": options.prefill_graphs, "nvtx": options.nvtx,
-            "kv_type": options.kv_type, "fused": options.fused, "pdl": options.pdl, "options": label}
+            "kv_type": options.kv_type, "fused": options.fused, "pdl": options.pdl, "decode_loop": decode_loop,
+            "options": label}
 
 
 def ordered(row: dict) -> dict:

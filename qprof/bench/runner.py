@@ -25,6 +25,7 @@ from qprof.bench.roofline import bound_fields, prefill_flops
 from qprof.bench.telemetry import Sampler, throttle_warning
 from qprof.ceilings.choose import RunCeilings
 from qprof.errors import QprofError
+from qprof.runtime.in_flight import decode_greedy
 from qprof.runtime.options import RuntimeOptions, gpu_only_note
 from qprof.runtime.threads import set_threads
 
@@ -74,30 +75,53 @@ class TokenSource:
         return out
 
 
+IN_FLIGHT_WARM_STEPS = 2  # the first step (step_set, eager and captured) and a chained one (step_chain, a replay)
+
+
 def warm_up(runtime, test: BenchTest, src: TokenSource) -> None:
-    """llama-bench's warm-up: the whole prompt once, and one generated token."""
+    """llama-bench's warm-up: the whole prompt once, and one generated token; an in-flight test generates two
+    tokens through its loop, so the chained step's kernel is loaded and the graph replayed before the clock runs."""
     runtime.reset()
     if test.n_prompt:
         runtime.prefill(src.tokens(test.n_prompt))
         runtime.synchronize()
     if test.n_gen:
-        runtime.decode(src.tokens(1, start=not test.n_prompt)[0])
+        first = src.tokens(1, start=not test.n_prompt)[0]
+        if test.decode_loop == "in-flight":
+            consume(decode_greedy(runtime, first, min(IN_FLIGHT_WARM_STEPS, test.n_gen)))
+        else:
+            runtime.decode(first)
         runtime.synchronize()
 
 
 def time_test(runtime, test: BenchTest, src: TokenSource) -> int:
     """One repetition from an empty KV cache; ns between two device synchronizations.
 
-    Tokens are drawn before the clock starts. Decode synchronizes after every token, as a
-    real generation loop must before it can sample the next one (and as llama-bench does).
+    Tokens are drawn before the clock starts. A synced test decodes random tokens and synchronizes after
+    every one, as llama-bench does (a loop that samples on the host must wait for each token). An in-flight
+    test runs test.n_gen greedy steps from the first of those tokens, each step's argmax feeding the next on
+    the device while the host reads the token before it (qprof.runtime.in_flight): the loop a generation with
+    greedy sampling runs, its argmax and token read-back included.
     """
     from qprof.runtime.timed import timed_loop
 
     prompt = src.tokens(test.n_prompt)
-    gen = iter(src.tokens(test.n_gen, start=not test.n_prompt))
+    gen_tokens = src.tokens(test.n_gen, start=not test.n_prompt)  # drawn for either loop: the same random stream
+    gen = iter(gen_tokens)
+    chained = None
+    if test.decode_loop == "in-flight" and test.n_gen:
+        def chained(first: int) -> None:
+            consume(decode_greedy(runtime, first, test.n_gen))
+
     times = timed_loop(runtime, prompt or None, lambda logits: next(gen, None), sync_after_prefill=False,
-                       sync_every_step=True)
+                       sync_every_step=True, decode_loop=chained)
     return times.prefill_ns + times.decode_ns
+
+
+def consume(tokens: Iterator[int]) -> None:
+    """Read every token of a decode loop (the host's side of it: each token back, one step late)."""
+    for _ in tokens:
+        pass
 
 
 def graphs_in_use(runtime) -> bool:
@@ -194,7 +218,7 @@ class BenchRunner:
                  src: TokenSource, options: RuntimeOptions | None = None) -> dict:
         p = self.params
         options = options or group.options
-        label = f"{test.name} {options_fields(options)['options']}"
+        label = f"{test.name} {options_fields(options, test.loop)['options']}"
         test_time = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if p.warmup:
             warm_up(runtime, test, src)
@@ -235,7 +259,7 @@ class BenchRunner:
             "repetitions": p.repetitions,
             "warmup": p.warmup,
             "n_ctx": group.n_ctx,
-            **options_fields(options),
+            **options_fields(options, test.loop),
             **bound_fields(test.kind, facts["bytes_per_token"], flops_per_token, self.ceilings, stats["avg_ts"]),
             **telemetry,
             "notes": prefill_note,

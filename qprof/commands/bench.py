@@ -36,7 +36,7 @@ def default_model(device: str) -> str:
 
 def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op, inject,
                  graphs, nvtx, ctx, device, faults=False, threads=None, kv_type="f32", fused="1",
-                 pdl="0", prefill_graphs="1"):
+                 pdl="0", prefill_graphs="1", decode_loop="in-flight"):
     from qprof.bench import params as p
     from qprof.runtime.threads import default_threads
 
@@ -56,6 +56,7 @@ def build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_u
         scalar_upload=p.parse_bool_list(scalar_upload, "--scalar-upload"),
         sync_every_op=p.parse_bool_list(sync_every_op, "--sync-every-op"),
         inject=p.parse_inject(inject),
+        decode_loop=p.parse_decode_loop(decode_loop),
         cuda_graphs=cuda_graphs,
         graphs_auto=graphs_auto,
         prefill_graphs=p.parse_bool_list(prefill_graphs, "--prefill-graphs"),
@@ -84,6 +85,17 @@ def graphs_summary(params, device: str, explicit: bool) -> str:
     return ("CUDA graphs: on for decode (the GPU default; --graphs 0 for eager)"
             + (f"; eager where the step cannot be captured: {', '.join(dict.fromkeys(eager))}" if eager else "")
             + prefill)
+
+
+def decode_loop_summary(params) -> str | None:
+    """One line on how tg/pg tests decode (None when no test generates)."""
+    if not any(t.n_gen for t in params.tests()):
+        return None
+    what = {"in-flight": "in-flight (greedy tokens chained on the device, the next step queued while the host reads "
+                         "each token)",
+            "synced": "synced (random tokens, a synchronize after every one: llama-bench's loop)"}
+    default = " (the default; --decode-loop synced for llama-bench's loop)" if params.decode_loop == ["in-flight"] else ""
+    return f"decode loop: {', '.join(what[v] for v in params.decode_loop)}{default}"
 
 
 def threads_summary(params) -> str:
@@ -169,6 +181,11 @@ def ceilings_lines(ceilings) -> list[str]:
               help="launch decode kernels as programmatic dependents (1: each starts beside the previous one's "
                    "tail, sm_90 and newer; elsewhere a plain launch) or plainly (0), comma list. Off by default: "
                    "slower on the H200 (README)")
+@click.option("--decode-loop", "decode_loop", default="in-flight", show_default=True, metavar="in-flight,synced",
+              help="how tg and pg tests decode, comma list: in-flight (greedy tokens chained on the device: each step's "
+                   "argmax is the next step's input and the host reads every token one step late, so the next step is "
+                   "always queued) or synced (random tokens and a synchronize after every one, as llama-bench does). "
+                   "pp tests do not decode; each row's decode_loop says which loop ran")
 @click.option("--nvtx", default="0", show_default=True, help="NVTX ranges on every op (0,1): 1 pushes them when a tool such as nsys is attached, "
               f"or always with QPROF_NVTX=1 (to measure their cost); {SWITCH_HELP}")
 @click.option("--ctx", default=None, help="KV-cache size in tokens (default: the longest test, rounded up to 256)")
@@ -200,7 +217,7 @@ def ceilings_lines(ceilings) -> list[str]:
               help="with --gpus/--ray: stop every worker when a group fails (default: name it and carry on)")
 def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_path, no_save, mask,
           scalar_upload, sync_every_op, inject, faults, graphs, prefill_graphs, nvtx, kv_type, fused, pdl, ctx, threads,
-          bandwidth, tflops, llama_bench, llama_bench_json, peer_only, gpus, ray_address, fail_fast):
+          bandwidth, tflops, llama_bench, llama_bench_json, peer_only, gpus, ray_address, fail_fast, decode_loop):
     """Benchmark prompt processing (pp) and generation (tg) like llama-bench.
 
     Every parameter takes a comma list; the run is their cartesian product, ordered so each model
@@ -237,11 +254,12 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
         if pool is not None:  # workers pick their device; the plan assumes the GPU unless --device cpu
             params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload,
                                   sync_every_op, inject, graphs, nvtx, ctx, device or "cuda", faults, threads,
-                                  kv_type, fused, pdl, prefill_graphs)
+                                  kv_type, fused, pdl, prefill_graphs, decode_loop)
             return spread_bench(pool, params, device, fmt, results, bandwidth, tflops, fail_fast, say)
     dev, why = pick_device(device)
     params = build_params(model, n_prompt, n_gen, pg, repetitions, warmup, mask, scalar_upload, sync_every_op,
-                          inject, graphs, nvtx, ctx, dev, faults, threads, kv_type, fused, pdl, prefill_graphs)
+                          inject, graphs, nvtx, ctx, dev, faults, threads, kv_type, fused, pdl, prefill_graphs,
+                          decode_loop)
     params.declared_ctx = {spec: declared_context(spec) for spec in params.models}  # each -m exists, fits
     params.groups()  # the context checks: a test past a model's context is refused here, not after the others
     if not spreading:  # else said above
@@ -267,6 +285,9 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     ceilings = run_ceilings(dev, bandwidth, tflops, nvml_info, log=say)
     if not peer_only:
         say(graphs_summary(params, dev, graphs is not None))
+        loop_line = decode_loop_summary(params)
+        if loop_line:
+            say(loop_line)
         say(threads_summary(params))
         if dev == "cpu" and any(o.label() != "clean" for o in params.option_sets()):
             say("the CPU runtime ignores the fault switches (they act on the CUDA runtime only): their rows repeat "

@@ -15,7 +15,7 @@ import click
               help="instead: every llama.cpp (peer) row in A (and B) beside the clean qprof row of the same model, "
                    "test and card, with qprof/llama.cpp")
 def compare(a, b, fmt, fail_on_regression, peers):
-    """Compare bench results B against A, config by config (model, test, device, fault switches).
+    """Compare bench results B against A, config by config (model, test, device, fault switches, decode loop).
 
     A and B are a .jsonl file, a directory of them, a glob, or FILE@COMMIT for the rows of one
     build. Each config's latest row is used. A change counts only when |B - A| exceeds the
@@ -26,7 +26,7 @@ def compare(a, b, fmt, fail_on_regression, peers):
     from qprof.errors import QprofError
 
     if peers:
-        from qprof.bench.peers import pair_rows
+        from qprof.bench.peers import LOOP_NOTE, pair_rows, paired_in_flight
 
         rows = [r for spec in (a, b) if spec for r in select(spec)[0]]
         pairs = pair_rows(rows)
@@ -37,6 +37,8 @@ def compare(a, b, fmt, fail_on_regression, peers):
         paired = [p for p in pairs if p.ratio is not None]
         click.echo(f"qprof compare: {len(pairs)} llama.cpp row(s), {len(paired)} beside a clean qprof row of the "
                    "same model, test and card", err=True)
+        if paired_in_flight(pairs):
+            click.echo(f"qprof compare: {LOOP_NOTE}", err=True)
         return
     if b is None:
         raise QprofError("compare needs two result sets A and B (or --peers A [B] for qprof vs llama.cpp)")
