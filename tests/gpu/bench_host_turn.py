@@ -7,8 +7,11 @@ writes the step input and launches the next graph replay. This times, in one pro
   device runs the one before (the device's own time per token, as bench_decode_ablation.py measures);
 - synchronized: `decode` then a synchronize per token, bench's loop, split into the host's time inside
   `decode` (queueing) and in the wait;
-and prints their difference, the host's turn, per token, and the host's time in the two calls decode makes
-to the driver: the step input's launch (ops.step_set) and the graph's replay.
+- in flight: `decode_greedy` over the same steps, greedy tokens chained on the device with the next step
+  queued while the host reads each token (bench's default `--decode-loop in-flight`: argmax, the token's copy
+  and its event wait included);
+and prints the difference of the first two, the host's turn, per token, and the host's time in the two calls
+decode makes to the driver: the step input's launch (ops.step_set) and the graph's replay.
 
     python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m [--steps 128] [--reps 3]
 """
@@ -57,6 +60,18 @@ def synchronized_us(rt: CudaRuntime, steps: int) -> tuple[float, float, float]:
     return total / 1e3 / steps, queued / 1e3 / steps, waited / 1e3 / steps
 
 
+def in_flight_us(rt: CudaRuntime, steps: int) -> float:
+    """Wall µs per token of `steps` greedy steps with one token in flight, every token read back, from an empty
+    cache (the last token's wait, then a synchronize)."""
+    rt.reset()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter_ns()
+    for _ in rt.decode_greedy(1, steps):
+        pass
+    rt.synchronize()
+    return (time.perf_counter_ns() - t0) / 1e3 / steps
+
+
 def timed_calls(rt: CudaRuntime) -> Counter:
     """Wrap the step input's launch and the graph's replay so that each call's host ns add up in the counter."""
     spent: Counter = Counter()
@@ -90,19 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     rt = CudaRuntime(model, RuntimeOptions(nvtx=nvtx, cuda_graphs=True), n_ctx=args.steps + 8)
     rt.decode(1)  # eager, then captured
     rt.decode(1)  # the first replay
+    for _ in rt.decode_greedy(1, 2):  # the chained step's kernel loaded before any timing
+        pass
     rt.synchronize()
     print(f"{torch.cuda.get_device_name()}: {args.model}, decode positions 0..{args.steps - 1}, CUDA graph, "
           f"NVTX {args.nvtx}, wall µs per token")
     spent = timed_calls(rt)
     print(f"{'rep':>3} {'back to back':>12} {'synced':>8} {'in decode':>9} {'in wait':>8} {'host turn':>9} "
-          f"{'step_set':>8} {'replay':>8}")
+          f"{'step_set':>8} {'replay':>8} {'in flight':>9}")
     for rep in range(args.reps):
         free = back_to_back_us(rt, args.steps)
         spent.clear()
         synced, queued, waited = synchronized_us(rt, args.steps)
         parts = [spent[k] / 1e3 / args.steps for k in ("step_set", "replay")]
+        chained = in_flight_us(rt, args.steps)
         print(f"{rep:3d} {free:12.1f} {synced:8.1f} {queued:9.1f} {waited:8.1f} {synced - free:9.1f} "
-              f"{parts[0]:8.1f} {parts[1]:8.1f}", flush=True)
+              f"{parts[0]:8.1f} {parts[1]:8.1f} {chained:9.1f}", flush=True)
     return 0
 
 

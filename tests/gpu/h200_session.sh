@@ -504,3 +504,29 @@ if [ "$STAGE" = q6k10B ]; then
   bench_7b_set 150
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
 fi
+# session 10: greedy decode with one token in flight (bench's --decode-loop, default in-flight) on main with the device
+# layout. final10A carries .smol/smollm2.whl.part-aa: every check and kernel suite (the chain's GPU tests too), the
+# four files' bench with both loops, tg128 Q4_K_M with the loops in the other order, the host's turn with the
+# in-flight column, the matvec table; final10B, issued while the machine is warm, carries part-ab: SmolLM2 end to
+# end (generate's greedy now in flight), the fault check, bench's GPU test, the ablation and a graphs profile
+if [ "$STAGE" = final10A ]; then
+  make_7b_set
+  step build 240 $Q kernels build
+  step check_all 200 $Q check --failures-only
+  step gpu_tests_kernels 300 python3 -m pytest -q -rfs tests/gpu/test_quant_kernels.py tests/gpu/test_forward_ops.py \
+    tests/gpu/test_pdl_gpu.py tests/gpu/test_prefill_graphs_gpu.py tests/gpu/test_decode_greedy_gpu.py \
+    tests/gpu/test_ceilings_gpu.py
+  cp $QPROF_CACHE/ceilings.json $OUT/ceilings.json 2>/dev/null
+  wait
+  bench_7b_set 200 --decode-loop in-flight,synced
+  step tg_loops_q4_k_m 200 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --decode-loop synced,in-flight \
+    --results $OUT/bench_h200.jsonl
+  step host_turn 120 python3 tests/gpu/bench_host_turn.py -m mistral-7b-q4_k_m --reps 3
+  step matvec_bw 240 python3 tests/gpu/bench_matvec.py --batches 1,8 --read --json $W/matvec_h200.json
+  cp $W/matvec_h200.json $OUT/ 2>/dev/null
+fi
+if [ "$STAGE" = final10B ]; then
+  final5_e2e
+  step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
+  step profile_7b 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 8
+fi
