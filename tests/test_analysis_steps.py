@@ -158,6 +158,7 @@ def test_rules_on_a_llama_like_trace():
     assert read.severity == "advice" and read.numbers["per_step"] == 1 and "128.0 kB each" in read.message
     idle = by_rule["step_boundary_idle"]
     assert idle.numbers["boundaries"] == 5 and "cudaGraphLaunch" in idle.message
+    assert idle.message.endswith("(greedy sampling on the device: --decode-loop in-flight in qprof bench and profile)")
     for f in by_rule.values():
         share = f.numbers.get("share_of_step")
         assert share is None or 0 <= share < 1

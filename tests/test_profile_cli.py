@@ -159,6 +159,8 @@ def test_missing_model_file():
 def test_click_rejects_unknown_choices():
     res = profile(*TINY, "--timing", "sundial")
     assert res.exit_code == 2 and "'sundial' is not one of" in res.stderr
+    res = profile(*TINY, "--decode-loop", "chained")
+    assert res.exit_code == 2 and "'chained' is not one of" in res.stderr
     res = profile(*TINY, "--mask", "sometimes")
     assert res.exit_code == 2 and "'sometimes' is not one of" in res.stderr
 
@@ -184,3 +186,50 @@ def test_agreement_on_the_cpu_compares_to_torch_and_states_host_timers(monkeypat
     assert header.split()[1:] == ["events", "torch", "events", "vs", "torch", "%"]  # nsys fell back: left out
     total = next(ln for ln in res.stdout.splitlines() if ln.strip().startswith("TOTAL")).split()
     assert float(total[1]) > 0 and float(total[2]) > 0
+
+
+def test_decode_loop_is_run_and_reported(tmp_path):
+    """--decode-loop in-flight decodes the same n steps through qprof.runtime.in_flight (on the CPU: decode, then
+    sample, one after the other, and the report says so); the default stays synced."""
+    import pandas as pd
+
+    runs = {}
+    for loop in ("synced", "in-flight"):
+        out = tmp_path / loop
+        res = profile(*TINY, "-p", "4", "-n", "3", "--timing", "events", "--decode-loop", loop, "--out", str(out))
+        assert res.exit_code == 0, res.output
+        runs[loop] = res.stdout, json.loads((out / "summary.json").read_text()), pd.read_csv(out / "activity.csv")
+    for loop, (text, summary, activity) in runs.items():
+        assert summary["decode_loop"] == loop
+        decode = activity[activity["phase"] == "decode"]
+        assert sorted(decode["token"].dropna().unique()) == [4, 5, 6]  # positions 4..6: three steps either way
+        assert (decode["name"] == "blk.0.attn_q").sum() == 3
+        assert (activity["name"] == "sample").sum() == 4  # the prompt's token and every step's
+    assert "  decode loop: synced (each token sampled and read back" in runs["synced"][0]
+    assert ("  decode loop: in-flight asked for; the CPU runtime decodes and samples one step after the other"
+            in runs["in-flight"][0])
+    default = profile(*TINY, "-p", "2", "-n", "1", "--json")
+    assert default.exit_code == 0 and json.loads(default.stdout)["runs"][0]["decode_loop"] == "synced"
+
+
+def test_the_decode_loop_travels_to_the_nsys_child_and_is_checked():
+    from qprof.errors import QprofError
+    from qprof.profile.spec import WorkloadSpec
+
+    spec = WorkloadSpec("tiny-q4_k_m", "cpu", 4, 2, decode_loop="in-flight")
+    again = WorkloadSpec.from_json(spec.to_json())
+    assert again == spec and again.with_options(nvtx=True).decode_loop == "in-flight"
+    with pytest.raises(QprofError, match="unknown decode loop 'chained'; choose from in-flight, synced"):
+        WorkloadSpec("tiny-q4_k_m", "cpu", 4, 2, decode_loop="chained")
+
+
+@pytest.mark.parametrize("loop, calls", [("synced", []), ("in-flight", [2, 3])])
+def test_the_in_flight_run_decodes_through_decode_greedy(monkeypatch, loop, calls):
+    """Warm-up (2 steps) and the measured run (-n 3) go through qprof.runtime.in_flight.decode_greedy only in flight."""
+    from qprof.runtime import in_flight
+
+    seen, real = [], in_flight.decode_greedy
+    monkeypatch.setattr(in_flight, "decode_greedy", lambda rt, first, n: seen.append(n) or real(rt, first, n))
+    res = profile(*TINY, "-p", "4", "-n", "3", "--timing", "events", "--decode-loop", loop, "--json")
+    assert res.exit_code == 0, res.output
+    assert seen == calls

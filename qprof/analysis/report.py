@@ -244,6 +244,8 @@ def profile_header(s: dict) -> list[str]:
     lines.append(f"  ceilings: read bandwidth {_value(s.get('peak_Bps'), 1e9, 'GB/s')} ({s.get('bandwidth_source')}); "
                  f"GEMM {_value(s.get('gemm_TFLOPS'), 1, 'TFLOP/s')} ({s.get('gemm_source')})")
     lines.append(f"  decode: {s.get('decode_mode') or 'eager'}")
+    if s.get("decode_loop_mode"):
+        lines.append(f"  decode loop: {s['decode_loop_mode']}")
     for note in s["notes"]:
         lines.append(f"  note: {note}")
     return lines

@@ -256,7 +256,9 @@ def step_boundary_idle(df: pd.DataFrame) -> list[Finding]:
     host = ", ".join(spent) + (", " if spent else "") + f"{_us(max(outside, 0) / (steps - 1))} outside CUDA calls"
     mean = total / (steps - 1)
     msg = (f"the GPU is idle {_us(mean)} at every decode step boundary ({_pct(mean / step_ns)} of the "
-           f"{_ms(step_ns)} mean step; {_ms(total)} over {steps - 1} boundaries); per boundary the host spent it in: {host}")
+           f"{_ms(step_ns)} mean step; {_ms(total)} over {steps - 1} boundaries); per boundary the host spent it in: {host}; "
+           "queue the next step before waiting for this one's token (greedy sampling on the device: "
+           "--decode-loop in-flight in qprof bench and profile)")
     return [Finding("step_boundary_idle", "advice", msg,
                     {"boundaries": steps - 1, "idle_ns": total, "mean_ns": mean, "share_of_step": mean / step_ns,
                      "step_ns": step_ns, "host": spent})]

@@ -8,15 +8,13 @@ from dataclasses import dataclass, field
 
 from qprof.checks import check_context
 from qprof.errors import QprofError
+from qprof.runtime.in_flight import DECODE_LOOPS  # bench's default is the first, in-flight
 from qprof.runtime.options import INJECT_FAULTS, MASK_MODES, RuntimeOptions
 from qprof.runtime.threads import default_threads
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 CTX_ALIGN = 256  # KV caches are sized in whole multiples of this many tokens
-# --decode-loop: greedy tokens chained on the device with one in flight, or llama-bench's loop (random tokens, a
-# synchronize after every one); the first is the default
-DECODE_LOOPS = ("in-flight", "synced")
 # --faults: the clean run, then each of the seed's fault switches on its own
 FAULT_SETS = ({}, {"mask": "upload"}, {"scalar_upload": True}, {"sync_every_op": True}, {"inject": "block-dim"})
 

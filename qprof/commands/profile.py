@@ -83,9 +83,13 @@ def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) 
 @click.option("--pdl/--no-pdl", default=False, show_default=True,
               help="launch decode kernels as programmatic dependents (sm_90): each starts beside the previous "
                    "one's tail, so kernels overlap on the timeline")
+@click.option("--decode-loop", "decode_loop", type=click.Choice(["synced", "in-flight"]), default="synced",
+              show_default=True,
+              help="synced: sample each token before the next step is queued; in-flight: greedy steps chained on "
+                   "the device, the next one queued while the host reads each token (bench's default loop)")
 def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_every_op, inject, graphs, no_nvtx,
             faults, trace, out, as_json, nvtx_overhead, agreement, repeats, bandwidth, tflops, top, threads, kv_type,
-            pdl):
+            pdl, decode_loop):
     """Profile prefill + decode: tok/s, time by category, per op, copies, syncs, and a diagnosis.
 
     Every GPU kernel and copy is charged to the NVTX op range that launched it. --faults runs the
@@ -119,7 +123,7 @@ def profile(model, device, timing, n_prompt, n_gen, mask, scalar_upload, sync_ev
         say(f"no -m given: using the workload {model!r}")
     options = options_from_flags(mask, scalar_upload, sync_every_op, inject, nvtx=not no_nvtx,
                                  cuda_graphs=graphs).with_(kv_type=kv_type, pdl=pdl)
-    spec = WorkloadSpec(model, dev, n_prompt, n_gen, options, n_threads=n_threads)
+    spec = WorkloadSpec(model, dev, n_prompt, n_gen, options, n_threads=n_threads, decode_loop=decode_loop)
     if not nvtx_overhead:  # the same rule and words as `qprof bench`: prompt + decode within the declared context
         check_context(n_prompt + n_gen, f"-p {n_prompt} + -n {n_gen}", model, *declared_context(model))
     say(f"device {dev} ({why}); CPU threads {n_threads}"

@@ -101,9 +101,12 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
 
     NVTX ranges follow spec.options.nvtx and then qprof.annotate.nvtx_decision: pushed when a
     tool is attached, or when `force_nvtx` (else QPROF_NVTX) says so. Python's garbage collector is
-    off during the measured run (collected just before), so no collection pause lands inside an op."""
+    off during the measured run (collected just before), so no collection pause lands inside an op.
+    spec.decode_loop "synced" samples each step's token before the next step is queued; "in-flight" chains greedy
+    steps on the device, the next one queued while the host reads each token (qprof.runtime.in_flight)."""
     from qprof.runtime.base import SamplingParams, decode_weight_bytes
     from qprof.runtime.factory import create_runtime
+    from qprof.runtime.in_flight import decode_greedy
     from qprof.runtime.timed import timed_loop
 
     model = model if model is not None else load_model(spec.model)
@@ -116,17 +119,23 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
     rt = create_runtime(model, spec.device, spec.options, annotator, n_ctx=n_ctx)
     tokens = prompt_tokens(spec.n_prompt, cfg.n_vocab, spec.seed)
     params = SamplingParams()
+    in_flight = spec.decode_loop == "in-flight"
     if spec.warmup:  # kernel loading, allocator growth, cuBLAS set-up and graph capture happen here, outside the run
         with annotator.run("warmup"):
             rt.reset()
             tok = rt.sample(rt.prefill(tokens), params)  # the run's prompt: the same shapes, buffers and algorithms
-            for _ in range(min(WARMUP_DECODE, spec.n_gen)):
-                tok = rt.sample(rt.decode(tok), params)
+            if in_flight:  # the chained step's kernel loaded and the graph captured and replayed, as the run uses
+                list(decode_greedy(rt, tok, min(WARMUP_DECODE, spec.n_gen)))
+            else:
+                for _ in range(min(WARMUP_DECODE, spec.n_gen)):
+                    tok = rt.sample(rt.decode(tok), params)
             rt.synchronize()
     annotator.listeners.extend(listeners)
+    # in flight: the n_gen greedy steps chained on the device from the prompt's token, as bench's default loop
+    chained = (lambda first: list(decode_greedy(rt, first, spec.n_gen))) if in_flight else None
     try:
         with gc_paused(), capture() if capture is not None else nullcontext(), annotator.run("run"):
-            times = timed_loop(rt, tokens, sampled_tokens(rt, params, spec.n_gen))
+            times = timed_loop(rt, tokens, sampled_tokens(rt, params, spec.n_gen), decode_loop=chained)
     finally:
         for lis in listeners:
             annotator.listeners.remove(lis)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from qprof.errors import QprofError
+from qprof.runtime.in_flight import DECODE_LOOPS
 from qprof.runtime.options import RuntimeOptions
 
 TIMINGS = ("events", "blocking", "nsys", "torch")
@@ -42,10 +43,13 @@ class WorkloadSpec:
     seed: int = 0
     warmup: bool = True
     n_threads: int | None = None  # torch's CPU threads; None leaves them as they are
+    decode_loop: str = "synced"  # or "in-flight": greedy steps chained on the device (qprof.runtime.in_flight)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise QprofError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
+        if self.decode_loop not in DECODE_LOOPS:
+            raise QprofError(f"unknown decode loop {self.decode_loop!r}; choose from {', '.join(DECODE_LOOPS)}")
         if self.n_prompt < 1:
             raise QprofError(f"--n-prompt must be at least 1, got {self.n_prompt}")
         if self.n_gen < 1:

@@ -26,6 +26,16 @@ def decode_mode(run: ProfileRun) -> str:
     return "eager (one launch per kernel; --graphs captures it as a CUDA graph)"
 
 
+def decode_loop_mode(run: ProfileRun) -> str:
+    """How each decode step's token reached the next step, in words, for the report's first lines."""
+    if run.spec.decode_loop == "synced":
+        return ("synced (each token sampled and read back before the next step is queued; --decode-loop in-flight "
+                "chains greedy steps on the device)")
+    if run.spec.device == "cpu":
+        return "in-flight asked for; the CPU runtime decodes and samples one step after the other"
+    return "in-flight (greedy steps chained on the device; the next step queued while the host reads each token)"
+
+
 def bounds(r, ceilings: RunCeilings | None, flops_per_token: float | None) -> dict:
     """The decode floor and the prefill roofline of one run, with the figures and their sources."""
     bw = ceilings.bandwidth if ceilings else Ceiling(None, "unknown (no ceilings given)")
@@ -60,6 +70,8 @@ def summarize(run: ProfileRun, ceilings: RunCeilings | None = None, top: int = 1
         "decode_graph": r.decode_graph,
         "graph_pdl_edges": r.graph_pdl_edges,
         "decode_mode": decode_mode(run),
+        "decode_loop": run.spec.decode_loop,
+        "decode_loop_mode": decode_loop_mode(run),
         "pp_tok_s": r.pp_tok_s,
         "tg_tok_s": r.tg_tok_s,
         **limits,

@@ -16,6 +16,9 @@ from qprof.errors import QprofError
 from qprof.runtime.base import SamplingParams
 
 GREEDY = SamplingParams()
+# the decode loops bench and profile offer: greedy tokens chained on the device with one in flight, or a
+# synchronize after every token (llama-bench's loop)
+DECODE_LOOPS = ("in-flight", "synced")
 
 
 def decode_greedy(runtime, first_token: int, n: int) -> Iterator[int]:

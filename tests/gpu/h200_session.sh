@@ -525,6 +525,16 @@ if [ "$STAGE" = final10A ]; then
   step matvec_bw 240 python3 tests/gpu/bench_matvec.py --batches 1,8 --read --json $W/matvec_h200.json
   cp $W/matvec_h200.json $OUT/ 2>/dev/null
 fi
+# session 10: the in-flight loop under the profiler (torch and nsys, graphs), beside the synced loop
+if [ "$STAGE" = profile10 ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  wait
+  step gpu_tests_profile_graphs 300 python3 -m pytest -q -rfs -s tests/gpu/test_profile_graphs_gpu.py
+  for loop in synced in-flight; do
+    step profile_7b_$loop 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 16 --decode-loop $loop
+  done
+fi
 if [ "$STAGE" = final10B ]; then
   final5_e2e
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2

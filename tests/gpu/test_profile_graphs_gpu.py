@@ -31,12 +31,12 @@ def _model():
 
 
 @functools.lru_cache(maxsize=8)
-def _run(timing: str, graphs: bool = True):
+def _run(timing: str, graphs: bool = True, decode_loop: str = "synced"):
     from qprof.profile.modes import profile_workload
     from qprof.profile.spec import WorkloadSpec
     from qprof.runtime.options import RuntimeOptions
 
-    spec = WorkloadSpec(MODEL, "cuda", P, N, RuntimeOptions(cuda_graphs=graphs))
+    spec = WorkloadSpec(MODEL, "cuda", P, N, RuntimeOptions(cuda_graphs=graphs), decode_loop=decode_loop)
     return profile_workload(spec, timing, model=_model() if timing != "nsys" else None)
 
 
@@ -117,3 +117,26 @@ def test_events_time_the_graph_per_token_and_the_per_op_total_agrees():
     for mode, ms in per.items():
         if mode != "events":
             assert abs(ms - per["events"]) <= AGREE_PCT / 100 * per["events"], (mode, ms, per["events"])
+
+
+@pytest.mark.parametrize("timing", ["torch", "nsys"])
+def test_in_flight_decode_is_profiled_as_the_same_ops_without_the_idle_boundary(timing):
+    """--decode-loop in-flight under the profiler: the replayed graph's ops as the synced run's, every step's
+    kernels there, and the device kept busy between steps (no step_boundary_idle finding: the next step is queued
+    while the host waits for the token before it)."""
+    if timing == "nsys" and (reason := _nsys_ready()):
+        pytest.skip(reason)
+    from qprof.analysis.diagnosis import diagnose, faults
+
+    chained, synced = _run(timing, decode_loop="in-flight"), _run(timing)
+    assert chained.timing == timing and chained.result.decode_graph, chained.notes
+    c, s = _decode_ops(chained), _decode_ops(synced)
+    for op in (op for op in s if op != "step_input"):
+        assert op in c and c[op]["calls"] == s[op]["calls"], op
+    dec = chained.table[(chained.table["kind"] == "kernel") & (chained.table["phase"] == "decode")]
+    assert sorted(dec["token"].dropna().unique()) == list(range(P, P + N))
+    findings = diagnose(chained.table)
+    assert faults(findings) == []
+    idle = [f for f in findings if f.rule == "step_boundary_idle"]
+    assert idle == [], idle[0].message
+    print(f"{timing}: decode {chained.result.tg_tok_s:.1f} tok/s in flight, {synced.result.tg_tok_s:.1f} synced")
