@@ -13,10 +13,7 @@ import torch
 from qprof.runtime.base import SamplingParams
 from qprof.runtime.options import RuntimeOptions
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (torch.cuda.is_available() is False)"),
-]
+pytestmark = pytest.mark.gpu  # tests/gpu/conftest.py skips it, saying why, where there is no CUDA GPU
 MODELS = ["tiny-q4_k_m", "tiny-swa-q8_0", "tiny-f16"]  # mixed K-quants, a 64-token sliding window, float weights
 N_CTX = 256
 N_PROMPT = 12
