@@ -535,6 +535,17 @@ if [ "$STAGE" = profile10 ]; then
     step profile_7b_$loop 120 $Q profile -m mistral-7b-q4_k_m --timing torch --graphs -p 64 -n 16 --decode-loop $loop
   done
 fi
+# session 10's last commit: the GPU tests of the in-flight loop and Q4_K_M's bench with both loops, twice
+if [ "$STAGE" = final10C ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  step build 240 $Q kernels build
+  step gpu_tests_chain 200 python3 -m pytest -q -rfs tests/gpu/test_decode_greedy_gpu.py
+  wait
+  for i in 1 2; do
+    step bench_q4_k_m_$i 150 $Q bench -m mistral-7b-q4_k_m -p 512 -n 128 -r 5 --decode-loop in-flight,synced \
+      --results $OUT/bench_h200.jsonl
+  done
+fi
 if [ "$STAGE" = final10B ]; then
   final5_e2e
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
