@@ -546,6 +546,24 @@ if [ "$STAGE" = final10C ]; then
       --results $OUT/bench_h200.jsonl
   done
 fi
+# session 10: fewer keys a decode-attention split at short positions (QP_DECODE_SPLIT_KEYS 32 against the default
+# 64; only positions below 64 x the splits change): attention's check and cost, then tg128 in flight, alternating
+if [ "$STAGE" = split10 ]; then
+  (python3 -m qprof.cli workloads make mistral-7b-q4_k_m > $W/make_7b.log 2>&1) &
+  K32=-DQP_DECODE_SPLIT_KEYS=32
+  step build 240 $Q kernels build
+  QPROF_KERNEL_DEFINES=$K32 step build_k32 240 $Q kernels build
+  QPROF_KERNEL_DEFINES=$K32 step check_attn_k32 120 $Q check --ops attention --failures-only
+  step attn_k64 60 python3 tests/gpu/bench_attention.py --positions 8,32,64,128 --n-ctx 256 --flush-mb 0
+  QPROF_KERNEL_DEFINES=$K32 step attn_k32 60 python3 tests/gpu/bench_attention.py --positions 8,32,64,128 \
+    --n-ctx 256 --flush-mb 0
+  wait
+  for i in 1 2; do
+    step tg_k64_$i 90 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 --results $OUT/bench_split.jsonl
+    QPROF_KERNEL_DEFINES=$K32 step tg_k32_$i 90 $Q bench -m mistral-7b-q4_k_m -p 0 -n 128 -r 5 \
+      --results $OUT/bench_split.jsonl
+  done
+fi
 if [ "$STAGE" = final10B ]; then
   final5_e2e
   step ablation 90 python3 tests/gpu/bench_decode_ablation.py -m mistral-7b-q4_k_m --reps 2
