@@ -86,6 +86,22 @@ def test_build_fills_the_runtime_cache(built):
 
 
 @needs_toolkit
+def test_build_compiles_what_the_runtime_loads_under_kernel_defines(tmp_path, monkeypatch):
+    """`qprof kernels build` with QPROF_KERNEL_DEFINES fills the cache entry the runtime's options name, apart from
+    the default build's (split10 on the H200 found every module 'cached' under a define: built without it)."""
+    from qprof.runtime.cuda.driver import DEFAULT_OPTIONS, KERNEL_DIR, kernel_options, ptx_cache_path
+    from qprof.runtime.cuda.ptxas import build_ptx
+
+    monkeypatch.setenv("QPROF_CACHE", str(tmp_path))
+    source = KERNEL_DIR / "sample.cu"
+    monkeypatch.setenv("QPROF_KERNEL_DEFINES", "-DQP_DECODE_SPLIT_KEYS=32")
+    path, compiled = build_ptx(source)
+    assert compiled and path == ptx_cache_path(source, "90", kernel_options()) and path.exists()
+    assert path != ptx_cache_path(source, "90", DEFAULT_OPTIONS) and not ptx_cache_path(source, "90", DEFAULT_OPTIONS).exists()
+    assert build_ptx(source) == (path, False)
+
+
+@needs_toolkit
 def test_no_kernel_spills_and_every_quant_entry_exists(built, capsys):
     _, rows, table, _ = built
     assert isinstance(rows, list), rows.output

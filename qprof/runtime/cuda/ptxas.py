@@ -141,14 +141,16 @@ def run_ptxas(ptx: bytes, arch: str = DEFAULT_ARCH, source: str = "") -> list[Ke
 
 
 def build_ptx(source: Path, arch: str = DEFAULT_ARCH, force: bool = False) -> tuple[Path, bool]:
-    """nvcc-compile one kernels/*.cu into the runtime's PTX cache; (path, whether it was compiled now)."""
-    from qprof.runtime.cuda.driver import DEFAULT_OPTIONS, nvcc_compile, ptx_cache_path
+    """nvcc-compile one kernels/*.cu into the runtime's PTX cache, with the options the runtime will load it with
+    (its defaults and $QPROF_KERNEL_DEFINES: driver.kernel_options); (path, whether it was compiled now)."""
+    from qprof.runtime.cuda.driver import kernel_options, nvcc_compile, ptx_cache_path
 
     arch = check_arch(arch)
-    cached = ptx_cache_path(source, arch, DEFAULT_OPTIONS)
+    options = kernel_options()
+    cached = ptx_cache_path(source, arch, options)
     if cached.exists() and not force:
         return cached, False
-    ptx = nvcc_compile(source, arch, DEFAULT_OPTIONS, nvcc=require_tool("nvcc"))
+    ptx = nvcc_compile(source, arch, options, nvcc=require_tool("nvcc"))
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(ptx)
     tmp.replace(cached)
