@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 from qprof.checks import check_context
 from qprof.errors import QprofError
-from qprof.runtime.in_flight import DECODE_LOOPS  # bench's default is the first, in-flight
-from qprof.runtime.options import INJECT_FAULTS, MASK_MODES, RuntimeOptions
+from qprof.runtime.options import DECODE_LOOPS, INJECT_FAULTS, MASK_MODES, RuntimeOptions
 from qprof.runtime.threads import default_threads
 
 TRUE_WORDS = ("1", "true", "yes", "on")

@@ -25,7 +25,7 @@ from qprof.bench.roofline import bound_fields, prefill_flops
 from qprof.bench.telemetry import Sampler, throttle_warning
 from qprof.ceilings.choose import RunCeilings
 from qprof.errors import QprofError
-from qprof.runtime.in_flight import decode_greedy
+from qprof.runtime.in_flight import WARM_STEPS, run_greedy
 from qprof.runtime.options import RuntimeOptions, gpu_only_note
 from qprof.runtime.threads import set_threads
 
@@ -75,9 +75,6 @@ class TokenSource:
         return out
 
 
-IN_FLIGHT_WARM_STEPS = 2  # the first step (step_set, eager and captured) and a chained one (step_chain, a replay)
-
-
 def warm_up(runtime, test: BenchTest, src: TokenSource) -> None:
     """llama-bench's warm-up: the whole prompt once, and one generated token; an in-flight test generates two
     tokens through its loop, so the chained step's kernel is loaded and the graph replayed before the clock runs."""
@@ -88,7 +85,7 @@ def warm_up(runtime, test: BenchTest, src: TokenSource) -> None:
     if test.n_gen:
         first = src.tokens(1, start=not test.n_prompt)[0]
         if test.decode_loop == "in-flight":
-            consume(decode_greedy(runtime, first, min(IN_FLIGHT_WARM_STEPS, test.n_gen)))
+            run_greedy(runtime, first, min(WARM_STEPS, test.n_gen))
         else:
             runtime.decode(first)
         runtime.synchronize()
@@ -111,17 +108,11 @@ def time_test(runtime, test: BenchTest, src: TokenSource) -> int:
     chained = None
     if test.decode_loop == "in-flight" and test.n_gen:
         def chained(first: int) -> None:
-            consume(decode_greedy(runtime, first, test.n_gen))
+            run_greedy(runtime, first, test.n_gen)
 
     times = timed_loop(runtime, prompt or None, lambda logits: next(gen, None), sync_after_prefill=False,
                        sync_every_step=True, decode_loop=chained)
     return times.prefill_ns + times.decode_ns
-
-
-def consume(tokens: Iterator[int]) -> None:
-    """Read every token of a decode loop (the host's side of it: each token back, one step late)."""
-    for _ in tokens:
-        pass
 
 
 def graphs_in_use(runtime) -> bool:

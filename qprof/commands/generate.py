@@ -57,14 +57,12 @@ def warm_up(runtime, token: int, greedy: bool = False) -> None:
     """One prefill token and one decode step, untimed (llama.cpp warms up the same way): the first call of
     each kernel loads it, and the first decode step is where a CUDA graph is captured. Greedy generation's
     warm-up is two steps of its in-flight loop, so its chained step's kernel is loaded too."""
-    from collections import deque
-
-    from qprof.runtime.in_flight import decode_greedy
+    from qprof.runtime.in_flight import WARM_STEPS, run_greedy
 
     runtime.reset()
     runtime.prefill([token])
     if greedy:
-        deque(decode_greedy(runtime, token, min(2, runtime.n_ctx - 1)), maxlen=0)
+        run_greedy(runtime, token, min(WARM_STEPS, runtime.n_ctx - 1))
     else:
         runtime.decode(token)
     runtime.synchronize()

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from qprof.errors import QprofError
-from qprof.runtime.options import KV_TYPES
+from qprof.runtime.options import DECODE_LOOPS, KV_TYPES
 
 
 def say(msg: str) -> None:
@@ -83,7 +83,7 @@ def _save(run, summary: dict, out: Path | None, trace: Path | None, many: bool) 
 @click.option("--pdl/--no-pdl", default=False, show_default=True,
               help="launch decode kernels as programmatic dependents (sm_90): each starts beside the previous "
                    "one's tail, so kernels overlap on the timeline")
-@click.option("--decode-loop", "decode_loop", type=click.Choice(["synced", "in-flight"]), default="synced",
+@click.option("--decode-loop", "decode_loop", type=click.Choice(DECODE_LOOPS), default="synced",
               show_default=True,
               help="synced: sample each token before the next step is queued; in-flight: greedy steps chained on "
                    "the device, the next one queued while the host reads each token (bench's default loop)")

@@ -106,7 +106,7 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
     steps on the device, the next one queued while the host reads each token (qprof.runtime.in_flight)."""
     from qprof.runtime.base import SamplingParams, decode_weight_bytes
     from qprof.runtime.factory import create_runtime
-    from qprof.runtime.in_flight import decode_greedy
+    from qprof.runtime.in_flight import run_greedy
     from qprof.runtime.timed import timed_loop
 
     model = model if model is not None else load_model(spec.model)
@@ -125,14 +125,14 @@ def run_workload(spec: WorkloadSpec, listeners: Sequence[RangeListener] = (),
             rt.reset()
             tok = rt.sample(rt.prefill(tokens), params)  # the run's prompt: the same shapes, buffers and algorithms
             if in_flight:  # the chained step's kernel loaded and the graph captured and replayed, as the run uses
-                list(decode_greedy(rt, tok, min(WARMUP_DECODE, spec.n_gen)))
+                run_greedy(rt, tok, min(WARMUP_DECODE, spec.n_gen))
             else:
                 for _ in range(min(WARMUP_DECODE, spec.n_gen)):
                     tok = rt.sample(rt.decode(tok), params)
             rt.synchronize()
     annotator.listeners.extend(listeners)
     # in flight: the n_gen greedy steps chained on the device from the prompt's token, as bench's default loop
-    chained = (lambda first: list(decode_greedy(rt, first, spec.n_gen))) if in_flight else None
+    chained = (lambda first: run_greedy(rt, first, spec.n_gen)) if in_flight else None
     try:
         with gc_paused(), capture() if capture is not None else nullcontext(), annotator.run("run"):
             times = timed_loop(rt, tokens, sampled_tokens(rt, params, spec.n_gen), decode_loop=chained)

@@ -8,8 +8,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from qprof.errors import QprofError
-from qprof.runtime.in_flight import DECODE_LOOPS
-from qprof.runtime.options import RuntimeOptions
+from qprof.runtime.options import DECODE_LOOPS, RuntimeOptions
 
 TIMINGS = ("events", "blocking", "nsys", "torch")
 DEVICES = ("cuda", "cpu")

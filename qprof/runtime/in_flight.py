@@ -16,9 +16,7 @@ from qprof.errors import QprofError
 from qprof.runtime.base import SamplingParams
 
 GREEDY = SamplingParams()
-# the decode loops bench and profile offer: greedy tokens chained on the device with one in flight, or a
-# synchronize after every token (llama-bench's loop)
-DECODE_LOOPS = ("in-flight", "synced")
+WARM_STEPS = 2  # a warm-up's steps: the first (step_set, eager and captured) and a chained one (step_chain, a replay)
 
 
 def decode_greedy(runtime, first_token: int, n: int) -> Iterator[int]:
@@ -36,6 +34,13 @@ def decode_greedy(runtime, first_token: int, n: int) -> Iterator[int]:
     if has_in_flight_decode(runtime):
         return runtime.decode_greedy(first_token, n)
     return decode_greedy_synced(runtime, first_token, n)
+
+
+def run_greedy(runtime, first_token: int, n: int) -> None:
+    """decode_greedy's n steps with every token read back (the host's side of the loop) and none kept: a warm-up,
+    or a benchmark that only times the loop."""
+    for _ in decode_greedy(runtime, first_token, n):
+        pass
 
 
 def has_in_flight_decode(runtime) -> bool:

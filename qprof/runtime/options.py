@@ -8,6 +8,9 @@ from qprof.errors import QprofError
 
 MASK_MODES = ("upload", "device", "skip")
 KV_TYPES = ("f32", "f16")
+# how bench and profile decode: greedy tokens chained on the device with one in flight (qprof.runtime.in_flight), or
+# a synchronize after every token (llama-bench's loop); bench's default is the first
+DECODE_LOOPS = ("in-flight", "synced")
 INJECT_FAULTS = ("block-dim",)
 
 
