@@ -4,14 +4,14 @@
 #pragma once
 
 // ------------------------------------------------------------------ where a block lies on the device
-// Blocks of 18, 22, 34 and 210 bytes leave their codes 2-aligned (loads of halfwords joined by funnel shifts).
-// Such a tensor is repacked once at upload (qprof/quant/device_layout.py, checked against the
+// Blocks of 18, 34 and 210 bytes (Q4_0, Q8_0, Q6_K) leave their codes 2-aligned (loads of halfwords joined by
+// funnel shifts). Such a tensor is repacked once at upload (qprof/quant/device_layout.py, checked against the
 // GGUF bytes by tests/test_kernels_ptxas.py): every block's body in block order, then every block's head (its
-// HEAD bytes at AT of GGUF's block: the float16 scales, Q5's high bits). The same bytes; every body (16, 32 or
-// 208 bytes) starts 16-aligned. DeviceSplit mirrors device_layout.HEADS; the other types keep GGUF's layout.
+// HEAD bytes at AT of GGUF's block: the float16 scale). The same bytes; every body (16, 32 or 208 bytes) starts
+// 16-aligned. DeviceSplit mirrors device_layout.HEADS; the other types keep GGUF's layout.
 // A block is found from the tensor, its index and the tensor's block count (qb_at, below); QbAt turns into
 // the block pointer that the unsplit types decode from. (Q4_1's and Q5_1's 20 and 24 bytes keep 4- and 8-aligned
-// codes: split, their stage took more instructions, not fewer.)
+// codes: split, their stage took more instructions, not fewer; Q5_0's 22, split, measured no faster on the H200.)
 template <int T>
 struct DeviceSplit {
     static constexpr int AT = 0, HEAD = 0;
