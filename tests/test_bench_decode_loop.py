@@ -115,11 +115,13 @@ def test_rows_record_the_loop_and_the_table_shows_it_when_it_is_not_the_default(
     assert [(r["test"], r["decode_loop"], r["options"]) for r in rows] == [
         ("pp4", None, "clean"), ("tg2", "in-flight", "in-flight"), ("tg2", "synced", "clean")]
     assert ("decode loop: in-flight (greedy tokens chained on the device, the next step queued while the host "
-            "reads each token), synced (random tokens, a synchronize after every one: llama-bench's loop)") \
-        in res.stderr
+            "reads each token), synced (random tokens, a synchronize after every one: llama-bench's loop); the CPU "
+            "runtime has no device to queue on: its in-flight loop decodes and samples greedily one step after the "
+            "other") in res.stderr
     md = bench("--device", "cpu", "-m", "tiny-q4_k_m", "-p", "0", "-n", "2", "-r", "1", "--no-warmup",
                "--decode-loop", "synced", "--no-save")
     assert md.exit_code == 0, md.output
+    assert "no device to queue on" not in md.stderr  # synced only: nothing falls back
     lines = md.stdout.splitlines()
     assert "| loop      |" in lines[0] and "| synced    |" in lines[2]
     default = bench("--device", "cpu", "-m", "tiny-q4_k_m", "-p", "0", "-n", "2", "-r", "1", "--no-warmup",

@@ -87,15 +87,18 @@ def graphs_summary(params, device: str, explicit: bool) -> str:
             + prefill)
 
 
-def decode_loop_summary(params) -> str | None:
-    """One line on how tg/pg tests decode (None when no test generates)."""
+def decode_loop_summary(params, device: str) -> str | None:
+    """One line on how tg/pg tests decode (None when no test generates); on the CPU, that the in-flight loop has
+    no device to queue on (qprof.runtime.in_flight's fallback: decode, then sample)."""
     if not any(t.n_gen for t in params.tests()):
         return None
     what = {"in-flight": "in-flight (greedy tokens chained on the device, the next step queued while the host reads "
                          "each token)",
             "synced": "synced (random tokens, a synchronize after every one: llama-bench's loop)"}
     default = " (the default; --decode-loop synced for llama-bench's loop)" if params.decode_loop == ["in-flight"] else ""
-    return f"decode loop: {', '.join(what[v] for v in params.decode_loop)}{default}"
+    cpu = ("; the CPU runtime has no device to queue on: its in-flight loop decodes and samples greedily one step "
+           "after the other" if device == "cpu" and "in-flight" in params.decode_loop else "")
+    return f"decode loop: {', '.join(what[v] for v in params.decode_loop)}{default}{cpu}"
 
 
 def threads_summary(params) -> str:
@@ -285,7 +288,7 @@ def bench(model, n_prompt, n_gen, pg, repetitions, warmup, device, fmt, results_
     ceilings = run_ceilings(dev, bandwidth, tflops, nvml_info, log=say)
     if not peer_only:
         say(graphs_summary(params, dev, graphs is not None))
-        loop_line = decode_loop_summary(params)
+        loop_line = decode_loop_summary(params, dev)
         if loop_line:
             say(loop_line)
         say(threads_summary(params))
